@@ -1,0 +1,112 @@
+"""The item catalog: titles, categories, tags, descriptions, free attributes and embeddings.
+
+``load_items`` upserts a CSV, JSON-lines or Parquet file into ``item_catalog`` (new item ids get
+keys in ``items``). Columns other than the known ones are kept as a JSON object in
+``attributes``, where the content model finds numeric attributes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import BadEventFile, InputPathError
+from .ingest import ColumnMapping, detect_format
+from .sqlutil import quote_identifier, scalar
+
+CATALOG_COLUMNS = ("item_id", "title", "category", "tags", "description", "embedding")
+
+
+def _reader(path: Path, fmt: str) -> tuple[str, list]:
+    if fmt == "csv":
+        return "read_csv(?, header = true, all_varchar = true)", [str(path)]
+    if fmt == "jsonl":
+        return "read_json(?, format = 'newline_delimited')", [str(path)]
+    return "read_parquet(?)", [str(path)]
+
+
+def load_items(con, path: str | os.PathLike, *, fmt: str | None = None,
+               mapping: ColumnMapping | None = None) -> dict[str, int]:
+    """Upsert one catalog file. Returns counts: {'upserted': n, 'new_items': n, 'rejected': n}.
+    Rows without an item id go to ``rejects``."""
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise InputPathError(f"{path} does not exist or is not a file")
+    mapping = mapping or ColumnMapping()
+    fmt, _ = detect_format(path, fmt)
+    reader, params = _reader(path, fmt)
+    try:
+        described = con.execute(f"describe select * from {reader}", params).fetchall()
+    except Exception as exc:  # duckdb raises many kinds for unreadable input
+        raise BadEventFile(f"cannot read catalog {path}: {str(exc).splitlines()[0]}") from None
+    names = [r[0] for r in described]
+    types = {r[0]: str(r[1]).upper() for r in described}
+    source = {c: mapping.columns.get(c, c) for c in CATALOG_COLUMNS}
+    if source["item_id"] not in names:
+        raise BadEventFile(f"catalog {path} has no column {source['item_id']!r} (columns: "
+                           f"{', '.join(names)}); map it with --map item_id=COLUMN")
+
+    def col(name: str) -> str:
+        return "r." + quote_identifier(source[name]) if source[name] in names else "NULL"
+
+    tags_col = col("tags")
+    if tags_col != "NULL" and types[source["tags"]].endswith("[]"):
+        tags = f"list_transform({tags_col}, lambda t: trim(cast(t as VARCHAR)))"
+    elif tags_col != "NULL":
+        tags = (f"list_filter(list_transform(string_split(cast({tags_col} as VARCHAR), '|'), "
+                f"lambda t: trim(t)), lambda t: t <> '')")
+    else:
+        tags = "NULL"
+    emb_col = col("embedding")
+    embedding = "NULL" if emb_col == "NULL" else f"try_cast({emb_col} as FLOAT[])"
+    used = {source[c] for c in CATALOG_COLUMNS}
+    extras = [n for n in names if n not in used]
+    attributes = ("json_object(" + ", ".join(
+        f"'{n.replace(chr(39), chr(39) * 2)}', r.{quote_identifier(n)}" for n in extras) + ")"
+                  if extras else "NULL")
+    con.execute("begin transaction")
+    try:
+        # a scan of the staged rows keeps the file order: row_number() is the data row
+        con.execute(f"create or replace temp table _rtsql_catalog_raw as select * from {reader}",
+                    params)
+        con.execute(f"""
+            create or replace temp table _rtsql_catalog as
+            select row_number() over () as line, trim(cast({col('item_id')} as VARCHAR)) as item_id,
+                   cast({col('title')} as VARCHAR) as title,
+                   trim(cast({col('category')} as VARCHAR)) as category,
+                   {tags} as tags, cast({col('description')} as VARCHAR) as description,
+                   {attributes} as attributes, {embedding} as embedding,
+                   to_json(r)::VARCHAR as raw
+            from _rtsql_catalog_raw r""")
+        rejected = scalar(con, """
+            select count(*) from _rtsql_catalog where item_id is null or item_id = ''""")
+        con.execute("""
+            insert into rejects
+            select NULL, ?, line + ?, raw, 'catalog row without item_id', now()::TIMESTAMP
+            from _rtsql_catalog where item_id is null or item_id = ''""",
+                    [str(path), 1 if fmt == "csv" else 0])  # CSV line 1 is the header
+        new_items = scalar(con, """
+            select count(*) from (select distinct item_id from _rtsql_catalog
+                                  where item_id <> '') anti join items using (item_id)""")
+        con.execute("""
+            insert into items
+            select coalesce((select max(item_key) from items), 0)
+                   + row_number() over (order by item_id), item_id
+            from (select distinct item_id from _rtsql_catalog where item_id <> '')
+            anti join items using (item_id)""")
+        upserted = scalar(con, """
+            select count(distinct item_id) from _rtsql_catalog where item_id <> ''""")
+        con.execute("""
+            insert or replace into item_catalog
+            select i.item_key, c.title, c.category, c.tags, c.description, c.attributes,
+                   c.embedding, now()::TIMESTAMP
+            from (select * from _rtsql_catalog where item_id <> ''
+                  qualify row_number() over (partition by item_id order by line desc) = 1) c
+            join items i using (item_id)""")
+        con.execute("drop table _rtsql_catalog")
+        con.execute("drop table _rtsql_catalog_raw")
+        con.execute("commit")
+    except BaseException:
+        con.execute("rollback")
+        raise
+    return {"upserted": upserted, "new_items": new_items, "rejected": rejected}

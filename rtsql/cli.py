@@ -1,0 +1,381 @@
+"""The ``rtsql`` command line: a thin client over the library.
+
+Each command parses its arguments, opens the database, makes one library call and renders the
+result through ``rtsql.output``. Library errors (``RtsqlError``) become ``Error: ...`` with exit
+code 1; click's usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+import duckdb
+
+from . import catalog, db, ingest as ingest_mod, migrate as migrate_mod, output, settings
+from .errors import RtsqlError
+
+FORMAT_OPTION = click.option(
+    "--format", "fmt", type=click.Choice(output.FORMATS), default="table", show_default=True,
+    help="Output format: table for people, json/jsonl/csv for scripts.")
+
+
+class RtsqlGroup(click.Group):
+    """Turns library errors into clean messages with a non-zero exit, never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except RtsqlError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+class State:
+    def __init__(self, db_path: str):
+        self.db_path = db_path
+        self._con = None
+
+    def connect(self):
+        if self._con is None:
+            self._con = db.connect(self.db_path)
+        return self._con
+
+    def close(self):
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+
+def _emit(columns, rows, fmt):
+    output.render(columns, rows, fmt, out=sys.stdout)
+
+
+def _progress_factory():
+    """A per-file progress bar on a terminal, for files big enough to wait for."""
+    if not sys.stderr.isatty():
+        return None
+
+    def for_file(path: Path):
+        if path.stat().st_size < (32 << 20):
+            return None
+        bar = click.progressbar(length=path.stat().st_size, label=path.name, file=sys.stderr)
+        done = [0]
+
+        def update(current, total):
+            bar.length = max(total, 1)
+            bar.update(current - done[0])
+            done[0] = current
+            if current >= total:
+                bar.render_finish()
+
+        return update
+
+    return for_file
+
+
+@click.group(cls=RtsqlGroup)
+@click.option("--db", "db_path", envvar=db.ENV_DB, default=db.DEFAULT_DB, show_default=True,
+              help="Database file (also read from RTSQL_DB).")
+@click.version_option(package_name="rtsql")
+@click.pass_context
+def main(ctx, db_path):
+    """rtsql: real-time recommendations inside DuckDB.
+
+    \b
+    Example:
+        rtsql demo
+        rtsql --db shop.duckdb ingest events/ && rtsql --db shop.duckdb status
+    """
+    ctx.obj = State(db_path)
+    ctx.call_on_close(ctx.obj.close)
+
+
+# --------------------------------------------------------------------------- schema
+
+@main.command()
+@click.option("--list", "list_only", is_flag=True,
+              help="Show applied and pending migrations without changing (or creating) the file.")
+@FORMAT_OPTION
+@click.pass_obj
+def migrate(state: State, list_only, fmt):
+    """Bring the database schema up to date (every command also does this on open).
+
+    \b
+    Example:
+        rtsql migrate --list
+    """
+    path = Path(state.db_path)
+    if list_only:
+        if path.exists():
+            con = db._open(db.validate_db_path(path), read_only=True)
+            try:
+                states = migrate_mod.status(con)
+            finally:
+                con.close()
+        else:
+            con = duckdb.connect(":memory:")
+            states = migrate_mod.status(con)
+            con.close()
+        _emit(["version", "name", "state", "applied_at"],
+              [(s.version, s.name, s.state, s.applied_at) for s in states], fmt)
+        return
+    db.validate_db_path(path)
+    con = db._open(path, read_only=False)
+    try:
+        applied = migrate_mod.apply(con)
+        migrate_mod.install_definitions(con)
+    finally:
+        con.close()
+    click.echo(f"{len(applied)} migration(s) applied; {path} is up to date", err=True)
+
+
+# --------------------------------------------------------------------------- ingest
+
+def _mapping_options(f):
+    f = click.option("--event-type", help="Event type for files that have no event_type column.")(f)
+    f = click.option("--map", "maps", multiple=True, metavar="CANONICAL=SOURCE",
+                     help="Column mapping, e.g. --map user_id=userId (repeatable).")(f)
+    f = click.option("--format", "in_format", type=click.Choice(ingest_mod.FORMATS),
+                     help="Input format (default: from the file extension).")(f)
+    return f
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True)
+@_mapping_options
+@click.option("--force", is_flag=True, help="Ingest even content that was ingested before.")
+@click.option("--output-format", "fmt", type=click.Choice(output.FORMATS), default="table",
+              show_default=True, help="Format of the per-file summary.")
+@click.pass_obj
+def ingest(state: State, paths, in_format, maps, event_type, force, fmt):
+    """Load event files (CSV, JSON-lines, Parquet; .gz too) and directories.
+
+    Bad rows go to the rejects table with their reason, file and line; the exit code is 0 when
+    every file could be read, even with rejects.
+
+    \b
+    Example:
+        rtsql ingest sample_events/events
+        rtsql ingest ratings.csv --map user_id=userId --map item_id=movieId \\
+            --map value=rating --map ts=timestamp --event-type rating
+    """
+    mapping = ingest_mod.ColumnMapping.parse(maps, event_type)
+    files = ingest_mod.expand_paths(paths, in_format)  # every path checked before opening the db
+    con = state.connect()
+    results = ingest_mod.ingest(con, files, fmt=in_format, mapping=mapping, force=force,
+                                progress=_progress_factory())
+    _emit(["file", "format", "status", "ingested", "rejected", "skipped", "message"],
+          [(_short(r.path), r.format, r.status, r.ingested, r.rejected, r.skipped, r.message)
+           for r in results], fmt)
+    total = [sum(getattr(r, k) for r in results) for k in ("ingested", "rejected", "skipped")]
+    click.echo(f"{len(results)} file(s): {total[0]} events ingested, {total[1]} rejected, "
+               f"{total[2]} skipped", err=True)
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        raise click.ClickException(f"{len(failed)} file(s) could not be read; nothing of them "
+                                   "was written: " + "; ".join(r.message for r in failed))
+
+
+def _short(path: str) -> str:
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return path
+
+
+@main.command()
+@click.argument("path")
+@click.option("--map", "maps", multiple=True, metavar="CANONICAL=SOURCE",
+              help="Column mapping, e.g. --map item_id=movieId --map tags=genres.")
+@click.option("--format", "in_format", type=click.Choice(ingest_mod.FORMATS),
+              help="Input format (default: from the file extension).")
+@click.pass_obj
+def items(state: State, path, maps, in_format):
+    """Upsert the item catalog (title, category, tags, description, embedding, other columns).
+
+    Tags may be a list or a '|'-separated string; other columns are kept as attributes.
+
+    \b
+    Example:
+        rtsql items sample_events/items.csv
+    """
+    mapping = catalog_mapping(maps)
+    counts = catalog.load_items(state.connect(), path, fmt=in_format, mapping=mapping)
+    click.echo(f"{counts['upserted']} catalog rows upserted ({counts['new_items']} new items), "
+               f"{counts['rejected']} rejected")
+
+
+def catalog_mapping(maps) -> ingest_mod.ColumnMapping:
+    columns = {}
+    for item in maps:
+        key, sep, value = item.partition("=")
+        if not sep or key.strip() not in catalog.CATALOG_COLUMNS or not value.strip():
+            raise click.BadParameter(f"{item!r}: use NAME=COLUMN with NAME one of "
+                                     f"{', '.join(catalog.CATALOG_COLUMNS)}", param_hint="--map")
+        columns[key.strip()] = value.strip()
+    return ingest_mod.ColumnMapping(columns)
+
+
+@main.command("event-types")
+@click.option("--set", "assignments", multiple=True, metavar="TYPE=WEIGHT",
+              help="Add or change an event type's weight (repeatable).")
+@click.option("--uses-value/--ignores-value", default=None,
+              help="With --set: multiply the weight by the event's value (like ratings).")
+@FORMAT_OPTION
+@click.pass_obj
+def event_types(state: State, assignments, uses_value, fmt):
+    """List event types and their weights, or change them.
+
+    \b
+    Example:
+        rtsql event-types --set purchase=10 --set wishlist=3
+    """
+    from . import events
+
+    con = state.connect()
+    for assignment in assignments:
+        name, _, weight = assignment.partition("=")
+        events.set_event_type(con, name, weight, uses_value)
+    _emit(["event_type", "weight", "uses_value"], events.event_types(con), fmt)
+
+
+@main.command("settings")
+@click.argument("name", required=False)
+@click.argument("value", required=False)
+@click.option("--reset", is_flag=True, help="Return NAME to its default.")
+@FORMAT_OPTION
+@click.pass_obj
+def settings_cmd(state: State, name, value, reset, fmt):
+    """Show all settings, or show / change one.
+
+    \b
+    Example:
+        rtsql settings
+        rtsql settings ingest_chunk_mb 128
+    """
+    con = state.connect()
+    if name and reset:
+        settings.reset(con, name)
+    elif name and value is not None:
+        settings.set_value(con, name, value)
+    elif name:
+        settings.setting(name)
+    values = settings.get_all(con)
+    names = [name] if name else sorted(settings.SETTINGS)
+    _emit(["name", "value", "default", "help"],
+          [(n, values[n], settings.SETTINGS[n].default, settings.SETTINGS[n].help) for n in names],
+          fmt)
+
+
+@main.command()
+@click.option("--limit", default=20, show_default=True, help="How many rows to show.")
+@click.option("--source", help="Only rejects from this file (path as ingested).")
+@FORMAT_OPTION
+@click.pass_obj
+def rejects(state: State, limit, source, fmt):
+    """Show rows that were not ingested, with their reason, file and line.
+
+    \b
+    Example:
+        rtsql rejects --limit 5
+    """
+    from . import events
+
+    _emit(["source", "line", "reason", "raw"],
+          [(_short(s), line, reason, raw)
+           for s, line, reason, raw in events.rejects(state.connect(), limit, source)], fmt)
+
+
+@main.command()
+@FORMAT_OPTION
+@click.pass_obj
+def status(state: State, fmt):
+    """Counts of what the database holds.
+
+    \b
+    Example:
+        rtsql status --format json
+    """
+    from . import events
+
+    _emit(["what", "count"], events.summary(state.connect()).items(), fmt)
+
+
+@main.command()
+@click.argument("query")
+@FORMAT_OPTION
+@click.pass_obj
+def sql(state: State, query, fmt):
+    """Run one SQL query with rtsql's UDFs registered, and print its rows.
+
+    \b
+    Example:
+        rtsql sql "select event_type, count(*) from events group by all"
+    """
+    con = state.connect()
+    try:
+        cur = con.execute(query)
+        columns = [d[0] for d in cur.description] if cur.description else []
+        rows = cur.fetchall() if columns else []
+    except duckdb.Error as exc:
+        raise click.ClickException(f"query failed: {str(exc).strip()}") from None
+    if columns:
+        _emit(columns, rows, fmt)
+
+
+# --------------------------------------------------------------------------- data
+
+@main.command()
+@click.argument("out")
+@click.option("--events", "n_events", default=1_000_000, show_default=True,
+              help="Number of events.")
+@click.option("--format", "out_format", type=click.Choice(["parquet", "csv", "jsonl"]),
+              default="parquet", show_default=True)
+@click.option("--seed", default=42, show_default=True)
+@click.option("--catalog", "catalog_path", help="Also write an item catalog (CSV) here.")
+@click.option("--sample", is_flag=True, help="Write the sample_events/ set into the folder OUT.")
+def generate(out, n_events, out_format, seed, catalog_path, sample):
+    """Write synthetic events (the benchmark shape) or the sample set.
+
+    \b
+    Example:
+        rtsql generate bench.parquet --events 10000000
+        rtsql generate sample_events --sample
+    """
+    from . import generate as gen
+
+    if sample:
+        for path in gen.write_sample(out):
+            click.echo(path)
+        return
+    if n_events <= 0:
+        raise click.BadParameter("must be positive", param_hint="--events")
+    spec = gen.SyntheticSpec(events=n_events, seed=seed)
+    table, (item_ids, item_category) = gen.synthetic_events(spec)
+    gen.write_events(table, out, out_format)
+    if catalog_path:
+        gen.write_catalog(item_ids, item_category, catalog_path)
+    click.echo(f"{table.num_rows} events, {spec.n_users} users, {len(item_ids)} items -> {out}")
+
+
+@main.command()
+@click.option("--dir", "sample_dir", default="sample_events", show_default=True,
+              help="The sample folder (written by the seeded generator if missing).")
+@click.pass_obj
+def demo(state: State, sample_dir):
+    """Build a database from sample_events/ and show what rtsql makes of it.
+
+    \b
+    Example:
+        rtsql demo
+        rtsql --db /tmp/demo.duckdb demo
+    """
+    from . import demo as demo_mod
+
+    demo_mod.run(state.connect(), Path(sample_dir), echo=click.echo)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,108 @@
+"""Opening the database: one function that every entry point uses.
+
+``connect`` validates the path, opens DuckDB, brings the schema up to date (migrations, then the
+views and macros), applies the engine settings and registers rtsql's UDFs on the connection.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import duckdb
+
+from . import migrate, settings
+from .sqlutil import one, quote_identifier, scalar  # noqa: F401 (re-exported)
+from .errors import DatabaseLocked, InputPathError, MigrationError
+
+DEFAULT_DB = "rtsql.duckdb"
+ENV_DB = "RTSQL_DB"
+
+
+def default_path() -> str:
+    return os.environ.get(ENV_DB) or DEFAULT_DB
+
+
+def validate_db_path(path: str | os.PathLike, *, must_exist: bool = False) -> Path:
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise InputPathError(f"{p} is a directory; give the database file, e.g. {p / DEFAULT_DB}")
+    if must_exist and not p.exists():
+        raise InputPathError(f"database {p} does not exist; create it with `rtsql ingest` or "
+                             "`rtsql migrate`")
+    if not p.parent.exists():
+        raise InputPathError(f"cannot create database {p}: folder {p.parent} does not exist")
+    return p
+
+
+def _open(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    try:
+        return duckdb.connect(str(path), read_only=read_only)
+    except duckdb.IOException as exc:
+        text = str(exc)
+        if "lock" in text.lower():
+            raise DatabaseLocked(
+                f"database {path} is open for writing in another process ({text.splitlines()[0]}); "
+                "wait for it to finish, or stop it"
+            ) from None
+        raise InputPathError(f"cannot open database {path}: {text.splitlines()[0]}") from None
+    except duckdb.Error as exc:
+        raise InputPathError(f"cannot open {path} as a DuckDB database: {exc}") from None
+
+
+def configure(con: duckdb.DuckDBPyConnection) -> None:
+    """Session settings every rtsql connection shares: UTC timestamps, engine limits."""
+    con.execute("set TimeZone = 'UTC'")
+    values = settings.get_all(con)
+    if values["threads"]:
+        con.execute(f"set threads = {int(values['threads'])}")
+    if values["memory_limit"]:
+        con.execute("select current_setting('memory_limit')")  # validates the connection
+        con.execute(f"set memory_limit = '{_memory_text(values['memory_limit'])}'")
+    from . import udf  # late import: udf needs numpy/pyarrow, not needed for `migrate --list`
+
+    udf.register(con)
+
+
+def _memory_text(value: str) -> str:
+    import re
+
+    if not re.fullmatch(r"\s*\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*", value, re.I):
+        raise MigrationError(f"memory_limit {value!r} is not a size like '4GB'; fix it with "
+                             "`rtsql settings memory_limit 4GB`")
+    return value.strip()
+
+
+def connect(path: str | os.PathLike | None = None, *, read_only: bool = False
+            ) -> duckdb.DuckDBPyConnection:
+    """Open (creating if needed) an rtsql database with its schema up to date.
+
+    Read-only connections are checked but not migrated: a database that needs migrating must be
+    opened for writing once.
+    """
+    p = validate_db_path(path or default_path(), must_exist=read_only)
+    con = _open(p, read_only)
+    try:
+        if read_only:
+            states = migrate.status(con)
+            migrate.check(states)
+            if any(s.state == "pending" for s in states):
+                raise MigrationError(f"database {p} needs migrating; run `rtsql migrate` once")
+        else:
+            migrate.apply(con)
+            migrate.install_definitions(con)
+        configure(con)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def connect_memory() -> duckdb.DuckDBPyConnection:
+    """An in-memory rtsql database (tests, scratch evaluation)."""
+    con = duckdb.connect(":memory:")
+    migrate.apply(con)
+    migrate.install_definitions(con)
+    configure(con)
+    return con
+

@@ -1,0 +1,47 @@
+"""Reading and configuring the event store: event-type weights, rejects, counts."""
+
+from __future__ import annotations
+
+from .errors import InvalidSetting
+from .sqlutil import scalar
+
+
+def event_types(con) -> list[tuple]:
+    return con.execute(
+        "select event_type, weight, uses_value from event_types order by event_type").fetchall()
+
+
+def set_event_type(con, name: str, weight, uses_value: bool | None = None) -> None:
+    """Add or change an event type. Its weight applies to every event of that type from the
+    next refresh on (the interaction matrix is derived, never stored per event)."""
+    name = (name or "").strip().lower()
+    if not name:
+        raise InvalidSetting("an event type needs a name, e.g. --set wishlist=3")
+    try:
+        weight = float(weight)
+    except (TypeError, ValueError):
+        raise InvalidSetting(f"weight of {name!r} must be a number, got {weight!r}") from None
+    if not weight >= 0:
+        raise InvalidSetting(f"weight of {name!r} must be >= 0, got {weight}")
+    con.execute(
+        "insert into event_types values (?, ?, coalesce(?, false)) on conflict (event_type) "
+        "do update set weight = excluded.weight, "
+        "uses_value = coalesce(?, event_types.uses_value)",
+        [name, weight, uses_value, uses_value])
+
+
+def rejects(con, limit: int = 20, source: str | None = None) -> list[tuple]:
+    return con.execute(
+        "select source, line, reason, raw from rejects where ? is null or source = ? "
+        "order by rejected_at, source, line limit ?", [source, source, int(limit)]).fetchall()
+
+
+def summary(con) -> dict[str, int]:
+    return {
+        "events": scalar(con, "select count(*) from events"),
+        "users": scalar(con, "select count(*) from users"),
+        "items": scalar(con, "select count(*) from items"),
+        "catalog items": scalar(con, "select count(*) from item_catalog"),
+        "rejects": scalar(con, "select count(*) from rejects"),
+        "source files": scalar(con, "select count(*) from source_files"),
+    }

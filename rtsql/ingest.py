@@ -1,0 +1,640 @@
+"""Batch ingest of event files (CSV, JSON-lines, Parquet; CSV and JSON-lines also gzipped).
+
+Every input row ends in ``events`` or in ``rejects`` (with the reason, source file and line), and
+each file is loaded in one transaction together with its row in the ``source_files`` ledger, so a
+file is either wholly in or not at all.
+
+Text files are line oriented: one event per physical line. They are read in bounded chunks whose
+lines become an Arrow binary column (numpy finds the newlines; no per-row Python); DuckDB decodes,
+splits and validates them in one set-based statement per chunk. Offsets and content hashes are
+over the decompressed bytes, which makes re-ingesting identical content a no-op and lets a file
+that grew since its last ingest load only its new lines.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterable, Iterator
+
+import numpy as np
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import settings
+from .sqlutil import one, quote_identifier, scalar
+from .errors import BadEventFile, InputPathError
+
+CANONICAL_COLUMNS = ("user_id", "item_id", "event_type", "ts", "value")
+REQUIRED_COLUMNS = ("user_id", "item_id", "ts")  # event_type too, unless --event-type is given
+FORMATS = ("csv", "jsonl", "parquet")
+HEAD_BYTES = 1024  # identity of a file across growth: the hash of its first bytes
+
+_SUFFIXES = {
+    ".csv": ("csv", None), ".csv.gz": ("csv", "gzip"),
+    ".jsonl": ("jsonl", None), ".ndjson": ("jsonl", None), ".json": ("jsonl", None),
+    ".jsonl.gz": ("jsonl", "gzip"), ".ndjson.gz": ("jsonl", "gzip"), ".json.gz": ("jsonl", "gzip"),
+    ".parquet": ("parquet", None), ".pq": ("parquet", None),
+}
+_TEMPORARY_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp")
+
+Progress = Callable[[int, int], None]  # (bytes done, bytes total) of the current file
+
+
+@dataclass
+class ColumnMapping:
+    """Where the canonical columns are in a file, and the event type for files with none."""
+
+    columns: dict[str, str] = field(default_factory=dict)
+    event_type: str | None = None
+
+    @classmethod
+    def parse(cls, items: Iterable[str], event_type: str | None = None) -> "ColumnMapping":
+        columns = {}
+        for item in items:
+            canonical, sep, source = item.partition("=")
+            canonical, source = canonical.strip(), source.strip()
+            if not sep or not source:
+                raise InputPathError(f"--map takes CANONICAL=SOURCE (e.g. user_id=userId), got {item!r}")
+            if canonical not in CANONICAL_COLUMNS:
+                raise InputPathError(f"--map {item!r}: {canonical!r} is not one of "
+                                     f"{', '.join(CANONICAL_COLUMNS)}")
+            columns[canonical] = source
+        return cls(columns, event_type.strip().lower() if event_type else None)
+
+    def source(self, canonical: str) -> str:
+        return self.columns.get(canonical, canonical)
+
+
+@dataclass
+class FileResult:
+    path: str
+    format: str
+    status: str  # ingested | grown | unchanged | empty | failed
+    ingested: int = 0
+    rejected: int = 0
+    skipped: int = 0
+    message: str = ""
+
+
+# --------------------------------------------------------------------------- paths and formats
+
+def is_temporary_name(name: str) -> bool:
+    """Names that writers use while a file is incomplete (dotfiles, editor and download parts)."""
+    return name.startswith((".", "~")) or name.endswith(_TEMPORARY_SUFFIXES)
+
+
+def detect_format(path: Path, fmt: str | None = None) -> tuple[str, str | None]:
+    """(format, compression) from the extension; ``fmt`` overrides the format."""
+    name = path.name.lower()
+    compression = "gzip" if name.endswith(".gz") else None
+    if fmt:
+        if fmt not in FORMATS:
+            raise InputPathError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        if fmt == "parquet":
+            compression = None
+        return fmt, compression
+    for suffix, found in sorted(_SUFFIXES.items(), key=lambda kv: -len(kv[0])):
+        if name.endswith(suffix):
+            return found
+    raise InputPathError(f"cannot tell the format of {path} from its extension; pass --format "
+                         f"{'|'.join(FORMATS)}")
+
+
+def expand_paths(paths: Iterable[str | os.PathLike], fmt: str | None = None) -> list[Path]:
+    """Files to ingest: files as given, directories walked for known extensions, sorted.
+    Every path is checked before anything is read."""
+    files: list[Path] = []
+    for raw in paths:
+        p = Path(raw).expanduser()
+        if not p.exists():
+            raise InputPathError(f"{p} does not exist")
+        if p.is_dir():
+            found = []
+            for child in sorted(p.rglob("*")):
+                if child.is_file() and not any(is_temporary_name(part)
+                                               for part in child.relative_to(p).parts):
+                    try:
+                        detect_format(child, fmt)
+                    except InputPathError:
+                        continue
+                    found.append(child)
+            files.extend(found)
+        elif p.is_file():
+            detect_format(p, fmt)
+            files.append(p)
+        else:
+            raise InputPathError(f"{p} is not a regular file or directory")
+    if not files:
+        raise InputPathError("no event files found in " + ", ".join(str(p) for p in paths))
+    return files
+
+
+# --------------------------------------------------------------------------- bytes and hashes
+
+def _open_bytes(path: Path, compression: str | None) -> BinaryIO:
+    return gzip.open(path, "rb") if compression == "gzip" else open(path, "rb")
+
+
+@dataclass
+class _Fingerprint:
+    size: int
+    head_sha256: str
+    content_sha256: str
+    prefix_sha256: dict[int, str]  # hash of the first N bytes, for the asked-for N
+
+
+def _fingerprint(path: Path, compression: str | None, prefixes: Iterable[int] = ()) -> _Fingerprint:
+    """Hash the (decompressed) content in one streaming pass, also at the given prefix lengths."""
+    wanted = sorted(set(p for p in prefixes if p > 0))
+    content, head = hashlib.sha256(), hashlib.sha256()
+    prefix_hashes: dict[int, str] = {}
+    done = 0
+    try:
+        with _open_bytes(path, compression) as f:
+            while True:
+                block = f.read(1 << 22)
+                if not block:
+                    break
+                if done < HEAD_BYTES:
+                    head.update(block[: HEAD_BYTES - done])
+                start = 0
+                while wanted and wanted[0] <= done + len(block):
+                    cut = wanted.pop(0) - done
+                    content.update(block[start:cut])
+                    start = cut
+                    prefix_hashes[done + cut] = content.copy().hexdigest()
+                content.update(block[start:])
+                done += len(block)
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise BadEventFile(f"cannot read {path}: {exc}") from None
+    return _Fingerprint(done, head.hexdigest(), content.hexdigest(), prefix_hashes)
+
+
+def _line_chunks(f: BinaryIO, chunk_bytes: int, first_line: int, include_partial: bool
+                 ) -> Iterator[tuple[pa.Table, int, int]]:
+    """Split a byte stream into Arrow tables of (line, raw) with each raw line's bytes including
+    its newline; yields (table, bytes consumed so far, last line number). A last line without a
+    newline is yielded only when ``include_partial``."""
+    pending = b""
+    line = first_line
+    consumed = 0
+    while True:
+        data = f.read(chunk_bytes)
+        if data:
+            pending += data
+            cut = pending.rfind(b"\n") + 1
+            if cut == 0:
+                continue
+            block, pending = pending[:cut], pending[cut:]
+        elif pending and include_partial:
+            block, pending = pending + b"\n", b""
+        else:
+            return
+        buf = np.frombuffer(block, dtype=np.uint8)
+        ends = np.flatnonzero(buf == 10) + 1
+        offsets = np.concatenate(([0], ends)).astype(np.int64)
+        n = len(ends)
+        raw = pa.Array.from_buffers(pa.large_binary(), n,
+                                    [None, pa.py_buffer(offsets), pa.py_buffer(block)])
+        lines = np.arange(line + 1, line + n + 1, dtype=np.int64)
+        line += n
+        consumed += len(block) if data or not include_partial else len(block) - 1
+        yield pa.table({"line": lines, "raw": raw}), consumed, line
+        if not data:
+            return
+
+
+# --------------------------------------------------------------------------- SQL building
+
+# Parsing shared by every format. A source query yields: line, raw_text, early_reason (a reason
+# found while splitting the line, or NULL), user_id, item_id, event_type (texts), ts (TIMESTAMP,
+# NULL when missing or unparseable), ts_text, value (DOUBLE or NULL) and value_text. This adds
+# the first failing reason; rows with reason NULL are events.
+_TYPED_SELECT = """
+select line, raw_text, user_id, item_id, event_type, ts, value,
+       case
+           when early_reason is not null then early_reason
+           when user_id is null or user_id = '' then 'missing user_id'
+           when item_id is null or item_id = '' then 'missing item_id'
+           when event_type is null or event_type = '' then 'missing event_type'
+           when et.event_type is null then 'unknown event type ''' || event_type || ''''
+           when ts is null and (ts_text is null or trim(ts_text) = '') then 'missing ts'
+           when ts is null then 'unparseable timestamp ''' || ts_text || ''''
+           when value_text is not null and trim(value_text) <> ''
+                and (value is null or not isfinite(value))
+               then 'non-numeric value ''' || value_text || ''''
+           when et.uses_value and value is null
+               then 'missing value for event type ''' || event_type || ''''
+       end as reason
+from ({source}) s
+left join event_types et using (event_type)
+"""
+
+
+def _parse_ts(text: str) -> str:
+    """ISO-8601 text (offsets honoured, naive means UTC) or integer/decimal epoch seconds."""
+    return (f"case when regexp_full_match(trim({text}), '-?[0-9]+(\\.[0-9]*)?') "
+            f"then try(make_timestamp(try_cast(try_cast(trim({text}) as DOUBLE) * 1e6 as BIGINT))) "
+            f"else timezone('UTC', try_cast(trim({text}) as TIMESTAMPTZ)) end")
+
+
+def _parse_value(text: str) -> str:
+    return f"try_cast(nullif(trim({text}), '') as DOUBLE)"
+
+
+def _text_source(inner: str) -> str:
+    """Wrap a query yielding ts_text/value_text (and the other columns) with their parsing."""
+    return (f"select *, {_parse_ts('ts_text')} as ts, {_parse_value('value_text')} as value "
+            f"from ({inner})")
+
+
+def _event_type_expr(text_expr: str | None, mapping: ColumnMapping) -> tuple[str, list]:
+    """lower(trim(column)), falling back to --event-type where the file has no type."""
+    params: list = []
+    if text_expr is None:
+        expr = "?"
+        params.append(mapping.event_type)
+    elif mapping.event_type:
+        expr = f"coalesce(nullif(lower(trim({text_expr})), ''), ?)"
+        params.append(mapping.event_type)
+    else:
+        expr = f"lower(trim({text_expr}))"
+    return expr, params
+
+
+def _csv_header(path: Path, compression: str | None) -> list[str] | None:
+    with _open_bytes(path, compression) as f:
+        first = f.readline()
+    if not first.strip():
+        return None
+    try:
+        text = first.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise BadEventFile(f"{path}: the header line is not UTF-8 text") from None
+    return [c.strip() for c in next(csv.reader(io.StringIO(text)))]
+
+
+def _check_columns(path: Path, present: list[str], mapping: ColumnMapping) -> dict[str, int | None]:
+    """Position of each canonical column among ``present``; None for absent optional ones."""
+    positions: dict[str, int | None] = {}
+    required = list(REQUIRED_COLUMNS) + ([] if mapping.event_type else ["event_type"])
+    for canonical in CANONICAL_COLUMNS:
+        source = mapping.source(canonical)
+        if source in present:
+            positions[canonical] = present.index(source)
+        elif canonical in required:
+            hint = ("; give one type for the whole file with --event-type"
+                    if canonical == "event_type" else "")
+            raise BadEventFile(
+                f"{path} has no column {source!r} (columns: {', '.join(present) or 'none'}); "
+                f"map it with --map {canonical}=COLUMN{hint}")
+        else:
+            positions[canonical] = None
+    return positions
+
+
+def _csv_chunk_sql(positions: dict[str, int | None], n_fields: int, mapping: ColumnMapping
+                   ) -> tuple[str, list]:
+    def field_expr(canonical: str) -> str | None:
+        pos = positions[canonical]
+        return None if pos is None else f"f[{pos + 1}]"
+
+    et_expr, params = _event_type_expr(field_expr("event_type"), mapping)
+    inner = f"""
+        select line, raw_text,
+               case when txt is null then 'invalid UTF-8'
+                    when len(f) <> {n_fields}
+                        then 'wrong number of fields: expected {n_fields}, found ' || len(f)
+                    when quoted and len(list_filter(f_raw, lambda x: contains(x, '"') and not
+                             (len(x) >= 2 and starts_with(x, '"') and ends_with(x, '"')))) > 0
+                        then 'unbalanced quotes (a record must fit on one line)'
+               end as early_reason,
+               trim({field_expr('user_id')}) as user_id,
+               trim({field_expr('item_id')}) as item_id,
+               {et_expr} as event_type,
+               {field_expr('ts')} as ts_text,
+               {field_expr('value') or 'NULL'} as value_text
+        from (
+            select *, case when quoted then list_transform(f_raw, lambda x:
+                               case when len(x) >= 2 and starts_with(x, '"') and ends_with(x, '"')
+                                    then replace(x[2:-2], '""', '"') else x end)
+                           else f_raw end as f
+            from (
+                select line, txt, coalesce(txt, raw_escaped) as raw_text,
+                       coalesce(contains(txt, '"'), false) as quoted,
+                       case when contains(txt, '"')
+                            then regexp_extract_all(txt, '(?:^|,)("(?:[^"]|"")*"|[^,]*)', 1)
+                            else string_split(txt, ',')
+                       end as f_raw
+                from _rtsql_lines
+            )
+        )
+    """
+    return _TYPED_SELECT.format(source=_text_source(inner)), params
+
+
+def _json_chunk_sql(mapping: ColumnMapping) -> tuple[str, list]:
+    params: list = []
+
+    def field_expr(canonical: str) -> str:
+        params.append('$."' + mapping.source(canonical).replace('"', '\\"') + '"')
+        return "json_extract_string(txt, ?)"
+
+    user, item = field_expr("user_id"), field_expr("item_id")
+    et_expr, et_params = _event_type_expr(field_expr("event_type"), mapping)
+    params.extend(et_params)
+    ts, value = field_expr("ts"), field_expr("value")
+    inner = f"""
+        select line, raw_text,
+               case when txt is null then 'invalid UTF-8'
+                    when not ok then 'malformed JSON'
+                    when json_type(txt) <> 'OBJECT' then 'JSON line is not an object'
+               end as early_reason,
+               case when ok then trim({user}) end as user_id,
+               case when ok then trim({item}) end as item_id,
+               case when ok then {et_expr} end as event_type,
+               case when ok then {ts} end as ts_text,
+               case when ok then {value} end as value_text
+        from (
+            select line, txt, coalesce(txt, raw_escaped) as raw_text,
+                   coalesce(json_valid(txt), false) as ok
+            from _rtsql_lines
+        )
+    """
+    return _TYPED_SELECT.format(source=_text_source(inner)), params
+
+
+# Lines as Arrow binary (newline included) -> text without the line break. Invalid UTF-8 leaves
+# txt NULL and keeps the bytes, escaped as \xNN, for the rejects table.
+_DECODE_LINES = """
+create or replace temp table _rtsql_lines as
+select line, txt,
+       case when txt is null then regexp_replace(raw::VARCHAR, '(\\\\x0D)?\\\\x0A$', '') end
+           as raw_escaped
+from (select line, raw, rtrim(try(decode(raw)), chr(13) || chr(10)) as txt from _rtsql_chunk)
+"""
+
+
+def _parquet_sql(path: Path, con, mapping: ColumnMapping) -> tuple[str, list]:
+    """Parquet columns are typed: native timestamps and numbers are used as they are."""
+    described = con.execute("describe select * from read_parquet(?)", [str(path)]).fetchall()
+    names = [row[0] for row in described]
+    types = {row[0]: str(row[1]).upper() for row in described}
+    positions = _check_columns(path, names, mapping)
+
+    def col(canonical: str) -> str | None:
+        pos = positions[canonical]
+        return None if pos is None else "p." + quote_identifier(names[pos])
+
+    def as_text(canonical: str) -> str:
+        c = col(canonical)
+        return "NULL" if c is None else f"cast({c} as VARCHAR)"
+
+    ts_col, ts_type = col("ts"), types[names[positions["ts"]]]
+    if ts_type.startswith("TIMESTAMP WITH TIME ZONE"):
+        ts, ts_text = f"timezone('UTC', {ts_col})", "NULL"
+    elif ts_type.startswith(("TIMESTAMP", "DATE")):
+        ts, ts_text = f"cast({ts_col} as TIMESTAMP)", "NULL"
+    elif ts_type in ("BIGINT", "INTEGER", "DOUBLE", "FLOAT", "HUGEINT", "UBIGINT", "UINTEGER"):
+        ts, ts_text = f"try(make_timestamp(try_cast({ts_col} * 1e6 as BIGINT)))", f"cast({ts_col} as VARCHAR)"
+    else:
+        ts, ts_text = _parse_ts(ts_col), ts_col
+    value_col = col("value")
+    if value_col is None:
+        value, value_text = "NULL", "NULL"
+    else:
+        value, value_text = f"try_cast({value_col} as DOUBLE)", as_text("value")
+    et_expr, params = _event_type_expr(as_text("event_type") if col("event_type") else None, mapping)
+    source = f"""
+        select file_row_number + 1 as line, NULL as raw_text,
+               NULL as early_reason,
+               trim({as_text('user_id')}) as user_id,
+               trim({as_text('item_id')}) as item_id,
+               {et_expr} as event_type,
+               {ts} as ts, {ts_text} as ts_text,
+               {value} as value, {value_text} as value_text
+        from read_parquet(?, file_row_number = true) p
+    """
+    return _TYPED_SELECT.format(source=source), params + [str(path)]
+
+
+# The parse above leaves raw_text NULL (serializing every row would cost more than the load);
+# the few rejected rows get their raw text here, read again by row number.
+_PARQUET_REJECT_TEXT = """
+update _rtsql_parsed set raw_text = r.raw
+from (select file_row_number + 1 as line, to_json(p)::VARCHAR as raw
+      from (select * from read_parquet(?, file_row_number = true)) p) r
+where _rtsql_parsed.reason is not null and _rtsql_parsed.line = r.line
+"""
+
+
+# --------------------------------------------------------------------------- the load itself
+
+_COMMIT_PARSED = [
+    # new users and items get the next integer keys, ordered by id for determinism
+    """insert into users
+       select coalesce((select max(user_key) from users), 0)
+              + row_number() over (order by user_id), user_id
+       from (select distinct user_id from _rtsql_parsed where reason is null) n
+       anti join users using (user_id)""",
+    """insert into items
+       select coalesce((select max(item_key) from items), 0)
+              + row_number() over (order by item_id), item_id
+       from (select distinct item_id from _rtsql_parsed where reason is null) n
+       anti join items using (item_id)""",
+    """insert into events
+       select $event_base + p.line, u.user_key, i.item_key, p.event_type, p.value, p.ts,
+              $file_id, p.line
+       from _rtsql_parsed p join users u using (user_id) join items i using (item_id)
+       where p.reason is null""",
+    """insert into rejects
+       select $file_id, $source, line, raw_text, reason, now()::TIMESTAMP
+       from _rtsql_parsed where reason is not null""",
+]
+
+
+def _load_text(con, path: Path, fmt: str, compression: str | None, mapping: ColumnMapping,
+               start_offset: int, start_line: int, chunk_bytes: int, total: int,
+               progress: Progress | None) -> tuple[int, int, int]:
+    """Parse the lines after ``start_offset`` into _rtsql_parsed. Returns (end offset, end line,
+    blank lines skipped)."""
+    if fmt == "csv":
+        header = _csv_header(path, compression)
+        if header is None:
+            return start_offset, start_line, 0
+        positions = _check_columns(path, header, mapping)
+        sql, params = _csv_chunk_sql(positions, len(header), mapping)
+    else:
+        sql, params = _json_chunk_sql(mapping)
+    blanks = 0
+    end_offset, end_line = start_offset, start_line
+    with _open_bytes(path, compression) as f:
+        _seek(f, start_offset)
+        for table, consumed, last_line in _line_chunks(f, chunk_bytes, start_line, True):
+            if fmt == "csv" and start_line == 0:
+                table = table.filter(pc.greater(table["line"], 1))
+            con.register("_rtsql_chunk", table)
+            con.execute(_DECODE_LINES)
+            con.unregister("_rtsql_chunk")
+            blanks += scalar(con, 
+                "select count(*) from _rtsql_lines where txt is not null and trim(txt) = ''"
+            )
+            con.execute("delete from _rtsql_lines where txt is not null and trim(txt) = ''")
+            con.execute(f"insert into _rtsql_parsed {_keep_raw_of_rejects(sql)}", params)
+            end_offset, end_line = start_offset + consumed, last_line
+            if progress:
+                progress(end_offset, total)
+    return end_offset, end_line, blanks
+
+
+def _keep_raw_of_rejects(sql: str) -> str:
+    """Only rejected rows keep their raw text in the staging table."""
+    return ("select line, case when reason is not null then raw_text end, user_id, item_id, "
+            f"event_type, ts, value, reason from ({sql})")
+
+
+def _seek(f: BinaryIO, offset: int) -> None:
+    if not offset:
+        return
+    if isinstance(f, gzip.GzipFile):
+        f.seek(offset)  # decompresses up to offset; gzip files rarely grow
+    else:
+        f.seek(offset, os.SEEK_SET)
+
+
+_PARSED_TABLE = """
+create or replace temp table _rtsql_parsed (
+    line BIGINT, raw_text VARCHAR, user_id VARCHAR, item_id VARCHAR, event_type VARCHAR,
+    ts TIMESTAMP, value DOUBLE, reason VARCHAR)
+"""
+
+
+def ingest_file(con, path: str | os.PathLike, *, fmt: str | None = None,
+                mapping: ColumnMapping | None = None, force: bool = False,
+                progress: Progress | None = None) -> FileResult:
+    """Load one event file in one transaction. Raises BadEventFile (nothing written) when the
+    file cannot be read at all; bad rows go to ``rejects``."""
+    path = Path(path).expanduser().resolve()
+    mapping = mapping or ColumnMapping()
+    fmt, compression = detect_format(path, fmt)
+    if mapping.event_type and not scalar(con, 
+            "select count(*) from event_types where event_type = ?", [mapping.event_type]
+    ):
+        raise InputPathError(f"--event-type {mapping.event_type!r} is not a known event type; "
+                             "see `rtsql event-types`")
+    chunk_bytes = settings.get(con, "ingest_chunk_mb") << 20
+
+    # Which earlier ingest of this file (same path, or same first bytes) is a prefix of it now?
+    known = con.execute(
+        "select file_id, end_offset, end_line, content_sha256, path from source_files "
+        "where format = ? and (path = ? or head_sha256 = ?)",
+        [fmt, str(path), _fingerprint_head(path, compression)],
+    ).fetchall() if fmt != "parquet" else []
+    fp = _fingerprint(path, compression, [row[1] for row in known])
+    if not force:
+        same = one(con, "select path from source_files where content_sha256 = ? limit 1",
+                           [fp.content_sha256])
+        if same:
+            return FileResult(str(path), fmt, "unchanged",
+                              message=f"already ingested (as {same[0]})")
+    resume = None
+    if not force:
+        matches = [r for r in known if fp.prefix_sha256.get(r[1]) == r[3] and r[1] < fp.size]
+        resume = max(matches, key=lambda r: r[1], default=None)
+
+    con.execute("begin transaction")
+    try:
+        if resume:
+            file_id, start_offset, start_line = resume[0], resume[1], resume[2]
+        else:
+            file_id = scalar(con, "select coalesce(max(file_id), 0) + 1 from source_files")
+            start_offset = start_line = 0
+        con.execute(_PARSED_TABLE)
+        if fmt == "parquet":
+            sql, params = _parquet_sql(path, con, mapping)
+            con.execute(f"insert into _rtsql_parsed {_keep_raw_of_rejects(sql)}", params)
+            if scalar(con, "select count(*) from _rtsql_parsed where reason is not null"
+                           ):
+                con.execute(_PARQUET_REJECT_TEXT, [str(path)])
+            end_offset, blanks = fp.size, 0
+            end_line = scalar(con, "select coalesce(max(line), 0) from _rtsql_parsed")
+        else:
+            end_offset, end_line, blanks = _load_text(
+                con, path, fmt, compression, mapping, start_offset, start_line, chunk_bytes,
+                fp.size, progress)
+        event_base = scalar(con, "select coalesce(max(event_id), 0) from events")
+        params = {"event_base": event_base, "file_id": file_id, "source": str(path)}
+        for statement in _COMMIT_PARSED:
+            con.execute(statement, {k: v for k, v in params.items() if f"${k}" in statement})
+        ingested, rejected = one(con, 
+            "select count(*) filter (where reason is null), count(*) filter (where reason is not null) "
+            "from _rtsql_parsed")
+        content_sha = fp.content_sha256 if end_offset == fp.size else fp.prefix_sha256.get(
+            end_offset, fp.content_sha256)
+        stat = path.stat()
+        if resume:
+            con.execute(
+                "update source_files set end_offset = ?, end_line = ?, content_sha256 = ?, "
+                "rows_ingested = rows_ingested + ?, rows_rejected = rows_rejected + ?, "
+                "rows_skipped = rows_skipped + ?, last_ingested_at = now()::TIMESTAMP "
+                "where file_id = ?",
+                [end_offset, end_line, content_sha, ingested, rejected, blanks, file_id])
+        else:
+            con.execute(
+                "insert into source_files values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+                "now()::TIMESTAMP, now()::TIMESTAMP)",
+                [file_id, str(path), fmt, compression, fp.head_sha256, content_sha, end_offset,
+                 end_line, ingested, rejected, blanks, stat.st_dev, stat.st_ino])
+        con.execute("drop table if exists _rtsql_parsed")
+        con.execute("drop table if exists _rtsql_lines")
+        con.execute("commit")
+    except BaseException as exc:
+        con.execute("rollback")
+        if isinstance(exc, (BadEventFile, InputPathError)):
+            raise
+        if isinstance(exc, (duckdb.IOException, duckdb.InvalidInputException,
+                            duckdb.ConversionException, OSError, EOFError)):
+            raise BadEventFile(f"cannot ingest {path}: {_first_line(exc)}") from exc
+        raise
+    if ingested + rejected + blanks == 0:
+        status = "empty"
+    else:
+        status = "grown" if resume else "ingested"
+    return FileResult(str(path), fmt, status, ingested, rejected, blanks)
+
+
+def _fingerprint_head(path: Path, compression: str | None) -> str:
+    try:
+        with _open_bytes(path, compression) as f:
+            return hashlib.sha256(f.read(HEAD_BYTES)).hexdigest()
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise BadEventFile(f"cannot read {path}: {exc}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def ingest(con, paths: Iterable[str | os.PathLike], *, fmt: str | None = None,
+           mapping: ColumnMapping | None = None, force: bool = False,
+           progress: Callable[[Path], Progress | None] | None = None) -> list[FileResult]:
+    """Ingest files and directories. A file that cannot be read at all is reported as failed
+    (nothing of it written) and the others still load; paths are all checked first."""
+    files = expand_paths(paths, fmt)
+    results = []
+    for path in files:
+        try:
+            results.append(ingest_file(con, path, fmt=fmt, mapping=mapping, force=force,
+                                       progress=progress(path) if progress else None))
+        except BadEventFile as exc:
+            results.append(FileResult(str(path.resolve()), fmt or detect_format(path)[0],
+                                      "failed", message=str(exc)))
+    return results

@@ -1,0 +1,64 @@
+"""The one place that reads the .sql files shipped with the package.
+
+In the source tree they live in the top-level ``sql/`` and ``migrations/`` folders; pyproject.toml
+maps them to the ``rtsql.sql`` and ``rtsql.migrations`` packages so an installed wheel carries
+them. Everything goes through ``importlib.resources``, never through paths relative to this file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class SqlObject:
+    """A view or macro definition: one object per file, named after the file."""
+
+    kind: str  # "views" or "macros"
+    name: str
+    sql: str
+
+
+def migrations() -> list[Migration]:
+    """All migrations in version order; a gap or a duplicate version is a packaging bug."""
+    found = []
+    for entry in resources.files("rtsql.migrations").iterdir():
+        m = _MIGRATION_NAME.match(entry.name)
+        if m:
+            found.append(Migration(int(m.group(1)), m.group(2), entry.read_text("utf-8")))
+    found.sort(key=lambda mig: mig.version)
+    versions = [mig.version for mig in found]
+    if versions != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"migrations must be numbered 0001.. without gaps, found {versions}")
+    return found
+
+
+def sql_objects(kind: str) -> list[SqlObject]:
+    """View or macro definitions, sorted by file name (a numeric prefix orders dependencies)."""
+    objs = []
+    for entry in sorted(resources.files(f"rtsql.sql.{kind}").iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".sql"):
+            name = re.sub(r"^\d+_", "", entry.name[: -len(".sql")])
+            objs.append(SqlObject(kind, name, entry.read_text("utf-8")))
+    return objs
+
+
+def query(name: str) -> str:
+    """A named query file from ``sql/`` (shared SQL used by several modules)."""
+    return resources.files("rtsql.sql").joinpath(f"{name}.sql").read_text("utf-8")

@@ -1,0 +1,24 @@
+"""Small SQL helpers shared by every module: identifier quoting and whole-result fetches."""
+
+from __future__ import annotations
+
+
+def quote_identifier(name: str) -> str:
+    """Quote an SQL identifier for DuckDB. Identifiers cannot be bound parameters, so every
+    identifier that comes from a user (a column name in --map) goes through here."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise ValueError(f"not a usable identifier: {name!r}")
+    return '"' + name.replace('"', '""') + '"'
+
+
+def scalar(con, sql: str, params=None):
+    """The first column of the first row (or None). Fetches the whole result: DuckDB 2 refuses
+    further work on a connection while a result is only partly fetched."""
+    rows = con.execute(sql, params or []).fetchall()
+    return rows[0][0] if rows else None
+
+
+def one(con, sql: str, params=None):
+    """The first row (or None), fetching the whole result."""
+    rows = con.execute(sql, params or []).fetchall()
+    return rows[0] if rows else None
