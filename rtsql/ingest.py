@@ -220,6 +220,7 @@ def _line_chunks(f: BinaryIO, chunk_bytes: int, first_line: int, include_partial
 _TYPED_SELECT = """
 select line, raw_text, user_id, item_id, event_type, ts, value,
        case
+           when blank then 'blank line'
            when early_reason is not null then early_reason
            when user_id is null or user_id = '' then 'missing user_id'
            when item_id is null or item_id = '' then 'missing item_id'
@@ -308,7 +309,7 @@ def _csv_chunk_sql(positions: dict[str, int | None], n_fields: int, mapping: Col
 
     et_expr, params = _event_type_expr(field_expr("event_type"), mapping)
     inner = f"""
-        select line, raw_text,
+        select line, raw_text, coalesce(trim(txt) = '', false) as blank,
                case when txt is null then 'invalid UTF-8'
                     when len(f) <> {n_fields}
                         then 'wrong number of fields: expected {n_fields}, found ' || len(f)
@@ -333,11 +334,11 @@ def _csv_chunk_sql(positions: dict[str, int | None], n_fields: int, mapping: Col
                             then regexp_extract_all(txt, '(?:^|,)("(?:[^"]|"")*"|[^,]*)', 1)
                             else string_split(txt, ',')
                        end as f_raw
-                from _rtsql_lines
+                from {{lines}}
             )
         )
     """
-    return _TYPED_SELECT.format(source=_text_source(inner)), params
+    return _TYPED_SELECT.format(source=_text_source(inner.format(lines=_DECODED_LINES))), params
 
 
 def _json_chunk_sql(mapping: ColumnMapping) -> tuple[str, list]:
@@ -352,7 +353,7 @@ def _json_chunk_sql(mapping: ColumnMapping) -> tuple[str, list]:
     params.extend(et_params)
     ts, value = field_expr("ts"), field_expr("value")
     inner = f"""
-        select line, raw_text,
+        select line, raw_text, coalesce(trim(txt) = '', false) as blank,
                case when txt is null then 'invalid UTF-8'
                     when not ok then 'malformed JSON'
                     when json_type(txt) <> 'OBJECT' then 'JSON line is not an object'
@@ -365,21 +366,23 @@ def _json_chunk_sql(mapping: ColumnMapping) -> tuple[str, list]:
         from (
             select line, txt, coalesce(txt, raw_escaped) as raw_text,
                    coalesce(json_valid(txt), false) as ok
-            from _rtsql_lines
+            from {{lines}}
         )
     """
-    return _TYPED_SELECT.format(source=_text_source(inner)), params
+    return _TYPED_SELECT.format(source=_text_source(inner.format(lines=_DECODED_LINES))), params
 
 
 # Lines as Arrow binary (newline included) -> text without the line break. Invalid UTF-8 leaves
-# txt NULL and keeps the bytes, escaped as \xNN, for the rejects table.
-_DECODE_LINES = """
-create or replace temp table _rtsql_lines as
-select line, txt,
-       case when txt is null then regexp_replace(raw::VARCHAR, '(\\\\x0D)?\\\\x0A$', '') end
-           as raw_escaped
-from (select line, raw, rtrim(try(decode(raw)), chr(13) || chr(10)) as txt from _rtsql_chunk)
-"""
+# txt NULL and keeps the bytes, escaped as \xNN, for the rejects table. Inlined as a subquery
+# into the parse, so each chunk is one statement.
+_DECODED_LINES = """(
+    select line, txt,
+           case when txt is null then regexp_replace(raw::VARCHAR, '(\\\\x0D)?\\\\x0A$', '') end
+               as raw_escaped
+    from (select line, raw, rtrim(try(decode(raw)), chr(13) || chr(10)) as txt
+          from _rtsql_chunk)
+)"""
+BLANK = "blank line"  # a pseudo-reason: counted as skipped, written nowhere
 
 
 def _parquet_sql(path: Path, con, mapping: ColumnMapping) -> tuple[str, list]:
@@ -413,7 +416,7 @@ def _parquet_sql(path: Path, con, mapping: ColumnMapping) -> tuple[str, list]:
         value, value_text = f"try_cast({value_col} as DOUBLE)", as_text("value")
     et_expr, params = _event_type_expr(as_text("event_type") if col("event_type") else None, mapping)
     source = f"""
-        select file_row_number + 1 as line, NULL as raw_text,
+        select file_row_number + 1 as line, NULL as raw_text, false as blank,
                NULL as early_reason,
                trim({as_text('user_id')}) as user_id,
                trim({as_text('item_id')}) as item_id,
@@ -456,24 +459,22 @@ _COMMIT_PARSED = [
        where p.reason is null""",
     """insert into rejects
        select $file_id, $source, line, raw_text, reason, now()::TIMESTAMP
-       from _rtsql_parsed where reason is not null""",
+       from _rtsql_parsed where reason <> $blank""",
 ]
 
 
 def _load_text(con, path: Path, fmt: str, compression: str | None, mapping: ColumnMapping,
                start_offset: int, start_line: int, chunk_bytes: int, total: int,
                progress: Progress | None) -> tuple[int, int, int]:
-    """Parse the lines after ``start_offset`` into _rtsql_parsed. Returns (end offset, end line,
-    blank lines skipped)."""
+    """Parse the lines after ``start_offset`` into _rtsql_parsed. Returns (end offset, end line)."""
     if fmt == "csv":
         header = _csv_header(path, compression)
         if header is None:
-            return start_offset, start_line, 0
+            return start_offset, start_line
         positions = _check_columns(path, header, mapping)
         sql, params = _csv_chunk_sql(positions, len(header), mapping)
     else:
         sql, params = _json_chunk_sql(mapping)
-    blanks = 0
     end_offset, end_line = start_offset, start_line
     with _open_bytes(path, compression) as f:
         _seek(f, start_offset)
@@ -481,23 +482,18 @@ def _load_text(con, path: Path, fmt: str, compression: str | None, mapping: Colu
             if fmt == "csv" and start_line == 0:
                 table = table.filter(pc.greater(table["line"], 1))
             con.register("_rtsql_chunk", table)
-            con.execute(_DECODE_LINES)
-            con.unregister("_rtsql_chunk")
-            blanks += scalar(con, 
-                "select count(*) from _rtsql_lines where txt is not null and trim(txt) = ''"
-            )
-            con.execute("delete from _rtsql_lines where txt is not null and trim(txt) = ''")
             con.execute(f"insert into _rtsql_parsed {_keep_raw_of_rejects(sql)}", params)
+            con.unregister("_rtsql_chunk")
             end_offset, end_line = start_offset + consumed, last_line
             if progress:
                 progress(end_offset, total)
-    return end_offset, end_line, blanks
+    return end_offset, end_line
 
 
 def _keep_raw_of_rejects(sql: str) -> str:
     """Only rejected rows keep their raw text in the staging table."""
-    return ("select line, case when reason is not null then raw_text end, user_id, item_id, "
-            f"event_type, ts, value, reason from ({sql})")
+    return (f"select line, case when reason is not null and reason <> '{BLANK}' then raw_text end, "
+            f"user_id, item_id, event_type, ts, value, reason from ({sql})")
 
 
 def _seek(f: BinaryIO, offset: int) -> None:
@@ -563,19 +559,21 @@ def ingest_file(con, path: str | os.PathLike, *, fmt: str | None = None,
             if scalar(con, "select count(*) from _rtsql_parsed where reason is not null"
                            ):
                 con.execute(_PARQUET_REJECT_TEXT, [str(path)])
-            end_offset, blanks = fp.size, 0
+            end_offset = fp.size
             end_line = scalar(con, "select coalesce(max(line), 0) from _rtsql_parsed")
         else:
-            end_offset, end_line, blanks = _load_text(
+            end_offset, end_line = _load_text(
                 con, path, fmt, compression, mapping, start_offset, start_line, chunk_bytes,
                 fp.size, progress)
         event_base = scalar(con, "select coalesce(max(event_id), 0) from events")
-        params = {"event_base": event_base, "file_id": file_id, "source": str(path)}
+        params = {"event_base": event_base, "file_id": file_id, "source": str(path),
+                  "blank": BLANK}
         for statement in _COMMIT_PARSED:
             con.execute(statement, {k: v for k, v in params.items() if f"${k}" in statement})
-        ingested, rejected = one(con, 
-            "select count(*) filter (where reason is null), count(*) filter (where reason is not null) "
-            "from _rtsql_parsed")
+        ingested, rejected, blanks = one(con, 
+            "select count(*) filter (where reason is null), "
+            "count(*) filter (where reason <> $blank), count(*) filter (where reason = $blank) "
+            "from _rtsql_parsed", {"blank": BLANK})
         content_sha = fp.content_sha256 if end_offset == fp.size else fp.prefix_sha256.get(
             end_offset, fp.content_sha256)
         stat = path.stat()
@@ -593,7 +591,6 @@ def ingest_file(con, path: str | os.PathLike, *, fmt: str | None = None,
                 [file_id, str(path), fmt, compression, fp.head_sha256, content_sha, end_offset,
                  end_line, ingested, rejected, blanks, stat.st_dev, stat.st_ino])
         con.execute("drop table if exists _rtsql_parsed")
-        con.execute("drop table if exists _rtsql_lines")
         con.execute("commit")
     except BaseException as exc:
         con.execute("rollback")
