@@ -124,8 +124,7 @@ def migrate(state: State, list_only, fmt):
     db.validate_db_path(path)
     con = db._open(path, read_only=False)
     try:
-        applied = migrate_mod.apply(con)
-        migrate_mod.install_definitions(con)
+        applied = db.upgrade(con)
     finally:
         con.close()
     click.echo(f"{len(applied)} migration(s) applied; {path} is up to date", err=True)

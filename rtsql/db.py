@@ -73,6 +73,14 @@ def _memory_text(value: str) -> str:
     return value.strip()
 
 
+def upgrade(con) -> list:
+    """Apply pending migrations, seed setting defaults, reinstall views and macros."""
+    applied = migrate.apply(con)
+    settings.seed_defaults(con)
+    migrate.install_definitions(con)
+    return applied
+
+
 def connect(path: str | os.PathLike | None = None, *, read_only: bool = False
             ) -> duckdb.DuckDBPyConnection:
     """Open (creating if needed) an rtsql database with its schema up to date.
@@ -89,8 +97,7 @@ def connect(path: str | os.PathLike | None = None, *, read_only: bool = False
             if any(s.state == "pending" for s in states):
                 raise MigrationError(f"database {p} needs migrating; run `rtsql migrate` once")
         else:
-            migrate.apply(con)
-            migrate.install_definitions(con)
+            upgrade(con)
         configure(con)
     except BaseException:
         con.close()
@@ -101,8 +108,7 @@ def connect(path: str | os.PathLike | None = None, *, read_only: bool = False
 def connect_memory() -> duckdb.DuckDBPyConnection:
     """An in-memory rtsql database (tests, scratch evaluation)."""
     con = duckdb.connect(":memory:")
-    migrate.apply(con)
-    migrate.install_definitions(con)
+    upgrade(con)
     configure(con)
     return con
 

@@ -1,7 +1,7 @@
 """The one registry of settings: name, type, default, help.
 
-Values that differ from the default are stored in the ``rtsql_settings`` table of the database,
-so the CLI, the refresh and the SQL macros all read the same numbers. Nothing is read at import
+Every value is stored in the ``rtsql_settings`` table of the database (defaults are seeded when a
+writer opens it), so the CLI, the refresh and the SQL macros all read the same numbers. Nothing is read at import
 time; callers pass a connection.
 """
 
@@ -49,6 +49,38 @@ SETTINGS: dict[str, Setting] = {
         Setting("ingest_chunk_mb", int, 64,
                 "CSV/JSON-lines are read in chunks of this many MiB, bounding ingest memory.",
                 _positive),
+        # --- models (a change makes the next refresh a full one)
+        Setting("neighbors", int, 50, "Top-K neighbours kept per item and per user.", _positive),
+        Setting("shrinkage", float, 0.0,
+                "Added to the cosine denominator: damps similarities with little support.",
+                _non_negative),
+        Setting("min_support", int, 1,
+                "Minimum number of users two items share (items a user shares) to be neighbours.",
+                _positive),
+        Setting("max_history", int, 500,
+                "Per-user cap on the most recent items used for co-occurrence (0: no cap).",
+                _non_negative),
+        Setting("half_life_days", float, 0.0,
+                "Exponential time decay of interaction weights (0: off). Forward decay: exact "
+                "under incremental refresh.", _non_negative),
+        Setting("user_cf", bool, True, "Compute user-user neighbours (needed by weight_user_cf)."),
+        Setting("refresh_block_mb", int, 128,
+                "Memory for one block of similarities during refresh.", _positive),
+        # --- serving (read by the SQL macros at query time; no refresh needed)
+        Setting("weight_item_cf", float, 1.0, "Blend weight of item-item CF in recommend().",
+                _non_negative),
+        Setting("weight_user_cf", float, 0.3, "Blend weight of user-user CF in recommend().",
+                _non_negative),
+        Setting("weight_content", float, 0.1, "Blend weight of content similarity in recommend().",
+                _non_negative),
+        Setting("weight_trending", float, 0.05, "Blend weight of trending in recommend().",
+                _non_negative),
+        Setting("exclude_seen", bool, True, "recommend() leaves out items the user interacted with."),
+        Setting("recency_half_life_days", float, 0.0,
+                "At query time, a history item counts 2^(-age/half-life) relative to the "
+                "user's latest event (0: off).", _non_negative),
+        Setting("trending_window_days", float, 7.0,
+                "Trending compares this many most recent days with the ones before.", _positive),
     ]
 }
 
@@ -75,6 +107,23 @@ def parse(name: str, text: str) -> Any:
     return value
 
 
+MODEL_SETTINGS = ("neighbors", "shrinkage", "min_support", "max_history", "half_life_days",
+                  "user_cf")
+
+
+def text_of(value: Any) -> str:
+    """The stored text of a value (booleans as true/false so SQL can cast them)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def seed_defaults(con) -> None:
+    """Store every setting's default that is not stored yet, so the SQL macros (which cannot
+    see this registry) read every value from rtsql_settings."""
+    con.executemany(
+        "insert or ignore into rtsql_settings values (?, ?, now()::TIMESTAMP)",
+        [[s.name, text_of(s.default)] for s in SETTINGS.values()])
+
+
 def get_all(con) -> dict[str, Any]:
     """Every setting's effective value: the stored one, else the default."""
     values = {name: s.default for name, s in SETTINGS.items()}
@@ -88,15 +137,16 @@ def get(con, name: str) -> Any:
     return get_all(con)[setting(name).name]
 
 
-def set_value(con, name: str, text: str) -> Any:
-    value = parse(name, text)
+def set_value(con, name: str, raw: str) -> Any:
+    value = parse(name, raw)
     con.execute(
         "insert or replace into rtsql_settings values (?, ?, now()::TIMESTAMP)",
-        [name, str(text)],
+        [name, text_of(value)],
     )
     return value
 
 
 def reset(con, name: str) -> None:
-    setting(name)
-    con.execute("delete from rtsql_settings where name = ?", [name])
+    s = setting(name)
+    con.execute("insert or replace into rtsql_settings values (?, ?, now()::TIMESTAMP)",
+                [name, text_of(s.default)])
