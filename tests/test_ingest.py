@@ -7,6 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from rtsql import ingest
+from rtsql import settings as rtsql_settings
 from rtsql.errors import BadEventFile, InputPathError
 from rtsql.ingest import ColumnMapping
 
@@ -211,7 +212,7 @@ def test_bad_map_option():
 
 
 def test_chunked_reading_keeps_line_numbers(con, write):
-    con.execute("insert into rtsql_settings values ('ingest_chunk_mb', '1', now()::TIMESTAMP)")
+    rtsql_settings.set_value(con, "ingest_chunk_mb", "1")
     n = 60_000  # ~2 MB: several 1 MiB chunks, lines cut across chunk borders
     body = "".join(f"user{k % 97},item{k % 1013},view,{1704067200 + k},\n" for k in range(n))
     path = write("big.csv", HEADER + body + "u,i,bad,2024-01-01,\n")
