@@ -324,6 +324,145 @@ def sql(state: State, query, fmt):
         _emit(columns, rows, fmt)
 
 
+# --------------------------------------------------------------------------- models
+
+def _refresh_progress():
+    if not sys.stderr.isatty():
+        return None
+    bars = {}
+
+    def update(stage, done, total):
+        bar = bars.get(stage)
+        if bar is None:
+            bar = bars[stage] = click.progressbar(length=max(total, 1), label=f"refresh {stage}",
+                                                  file=sys.stderr)
+            bar.done = 0
+        bar.update(done - bar.done)
+        bar.done = done
+        if done >= total:
+            bar.render_finish()
+
+    return update
+
+
+@main.command()
+@click.option("--full", is_flag=True, help="Rebuild everything instead of the incremental update.")
+@click.pass_obj
+def refresh(state: State, full):
+    """Bring interaction matrix, neighbour lists, content and trending up to date.
+
+    Incremental by default (exactly equal to a full rebuild); safe for cron: a second refresh
+    of the same database exits with an error instead of overlapping.
+
+    \b
+    Example:
+        rtsql refresh
+        rtsql refresh --full
+    """
+    from . import refresh as refresh_mod
+
+    result = refresh_mod.refresh(state.connect(), full=full, progress=_refresh_progress())
+    click.echo(result.summary())
+
+
+@main.command()
+@click.argument("user_id")
+@click.option("-k", default=10, show_default=True, help="How many items.")
+@click.option("--strategy", type=click.Choice(["hybrid", "item", "user", "content", "trending"]),
+              default="hybrid", show_default=True)
+@click.option("--exclude", multiple=True, help="Item id to leave out (repeatable).")
+@click.option("--category", help="Only items of this catalog category.")
+@FORMAT_OPTION
+@click.pass_obj
+def recommend(state: State, user_id, k, strategy, exclude, category, fmt):
+    """Top-k items for a user, with the reason for each.
+
+    \b
+    Example:
+        rtsql recommend user-42 -k 5
+        rtsql recommend user-42 --strategy content --category audio
+    """
+    from . import recommend as rec
+
+    res = rec.recommend(state.connect(), user_id, k, strategy=strategy,
+                        exclude=list(exclude) or None, category=category)
+    _emit(res.columns, res.rows, fmt)
+
+
+@main.command()
+@click.argument("item_id")
+@click.option("-k", default=10, show_default=True, help="How many items.")
+@click.option("--by", type=click.Choice(["cf", "content"]), default="cf", show_default=True,
+              help="cf: people who interacted with it also did; content: catalog similarity.")
+@FORMAT_OPTION
+@click.pass_obj
+def similar(state: State, item_id, k, by, fmt):
+    """Items similar to an item.
+
+    \b
+    Example:
+        rtsql similar sku-1 --by content
+    """
+    from . import recommend as rec
+
+    res = rec.similar_items(state.connect(), item_id, k, by)
+    _emit(res.columns, res.rows, fmt)
+
+
+@main.command("similar-users")
+@click.argument("user_id")
+@click.option("-k", default=10, show_default=True, help="How many users.")
+@FORMAT_OPTION
+@click.pass_obj
+def similar_users(state: State, user_id, k, fmt):
+    """Users with the most similar interaction history.
+
+    \b
+    Example:
+        rtsql similar-users user-42 -k 5
+    """
+    from . import recommend as rec
+
+    res = rec.similar_users(state.connect(), user_id, k)
+    _emit(res.columns, res.rows, fmt)
+
+
+@main.command("trending")
+@click.option("-k", default=10, show_default=True, help="How many items.")
+@FORMAT_OPTION
+@click.pass_obj
+def trending_cmd(state: State, k, fmt):
+    """Items gaining events in the latest window (trending_window_days).
+
+    \b
+    Example:
+        rtsql trending -k 5 --format json
+    """
+    from . import recommend as rec
+
+    res = rec.trending(state.connect(), k)
+    _emit(res.columns, res.rows, fmt)
+
+
+@main.command()
+@click.argument("user_id")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_obj
+def forget(state: State, user_id, yes):
+    """Delete a user's events and everything derived from them (right to be forgotten).
+
+    \b
+    Example:
+        rtsql forget user-42 --yes
+    """
+    from . import refresh as refresh_mod
+
+    if not yes and not click.confirm(f"Delete every event of {user_id} and what was derived?"):
+        raise click.Abort()
+    result = refresh_mod.forget(state.connect(), user_id)
+    click.echo(f"forgot {user_id}: {result.summary()}")
+
+
 # --------------------------------------------------------------------------- data
 
 @main.command()

@@ -5,11 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from . import catalog, events, generate, ingest, output
+from . import catalog, events, generate, ingest, output, recommend, refresh
+
+
+def _demo_users(con) -> list[str]:
+    """A heavy user, a light one (few events), and a visitor with no history (cold start)."""
+    ranked = con.execute("""
+        select user_id from users join events using (user_key)
+        group by user_id order by count(*) desc, user_id""").fetchall()
+    picks = [ranked[0][0], ranked[len(ranked) * 3 // 4][0]] if ranked else []
+    return picks + ["new-visitor"]
 
 
 def run(con, sample_dir: Path, echo: Callable[[str], None] = print) -> None:
-    """Ingest the sample (idempotent), load its catalog and print what the database holds."""
+    """Ingest the sample (idempotent), load its catalog, refresh, and print recommendations
+    with their reasons for a few users."""
     if not (sample_dir / "events").is_dir():
         echo(f"{sample_dir}/ not found: writing the sample set there with the seeded generator")
         generate.write_sample(sample_dir)
@@ -26,3 +36,13 @@ def run(con, sample_dir: Path, echo: Callable[[str], None] = print) -> None:
     echo(output.render(["source", "line", "reason"],
                        [(Path(s).name, line, reason)
                         for s, line, reason, _ in events.rejects(con, 10)]).rstrip())
+    result = refresh.refresh(con)
+    echo(f"\n{result.summary()}")
+    for user in _demo_users(con):
+        rows = recommend.recommend(con, user, 5)
+        echo(f"\nrecommend('{user}', 5):")
+        echo(output.render(rows.columns, rows.rows).rstrip())
+    rows = recommend.similar_items(con, "sku-1", 3)
+    echo("\nsimilar_items('sku-1', 3):")
+    echo(output.render(rows.columns, rows.rows).rstrip())
+    echo("\nThe same from any DuckDB client: SELECT * FROM recommend('user-42', 10);")

@@ -52,7 +52,8 @@ SETTINGS: dict[str, Setting] = {
         # --- models (a change makes the next refresh a full one)
         Setting("neighbors", int, 50, "Top-K neighbours kept per item and per user.", _positive),
         Setting("shrinkage", float, 0.0,
-                "Added to the cosine denominator: damps similarities with little support.",
+                "Cosine is multiplied by support / (support + shrinkage): damps neighbours that "
+                "share few users.",
                 _non_negative),
         Setting("min_support", int, 1,
                 "Minimum number of users two items share (items a user shares) to be neighbours.",

@@ -6,8 +6,11 @@ blocks, so only ``block x n`` similarities are in memory at once, and each block
 with ``argpartition``; the sparse products run in scipy's C code.
 
 Similarity of rows a and b (see ../shared/DESIGN_NOTES.md):
-    sim(a, b) = dot(a, b) / (|a| |b| + shrinkage),   kept when sim > 0 and support >= min_support
-where support is the number of features both rows have. Lists are ordered by score descending
+    sim(a, b) = dot(a, b) / (|a| |b|) * support / (support + shrinkage)
+kept when sim > 0 and support >= min_support, where support is the number of features both rows
+have. Shrinkage multiplies by a support factor (as in Koren's neighbourhood models) instead of
+adding to the denominator: that keeps sim unchanged when all weights are scaled by one factor,
+which forward decay relies on (moving the landmark scales every weight). Lists are ordered by score descending
 then neighbour key ascending, the tie rule that makes incremental and full results comparable.
 """
 
@@ -60,7 +63,8 @@ class RowSimilarity:
         self.measure = measure
         self.norms = np.sqrt(np.asarray(self.m.multiply(self.m).sum(axis=1)).ravel())
         self.mt = self.m.T.tocsr()
-        if measure.min_support > 1:
+        self.needs_support = measure.min_support > 1 or measure.shrinkage > 0
+        if self.needs_support:
             binary = self.m.copy()
             binary.data[:] = 1.0
             self.binary, self.binary_t = binary, binary.T.tocsr()
@@ -75,11 +79,13 @@ class RowSimilarity:
         for start in range(0, len(rows), per_block):
             block = rows[start:start + per_block]
             dots = (self.m[block] @ self.mt).toarray()
-            denom = self.norms[block][:, None] * self.norms[None, :] + self.measure.shrinkage
+            denom = self.norms[block][:, None] * self.norms[None, :]
             with np.errstate(divide="ignore", invalid="ignore"):
                 sims = np.where(dots > 0, dots / denom, 0.0)
-            if self.measure.min_support > 1:
+            if self.needs_support:
                 support = (self.binary[block] @ self.binary_t).toarray()
+                if self.measure.shrinkage > 0:
+                    sims *= support / (support + self.measure.shrinkage)
                 sims[support < self.measure.min_support] = 0.0
             sims[np.arange(len(block)), block] = 0.0
             yield block, sims

@@ -7,8 +7,14 @@ import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from rtsql import db
+
+# Property tests run 30 examples each by default; `pytest --hypothesis-profile=thorough` runs 500.
+settings.register_profile("default", max_examples=30)
+settings.register_profile("thorough", max_examples=500)
+settings.load_profile("default")
 
 HEADER = "user_id,item_id,event_type,ts,value\n"
 

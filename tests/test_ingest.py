@@ -240,7 +240,7 @@ def _csv_line(fields):
                     for f in fields)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(ROW, max_size=30))
 def test_rows_in_equal_events_plus_rejects_plus_skipped(tmp_path_factory, rows):
     from rtsql import db

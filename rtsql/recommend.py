@@ -1,0 +1,87 @@
+"""Recommendations from Python: thin wrappers over the SQL macros, so the CLI, the library and
+a BI tool calling ``SELECT * FROM recommend('user-42', 10)`` get the same rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import InvalidSetting, UnknownItem, UnknownUser
+from .sqlutil import scalar
+
+STRATEGIES = ("hybrid", "item", "user", "content", "trending")
+_STRATEGY_WEIGHTS = {  # the blend weights a single-strategy request turns on
+    "item": "weight_item_cf", "user": "weight_user_cf", "content": "weight_content",
+    "trending": "weight_trending",
+}
+
+
+@dataclass
+class Rows:
+    columns: list[str]
+    rows: list[tuple]
+
+
+def _rows(con, sql: str, params) -> Rows:
+    cur = con.execute(sql, params)
+    return Rows([d[0] for d in cur.description], cur.fetchall())
+
+
+def _check_k(k: int) -> int:
+    if not isinstance(k, int) or k <= 0:
+        raise InvalidSetting(f"k must be a positive whole number, got {k!r}")
+    return k
+
+
+def recommend(con, user_id: str, k: int = 10, *, strategy: str = "hybrid",
+              exclude: list[str] | None = None, category: str | None = None) -> Rows:
+    """Top-k items for a user with a reason each (unknown users get trending/popular items).
+
+    ``strategy`` other than 'hybrid' scores with that strategy alone (the others' weights are
+    zeroed for this query only; popularity still backfills)."""
+    _check_k(k)
+    if strategy not in STRATEGIES:
+        raise InvalidSetting(f"strategy must be one of {', '.join(STRATEGIES)}")
+    sql = "select * from recommend(?, k := ?, exclude := ?, category := ?)"
+    params = [user_id, k, exclude, category]
+    if strategy == "hybrid":
+        return _rows(con, sql, params)
+    return _with_single_strategy(con, strategy, lambda: _rows(con, sql, params))
+
+
+def _with_single_strategy(con, strategy, run):
+    """Run with only one blend weight on, inside a transaction that is rolled back, so the
+    stored settings never change (and concurrent readers never see the change)."""
+    con.execute("begin transaction")
+    try:
+        for name in _STRATEGY_WEIGHTS.values():
+            con.execute("update rtsql_settings set value = ? where name = ?",
+                        ["1" if name == _STRATEGY_WEIGHTS[strategy] else "0", name])
+        return run()
+    finally:
+        con.execute("rollback")
+
+
+def recommend_for_items(con, item_ids: list[str], k: int = 10) -> Rows:
+    _check_k(k)
+    return _rows(con, "select * from recommend_for_items(?, k := ?)", [list(item_ids), k])
+
+
+def similar_items(con, item_id: str, k: int = 10, by: str = "cf") -> Rows:
+    _check_k(k)
+    if by not in ("cf", "content"):
+        raise InvalidSetting("by must be 'cf' or 'content'")
+    if scalar(con, "select count(*) from items where item_id = ?", [item_id]) == 0:
+        raise UnknownItem(f"no item {item_id!r} in the events or the catalog")
+    return _rows(con, "select * from similar_items(?, k := ?, method := ?)", [item_id, k, by])
+
+
+def similar_users(con, user_id: str, k: int = 10) -> Rows:
+    _check_k(k)
+    if scalar(con, "select count(*) from users where user_id = ?", [user_id]) == 0:
+        raise UnknownUser(f"no user {user_id!r} in the events")
+    return _rows(con, "select * from similar_users(?, k := ?)", [user_id, k])
+
+
+def trending(con, k: int = 10) -> Rows:
+    _check_k(k)
+    return _rows(con, "select * from trending(k := ?)", [k])

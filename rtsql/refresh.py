@@ -1,0 +1,391 @@
+"""Refresh: bring every derived table up to date, fully or incrementally, with equal results.
+
+Derived tables (migrations/0002_models.sql): ``interactions`` (the user-item matrix),
+``item_neighbors``, ``user_neighbors``, ``content_neighbors``, ``item_trending``, and the
+bookkeeping in ``model_state``.
+
+The incremental path follows ../shared/DESIGN_NOTES.md: the events after the watermark change
+some users' rows of the interaction matrix; the items (and users) whose capped weights changed are
+the change set; similarity.incremental updates exactly the lists that can move. Forward decay
+(weight * exp(lambda * (t - t0)) with the landmark t0 fixed at the last full refresh) means old
+weights never need rewriting. A refresh commits in one transaction, so readers see the old or
+the new state, never a mix.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import scipy.sparse as sp
+
+from . import settings, similarity
+from .errors import DatabaseLocked
+from .sqlutil import scalar
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+# weight of one event, forward-decayed against the landmark $t0 (seconds) with rate $lambda
+_EVENT_WEIGHT = ("et.weight * (case when et.uses_value then e.value else 1 end) "
+                 "* exp($lambda * (epoch(e.ts) - $t0))")
+
+_AGGREGATE_EVENTS = f"""
+select e.user_key, e.item_key, sum({_EVENT_WEIGHT}) as weight, count(*)::INTEGER as events,
+       max(e.ts) as last_ts,
+       arg_max(e.event_type, struct_pack(ts := e.ts, id := e.event_id)) as last_event_type
+from events e join event_types et using (event_type)
+where e.event_id > $after
+group by all
+"""
+
+# The history used for co-occurrence: each user's most recent max_history items ($cap 0: all).
+_CAPPED = """
+select user_key, item_key, weight from (
+    select user_key, item_key, weight,
+           row_number() over (partition by user_key order by last_ts desc, item_key desc) as rn
+    from interactions {where}
+) where ($cap = 0 or rn <= $cap) and weight > 0
+"""
+
+
+@dataclass
+class RefreshResult:
+    mode: str  # full | incremental | none
+    new_events: int = 0
+    changed_users: int = 0
+    changed_items: int = 0
+    recomputed_rows: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        if self.mode == "none":
+            return f"refresh: up to date (no new events), {self.seconds:.2f}s"
+        return (f"refresh {self.mode}: {self.new_events} events, {self.changed_users} users and "
+                f"{self.changed_items} items changed, {self.recomputed_rows} lists recomputed, "
+                f"{self.seconds:.2f}s")
+
+
+# --------------------------------------------------------------------------- state
+
+def _state(con) -> dict[str, str]:
+    return dict(con.execute("select name, value from model_state").fetchall())
+
+
+def _set_state(con, **values) -> None:
+    con.executemany("insert or replace into model_state values (?, ?)",
+                    [[k, str(v)] for k, v in values.items()])
+
+
+def _model_config(values: dict) -> str:
+    return json.dumps({k: values[k] for k in settings.MODEL_SETTINGS}, sort_keys=True)
+
+
+def _catalog_version(con) -> str:
+    return str(con.execute(
+        "select count(*), max(updated_at) from item_catalog").fetchall()[0])
+
+
+@contextmanager
+def _refresh_lock(con):
+    """One refresh at a time per database file (cron and timers may overlap)."""
+    path = scalar(con, "select path from duckdb_databases() where database_name = current_database()")
+    if not path:
+        yield
+        return
+    lock_path = Path(path + ".refresh.lock")
+    fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DatabaseLocked(f"another refresh of {path} is running; this one exits "
+                                 "without doing anything") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- matrices
+
+def _shape(con) -> tuple[int, int]:
+    return (scalar(con, "select coalesce(max(user_key), 0) + 1 from users"),
+            scalar(con, "select coalesce(max(item_key), 0) + 1 from items"))
+
+
+def _capped_matrix(con, cap: int) -> sp.csr_matrix:
+    """The capped interaction matrix X (users x items) as CSR."""
+    cols = con.execute(_CAPPED.format(where=""), {"cap": cap}).fetchnumpy()
+    n_users, n_items = _shape(con)
+    return sp.csr_matrix((cols["weight"].astype(np.float64),
+                          (cols["user_key"].astype(np.int64), cols["item_key"].astype(np.int64))),
+                         shape=(n_users, n_items))
+
+
+def _measure(values: dict, n_rows: int) -> similarity.Measure:
+    cells = (values["refresh_block_mb"] << 20) // 24  # dots, sims and a mask per cell
+    return similarity.Measure(k=values["neighbors"], shrinkage=values["shrinkage"],
+                              min_support=values["min_support"], block_cells=max(cells, n_rows))
+
+
+def _write_lists(con, table: str, key: str, lists: similarity.Neighbors) -> None:
+    arrow = pa.table({key: pa.array(lists.row, pa.int32()),
+                      "neighbor_key": pa.array(lists.nb, pa.int32()),
+                      "score": pa.array(lists.score, pa.float64()),
+                      "rank": pa.array(lists.rank, pa.int32())})
+    con.register("_rtsql_lists", arrow)
+    con.execute(f"insert into {table} select * from _rtsql_lists")
+    con.unregister("_rtsql_lists")
+
+
+# --------------------------------------------------------------------------- full
+
+def _full(con, values: dict, progress: Progress | None) -> RefreshResult:
+    t0 = scalar(con, "select coalesce(epoch(max(ts)), 0) from events")
+    lam = _decay_rate(values["half_life_days"])
+    con.execute("delete from interactions")
+    con.execute(f"insert into interactions select * from ({_AGGREGATE_EVENTS}) "
+                "order by user_key, item_key", {"lambda": lam, "t0": t0, "after": -1})
+    x = _capped_matrix(con, values["max_history"])
+    recomputed = 0
+    con.execute("delete from item_neighbors")
+    items = similarity.full(x.T.tocsr(), _measure(values, x.shape[0]), _stage(progress, "items"))
+    _write_lists(con, "item_neighbors", "item_key", items)
+    recomputed += len(np.unique(items.row))
+    con.execute("delete from user_neighbors")
+    if values["user_cf"]:
+        users = similarity.full(x, _measure(values, x.shape[1]), _stage(progress, "users"))
+        _write_lists(con, "user_neighbors", "user_key", users)
+        recomputed += len(np.unique(users.row))
+    _refresh_content(con, values, progress)
+    _refresh_trending(con, values)
+    _set_state(con, watermark=scalar(con, "select coalesce(max(event_id), 0) from events"),
+               t0=t0, decay_rate=lam, model_config=_model_config(values),
+               catalog_version=_catalog_version(con), full_refresh_at=time.time())
+    return RefreshResult("full", scalar(con, "select count(*) from events"),
+                         scalar(con, "select count(*) from users"), x.shape[1], recomputed)
+
+
+def _decay_rate(half_life_days: float) -> float:
+    return math.log(2) / (half_life_days * 86400) if half_life_days > 0 else 0.0
+
+
+def _stage(progress: Progress | None, name: str):
+    return (lambda done, total: progress(name, done, total)) if progress else None
+
+
+# --------------------------------------------------------------------------- incremental
+
+def _capped_of(con, users: np.ndarray, cap: int) -> dict[str, np.ndarray]:
+    con.register("_rtsql_users", pa.table({"user_key": pa.array(users, pa.int32())}))
+    cols = con.execute(
+        _CAPPED.format(where="semi join _rtsql_users using (user_key)"), {"cap": cap}).fetchnumpy()
+    con.unregister("_rtsql_users")
+    return cols
+
+
+def _changes(old: dict, new: dict, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """Users and items whose capped weight differs between two snapshots of the same users."""
+    def keyed(cols):
+        keys = cols["user_key"].astype(np.int64) * n_items + cols["item_key"].astype(np.int64)
+        return keys, cols["weight"].astype(np.float64)
+
+    (ka, wa), (kb, wb) = keyed(old), keyed(new)
+    keys = np.union1d(ka, kb)
+    before, after = np.zeros(len(keys)), np.zeros(len(keys))
+    before[np.searchsorted(keys, ka)] = wa
+    after[np.searchsorted(keys, kb)] = wb
+    diff = keys[before != after]
+    return np.unique(diff // n_items), np.unique(diff % n_items)
+
+
+def _stored(con, table: str, key: str, changed: np.ndarray, k: int) -> similarity.StoredLists:
+    kth = con.execute(f"select {key}, score, neighbor_key from {table} where rank = ?",
+                      [k]).fetchnumpy()
+    n = int(kth[key].max()) + 1 if len(kth[key]) else 0
+    kth_score = np.full(n, -np.inf)
+    kth_nb = np.full(n, np.iinfo(np.int64).max, np.int64)
+    kth_score[kth[key]] = kth["score"]
+    kth_nb[kth[key]] = kth["neighbor_key"]
+    con.register("_rtsql_changed", pa.table({"k": pa.array(changed, pa.int32())}))
+    pointing = con.execute(f"select {key}, neighbor_key from {table} t "
+                           "semi join _rtsql_changed c on t.neighbor_key = c.k").fetchnumpy()
+    con.unregister("_rtsql_changed")
+    return similarity.StoredLists(kth_score, kth_nb, pointing[key].astype(np.int64),
+                                  pointing["neighbor_key"].astype(np.int64))
+
+
+def _apply_incremental(con, table: str, key: str, matrix: sp.csr_matrix, changed: np.ndarray,
+                       measure: similarity.Measure) -> int:
+    """Update one neighbour table after ``changed`` rows of ``matrix`` changed."""
+    if not len(changed):
+        return 0
+    stored = _stored(con, table, key, changed, measure.k)
+    result = similarity.incremental(matrix, changed, stored, measure)
+    con.register("_rtsql_replace", pa.table({"k": pa.array(result.replace_rows, pa.int32())}))
+    con.register("_rtsql_merge", pa.table({"k": pa.array(result.merge_rows, pa.int32())}))
+    con.register("_rtsql_changed", pa.table({"k": pa.array(changed, pa.int32())}))
+    cand = result.candidates
+    con.register("_rtsql_cand", pa.table({"row": pa.array(cand.row, pa.int32()),
+                                          "nb": pa.array(cand.nb, pa.int32()),
+                                          "score": pa.array(cand.score, pa.float64())}))
+    # merged rows: stored entries not pointing at changed rows, plus candidates, top-K again
+    con.execute(f"""
+        create or replace temp table _rtsql_merged as
+        select row, nb, score,
+               row_number() over (partition by row order by score desc, nb asc)::INTEGER as rank
+        from (
+            select t.{key} as row, t.neighbor_key as nb, t.score from {table} t
+            semi join _rtsql_merge m on t.{key} = m.k
+            anti join _rtsql_changed c on t.neighbor_key = c.k
+            union all
+            select row, nb, score from _rtsql_cand
+        ) qualify rank <= ?""", [measure.k])
+    con.execute(f"delete from {table} where {key} in (select k from _rtsql_replace "
+                "union all select k from _rtsql_merge)")
+    con.execute(f"insert into {table} select * from _rtsql_merged")
+    _write_lists(con, table, key, result.lists)
+    for name in ("_rtsql_replace", "_rtsql_merge", "_rtsql_changed", "_rtsql_cand"):
+        con.unregister(name)
+    con.execute("drop table _rtsql_merged")
+    return len(result.replace_rows)
+
+
+def _incremental(con, values: dict, state: dict, forget_users: np.ndarray | None = None
+                 ) -> RefreshResult:
+    watermark = int(state["watermark"])
+    cap = values["max_history"]
+    new_events = scalar(con, "select count(*) from events where event_id > ?", [watermark])
+    users = con.execute("select distinct user_key from events where event_id > ? "
+                        "order by 1", [watermark]).fetchnumpy()["user_key"].astype(np.int64)
+    if forget_users is not None:
+        users = np.union1d(users, forget_users)
+    if not len(users):
+        _refresh_trending(con, values)
+        _refresh_content_if_changed(con, values, state)
+        return RefreshResult("none")
+    old = _capped_of(con, users, cap)
+    if forget_users is not None and len(forget_users):
+        con.register("_rtsql_forget", pa.table({"k": pa.array(forget_users, pa.int32())}))
+        con.execute("delete from interactions where user_key in (select k from _rtsql_forget)")
+        con.unregister("_rtsql_forget")
+    con.execute(f"create or replace temp table _rtsql_delta as {_AGGREGATE_EVENTS}",
+                {"lambda": float(state["decay_rate"]), "t0": float(state["t0"]), "after": watermark})
+    con.execute("""
+        update interactions i set weight = i.weight + d.weight, events = i.events + d.events,
+               last_ts = greatest(i.last_ts, d.last_ts),
+               last_event_type = case when d.last_ts >= i.last_ts then d.last_event_type
+                                      else i.last_event_type end
+        from _rtsql_delta d where i.user_key = d.user_key and i.item_key = d.item_key""")
+    con.execute("insert into interactions select d.* from _rtsql_delta d "
+                "anti join interactions i using (user_key, item_key)")
+    con.execute("drop table _rtsql_delta")
+    new = _capped_of(con, users, cap)
+    changed_users, changed_items = _changes(old, new, _shape(con)[1])
+    x = _capped_matrix(con, cap)
+    recomputed = _apply_incremental(con, "item_neighbors", "item_key", x.T.tocsr(),
+                                    changed_items, _measure(values, x.shape[0]))
+    if values["user_cf"]:
+        recomputed += _apply_incremental(con, "user_neighbors", "user_key", x, changed_users,
+                                         _measure(values, x.shape[1]))
+    _refresh_trending(con, values)
+    _refresh_content_if_changed(con, values, state)
+    _set_state(con, watermark=max(watermark, scalar(
+        con, "select coalesce(max(event_id), 0) from events")))
+    return RefreshResult("incremental", new_events, len(changed_users), len(changed_items),
+                         recomputed)
+
+
+# --------------------------------------------------------------------------- trending, content
+
+def _refresh_trending(con, values: dict) -> None:
+    """Counts in the latest window and the one before it, against the latest event time."""
+    con.execute("delete from item_trending")
+    con.execute("""
+        insert into item_trending
+        with now as (select max(ts) as t from events),
+        counts as (
+            select e.item_key,
+                   count(*) filter (where e.ts > now.t - to_seconds($window)) as recent,
+                   count(*) filter (where e.ts <= now.t - to_seconds($window)
+                                    and e.ts > now.t - to_seconds(2 * $window)) as previous,
+                   count(*) as popularity
+            from events e, now group by e.item_key
+        )
+        select item_key, recent, previous, popularity,
+               recent * (recent + 1.0) / (previous + 1.0) as score
+        from counts order by item_key""",
+                {"window": values["trending_window_days"] * 86400.0})
+
+
+def _refresh_content_if_changed(con, values: dict, state: dict) -> None:
+    if state.get("catalog_version") != _catalog_version(con):
+        _refresh_content(con, values, None)
+        _set_state(con, catalog_version=_catalog_version(con))
+
+
+def _refresh_content(con, values: dict, progress: Progress | None) -> None:
+    from . import content
+
+    content.refresh(con, values, _stage(progress, "content"))
+
+
+# --------------------------------------------------------------------------- entry points
+
+def refresh(con, *, full: bool = False, progress: Progress | None = None) -> RefreshResult:
+    """Bring the derived tables up to date. Incremental unless ``full``, the database was never
+    refreshed, or a model setting changed since the last full refresh."""
+    start = time.perf_counter()
+    with _refresh_lock(con):
+        values = settings.get_all(con)
+        state = _state(con)
+        needs_full = (full or "watermark" not in state
+                      or state.get("model_config") != _model_config(values))
+        con.execute("begin transaction")
+        try:
+            result = _full(con, values, progress) if needs_full else _incremental(con, values, state)
+            con.execute("commit")
+        except BaseException:
+            con.execute("rollback")
+            raise
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def forget(con, user_id: str) -> RefreshResult:
+    """Delete a user's events and everything derived from them (right to be forgotten).
+
+    Pending events are folded in first, then the user's rows leave the interaction matrix as an
+    incremental change set (new weights 0), so the result equals a full rebuild without them.
+    """
+    from .errors import UnknownUser
+
+    user_key = scalar(con, "select user_key from users where user_id = ?", [user_id])
+    if user_key is None:
+        raise UnknownUser(f"no user {user_id!r}; nothing to forget")
+    refresh(con)
+    start = time.perf_counter()
+    with _refresh_lock(con):
+        values, state = settings.get_all(con), _state(con)
+        con.execute("begin transaction")
+        try:
+            con.execute("delete from events where user_key = ?", [user_key])
+            result = _incremental(con, values, state, np.array([user_key], np.int64))
+            con.execute("delete from user_neighbors where neighbor_key = ? or user_key = ?",
+                        [user_key, user_key])
+            con.execute("delete from users where user_key = ?", [user_key])
+            con.execute("commit")
+        except BaseException:
+            con.execute("rollback")
+            raise
+    result.mode = "forget"
+    result.seconds = time.perf_counter() - start
+    return result

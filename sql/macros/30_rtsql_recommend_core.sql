@@ -1,0 +1,91 @@
+-- rtsql_recommend_core: the hybrid scorer behind recommend() and recommend_for_items().
+-- p_hist is the history as a list of {item_key, weight, event_type, ts}. Each strategy's scores
+-- are scaled to [0, 1] and blended with the weight_* settings; every item stays in the pool with
+-- its popularity, so k rows come back whenever k items pass the filters.
+create or replace macro rtsql_recommend_core(p_user_key, p_hist, k, p_exclude, p_category) as table
+with cfg as (
+    select coalesce(rtsql_setting('weight_item_cf'), '1')::DOUBLE as w_item,
+           coalesce(rtsql_setting('weight_user_cf'), '0.3')::DOUBLE as w_user,
+           coalesce(rtsql_setting('weight_content'), '0.1')::DOUBLE as w_content,
+           coalesce(rtsql_setting('weight_trending'), '0.05')::DOUBLE as w_trend,
+           coalesce(rtsql_setting('exclude_seen'), 'true')::BOOLEAN as exclude_seen,
+           coalesce(rtsql_setting('recency_half_life_days'), '0')::DOUBLE as recency
+),
+hist as (
+    select h.item_key, h.weight, h.event_type, h.ts
+    from (select unnest(p_hist) as h)
+),
+latest as (select max(ts) as t from hist),
+h as (
+    select item_key, event_type,
+           weight * case when cfg.recency > 0
+                         then pow(2.0, -(epoch(latest.t) - epoch(ts)) / (86400 * cfg.recency))
+                         else 1 end as w
+    from hist, latest, cfg where weight > 0
+),
+item_cf as (
+    select n.neighbor_key as item_key, sum(h.w * n.score) as score,
+           arg_max(h.item_key, h.w * n.score) as because
+    from h join item_neighbors n on n.item_key = h.item_key group by all
+),
+user_cf as (
+    select i.item_key, sum(s.score * i.weight) as score, NULL::INTEGER as because
+    from user_neighbors s join interactions i on i.user_key = s.neighbor_key
+    where s.user_key = p_user_key group by all
+),
+content as (
+    select n.neighbor_key as item_key, sum(h.w * n.score) as score,
+           arg_max(h.item_key, h.w * n.score) as because
+    from h join content_neighbors n on n.item_key = h.item_key group by all
+),
+parts as (
+    select item_key, 'item-cf' as strategy, because,
+           score / max(score) over () * cfg.w_item as s from item_cf, cfg where cfg.w_item > 0
+    union all
+    select item_key, 'user-cf', because,
+           score / max(score) over () * cfg.w_user from user_cf, cfg where cfg.w_user > 0
+    union all
+    select item_key, 'content', because,
+           score / max(score) over () * cfg.w_content from content, cfg where cfg.w_content > 0
+    union all
+    select item_key, 'trending', NULL,
+           score / max(score) over () * cfg.w_trend from item_trending, cfg
+    where cfg.w_trend > 0 and score > 0
+),
+blend as (
+    select item_key, sum(s) as score,
+           arg_max(struct_pack(strategy := strategy, because := because), s) as win
+    from parts where s > 0 group by item_key
+),
+pool as (
+    select i.item_key, i.item_id, coalesce(b.score, 0) as score,
+           coalesce(b.win.strategy, 'popular') as strategy, b.win.because as because,
+           coalesce(t.popularity, 0) as popularity
+    from items i
+    left join blend b using (item_key)
+    left join item_trending t using (item_key)
+    left join item_catalog c using (item_key)
+    , cfg
+    where (not cfg.exclude_seen or i.item_key not in (select item_key from hist))
+      and not list_contains(coalesce(p_exclude, []::VARCHAR[]), i.item_id)
+      and (p_category is null or c.category = p_category)
+),
+ranked as (
+    select *, row_number() over (order by score desc, popularity desc, item_key) as rank
+    from pool qualify rank <= k
+)
+select r.rank, r.item_id, r.score,
+       case r.strategy
+           when 'item-cf' then 'item-cf: because you ' || rtsql_verb(hh.event_type) || ' '
+                               || coalesce(bc.title, bi.item_id)
+           when 'content' then 'content: similar to ' || coalesce(bc.title, bi.item_id)
+                               || ', which you ' || rtsql_verb(hh.event_type)
+           when 'user-cf' then 'user-cf: people with similar taste liked it'
+           when 'trending' then 'trending: popular right now'
+           else 'popular: most events overall'
+       end as reason
+from ranked r
+left join items bi on bi.item_key = r.because
+left join item_catalog bc on bc.item_key = r.because
+left join hist hh on hh.item_key = r.because
+order by r.rank;

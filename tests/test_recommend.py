@@ -1,0 +1,154 @@
+import datetime as dt
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from click.testing import CliRunner
+
+import rtsql
+from rtsql import catalog, ingest, recommend, refresh, settings
+from rtsql.cli import main
+from rtsql.errors import UnknownItem, UnknownUser
+
+from conftest import HEADER
+
+T0 = dt.datetime(2026, 10, 1)
+
+
+def events_csv(rows):
+    return HEADER + "".join(f"{u},{i},{t},{(T0 + dt.timedelta(minutes=m)).isoformat()},\n"
+                            for m, (u, i, t) in enumerate(rows))
+
+
+@pytest.fixture
+def checkerboard(tmp_path, db_path):
+    """Two taste groups of 6 users and 6 items. User j of group g has every item of group g
+    except item j (the withheld diagonal), which must come back first for every strategy."""
+    rows = []
+    for g in "ab":
+        for u in range(6):
+            for i in range(6):
+                if i != u:
+                    rows.append((f"{g}u{u}", f"{g}i{i}", "view"))
+    (tmp_path / "ev.csv").write_text(events_csv(rows))
+    (tmp_path / "items.csv").write_text("item_id,title,category\n" + "".join(
+        f"{g}i{i},Item {g}{i},group-{g}\n" for g in "ab" for i in range(6)))
+    con = rtsql.connect(db_path)
+    ingest.ingest(con, [tmp_path / "ev.csv"])
+    catalog.load_items(con, tmp_path / "items.csv")
+    refresh.refresh(con)
+    yield con
+    con.close()
+
+
+@pytest.mark.parametrize("strategy", ["hybrid", "item", "user", "content"])
+def test_checkerboard_withheld_item_comes_first(checkerboard, strategy):
+    for g in "ab":
+        for u in range(6):
+            rows = recommend.recommend(checkerboard, f"{g}u{u}", 3, strategy=strategy).rows
+            assert rows[0][1] == f"{g}i{u}", (strategy, g, u, rows)
+            assert rows[0][3].startswith({"hybrid": "item-cf", "item": "item-cf", "user": "user-cf",
+                                          "content": "content"}[strategy])
+            scores = [r[2] for r in rows]
+            assert scores == sorted(scores, reverse=True)
+
+
+def test_reason_names_the_contributing_item(checkerboard):
+    [row] = recommend.recommend(checkerboard, "au0", 1).rows
+    assert row[3].startswith("item-cf: because you viewed Item a")
+
+
+def test_settings_are_untouched_by_single_strategy_queries(checkerboard):
+    before = settings.get_all(checkerboard)
+    recommend.recommend(checkerboard, "au0", 3, strategy="content")
+    assert settings.get_all(checkerboard) == before
+
+
+def test_unknown_user_gets_trending_and_k_rows(checkerboard):
+    rows = recommend.recommend(checkerboard, "stranger", 12).rows
+    assert len(rows) == 12
+    assert rows[0][3].startswith(("trending", "popular"))
+
+
+def test_backfill_returns_k_whenever_enough_unseen_items(checkerboard):
+    # au0 has seen 5 of 12 items: 7 unseen; asking for 10 gives exactly the 7
+    rows = recommend.recommend(checkerboard, "au0", 10).rows
+    assert len(rows) == 7
+    assert {r[1] for r in rows} == {"ai0"} | {f"bi{i}" for i in range(6)}
+
+
+def test_business_filters(checkerboard):
+    rows = recommend.recommend(checkerboard, "au0", 5, exclude=["ai0"]).rows
+    assert "ai0" not in [r[1] for r in rows]
+    rows = recommend.recommend(checkerboard, "au0", 5, category="group-b").rows
+    assert {r[1][:2] for r in rows} == {"bi"}
+
+
+def test_exclude_seen_setting(checkerboard):
+    settings.set_value(checkerboard, "exclude_seen", "false")
+    rows = recommend.recommend(checkerboard, "au0", 6).rows
+    assert {r[1] for r in rows} >= {"ai1", "ai2"}
+
+
+def test_new_event_changes_recommendations_before_any_refresh(checkerboard, tmp_path):
+    before = [r[1] for r in recommend.recommend(checkerboard, "stranger", 3).rows]
+    (tmp_path / "live.csv").write_text(HEADER + "stranger,bi1,purchase,2026-10-02T00:00:00,\n")
+    ingest.ingest(checkerboard, [tmp_path / "live.csv"])
+    rows = recommend.recommend(checkerboard, "stranger", 3).rows
+    assert [r[1] for r in rows] != before
+    assert all(r[1].startswith("bi") for r in rows)
+    assert rows[0][3] == "item-cf: because you bought Item b1"
+
+
+def test_basket_recommendations(checkerboard):
+    rows = recommend.recommend_for_items(checkerboard, ["bi1", "bi2"], 4).rows
+    assert {r[1] for r in rows} == {"bi0", "bi3", "bi4", "bi5"}
+
+
+def test_similar_items_users_trending(checkerboard):
+    items = recommend.similar_items(checkerboard, "ai0", 10).rows
+    assert {r[1] for r in items} == {f"ai{i}" for i in range(1, 6)}
+    content = recommend.similar_items(checkerboard, "ai0", 3, by="content").rows
+    assert all(r[1].startswith("ai") for r in content)
+    users = recommend.similar_users(checkerboard, "au0", 10).rows
+    assert {r[1] for r in users} == {f"au{u}" for u in range(1, 6)}
+    assert len(recommend.trending(checkerboard, 4).rows) == 4
+    with pytest.raises(UnknownItem):
+        recommend.similar_items(checkerboard, "nope")
+    with pytest.raises(UnknownUser):
+        recommend.similar_users(checkerboard, "nope")
+
+
+def test_cold_item_reachable_through_content(checkerboard, tmp_path):
+    (tmp_path / "new.csv").write_text("item_id,title,category\nai9,Brand New,group-a\n")
+    catalog.load_items(checkerboard, tmp_path / "new.csv")
+    refresh.refresh(checkerboard)
+    content = recommend.similar_items(checkerboard, "ai9", 3, by="content").rows
+    assert content and all(r[1].startswith("ai") for r in content)
+    rows = recommend.recommend(checkerboard, "au0", 3, strategy="content").rows
+    assert "ai9" in [r[1] for r in rows]
+
+
+@pytest.mark.slow
+def test_bi_client_gets_the_cli_rows_through_sqlalchemy_without_rtsql(checkerboard, db_path):
+    checkerboard.close()
+    cli = CliRunner().invoke(main, ["--db", str(db_path), "recommend", "au1", "-k", "10",
+                                    "--format", "json"])
+    assert cli.exit_code == 0, cli.output
+    script = textwrap.dedent(f"""
+        import json, sys
+        import sqlalchemy as sa
+        engine = sa.create_engine("duckdb:///{db_path}", connect_args={{"read_only": True}})
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT * FROM recommend('au1', 10)")).fetchall()
+        assert "rtsql" not in sys.modules
+        print(json.dumps([list(r) for r in rows]))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd="/")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    via_bi = json.loads(proc.stdout)
+    via_cli = [[r["rank"], r["item_id"], r["score"], r["reason"]] for r in json.loads(cli.stdout)]
+    assert via_bi == via_cli

@@ -1,0 +1,176 @@
+import datetime as dt
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+
+import rtsql
+from rtsql import ingest, refresh, settings
+from rtsql.errors import DatabaseLocked, UnknownUser
+
+from conftest import HEADER, count
+from helpers import assert_same_lists, brute_force_topk, lists_from_rows
+
+T0 = dt.datetime(2026, 10, 1)
+TYPES = ["view", "click", "cart", "purchase", "rating"]
+
+
+def write_batch(directory, name, events):
+    path = directory / name
+    lines = [f"u{u},i{i},{t},{(T0 + dt.timedelta(hours=h)).isoformat()},"
+             f"{v if t == 'rating' else ''}\n" for u, i, t, h, v in events]
+    path.write_text(HEADER + "".join(lines))
+    return path
+
+
+def neighbour_rows(con, view):
+    """Lists by string ids: keys depend on ingest order, which differs between the databases."""
+    return lists_from_rows(con.execute(f"select * exclude (embedding_cosine) from {view}"
+                                       if view == "content_similarity" else
+                                       f"select * from {view}").fetchall())
+
+
+def snapshot(con):
+    return {
+        "interactions": {(u, i): (w, n, ts) for u, i, w, n, ts in con.execute(
+            "select * from user_item_matrix").fetchall()},
+        "last_event_type": dict(con.execute(
+            "select u.user_id || '/' || i.item_id, last_event_type from interactions "
+            "join users u using (user_key) join items i using (item_key)").fetchall()),
+        "item_neighbors": neighbour_rows(con, "item_similarity"),
+        "user_neighbors": neighbour_rows(con, "user_similarity"),
+        "trending": sorted(con.execute(
+            "select item_id, recent, previous, popularity, score from item_trending "
+            "join items using (item_key)").fetchall()),
+    }
+
+
+def assert_same_state(a, b):
+    assert a["interactions"].keys() == b["interactions"].keys()
+    for key, (w, n, ts) in b["interactions"].items():
+        w2, n2, ts2 = a["interactions"][key]
+        assert abs(w - w2) <= 1e-9 * max(1.0, abs(w)) and (n, ts) == (n2, ts2), key
+    assert a["last_event_type"] == b["last_event_type"]
+    assert_same_lists(a["item_neighbors"], b["item_neighbors"])
+    assert_same_lists(a["user_neighbors"], b["user_neighbors"])
+    assert a["trending"] == b["trending"]
+
+
+def configure(con, **values):
+    for name, value in values.items():
+        settings.set_value(con, name, str(value))
+
+
+EVENT = st.tuples(st.integers(0, 7), st.integers(0, 9), st.sampled_from(TYPES),
+                  st.integers(1, 5))
+CONFIGS = st.fixed_dictionaries({
+    "neighbors": st.sampled_from([2, 3, 50]),
+    "max_history": st.sampled_from([0, 3]),
+    "half_life_days": st.sampled_from([0.0, 2.0]),
+    "shrinkage": st.sampled_from([0.0, 1.0]),
+    "min_support": st.sampled_from([1, 2]),
+})
+
+
+@hsettings(deadline=None,
+           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(st.lists(EVENT, min_size=1, max_size=40), st.lists(st.integers(1, 12), max_size=5),
+       CONFIGS)
+def test_incremental_equals_full_rebuild(tmp_path_factory, events, cuts, config):
+    """Random event streams split into random batches: refreshing after every batch gives
+    the same derived tables as one full rebuild over everything (scores to 1e-9)."""
+    directory = tmp_path_factory.mktemp("stream")
+    stream = [(u, i, t, h, v) for h, (u, i, t, v) in enumerate(events)]
+    bounds = sorted({min(c, len(stream)) for c in np.cumsum(cuts)} | {len(stream)})
+    live = rtsql.connect_memory()
+    configure(live, **config)
+    start = 0
+    for n, end in enumerate(bounds):
+        if end > start:
+            ingest.ingest(live, [write_batch(directory, f"b{n}.csv", stream[start:end])])
+            result = refresh.refresh(live)
+            assert result.mode == ("full" if start == 0 else "incremental")
+        start = end
+    rebuilt = rtsql.connect_memory()
+    configure(rebuilt, **config)
+    ingest.ingest(rebuilt, [write_batch(directory, "all.csv", stream)])
+    refresh.refresh(rebuilt, full=True)
+    # the landmark t0 is fixed at the first full refresh of the live database; cosine does not
+    # see a common factor, but the stored weights do: compare the rebuilt one at the same t0
+    if config["half_life_days"]:
+        live_t0 = float(live.execute("select value from model_state where name='t0'").fetchall()[0][0])
+        rebuilt_t0 = float(rebuilt.execute("select value from model_state where name='t0'").fetchall()[0][0])
+        rate = float(rebuilt.execute("select value from model_state where name='decay_rate'").fetchall()[0][0])
+        rebuilt.execute("update interactions set weight = weight * exp(? * (? - ?))",
+                        [rate, rebuilt_t0, live_t0])
+    assert_same_state(snapshot(live), snapshot(rebuilt))
+    live.close()
+    rebuilt.close()
+
+
+def test_neighbours_in_sql_equal_brute_force(con, write):
+    rng = np.random.default_rng(5)
+    rows = [(u, i, TYPES[rng.integers(0, 4)], h, 0) for h, (u, i) in
+            enumerate(zip(rng.integers(0, 30, 400), rng.integers(0, 25, 400)))]
+    ingest.ingest(con, [write_batch(write("x", "").parent, "r.csv", rows)])
+    configure(con, neighbors=5, max_history=0)
+    refresh.refresh(con)
+    x = np.zeros((31, 26))
+    weights = dict(con.execute("select event_type, weight from event_types").fetchall())
+    for u, i, t, _, _ in rows:
+        x[u, i] += weights[t]
+    users = dict(con.execute("select user_id, user_key from users").fetchall())
+    items = dict(con.execute("select item_id, item_key from items").fetchall())
+    want = brute_force_topk(x.T, 5)
+    got = lists_from_rows(con.execute(
+        "select item_id, neighbor_id, score, rank from item_similarity").fetchall())
+    inv = {k: v for v, k in items.items()}
+    want_ids = {f"i{a}": [(f"i{b}", s) for b, s in lst] for a, lst in want.items()}
+    # the tie rule orders by integer key, the reference by column: compare tolerant of ties
+    assert_same_lists({a: [(n, s) for n, s in lst] for a, lst in got.items()}, want_ids)
+    assert inv  # keys map back to the ids
+
+
+def test_forget_equals_rebuild_without_the_user(tmp_path):
+    rng = np.random.default_rng(11)
+    rows = [(u, i, TYPES[rng.integers(0, 4)], h, 0) for h, (u, i) in
+            enumerate(zip(rng.integers(0, 12, 200), rng.integers(0, 15, 200)))]
+    live = rtsql.connect_memory()
+    configure(live, neighbors=4, max_history=5)
+    ingest.ingest(live, [write_batch(tmp_path, "a.csv", rows[:150])])
+    refresh.refresh(live)
+    ingest.ingest(live, [write_batch(tmp_path, "b.csv", rows[150:])])
+    refresh.forget(live, "u3")
+    assert count(live, "select count(*) from users where user_id = 'u3'") == 0
+    rebuilt = rtsql.connect_memory()
+    configure(rebuilt, neighbors=4, max_history=5)
+    ingest.ingest(rebuilt, [write_batch(tmp_path, "c.csv", [r for r in rows if r[0] != 3])])
+    refresh.refresh(rebuilt, full=True)
+    assert_same_state(snapshot(live), snapshot(rebuilt))
+    with pytest.raises(UnknownUser):
+        refresh.forget(live, "u3")
+
+
+def test_model_setting_change_forces_full_refresh(con, write):
+    ingest.ingest(con, [write("a.csv", HEADER + "u1,i1,view,2026-10-01,\nu1,i2,view,2026-10-01,\n")])
+    assert refresh.refresh(con).mode == "full"
+    assert refresh.refresh(con).mode == "none"
+    settings.set_value(con, "neighbors", "7")
+    assert refresh.refresh(con).mode == "full"
+
+
+def test_second_refresh_is_refused_while_one_runs(db_path, write):
+    import fcntl
+    import os
+
+    con = rtsql.connect(db_path)
+    ingest.ingest(con, [write("a.csv", HEADER + "u1,i1,view,2026-10-01,\n")])
+    fd = os.open(str(db_path) + ".refresh.lock", os.O_CREAT | os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(DatabaseLocked, match="another refresh"):
+            refresh.refresh(con)
+    finally:
+        os.close(fd)
+    assert refresh.refresh(con).mode == "full"
+    con.close()

@@ -1,0 +1,49 @@
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import given, settings, strategies as st
+
+from rtsql import similarity
+
+from helpers import assert_same_lists, brute_force_topk, lists_from_rows
+
+
+def test_worked_examples_from_the_article():
+    # users A and B over four items; the article prints 23 and 0.857, the right sum is 30
+    a, b = [4, 3, 0, 5], [5, 0, 4, 2]
+    assert np.dot(a, b) == 30
+    assert similarity.cosine(a, b) == pytest.approx(30 / (np.sqrt(50) * np.sqrt(45)))
+    assert round(similarity.cosine(a, b), 4) == 0.6325
+    # items P1 and P2 as feature vectors; the article prints 0.735
+    p1, p2 = [0.8, 0.3, 0.5], [0.2, 0.7, 0.5]
+    assert similarity.cosine(p1, p2) == pytest.approx(0.62 / (np.sqrt(0.98) * np.sqrt(0.78)))
+    assert round(similarity.cosine(p1, p2), 4) == 0.7091
+    assert similarity.cosine([0, 0], [1, 2]) == 0.0
+
+
+def _as_dict(lists: similarity.Neighbors):
+    return lists_from_rows(zip(lists.row.tolist(), lists.nb.tolist(), lists.score.tolist(),
+                               lists.rank.tolist()))
+
+
+matrices = st.integers(0, 2**31 - 1).map(lambda seed: np.random.default_rng(seed))
+
+
+@settings(deadline=None)
+@given(matrices, st.integers(1, 6), st.sampled_from([0.0, 0.5]), st.sampled_from([1, 2]),
+       st.sampled_from([1 << 24, 7]))
+def test_full_equals_brute_force(rng, k, shrinkage, min_support, block_cells):
+    n, f = rng.integers(1, 15), rng.integers(1, 12)
+    x = rng.integers(0, 3, size=(n, f)) * (rng.random((n, f)) < 0.5)
+    x = x.astype(float)
+    measure = similarity.Measure(k=k, shrinkage=shrinkage, min_support=min_support,
+                                 block_cells=block_cells)
+    got = _as_dict(similarity.full(sp.csr_matrix(x), measure))
+    assert_same_lists(got, brute_force_topk(x, k, shrinkage, min_support))
+
+
+def test_ties_are_broken_by_neighbour_key():
+    x = np.array([[1, 0], [1, 0], [1, 0], [1, 0]], float)
+    got = _as_dict(similarity.full(sp.csr_matrix(x), similarity.Measure(k=2)))
+    assert [nb for nb, _ in got[2]] == [0, 1]
+    assert [nb for nb, _ in got[0]] == [1, 2]
