@@ -130,10 +130,17 @@ def _capped_matrix(con, cap: int) -> sp.csr_matrix:
                          shape=(n_users, n_items))
 
 
-def _measure(values: dict, n_rows: int) -> similarity.Measure:
+def _measure(values: dict, n_rows: int, kind: str = "cosine", idf_n: float = 0.0
+             ) -> similarity.Measure:
     cells = (values["refresh_block_mb"] << 20) // 24  # dots, sims and a mask per cell
     return similarity.Measure(k=values["neighbors"], shrinkage=values["shrinkage"],
-                              min_support=values["min_support"], block_cells=max(cells, n_rows))
+                              min_support=values["min_support"], block_cells=max(cells, n_rows),
+                              kind=kind, idf_n=idf_n)
+
+
+def _item_measure(values: dict, x: sp.csr_matrix, idf_n: float) -> similarity.Measure:
+    """Item-item uses the configured measure; user-user is always cosine."""
+    return _measure(values, x.shape[0], values["similarity"], idf_n)
 
 
 def _write_lists(con, table: str, key: str, lists: similarity.Neighbors) -> None:
@@ -155,9 +162,11 @@ def _full(con, values: dict, progress: Progress | None) -> RefreshResult:
     con.execute(f"insert into interactions select * from ({_AGGREGATE_EVENTS}) "
                 "order by user_key, item_key", {"lambda": lam, "t0": t0, "after": -1})
     x = _capped_matrix(con, values["max_history"])
+    idf_n = float(np.count_nonzero(np.diff(x.indptr)))  # users with history, frozen until next full
     recomputed = 0
     con.execute("delete from item_neighbors")
-    items = similarity.full(x.T.tocsr(), _measure(values, x.shape[0]), _stage(progress, "items"))
+    items = similarity.full(x.T.tocsr(), _item_measure(values, x, idf_n),
+                            _stage(progress, "items"))
     _write_lists(con, "item_neighbors", "item_key", items)
     recomputed += len(np.unique(items.row))
     con.execute("delete from user_neighbors")
@@ -168,7 +177,7 @@ def _full(con, values: dict, progress: Progress | None) -> RefreshResult:
     _refresh_content(con, values, progress)
     _refresh_trending(con, values)
     _set_state(con, watermark=scalar(con, "select coalesce(max(event_id), 0) from events"),
-               t0=t0, decay_rate=lam, model_config=_model_config(values),
+               t0=t0, decay_rate=lam, idf_n=idf_n, model_config=_model_config(values),
                catalog_version=_catalog_version(con), full_refresh_at=time.time())
     return RefreshResult("full", scalar(con, "select count(*) from events"),
                          scalar(con, "select count(*) from users"), x.shape[1], recomputed)
@@ -291,8 +300,8 @@ def _incremental(con, values: dict, state: dict, forget_users: np.ndarray | None
     new = _capped_of(con, users, cap)
     changed_users, changed_items = _changes(old, new, _shape(con)[1])
     x = _capped_matrix(con, cap)
-    recomputed = _apply_incremental(con, "item_neighbors", "item_key", x.T.tocsr(),
-                                    changed_items, _measure(values, x.shape[0]))
+    recomputed = _apply_incremental(con, "item_neighbors", "item_key", x.T.tocsr(), changed_items,
+                                    _item_measure(values, x, float(state.get("idf_n", 0))))
     if values["user_cf"]:
         recomputed += _apply_incremental(con, "user_neighbors", "user_key", x, changed_users,
                                          _measure(values, x.shape[1]))

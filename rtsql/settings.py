@@ -51,6 +51,9 @@ SETTINGS: dict[str, Setting] = {
                 _positive),
         # --- models (a change makes the next refresh a full one)
         Setting("neighbors", int, 50, "Top-K neighbours kept per item and per user.", _positive),
+        Setting("similarity", str, "cosine",
+                "Item-item measure: cosine, or tfidf (implicit's TF-IDF weighting; its user count "
+                "is frozen at the last full refresh).", choices=("cosine", "tfidf")),
         Setting("shrinkage", float, 0.0,
                 "Cosine is multiplied by support / (support + shrinkage): damps neighbours that "
                 "share few users.",
@@ -108,7 +111,7 @@ def parse(name: str, text: str) -> Any:
     return value
 
 
-MODEL_SETTINGS = ("neighbors", "shrinkage", "min_support", "max_history", "half_life_days",
+MODEL_SETTINGS = ("neighbors", "similarity", "shrinkage", "min_support", "max_history", "half_life_days",
                   "user_cf")
 
 

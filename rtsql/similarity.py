@@ -25,12 +25,22 @@ import scipy.sparse as sp
 Progress = Callable[[int, int], None]
 
 
+MEASURES = ("cosine", "tfidf")
+
+
 @dataclass(frozen=True)
 class Measure:
+    """``cosine``: dot / (|a| |b|). ``tfidf`` (as implicit's TFIDFRecommender): dot of the
+    square-rooted weights times idf(a) * idf(b), idf(r) = ln(idf_n) - ln(1 + features of r),
+    which damps rows present everywhere; ``idf_n`` is frozen at the last full refresh so that
+    incremental refresh stays exact."""
+
     k: int = 50
     shrinkage: float = 0.0
     min_support: int = 1
     block_cells: int = 1 << 24  # similarities held at once (rows per block x entities)
+    kind: str = "cosine"
+    idf_n: float = 0.0
 
 
 @dataclass
@@ -60,8 +70,18 @@ class RowSimilarity:
     def __init__(self, matrix: sp.csr_matrix, measure: Measure):
         self.m = matrix.tocsr().astype(np.float64)
         self.m.sum_duplicates()
+        self.m.eliminate_zeros()
         self.measure = measure
-        self.norms = np.sqrt(np.asarray(self.m.multiply(self.m).sum(axis=1)).ravel())
+        if measure.kind == "tfidf":
+            self.m.data = np.sqrt(self.m.data)
+            present = np.diff(self.m.indptr)
+            idf = np.log(max(measure.idf_n, 1.0)) - np.log1p(present)
+            self.scale = np.where(present > 0, np.maximum(idf, 0.0), 0.0)
+            self.norms = present.astype(np.float64)  # non-zero marks a non-empty row
+        else:
+            self.norms = np.sqrt(np.asarray(self.m.multiply(self.m).sum(axis=1)).ravel())
+            with np.errstate(divide="ignore"):
+                self.scale = np.where(self.norms > 0, 1.0 / self.norms, 0.0)
         self.mt = self.m.T.tocsr()
         self.needs_support = measure.min_support > 1 or measure.shrinkage > 0
         if self.needs_support:
@@ -78,10 +98,9 @@ class RowSimilarity:
         per_block = max(1, self.measure.block_cells // max(self.n, 1))
         for start in range(0, len(rows), per_block):
             block = rows[start:start + per_block]
-            dots = (self.m[block] @ self.mt).toarray()
-            denom = self.norms[block][:, None] * self.norms[None, :]
-            with np.errstate(divide="ignore", invalid="ignore"):
-                sims = np.where(dots > 0, dots / denom, 0.0)
+            sims = (self.m[block] @ self.mt).toarray()  # dot products, scaled in place
+            sims *= self.scale[block][:, None]
+            sims *= self.scale[None, :]
             if self.needs_support:
                 support = (self.binary[block] @ self.binary_t).toarray()
                 if self.measure.shrinkage > 0:

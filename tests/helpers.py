@@ -7,12 +7,19 @@ from collections import defaultdict
 import numpy as np
 
 
-def brute_force_topk(x: np.ndarray, k: int, shrinkage: float = 0.0, min_support: int = 1):
+def brute_force_topk(x: np.ndarray, k: int, shrinkage: float = 0.0, min_support: int = 1,
+                     kind: str = "cosine", idf_n: float = 0.0):
     """Top-k cosine neighbours of the rows of a dense matrix, by the documented rule:
     sim = dot / (|a||b|) * support / (support + shrinkage), kept when > 0 and support >= min_support, ordered by
     (score desc, neighbour asc). Returns {row: [(nb, score), ...]}."""
+    if kind == "tfidf":
+        x = np.sqrt(x)
+        present = (x > 0).sum(axis=1)
+        scale = np.maximum(np.log(max(idf_n, 1.0)) - np.log1p(present), 0.0)
+    else:
+        norms = np.sqrt((x * x).sum(axis=1))
+        scale = np.where(norms > 0, 1 / np.where(norms > 0, norms, 1), 0.0)
     dots = x @ x.T
-    norms = np.sqrt((x * x).sum(axis=1))
     support = (x > 0).astype(float) @ (x > 0).astype(float).T
     out = {}
     for a in range(x.shape[0]):
@@ -21,7 +28,9 @@ def brute_force_topk(x: np.ndarray, k: int, shrinkage: float = 0.0, min_support:
             if a == b or dots[a, b] <= 0 or support[a, b] < min_support:
                 continue
             shrink = support[a, b] / (support[a, b] + shrinkage)
-            cands.append((b, dots[a, b] / (norms[a] * norms[b]) * shrink))
+            sim = dots[a, b] * scale[a] * scale[b] * shrink
+            if sim > 0:
+                cands.append((b, sim))
         cands.sort(key=lambda t: (-t[1], t[0]))
         if cands:
             out[a] = cands[:k]

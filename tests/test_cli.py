@@ -122,3 +122,42 @@ def test_every_command_has_an_example_and_is_in_the_readme():
         assert "Example:" in (cmd.help or ""), f"rtsql {' '.join(path)} --help has no example"
         assert re.search(rf"`rtsql {' '.join(path)}\b", readme), \
             f"rtsql {' '.join(path)} is not documented in README.md"
+
+
+@pytest.fixture
+def refreshed(run, write):
+    rows = "".join(f"{g}u{u},{g}i{i},view,2026-10-01T00:{u}{i}:00,\n"
+                   for g in "ab" for u in range(4) for i in range(4) if i != u)
+    assert run("ingest", str(write("ev.csv", HEADER + rows))).exit_code == 0
+    res = run("refresh")
+    assert res.exit_code == 0 and res.stdout.startswith("refresh full: 24 events")
+    return run
+
+
+def test_recommend_similar_trending_commands(refreshed):
+    run = refreshed
+    res = run("recommend", "au0", "-k", "2", "--format", "csv")
+    assert res.stdout.splitlines()[:2] == ["rank,item_id,score,reason",
+                                           res.stdout.splitlines()[1]]
+    assert res.stdout.splitlines()[1].startswith("1,ai0,")
+    assert "item-cf: because you viewed ai" in res.stdout
+    assert run("recommend", "au0", "--strategy", "user", "-k", "1", "--format", "csv"
+               ).stdout.splitlines()[1].startswith("1,ai0,")
+    assert run("similar", "ai0", "-k", "3", "--format", "csv").stdout.splitlines()[0] == "rank,item_id,score"
+    assert run("similar-users", "au0", "-k", "3", "--format", "jsonl").stdout.count("\n") == 3
+    assert run("trending", "-k", "2", "--format", "csv").stdout.splitlines()[0] == "rank,item_id,score"
+    assert run("refresh").stdout.startswith("refresh: up to date")
+    assert run("refresh", "--full").stdout.startswith("refresh full:")
+    res = run("similar", "zz")
+    assert res.exit_code == 1 and "no item 'zz'" in res.stderr
+    assert run("recommend", "au0", "-k", "0").exit_code == 1
+
+
+def test_forget_command(refreshed):
+    run = refreshed
+    assert run("forget", "au1").exit_code == 1  # asks for confirmation; no input aborts
+    res = run("forget", "au1", "--yes")
+    assert res.exit_code == 0 and res.stdout.startswith("forgot au1:")
+    assert run("sql", "select count(*) as n from users where user_id = 'au1'",
+               "--format", "csv").stdout == "n\n0\n"
+    assert run("forget", "au1", "--yes").exit_code == 1
