@@ -42,6 +42,18 @@ class State:
             self._con = db.connect(self.db_path)
         return self._con
 
+    def connect_reader(self):
+        """For read-only commands: the database, or tail's snapshot while tail holds it."""
+        if self._con is None:
+            self._con, snap = db.connect_for_reading(self.db_path)
+            if snap is not None:
+                import datetime as dt
+
+                when = dt.datetime.fromtimestamp(snap.stat().st_mtime).strftime("%H:%M:%S")
+                click.echo(f"(answered from the snapshot {snap}, published {when}: "
+                           "`rtsql tail` holds the database)", err=True)
+        return self._con
+
     def close(self):
         if self._con is not None:
             self._con.close()
@@ -185,6 +197,51 @@ def _short(path: str) -> str:
 
 
 @main.command()
+@click.argument("directory")
+@click.option("--pattern", "patterns", multiple=True, metavar="GLOB",
+              help="Only files matching this glob (repeatable; default: every known format).")
+@click.option("--recursive", is_flag=True, help="Also follow files in subfolders.")
+@click.option("--poll", is_flag=True,
+              help="Poll instead of inotify (NFS, SMB, container bind mounts).")
+@click.option("--once", is_flag=True, help="Catch up on the backlog, refresh, publish and exit.")
+@click.option("--publish", "publish_path", metavar="PATH",
+              help="Snapshot for readers [default: DB name with .snapshot.duckdb].")
+@click.option("--no-refresh", is_flag=True, help="Only ingest (refresh later, e.g. from cron).")
+@_mapping_options
+@click.pass_obj
+def tail(state: State, directory, patterns, recursive, poll, once, publish_path, no_refresh,
+         in_format, maps, event_type):
+    """Follow a folder of event files: ingest new lines as they arrive, refresh, publish.
+
+    Exactly once across crashes: offsets commit with the events. Rotated, truncated, deleted
+    and moved-in files are handled. Stops cleanly on Ctrl-C / SIGTERM. While it runs, readers
+    (`rtsql recommend`, BI tools) use the published snapshot.
+
+    \b
+    Example:
+        rtsql tail /var/log/shop --pattern '*.jsonl'
+        rtsql tail incoming/ --once
+    """
+    from . import snapshot, tail as tail_mod
+
+    db.validate_db_path(state.db_path)
+    lock = tail_mod.acquire_lock(state.db_path)
+    try:
+        options = tail_mod.TailOptions(
+            patterns=tuple(patterns) or ("*",), recursive=recursive, poll=poll, fmt=in_format,
+            mapping=ingest_mod.ColumnMapping.parse(maps, event_type),
+            publish=Path(publish_path) if publish_path else snapshot.default_path(state.db_path),
+            refresh=not no_refresh)
+        runner = tail_mod.Tail(state.connect(), directory, options,
+                               log=lambda line: click.echo(line, err=True))
+        totals = runner.run(once=once)
+    finally:
+        os.close(lock)
+    click.echo(f"tail: {totals.events} events, {totals.rejects} rejects from {totals.files} "
+               f"file batch(es); snapshot {options.publish}", err=True)
+
+
+@main.command()
 @click.argument("path")
 @click.option("--map", "maps", multiple=True, metavar="CANONICAL=SOURCE",
               help="Column mapping, e.g. --map item_id=movieId --map tags=genres.")
@@ -313,7 +370,7 @@ def sql(state: State, query, fmt):
     Example:
         rtsql sql "select event_type, count(*) from events group by all"
     """
-    con = state.connect()
+    con = state.connect_reader()
     try:
         cur = con.execute(query)
         columns = [d[0] for d in cur.description] if cur.description else []
@@ -384,7 +441,7 @@ def recommend(state: State, user_id, k, strategy, exclude, category, fmt):
     """
     from . import recommend as rec
 
-    res = rec.recommend(state.connect(), user_id, k, strategy=strategy,
+    res = rec.recommend(state.connect_reader(), user_id, k, strategy=strategy,
                         exclude=list(exclude) or None, category=category)
     _emit(res.columns, res.rows, fmt)
 
@@ -405,7 +462,7 @@ def similar(state: State, item_id, k, by, fmt):
     """
     from . import recommend as rec
 
-    res = rec.similar_items(state.connect(), item_id, k, by)
+    res = rec.similar_items(state.connect_reader(), item_id, k, by)
     _emit(res.columns, res.rows, fmt)
 
 
@@ -423,7 +480,7 @@ def similar_users(state: State, user_id, k, fmt):
     """
     from . import recommend as rec
 
-    res = rec.similar_users(state.connect(), user_id, k)
+    res = rec.similar_users(state.connect_reader(), user_id, k)
     _emit(res.columns, res.rows, fmt)
 
 
@@ -440,7 +497,7 @@ def trending_cmd(state: State, k, fmt):
     """
     from . import recommend as rec
 
-    res = rec.trending(state.connect(), k)
+    res = rec.trending(state.connect_reader(), k)
     _emit(res.columns, res.rows, fmt)
 
 

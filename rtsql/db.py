@@ -112,3 +112,18 @@ def connect_memory() -> duckdb.DuckDBPyConnection:
     configure(con)
     return con
 
+
+
+def connect_for_reading(path: str | os.PathLike | None = None):
+    """(connection, snapshot path or None). When another process (``rtsql tail``) holds the
+    database for writing, answer from its published snapshot, read-only."""
+    from . import snapshot
+
+    path = path or default_path()
+    try:
+        return connect(path), None
+    except DatabaseLocked:
+        snap = snapshot.default_path(path)
+        if not snap.exists():
+            raise
+        return connect(snap, read_only=True), snap

@@ -18,6 +18,7 @@ import gzip
 import hashlib
 import io
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
@@ -81,6 +82,8 @@ class FileResult:
     rejected: int = 0
     skipped: int = 0
     message: str = ""
+    file_id: int | None = None
+    end_offset: int = 0
 
 
 # --------------------------------------------------------------------------- paths and formats
@@ -270,9 +273,14 @@ def _event_type_expr(text_expr: str | None, mapping: ColumnMapping) -> tuple[str
     return expr, params
 
 
-def _csv_header(path: Path, compression: str | None) -> list[str] | None:
-    with _open_bytes(path, compression) as f:
-        first = f.readline()
+def _csv_header(path: Path, compression: str | None, stream: BinaryIO | None = None
+                ) -> list[str] | None:
+    if stream is not None:
+        stream.seek(0)
+        first = stream.readline()
+    else:
+        with _open_bytes(path, compression) as f:
+            first = f.readline()
     if not first.strip():
         return None
     try:
@@ -465,10 +473,11 @@ _COMMIT_PARSED = [
 
 def _load_text(con, path: Path, fmt: str, compression: str | None, mapping: ColumnMapping,
                start_offset: int, start_line: int, chunk_bytes: int, total: int,
-               progress: Progress | None) -> tuple[int, int, int]:
+               progress: Progress | None, include_partial: bool = True,
+               stream: BinaryIO | None = None) -> tuple[int, int]:
     """Parse the lines after ``start_offset`` into _rtsql_parsed. Returns (end offset, end line)."""
     if fmt == "csv":
-        header = _csv_header(path, compression)
+        header = _csv_header(path, compression, stream)
         if header is None:
             return start_offset, start_line
         positions = _check_columns(path, header, mapping)
@@ -476,9 +485,10 @@ def _load_text(con, path: Path, fmt: str, compression: str | None, mapping: Colu
     else:
         sql, params = _json_chunk_sql(mapping)
     end_offset, end_line = start_offset, start_line
-    with _open_bytes(path, compression) as f:
+    with (nullcontext(stream) if stream is not None else _open_bytes(path, compression)) as f:
         _seek(f, start_offset)
-        for table, consumed, last_line in _line_chunks(f, chunk_bytes, start_line, True):
+        for table, consumed, last_line in _line_chunks(f, chunk_bytes, start_line,
+                                                       include_partial):
             if fmt == "csv" and start_line == 0:
                 table = table.filter(pc.greater(table["line"], 1))
             con.register("_rtsql_chunk", table)
@@ -497,12 +507,10 @@ def _keep_raw_of_rejects(sql: str) -> str:
 
 
 def _seek(f: BinaryIO, offset: int) -> None:
-    if not offset:
-        return
     if isinstance(f, gzip.GzipFile):
         f.seek(offset)  # decompresses up to offset; gzip files rarely grow
     else:
-        f.seek(offset, os.SEEK_SET)
+        f.seek(offset, os.SEEK_SET)  # also rewinds a stream the header was read from
 
 
 _PARSED_TABLE = """
@@ -510,6 +518,27 @@ create or replace temp table _rtsql_parsed (
     line BIGINT, raw_text VARCHAR, user_id VARCHAR, item_id VARCHAR, event_type VARCHAR,
     ts TIMESTAMP, value DOUBLE, reason VARCHAR)
 """
+
+
+@dataclass
+class Segment:
+    """Where a load starts in a file and what the ledger should say about it afterwards."""
+
+    file_id: int | None = None  # None: a new ledger row
+    start_offset: int = 0
+    start_line: int = 0
+    complete_lines_only: bool = False  # tail: a last line without newline waits
+    head_sha256: str = ""
+    head_len: int = 0
+    content_sha256: str | None = None  # None: unknown (the tail does not rehash whole files)
+    identity: tuple[int, int] | None = None  # (device, inode) the caller expects at the path
+
+
+def _check_event_type(con, mapping: ColumnMapping) -> None:
+    if mapping.event_type and not scalar(
+            con, "select count(*) from event_types where event_type = ?", [mapping.event_type]):
+        raise InputPathError(f"--event-type {mapping.event_type!r} is not a known event type; "
+                             "see `rtsql event-types`")
 
 
 def ingest_file(con, path: str | os.PathLike, *, fmt: str | None = None,
@@ -520,76 +549,100 @@ def ingest_file(con, path: str | os.PathLike, *, fmt: str | None = None,
     path = Path(path).expanduser().resolve()
     mapping = mapping or ColumnMapping()
     fmt, compression = detect_format(path, fmt)
-    if mapping.event_type and not scalar(con, 
-            "select count(*) from event_types where event_type = ?", [mapping.event_type]
-    ):
-        raise InputPathError(f"--event-type {mapping.event_type!r} is not a known event type; "
-                             "see `rtsql event-types`")
-    chunk_bytes = settings.get(con, "ingest_chunk_mb") << 20
-
+    _check_event_type(con, mapping)
+    head = _fingerprint_head(path, compression)
     # Which earlier ingest of this file (same path, or same first bytes) is a prefix of it now?
     known = con.execute(
         "select file_id, end_offset, end_line, content_sha256, path from source_files "
         "where format = ? and (path = ? or head_sha256 = ?)",
-        [fmt, str(path), _fingerprint_head(path, compression)],
+        [fmt, str(path), head],
     ).fetchall() if fmt != "parquet" else []
     fp = _fingerprint(path, compression, [row[1] for row in known])
     if not force:
         same = one(con, "select path from source_files where content_sha256 = ? limit 1",
-                           [fp.content_sha256])
+                   [fp.content_sha256])
         if same:
             return FileResult(str(path), fmt, "unchanged",
                               message=f"already ingested (as {same[0]})")
-    resume = None
+    segment = Segment(head_sha256=fp.head_sha256, head_len=min(fp.size, HEAD_BYTES))
     if not force:
         matches = [r for r in known if fp.prefix_sha256.get(r[1]) == r[3] and r[1] < fp.size]
         resume = max(matches, key=lambda r: r[1], default=None)
+        if resume:
+            segment.file_id, segment.start_offset, segment.start_line = resume[:3]
+    segment.content_sha256 = fp.content_sha256  # batch reads to the end: the whole content
+    return load_segment(con, path, fmt, compression, mapping, segment, progress)
 
+
+def load_segment(con, path: Path, fmt: str, compression: str | None, mapping: ColumnMapping,
+                 segment: Segment, progress: Progress | None = None) -> FileResult:
+    """Parse ``path`` from the segment's offset and commit its events, rejects and ledger row
+    in one transaction: after a crash the file is either wholly in up to the new offset, or
+    not at all (the exactly-once rule the tail relies on)."""
+    chunk_bytes = settings.get(con, "ingest_chunk_mb") << 20
+    # One descriptor for identity and data: a rotation between a stat and an open would
+    # otherwise pair one file's bytes with another file's inode.
+    stream = open(path, "rb") if fmt != "parquet" and compression is None else None
+    try:
+        stat = os.fstat(stream.fileno()) if stream else path.stat()
+        if segment.identity and (stat.st_dev, stat.st_ino) != segment.identity:
+            return FileResult(str(path), fmt, "moved", message="replaced while being read")
+        return _load_segment(con, path, fmt, compression, mapping, segment, progress, stream,
+                             stat, chunk_bytes)
+    finally:
+        if stream:
+            stream.close()
+
+
+def _load_segment(con, path, fmt, compression, mapping, segment, progress, stream, stat,
+                  chunk_bytes) -> FileResult:
+    size = stat.st_size
     con.execute("begin transaction")
     try:
-        if resume:
-            file_id, start_offset, start_line = resume[0], resume[1], resume[2]
-        else:
-            file_id = scalar(con, "select coalesce(max(file_id), 0) + 1 from source_files")
-            start_offset = start_line = 0
+        file_id = segment.file_id or scalar(
+            con, "select coalesce(max(file_id), 0) + 1 from source_files")
         con.execute(_PARSED_TABLE)
         if fmt == "parquet":
             sql, params = _parquet_sql(path, con, mapping)
             con.execute(f"insert into _rtsql_parsed {_keep_raw_of_rejects(sql)}", params)
-            if scalar(con, "select count(*) from _rtsql_parsed where reason is not null"
-                           ):
+            if scalar(con, "select count(*) from _rtsql_parsed where reason is not null"):
                 con.execute(_PARQUET_REJECT_TEXT, [str(path)])
-            end_offset = fp.size
+            end_offset = size
             end_line = scalar(con, "select coalesce(max(line), 0) from _rtsql_parsed")
         else:
             end_offset, end_line = _load_text(
-                con, path, fmt, compression, mapping, start_offset, start_line, chunk_bytes,
-                fp.size, progress)
+                con, path, fmt, compression, mapping, segment.start_offset, segment.start_line,
+                chunk_bytes, size, progress, not segment.complete_lines_only, stream)
         event_base = scalar(con, "select coalesce(max(event_id), 0) from events")
         params = {"event_base": event_base, "file_id": file_id, "source": str(path),
                   "blank": BLANK}
         for statement in _COMMIT_PARSED:
             con.execute(statement, {k: v for k, v in params.items() if f"${k}" in statement})
-        ingested, rejected, blanks = one(con, 
+        ingested, rejected, blanks = one(
+            con,
             "select count(*) filter (where reason is null), "
             "count(*) filter (where reason <> $blank), count(*) filter (where reason = $blank) "
             "from _rtsql_parsed", {"blank": BLANK})
-        content_sha = fp.content_sha256 if end_offset == fp.size else fp.prefix_sha256.get(
-            end_offset, fp.content_sha256)
-        stat = path.stat()
-        if resume:
+        content_sha = segment.content_sha256 or f"unhashed:{segment.head_sha256}:{end_offset}"
+        tail_sha = _range_sha(stream, end_offset) if stream else None
+        if segment.file_id:
             con.execute(
                 "update source_files set end_offset = ?, end_line = ?, content_sha256 = ?, "
                 "rows_ingested = rows_ingested + ?, rows_rejected = rows_rejected + ?, "
-                "rows_skipped = rows_skipped + ?, last_ingested_at = now()::TIMESTAMP "
-                "where file_id = ?",
-                [end_offset, end_line, content_sha, ingested, rejected, blanks, file_id])
+                "rows_skipped = rows_skipped + ?, path = ?, device = ?, inode = ?, "
+                "tail_sha256 = ?, last_ingested_at = now()::TIMESTAMP where file_id = ?",
+                [end_offset, end_line, content_sha, ingested, rejected, blanks, str(path),
+                 stat.st_dev, stat.st_ino, tail_sha, file_id])
         else:
             con.execute(
-                "insert into source_files values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-                "now()::TIMESTAMP, now()::TIMESTAMP)",
-                [file_id, str(path), fmt, compression, fp.head_sha256, content_sha, end_offset,
-                 end_line, ingested, rejected, blanks, stat.st_dev, stat.st_ino])
+                "insert into source_files (file_id, path, format, compression, head_sha256, "
+                "content_sha256, end_offset, end_line, rows_ingested, rows_rejected, "
+                "rows_skipped, device, inode, first_ingested_at, last_ingested_at, head_len, "
+                "status, tail_sha256) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+                "now()::TIMESTAMP, now()::TIMESTAMP, ?, 'active', ?)",
+                [file_id, str(path), fmt, compression, segment.head_sha256, content_sha,
+                 end_offset, end_line, ingested, rejected, blanks, stat.st_dev, stat.st_ino,
+                 segment.head_len, tail_sha])
         con.execute("drop table if exists _rtsql_parsed")
         con.execute("commit")
     except BaseException as exc:
@@ -603,8 +656,21 @@ def ingest_file(con, path: str | os.PathLike, *, fmt: str | None = None,
     if ingested + rejected + blanks == 0:
         status = "empty"
     else:
-        status = "grown" if resume else "ingested"
-    return FileResult(str(path), fmt, status, ingested, rejected, blanks)
+        status = "grown" if segment.file_id else "ingested"
+    result = FileResult(str(path), fmt, status, ingested, rejected, blanks)
+    result.file_id, result.end_offset = file_id, end_offset
+    return result
+
+
+TAIL_BYTES = 256  # how many bytes before an offset identify a file when it is resumed
+
+
+def _range_sha(source: Path | BinaryIO, offset: int) -> str:
+    """Hash of the TAIL_BYTES before ``offset`` of the raw file (a path or an open stream)."""
+    start = max(0, offset - TAIL_BYTES)
+    with (open(source, "rb") if isinstance(source, (str, Path)) else nullcontext(source)) as f:
+        f.seek(start)
+        return hashlib.sha256(f.read(offset - start)).hexdigest()
 
 
 def _fingerprint_head(path: Path, compression: str | None) -> str:

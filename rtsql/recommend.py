@@ -9,10 +9,6 @@ from .errors import InvalidSetting, UnknownItem, UnknownUser
 from .sqlutil import scalar
 
 STRATEGIES = ("hybrid", "item", "user", "content", "trending")
-_STRATEGY_WEIGHTS = {  # the blend weights a single-strategy request turns on
-    "item": "weight_item_cf", "user": "weight_user_cf", "content": "weight_content",
-    "trending": "weight_trending",
-}
 
 
 @dataclass
@@ -35,30 +31,13 @@ def _check_k(k: int) -> int:
 def recommend(con, user_id: str, k: int = 10, *, strategy: str = "hybrid",
               exclude: list[str] | None = None, category: str | None = None) -> Rows:
     """Top-k items for a user with a reason each (unknown users get trending/popular items).
-
-    ``strategy`` other than 'hybrid' scores with that strategy alone (the others' weights are
-    zeroed for this query only; popularity still backfills)."""
+    ``strategy`` other than 'hybrid' scores with that strategy alone (popularity still
+    backfills)."""
     _check_k(k)
     if strategy not in STRATEGIES:
         raise InvalidSetting(f"strategy must be one of {', '.join(STRATEGIES)}")
-    sql = "select * from recommend(?, k := ?, exclude := ?, category := ?)"
-    params = [user_id, k, exclude, category]
-    if strategy == "hybrid":
-        return _rows(con, sql, params)
-    return _with_single_strategy(con, strategy, lambda: _rows(con, sql, params))
-
-
-def _with_single_strategy(con, strategy, run):
-    """Run with only one blend weight on, inside a transaction that is rolled back, so the
-    stored settings never change (and concurrent readers never see the change)."""
-    con.execute("begin transaction")
-    try:
-        for name in _STRATEGY_WEIGHTS.values():
-            con.execute("update rtsql_settings set value = ? where name = ?",
-                        ["1" if name == _STRATEGY_WEIGHTS[strategy] else "0", name])
-        return run()
-    finally:
-        con.execute("rollback")
+    return _rows(con, "select * from recommend(?, k := ?, exclude := ?, category := ?, "
+                      "strategy := ?)", [user_id, k, exclude, category, strategy])
 
 
 def recommend_for_items(con, item_ids: list[str], k: int = 10) -> Rows:

@@ -1,13 +1,23 @@
 -- rtsql_recommend_core: the hybrid scorer behind recommend() and recommend_for_items().
 -- p_hist is the history as a list of {item_key, weight, event_type, ts}. Each strategy's scores
--- are scaled to [0, 1] and blended with the weight_* settings; every item stays in the pool with
--- its popularity, so k rows come back whenever k items pass the filters.
-create or replace macro rtsql_recommend_core(p_user_key, p_hist, k, p_exclude, p_category) as table
+-- are scaled to [0, 1] and blended with the weight_* settings (or one strategy alone, when
+-- p_strategy is item, user, content or trending); every item stays in the pool with its
+-- popularity, so k rows come back whenever k items pass the filters.
+create or replace macro rtsql_recommend_core(p_user_key, p_hist, k, p_exclude, p_category,
+                                             p_strategy) as table
 with cfg as (
-    select coalesce(rtsql_setting('weight_item_cf'), '1')::DOUBLE as w_item,
-           coalesce(rtsql_setting('weight_user_cf'), '0.3')::DOUBLE as w_user,
-           coalesce(rtsql_setting('weight_content'), '0.1')::DOUBLE as w_content,
-           coalesce(rtsql_setting('weight_trending'), '0.05')::DOUBLE as w_trend,
+    select case when p_strategy = 'hybrid'
+                then coalesce(rtsql_setting('weight_item_cf'), '1')::DOUBLE
+                else (p_strategy = 'item')::DOUBLE end as w_item,
+           case when p_strategy = 'hybrid'
+                then coalesce(rtsql_setting('weight_user_cf'), '0.3')::DOUBLE
+                else (p_strategy = 'user')::DOUBLE end as w_user,
+           case when p_strategy = 'hybrid'
+                then coalesce(rtsql_setting('weight_content'), '0.1')::DOUBLE
+                else (p_strategy = 'content')::DOUBLE end as w_content,
+           case when p_strategy = 'hybrid'
+                then coalesce(rtsql_setting('weight_trending'), '0.05')::DOUBLE
+                else (p_strategy = 'trending')::DOUBLE end as w_trend,
            coalesce(rtsql_setting('exclude_seen'), 'true')::BOOLEAN as exclude_seen,
            coalesce(rtsql_setting('recency_half_life_days'), '0')::DOUBLE as recency
 ),
@@ -24,22 +34,22 @@ h as (
     from hist, latest, cfg where weight > 0
 ),
 item_cf as (
-    select n.neighbor_key as item_key, sum(h.w * n.score) as score,
+    select n.neighbor_key as item_key, fsum(h.w * n.score) as score,
            arg_max(h.item_key, h.w * n.score) as because
     from h join item_neighbors n on n.item_key = h.item_key group by all
 ),
 user_cf as (
-    select i.item_key, sum(s.score * i.weight) as score, NULL::INTEGER as because
+    select i.item_key, fsum(s.score * i.weight) as score, NULL::INTEGER as because
     from user_neighbors s join interactions i on i.user_key = s.neighbor_key
     where s.user_key = p_user_key group by all
 ),
 content as (
-    select n.neighbor_key as item_key, sum(h.w * n.score) as score,
+    select n.neighbor_key as item_key, fsum(h.w * n.score) as score,
            arg_max(h.item_key, h.w * n.score) as because
     from h join content_neighbors n on n.item_key = h.item_key group by all
 ),
 parts as (
-    select item_key, 'item-cf' as strategy, because,
+    select item_key, 'item-cf' as part, because,
            score / max(score) over () * cfg.w_item as s from item_cf, cfg where cfg.w_item > 0
     union all
     select item_key, 'user-cf', because,
@@ -52,14 +62,19 @@ parts as (
            score / max(score) over () * cfg.w_trend from item_trending, cfg
     where cfg.w_trend > 0 and score > 0
 ),
+-- added in a fixed order (not sum()), so every client gets bit-identical scores
 blend as (
-    select item_key, sum(s) as score,
-           arg_max(struct_pack(strategy := strategy, because := because), s) as win
+    select item_key,
+           coalesce(max(s) filter (where part = 'item-cf'), 0)
+           + coalesce(max(s) filter (where part = 'user-cf'), 0)
+           + coalesce(max(s) filter (where part = 'content'), 0)
+           + coalesce(max(s) filter (where part = 'trending'), 0) as score,
+           arg_max(struct_pack(part := part, because := because), s) as win
     from parts where s > 0 group by item_key
 ),
 pool as (
     select i.item_key, i.item_id, coalesce(b.score, 0) as score,
-           coalesce(b.win.strategy, 'popular') as strategy, b.win.because as because,
+           coalesce(b.win.part, 'popular') as part, b.win.because as because,
            coalesce(t.popularity, 0) as popularity
     from items i
     left join blend b using (item_key)
@@ -75,7 +90,7 @@ ranked as (
     from pool qualify rank <= k
 )
 select r.rank, r.item_id, r.score,
-       case r.strategy
+       case r.part
            when 'item-cf' then 'item-cf: because you ' || rtsql_verb(hh.event_type) || ' '
                                || coalesce(bc.title, bi.item_id)
            when 'content' then 'content: similar to ' || coalesce(bc.title, bi.item_id)

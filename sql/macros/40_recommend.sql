@@ -1,11 +1,12 @@
 -- recommend: top-k items for a user (string id), with a reason per row. Pure SQL over stored
 -- tables, so any DuckDB client can call it: SELECT * FROM recommend('user-42', 10).
 -- Unknown users get trending and popular items. exclude: item ids to leave out; category: only
--- items of that catalog category.
-create or replace macro recommend(p_user_id, k := 10, exclude := NULL, category := NULL) as table
+-- items of that catalog category; strategy: hybrid (default), item, user, content or trending.
+create or replace macro recommend(p_user_id, k := 10, exclude := NULL, category := NULL,
+                                  strategy := 'hybrid') as table
 select * from rtsql_recommend_core(
     (select user_key from users where user_id = p_user_id),
     (select list(struct_pack(item_key := item_key, weight := weight, event_type := event_type,
                              ts := ts))
      from rtsql_user_history((select user_key from users where user_id = p_user_id))),
-    k, exclude, category);
+    k, exclude, category, strategy);

@@ -1,0 +1,343 @@
+"""``rtsql tail``: follow a directory of event files and keep recommendations fresh.
+
+The directory is the truth and watchdog events are only hints: every wake-up (a file event, or
+the rescan timer, since the kernel queue can overflow and bursts are merged) leads to one scan,
+which the same code runs at start-up to catch up. A scan follows each known file by its identity
+(device and inode, the hash of its first bytes and of the bytes just before its offset) and
+loads new complete lines through ``ingest.load_segment``, which commits events, rejects and the
+new offset in one transaction: after ``kill -9`` the restart continues exactly where the last
+commit ended. Then it refreshes incrementally and publishes a read-only snapshot for readers.
+
+Rotation (rename away, new file under the old name) drains the renamed file to its end, found by
+inode whatever its new name. Truncation in place (copytruncate) starts a new generation at byte
+0. Deleted files and reused inodes end their ledger row. Parquet files are read once their size
+is stable (or when renamed in from a temporary name).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import fcntl
+import hashlib
+import os
+import re
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import ingest as ingest_mod, refresh as refresh_mod, snapshot
+from .errors import BadEventFile, DatabaseLocked, InputPathError
+from .ingest import ColumnMapping, Segment
+
+ROTATED_GRACE_SECONDS = 5.0  # a renamed-away file still written to is followed this long
+# logrotate-style names of older generations: app.csv.1, app.jsonl-20261128
+_ROTATED = re.compile(r"^(?P<base>.+)(\.\d{1,4}|-\d{8,14})$")
+
+
+def rotation_base(name: str) -> str:
+    """``app.csv.3`` -> ``app.csv``: an older generation is read like the file it was."""
+    m = _ROTATED.match(name)
+    return m.group("base") if m else name
+
+
+@dataclass
+class TailOptions:
+    patterns: tuple[str, ...] = ("*",)
+    recursive: bool = False
+    poll: bool = False
+    fmt: str | None = None
+    mapping: ColumnMapping = field(default_factory=ColumnMapping)
+    publish: Path | None = None
+    refresh: bool = True
+    rescan_seconds: float = 2.0
+    debounce_ms: int = 50
+    status_seconds: float = 5.0
+
+
+@dataclass
+class ScanResult:
+    events: int = 0
+    rejects: int = 0
+    files: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+def _sha(path: Path, start: int, length: int) -> str:
+    with open(path, "rb") as f:
+        f.seek(start)
+        return hashlib.sha256(f.read(length)).hexdigest()
+
+
+def _head_sha(path: Path, length: int) -> str:
+    return _sha(path, 0, length)
+
+
+class Tail:
+    """One writer following one directory. ``scan()`` is the whole algorithm; ``run()`` adds
+    the observer, the timer, signals and the status line."""
+
+    def __init__(self, con, directory: str | os.PathLike, options: TailOptions | None = None,
+                 log: Callable[[str], None] = lambda line: None):
+        self.con = con
+        self.dir = Path(directory).expanduser().resolve()
+        if not self.dir.is_dir():
+            raise InputPathError(f"{self.dir} is not a directory")
+        self.opt = options or TailOptions()
+        ingest_mod._check_event_type(con, self.opt.mapping)
+        self.log = log
+        self._parquet_sizes: dict[tuple[int, int], int] = {}
+        self.stop = threading.Event()
+        self.wake = threading.Event()
+        self.totals = ScanResult()
+        self.last_refresh: tuple[float, float] | None = None  # (when, seconds)
+        self.last_publish_seconds: float | None = None
+        self.pending_since: float | None = None
+        self.rotated_grace = ROTATED_GRACE_SECONDS
+
+    # ------------------------------------------------------------------ which files
+
+    def _matches(self, path: Path) -> bool:
+        """A followed name: not temporary, matching a pattern (an older generation such as
+        app.csv.1 matches as app.csv does), of a known format."""
+        rel = path.relative_to(self.dir)
+        if any(ingest_mod.is_temporary_name(part) for part in rel.parts):
+            return False
+        base = rotation_base(path.name)
+        if not any(fnmatch.fnmatch(name, p) for p in self.opt.patterns
+                   for name in (path.name, base, str(rel))):
+            return False
+        try:
+            self._format(path)
+        except InputPathError:
+            return False
+        return True
+
+    def _format(self, path: Path):
+        return ingest_mod.detect_format(path.with_name(rotation_base(path.name)), self.opt.fmt)
+
+    def _files(self) -> dict[tuple[int, int], Path]:
+        """Every regular file below the directory by (device, inode), matching or not: a
+        rotated file is found by inode whatever its new name."""
+        found = {}
+        walker = self.dir.rglob("*") if self.opt.recursive else self.dir.iterdir()
+        for path in walker:
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            if path.is_file():
+                found[(st.st_dev, st.st_ino)] = path
+        return found
+
+    # ------------------------------------------------------------------ one pass
+
+    def scan(self) -> ScanResult:
+        """Bring the database up to date with the directory once."""
+        result = ScanResult()
+        files = self._files()
+        followed = self.con.execute(
+            "select file_id, path, format, compression, device, inode, head_sha256, head_len, "
+            "end_offset, end_line, tail_sha256 from source_files where status = 'active' "
+            "and device is not null order by file_id").fetchall()
+        claimed = set()
+        for row in followed:
+            key = (row[4], row[5])
+            claimed.add(key)
+            self._follow(row, files.get(key), result)
+        for key, path in sorted(files.items(), key=lambda kv: str(kv[1])):
+            if key not in claimed and self._matches(path) and not self._is_followed(key):
+                self._start(path, key, result)
+        self.totals.events += result.events
+        self.totals.rejects += result.rejects
+        self.totals.files += result.files
+        return result
+
+    def _is_followed(self, key) -> bool:
+        return bool(self.con.execute(
+            "select count(*) from source_files where status = 'active' and device = ? "
+            "and inode = ?", list(key)).fetchall()[0][0])
+
+    def _follow(self, row, path: Path | None, result: ScanResult) -> None:
+        file_id, old_path, fmt, compression, dev, ino, head, head_len, offset, line, tail = row
+        if path is None:
+            self._end(file_id, "gone", f"{old_path} was deleted or moved away at byte {offset}")
+            result.warnings.append(f"{old_path}: gone")
+            return
+        try:
+            size = path.stat().st_size
+            same = (size >= offset and _head_sha(path, head_len or 0) == head
+                    and (tail is None or ingest_mod._range_sha(path, offset) == tail))
+        except OSError:
+            return  # vanished between listing and reading: the next scan sees it
+        if not same:
+            reason = ("truncated" if size < offset else "gone")
+            self._end(file_id, reason, f"{path}: {'truncated in place (copytruncate), reading it again from byte 0' if reason == 'truncated' else 'its inode now holds another file'}")
+            result.warnings.append(f"{path}: {reason}")
+            if self._matches(path):
+                self._start(path, (dev, ino), result)
+            return
+        if fmt == "parquet" or compression:
+            return  # read once, whole
+        renamed_away = not self._matches(path)
+        if size > offset:
+            seg = Segment(file_id=file_id, start_offset=offset, start_line=line,
+                          complete_lines_only=not renamed_away, head_sha256=head,
+                          head_len=head_len, identity=(dev, ino))
+            self._load(path, fmt, compression, seg, result)
+        if renamed_away and time.time() - path.stat().st_mtime > self.rotated_grace:
+            self._end(file_id, "drained", f"rotated file {path} read to its end")
+
+    def _start(self, path: Path, key, result: ScanResult) -> None:
+        try:
+            fmt, compression = self._format(path)
+            size = path.stat().st_size
+        except (InputPathError, OSError):
+            return
+        if fmt == "parquet" or compression:
+            # whole files: read once the size is stable over two scans
+            if self._parquet_sizes.get(key) != size or size == 0:
+                self._parquet_sizes[key] = size
+                self.wake.set()
+                return
+            self._parquet_sizes.pop(key, None)
+            try:
+                res = ingest_mod.ingest_file(self.con, path, fmt=self.opt.fmt,
+                                             mapping=self.opt.mapping)
+            except BadEventFile as exc:
+                result.warnings.append(str(exc))
+                return
+            if res.file_id:
+                self.con.execute("update source_files set status = 'drained' where file_id = ?",
+                                 [res.file_id])
+            result.events += res.ingested
+            result.rejects += res.rejected
+            result.files += 1
+            return
+        if size == 0:
+            return
+        head_len = min(size, ingest_mod.HEAD_BYTES)
+        seg = Segment(complete_lines_only=True, head_sha256=_head_sha(path, head_len),
+                      head_len=head_len, identity=key)
+        copy_of = self._copy_of(path, seg.head_sha256, size)
+        if copy_of:  # e.g. copytruncate's copy: its first part is already in the database
+            seg.start_offset, seg.start_line = copy_of
+        self._load(path, fmt, compression, seg, result)
+
+    def _copy_of(self, path: Path, head: str, size: int):
+        """(offset, line) up to which this new file repeats a file read before: same first
+        bytes and the same bytes before that file's offset."""
+        rows = self.con.execute(
+            "select end_offset, end_line, tail_sha256 from source_files where head_sha256 = ? "
+            "and end_offset <= ? and tail_sha256 is not null order by end_offset desc",
+            [head, size]).fetchall()
+        for offset, line, tail in rows:
+            if offset and ingest_mod._range_sha(path, offset) == tail:
+                return offset, line
+        return None
+
+    def _load(self, path: Path, fmt: str, compression, seg: Segment, result: ScanResult) -> None:
+        try:
+            res = ingest_mod.load_segment(self.con, path, fmt, compression, self.opt.mapping, seg)
+        except BadEventFile as exc:
+            result.warnings.append(str(exc))
+            return
+        result.events += res.ingested
+        result.rejects += res.rejected
+        result.files += 1 if (res.ingested or res.rejected) else 0
+
+    def _end(self, file_id: int, status: str, message: str) -> None:
+        self.con.execute("update source_files set status = ? where file_id = ?", [status, file_id])
+        self.log(f"tail: {message}")
+
+    # ------------------------------------------------------------------ batch and loop
+
+    def batch(self) -> ScanResult:
+        """One scan, then refresh and publish when anything arrived."""
+        result = self.scan()
+        for warning in result.warnings:
+            self.log(f"tail: warning: {warning}")
+        if result.events or result.rejects:
+            if self.opt.refresh:
+                done = refresh_mod.refresh(self.con)
+                self.last_refresh = (time.time(), done.seconds)
+            if self.opt.publish:
+                self.last_publish_seconds = snapshot.publish(self.con, self.opt.publish)
+        return result
+
+    def run(self, once: bool = False) -> ScanResult:
+        """Catch up, then follow until SIGINT/SIGTERM (or return after catching up)."""
+        first = self.batch()
+        if self.opt.publish and not self.opt.publish.exists():
+            self.last_publish_seconds = snapshot.publish(self.con, self.opt.publish)
+        if once:
+            return first
+        observer = self._observer()
+        previous = {}
+        if threading.current_thread() is threading.main_thread():  # else: the caller stops us
+            previous = {sig: signal.signal(sig, lambda *_: (self.stop.set(), self.wake.set()))
+                        for sig in (signal.SIGINT, signal.SIGTERM)}
+        last_status, events_at_status = time.monotonic(), self.totals.events
+        try:
+            while not self.stop.is_set():
+                self.wake.wait(self.opt.rescan_seconds)
+                if self.wake.is_set() and not self.stop.is_set():
+                    time.sleep(self.opt.debounce_ms / 1000)  # let a burst settle
+                self.wake.clear()
+                self.pending_since = self.pending_since or time.monotonic()
+                self.batch()
+                self.pending_since = None
+                now = time.monotonic()
+                if now - last_status >= self.opt.status_seconds:
+                    rate = (self.totals.events - events_at_status) / (now - last_status)
+                    self.log(self.status_line(rate))
+                    last_status, events_at_status = now, self.totals.events
+        finally:
+            observer.stop()
+            observer.join()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return self.totals
+
+    def status_line(self, rate: float) -> str:
+        lag = 0.0 if self.pending_since is None else time.monotonic() - self.pending_since
+        refreshed = (time.strftime("%H:%M:%S", time.localtime(self.last_refresh[0]))
+                     + f" ({self.last_refresh[1] * 1000:.0f} ms)") if self.last_refresh else "never"
+        published = (f", publish {self.last_publish_seconds * 1000:.0f} ms"
+                     if self.last_publish_seconds is not None else "")
+        return (f"tail: {rate:.0f} events/s, lag {lag:.1f}s, {self.totals.events} events, "
+                f"{self.totals.rejects} rejects, last refresh {refreshed}{published}")
+
+    def _observer(self):
+        from watchdog.events import FileSystemEventHandler
+        from watchdog.observers import Observer
+        from watchdog.observers.polling import PollingObserver
+
+        tail = self
+
+        class Hint(FileSystemEventHandler):
+            """Filters and forwards: any change below the directory wakes the loop."""
+
+            def on_any_event(self, event):
+                if event.event_type in ("opened", "closed_no_write"):
+                    return
+                tail.wake.set()
+
+        observer = PollingObserver(timeout=0.5) if self.opt.poll else Observer()
+        observer.schedule(Hint(), str(self.dir), recursive=self.opt.recursive)
+        observer.daemon = True
+        observer.start()
+        return observer
+
+
+def acquire_lock(db_path: str) -> int:
+    """One tail per database: a second one gets a clear error."""
+    fd = os.open(str(db_path) + ".tail.lock", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DatabaseLocked(f"another `rtsql tail` is running on {db_path}") from None
+    return fd
