@@ -10,6 +10,7 @@ and renamed over the previous one: a reader sees the old file or the new one, ne
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -30,38 +31,86 @@ def default_path(db_path: str | os.PathLike) -> Path:
 
 
 def publish(con, target: str | os.PathLike) -> float:
-    """Write a snapshot of ``con``'s serving state to ``target`` atomically; returns seconds."""
-    start = time.perf_counter()
-    target = Path(target)
-    tmp = target.with_name("." + target.name + ".tmp")
-    for leftover in (tmp, Path(str(tmp) + ".wal")):
-        leftover.unlink(missing_ok=True)
-    con.execute(f"attach ? as rtsql_snapshot (storage_version '{STORAGE_VERSION}')", [str(tmp)])
-    try:
-        for table in SERVING_TABLES:
-            con.execute(f"create table rtsql_snapshot.{table} as select * from {table}")
-        # events after the watermark (normally none right after a refresh) keep recommend()
-        # real time in the snapshot too
-        con.execute("""create table rtsql_snapshot.events as select * from events
-                       where event_id > coalesce((select value::BIGINT from model_state
-                                                  where name = 'watermark'), -1)""")
-    finally:
-        con.execute("detach rtsql_snapshot")
-    snap = duckdb.connect(str(tmp))
-    try:
-        migrate.install_definitions(snap)
-        snap.execute("checkpoint")
-    finally:
-        snap.close()
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, target)
-    dir_fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return time.perf_counter() - start
+    """Write a full snapshot of ``con``'s serving state to ``target``; returns seconds."""
+    return Publisher(target).full(con)
+
+
+class Publisher:
+    """Publishes snapshots to one target path.
+
+    ``full`` writes every serving table (after a refresh) and keeps a private copy as the base;
+    ``events`` (after an ingest batch, when the models did not change) copies the base and
+    replaces only what new events change for readers: the id dictionaries and the events not
+    yet folded into the base's models, which recommend() reads at query time. That keeps the
+    publish after each batch to a file copy plus a few small tables.
+    """
+
+    def __init__(self, target: str | os.PathLike):
+        self.target = Path(target)
+        self.base = self.target.with_name("." + self.target.name + ".base")
+        self.tmp = self.target.with_name("." + self.target.name + ".tmp")
+
+    def full(self, con) -> float:
+        start = time.perf_counter()
+        self._clear_tmp()
+        con.execute(f"attach ? as rtsql_snapshot (storage_version '{STORAGE_VERSION}')",
+                    [str(self.tmp)])
+        try:
+            for table in SERVING_TABLES:
+                con.execute(f"create table rtsql_snapshot.{table} as select * from {table}")
+            con.execute(f"create table rtsql_snapshot.events as {_PENDING}", [None])
+        finally:
+            con.execute("detach rtsql_snapshot")
+        snap = duckdb.connect(str(self.tmp))
+        try:
+            migrate.install_definitions(snap)
+            snap.execute("checkpoint")
+        finally:
+            snap.close()
+        shutil.copyfile(self.tmp, self.base)
+        self._install()
+        return time.perf_counter() - start
+
+    def events(self, con) -> float:
+        if not self.base.exists():
+            return self.full(con)
+        start = time.perf_counter()
+        self._clear_tmp()
+        shutil.copyfile(self.base, self.tmp)
+        con.execute("attach ? as rtsql_snapshot", [str(self.tmp)])
+        try:
+            watermark = con.execute("select value::BIGINT from rtsql_snapshot.model_state "
+                                    "where name = 'watermark'").fetchall()
+            for table in ("users", "items"):
+                con.execute(f"delete from rtsql_snapshot.{table}")
+                con.execute(f"insert into rtsql_snapshot.{table} select * from {table}")
+            con.execute("delete from rtsql_snapshot.events")
+            con.execute(f"insert into rtsql_snapshot.events {_PENDING}",
+                        [watermark[0][0] if watermark else None])
+        finally:
+            con.execute("detach rtsql_snapshot")
+        self._install()
+        return time.perf_counter() - start
+
+    def _clear_tmp(self) -> None:
+        for leftover in (self.tmp, Path(str(self.tmp) + ".wal")):
+            leftover.unlink(missing_ok=True)
+
+    def _install(self) -> None:
+        """fsync the new file, rename it over the target, fsync the folder."""
+        fd = os.open(self.tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(self.tmp, self.target)
+        dir_fd = os.open(self.target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+# events after the watermark (the given one, else the database's): folded into no model yet
+_PENDING = """select * from events where event_id > coalesce(
+    ?, (select value::BIGINT from model_state where name = 'watermark'), -1)"""

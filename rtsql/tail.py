@@ -96,6 +96,11 @@ class Tail:
         self.last_publish_seconds: float | None = None
         self.pending_since: float | None = None
         self.rotated_grace = ROTATED_GRACE_SECONDS
+        self._refresher: threading.Thread | None = None
+        self._refresh_finished = threading.Event()
+        self._refresh_pending = False
+        self._refresh_error: Exception | None = None
+        self.publisher = snapshot.Publisher(self.opt.publish) if self.opt.publish else None
 
     # ------------------------------------------------------------------ which files
 
@@ -254,24 +259,70 @@ class Tail:
 
     # ------------------------------------------------------------------ batch and loop
 
-    def batch(self) -> ScanResult:
-        """One scan, then refresh and publish when anything arrived."""
+    def batch(self, background_refresh: bool = False) -> ScanResult:
+        """One scan; when anything arrived, publish at once (recommend() reads events newer
+        than the last refresh, so readers see them before any neighbour list changes), then
+        refresh: inline, or on its own cursor in a background thread that publishes again when
+        it is done (DuckDB's MVCC gives it a consistent view; it writes only derived tables)."""
         result = self.scan()
         for warning in result.warnings:
             self.log(f"tail: warning: {warning}")
-        if result.events or result.rejects:
-            if self.opt.refresh:
-                done = refresh_mod.refresh(self.con)
-                self.last_refresh = (time.time(), done.seconds)
-            if self.opt.publish:
-                self.last_publish_seconds = snapshot.publish(self.con, self.opt.publish)
+        arrived = bool(result.events or result.rejects)
+        if arrived:
+            self._publish(full=False)
+        if self._refresh_finished.is_set():
+            self._refresh_finished.clear()
+            self._join_refresh()
+            self._publish(full=True)
+        if self.opt.refresh and (arrived or self._refresh_pending):
+            if not background_refresh:
+                self._record_refresh(refresh_mod.refresh(self.con))
+                self._publish(full=True)
+            elif self._refresher is None:
+                self._start_refresh()
+            else:
+                self._refresh_pending = True  # one more pass when the running one ends
         return result
+
+    def _publish(self, full: bool) -> None:
+        if self.publisher is not None:
+            self.last_publish_seconds = (self.publisher.full(self.con) if full
+                                         else self.publisher.events(self.con))
+
+    def _record_refresh(self, done) -> None:
+        self.last_refresh = (time.time(), done.seconds)
+
+    def _start_refresh(self) -> None:
+        self._refresh_pending = False
+        cursor = self.con.cursor()
+
+        def work():
+            try:
+                self._record_refresh(refresh_mod.refresh(cursor))
+            except Exception as exc:  # reported by the loop; the next batch tries again
+                self._refresh_error = exc
+            finally:
+                cursor.close()
+                self._refresh_finished.set()
+                self.wake.set()
+
+        self._refresher = threading.Thread(target=work, name="rtsql-refresh")
+        self._refresher.start()
+
+    def _join_refresh(self) -> None:
+        if self._refresher is not None:
+            self._refresher.join()
+            self._refresher = None
+        if self._refresh_error is not None:
+            error, self._refresh_error = self._refresh_error, None
+            self.log(f"tail: warning: refresh failed: {error}")
+            self._refresh_pending = True
 
     def run(self, once: bool = False) -> ScanResult:
         """Catch up, then follow until SIGINT/SIGTERM (or return after catching up)."""
         first = self.batch()
-        if self.opt.publish and not self.opt.publish.exists():
-            self.last_publish_seconds = snapshot.publish(self.con, self.opt.publish)
+        if self.publisher and not self.publisher.target.exists():
+            self._publish(full=True)
         if once:
             return first
         observer = self._observer()
@@ -287,7 +338,7 @@ class Tail:
                     time.sleep(self.opt.debounce_ms / 1000)  # let a burst settle
                 self.wake.clear()
                 self.pending_since = self.pending_since or time.monotonic()
-                self.batch()
+                self.batch(background_refresh=True)
                 self.pending_since = None
                 now = time.monotonic()
                 if now - last_status >= self.opt.status_seconds:
@@ -295,6 +346,7 @@ class Tail:
                     self.log(self.status_line(rate))
                     last_status, events_at_status = now, self.totals.events
         finally:
+            self._join_refresh()  # finish the refresh under way, as a clean stop should
             observer.stop()
             observer.join()
             for sig, handler in previous.items():
