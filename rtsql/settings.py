@@ -70,6 +70,10 @@ SETTINGS: dict[str, Setting] = {
         Setting("user_cf", bool, True, "Compute user-user neighbours (needed by weight_user_cf)."),
         Setting("refresh_block_mb", int, 128,
                 "Memory for one block of similarities during refresh.", _positive),
+        Setting("tail_refresh_seconds", float, 10.0,
+                "rtsql tail starts a background refresh at most this often (new events reach "
+                "recommend() at once regardless; this bounds how stale neighbour lists get).",
+                _non_negative),
         # --- serving (read by the SQL macros at query time; no refresh needed)
         Setting("weight_item_cf", float, 1.0, "Blend weight of item-item CF in recommend().",
                 _non_negative),

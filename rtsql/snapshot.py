@@ -39,10 +39,10 @@ class Publisher:
     """Publishes snapshots to one target path.
 
     ``full`` writes every serving table (after a refresh) and keeps a private copy as the base;
-    ``events`` (after an ingest batch, when the models did not change) copies the base and
-    replaces only what new events change for readers: the id dictionaries and the events not
-    yet folded into the base's models, which recommend() reads at query time. That keeps the
-    publish after each batch to a file copy plus a few small tables.
+    ``events`` (after an ingest batch, when the models did not change) appends to the base only
+    what new events add for readers, new ids and the events themselves (recommend() reads events
+    after the models' watermark at query time), then copies the base into place. That keeps the
+    publish after each batch to a file copy plus the batch's own rows.
     """
 
     def __init__(self, target: str | os.PathLike):
@@ -75,20 +75,20 @@ class Publisher:
         if not self.base.exists():
             return self.full(con)
         start = time.perf_counter()
+        # the base is private: bring it forward with only the rows added since its last
+        # publish (new events, new users and items), then copy it into place
+        con.execute("attach ? as rtsql_base", [str(self.base)])
+        try:
+            for table, key in (("events", "event_id"), ("users", "user_key"),
+                               ("items", "item_key")):
+                con.execute(f"""insert into rtsql_base.{table} select * from {table}
+                                where {key} > (select coalesce(max({key}), -1)
+                                               from rtsql_base.{table})""")
+            con.execute("checkpoint rtsql_base")
+        finally:
+            con.execute("detach rtsql_base")
         self._clear_tmp()
         shutil.copyfile(self.base, self.tmp)
-        con.execute("attach ? as rtsql_snapshot", [str(self.tmp)])
-        try:
-            watermark = con.execute("select value::BIGINT from rtsql_snapshot.model_state "
-                                    "where name = 'watermark'").fetchall()
-            for table in ("users", "items"):
-                con.execute(f"delete from rtsql_snapshot.{table}")
-                con.execute(f"insert into rtsql_snapshot.{table} select * from {table}")
-            con.execute("delete from rtsql_snapshot.events")
-            con.execute(f"insert into rtsql_snapshot.events {_PENDING}",
-                        [watermark[0][0] if watermark else None])
-        finally:
-            con.execute("detach rtsql_snapshot")
         self._install()
         return time.perf_counter() - start
 

@@ -101,6 +101,10 @@ class Tail:
         self._refresh_pending = False
         self._refresh_error: Exception | None = None
         self.publisher = snapshot.Publisher(self.opt.publish) if self.opt.publish else None
+        from . import settings
+
+        self.refresh_interval = settings.get(con, "tail_refresh_seconds")
+        self._refresh_started = -float("inf")
 
     # ------------------------------------------------------------------ which files
 
@@ -278,10 +282,10 @@ class Tail:
             if not background_refresh:
                 self._record_refresh(refresh_mod.refresh(self.con))
                 self._publish(full=True)
-            elif self._refresher is None:
+            elif self._refresher is None and self._refresh_due():
                 self._start_refresh()
             else:
-                self._refresh_pending = True  # one more pass when the running one ends
+                self._refresh_pending = True  # later: when due, or when the running one ends
         return result
 
     def _publish(self, full: bool) -> None:
@@ -292,8 +296,12 @@ class Tail:
     def _record_refresh(self, done) -> None:
         self.last_refresh = (time.time(), done.seconds)
 
+    def _refresh_due(self) -> bool:
+        return time.monotonic() - self._refresh_started >= self.refresh_interval
+
     def _start_refresh(self) -> None:
         self._refresh_pending = False
+        self._refresh_started = time.monotonic()
         cursor = self.con.cursor()
 
         def work():
