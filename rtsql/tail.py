@@ -371,25 +371,27 @@ class Tail:
                 f"{self.totals.rejects} rejects, last refresh {refreshed}{published}")
 
     def _observer(self):
-        from watchdog.events import FileSystemEventHandler
         from watchdog.observers import Observer
         from watchdog.observers.polling import PollingObserver
 
-        tail = self
-
-        class Hint(FileSystemEventHandler):
-            """Filters and forwards: any change below the directory wakes the loop."""
-
-            def on_any_event(self, event):
-                if event.event_type in ("opened", "closed_no_write"):
-                    return
-                tail.wake.set()
-
         observer = PollingObserver(timeout=0.5) if self.opt.poll else Observer()
-        observer.schedule(Hint(), str(self.dir), recursive=self.opt.recursive)
+        observer.schedule(wake_handler(self.wake), str(self.dir), recursive=self.opt.recursive)
         observer.daemon = True
         observer.start()
         return observer
+
+
+def wake_handler(wake: threading.Event):
+    """The watchdog handler: it only wakes the loop (the scan decides what changed)."""
+    from watchdog.events import FileSystemEventHandler
+
+    class Wake(FileSystemEventHandler):
+        def on_any_event(self, event):
+            if event.event_type in ("opened", "closed_no_write") or event.is_directory:
+                return
+            wake.set()
+
+    return Wake()
 
 
 def acquire_lock(db_path: str) -> int:

@@ -305,3 +305,52 @@ def test_snapshot_readers_never_see_a_half_written_state(tmp_path, db_path, writ
             th.join()
         con.close()
     assert reads[0] > 0 and not errors, errors[:2]
+
+
+def test_handler_wakes_on_changes_only():
+    from watchdog.events import (DirCreatedEvent, FileClosedNoWriteEvent, FileCreatedEvent,
+                                 FileModifiedEvent, FileMovedEvent, FileOpenedEvent)
+
+    wake = threading.Event()
+    handler = tail.wake_handler(wake)
+    for quiet in (FileOpenedEvent("/d/a.csv"), FileClosedNoWriteEvent("/d/a.csv"),
+                  DirCreatedEvent("/d/sub")):
+        handler.dispatch(quiet)
+        assert not wake.is_set()
+    for change in (FileCreatedEvent("/d/a.csv"), FileModifiedEvent("/d/a.csv"),
+                   FileMovedEvent("/d/a.csv", "/d/a.csv.1")):
+        handler.dispatch(change)
+        assert wake.is_set()
+        wake.clear()
+
+
+@pytest.mark.slow
+def test_sigterm_stops_cleanly_and_readers_use_the_snapshot(tmp_path):
+    from click.testing import CliRunner
+
+    from rtsql.cli import main
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.csv").write_text(HEADER + "".join(line(n) for n in range(50)))
+    db = tmp_path / "live.duckdb"
+    proc = subprocess.Popen([sys.executable, "-m", "rtsql.cli", "--db", str(db), "tail",
+                             str(folder), "--poll"], stderr=subprocess.PIPE, text=True)
+    snap = snapshot.default_path(db)
+    deadline = time.time() + 30
+    while not snap.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    with open(folder / "a.csv", "a") as out:
+        out.write(line(1, user="late"))
+    res = CliRunner().invoke(main, ["--db", str(db), "recommend", "visitor", "-k", "3",
+                                    "--format", "csv"])
+    assert res.exit_code == 0, res.output
+    assert "answered from the snapshot" in res.stderr
+    assert len(res.stdout.splitlines()) == 4
+    time.sleep(1.5)  # the polling observer notices the append
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("select count(*) from events").fetchall()[0][0] == 51
+    con.close()
