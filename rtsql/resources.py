@@ -2,7 +2,9 @@
 
 In the source tree they live in the top-level ``sql/`` and ``migrations/`` folders; pyproject.toml
 maps them to the ``rtsql.sql`` and ``rtsql.migrations`` packages so an installed wheel carries
-them. Everything goes through ``importlib.resources``, never through paths relative to this file.
+them. Everything goes through ``importlib.resources``; only when rtsql is imported straight from a
+source checkout (``python -m rtsql.cli`` in the repository root), where those packages do not
+exist, are the top-level folders read instead.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -35,10 +38,25 @@ class SqlObject:
     sql: str
 
 
+_SOURCE_FOLDERS = {"rtsql.migrations": "migrations", "rtsql.sql": "sql",
+                   "rtsql.sql.views": "sql/views", "rtsql.sql.macros": "sql/macros"}
+
+
+def _files(package: str):
+    """The resource folder of ``package``: installed, or the source checkout's folder."""
+    try:
+        return resources.files(package)
+    except ModuleNotFoundError:
+        folder = Path(__file__).resolve().parent.parent / _SOURCE_FOLDERS[package]
+        if not folder.is_dir():
+            raise
+        return folder
+
+
 def migrations() -> list[Migration]:
     """All migrations in version order; a gap or a duplicate version is a packaging bug."""
     found = []
-    for entry in resources.files("rtsql.migrations").iterdir():
+    for entry in _files("rtsql.migrations").iterdir():
         m = _MIGRATION_NAME.match(entry.name)
         if m:
             found.append(Migration(int(m.group(1)), m.group(2), entry.read_text("utf-8")))
@@ -52,7 +70,7 @@ def migrations() -> list[Migration]:
 def sql_objects(kind: str) -> list[SqlObject]:
     """View or macro definitions, sorted by file name (a numeric prefix orders dependencies)."""
     objs = []
-    for entry in sorted(resources.files(f"rtsql.sql.{kind}").iterdir(), key=lambda e: e.name):
+    for entry in sorted(_files(f"rtsql.sql.{kind}").iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".sql"):
             name = re.sub(r"^\d+_", "", entry.name[: -len(".sql")])
             objs.append(SqlObject(kind, name, entry.read_text("utf-8")))
@@ -61,4 +79,4 @@ def sql_objects(kind: str) -> list[SqlObject]:
 
 def query(name: str) -> str:
     """A named query file from ``sql/`` (shared SQL used by several modules)."""
-    return resources.files("rtsql.sql").joinpath(f"{name}.sql").read_text("utf-8")
+    return _files("rtsql.sql").joinpath(f"{name}.sql").read_text("utf-8")

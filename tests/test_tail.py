@@ -241,7 +241,8 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(tmp_path):
            "--no-refresh", "--publish", str(tmp_path / "snap.duckdb")]
     try:
         while writer.poll() is None or kills < 20:
-            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                    cwd=tmp_path)
             time.sleep(rng.uniform(0.5, 2.0))  # start-up takes about a second
             proc.send_signal(signal.SIGKILL)
             proc.wait()
@@ -250,7 +251,8 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(tmp_path):
                 break
     finally:
         writer.wait()
-    subprocess.run(cmd + ["--once"], check=True, capture_output=True)
+    final = subprocess.run(cmd + ["--once"], capture_output=True, text=True, cwd=tmp_path)
+    assert final.returncode == 0, final.stderr[-2000:]
     # rotated files were drained by inode; files renamed away are read to their end
     con = duckdb.connect(str(db), read_only=True)
     dups = con.execute("select value, list(file_id), list(line) from events group by value "
@@ -286,7 +288,8 @@ def test_snapshot_readers_never_see_a_half_written_state(tmp_path, db_path, writ
                 "n = c.execute(\"select count(*) from recommend('visitor', 5)\").fetchall()[0][0]\n"
                 "assert n == 5, n\n")
         while not stop.is_set():
-            proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+            proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                  cwd=tmp_path)
             if proc.returncode:
                 errors.append(proc.stderr[-500:])
             reads[0] += 1
@@ -335,7 +338,8 @@ def test_sigterm_stops_cleanly_and_readers_use_the_snapshot(tmp_path):
     (folder / "a.csv").write_text(HEADER + "".join(line(n) for n in range(50)))
     db = tmp_path / "live.duckdb"
     proc = subprocess.Popen([sys.executable, "-m", "rtsql.cli", "--db", str(db), "tail",
-                             str(folder), "--poll"], stderr=subprocess.PIPE, text=True)
+                             str(folder), "--poll"], stderr=subprocess.PIPE, text=True,
+                            cwd=tmp_path)
     snap = snapshot.default_path(db)
     deadline = time.time() + 30
     while not snap.exists() and time.time() < deadline:
