@@ -520,6 +520,133 @@ def forget(state: State, user_id, yes):
     click.echo(f"forgot {user_id}: {result.summary()}")
 
 
+# --------------------------------------------------------------------------- evaluation
+
+def _overrides(assignments) -> dict[str, str]:
+    out = {}
+    for item in assignments:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r}: use NAME=VALUE", param_hint="--set")
+        settings.parse(name.strip(), value.strip())  # unknown names and bad values fail here
+        out[name.strip()] = value.strip()
+    return out
+
+
+@main.command()
+@click.option("--protocol", type=click.Choice(["holdout", "prequential"]), default="holdout",
+              show_default=True, help="EVAL.md protocol 1 (holdout) or 2 (prequential).")
+@click.option("-k", default=10, show_default=True, help="List length.")
+@click.option("--strategy", "strategies", multiple=True,
+              type=click.Choice(["hybrid", "item", "user", "content", "trending"]),
+              help="Strategies to score (holdout; repeatable; default hybrid).")
+@click.option("--set", "assignments", multiple=True, metavar="NAME=VALUE",
+              help="Evaluate with this setting changed (repeatable); the live one stays.")
+@click.option("--limit", type=int, help="Prequential: replay at most this many events.")
+@click.option("--refresh-every", default=100, show_default=True,
+              help="Prequential: incremental refresh after this many events.")
+@click.option("--events", "events_file", metavar="FILE",
+              help="Evaluate on this events file instead of the database's events.")
+@click.option("--events-format", "in_format", type=click.Choice(ingest_mod.FORMATS),
+              help="Format of --events (default: from its extension).")
+@click.option("--map", "maps", multiple=True, metavar="CANONICAL=SOURCE",
+              help="Column mapping of --events, as for ingest (repeatable).")
+@click.option("--event-type", help="Event type of --events rows that have none.")
+@FORMAT_OPTION
+@click.pass_obj
+def evaluate(state: State, protocol, k, strategies, assignments, limit, refresh_every,
+             events_file, in_format, maps, event_type, fmt):
+    """Offline accuracy of the recommendations, in a scratch database (live tables untouched).
+
+    \b
+    Example:
+        rtsql evaluate --strategy hybrid --strategy item
+        rtsql evaluate --protocol prequential --limit 2000
+        rtsql evaluate --events ratings.csv --map user_id=userId --map item_id=movieId \
+            --map value=rating --map ts=timestamp --event-type rating
+    """
+    from . import evaluate as ev
+
+    overrides = _overrides(assignments)
+    if events_file:
+        source = db.connect_memory()
+        results = ingest_mod.ingest(source, [events_file], fmt=in_format,
+                                    mapping=ingest_mod.ColumnMapping.parse(maps, event_type))
+        if any(r.status == "failed" for r in results):
+            raise click.ClickException(results[0].message)
+    else:
+        source, _ = db.connect_for_reading(state.db_path)
+    if protocol == "holdout":
+        rows = []
+        for r in ev.holdout(source, k=k, strategies=strategies or ("hybrid",),
+                            overrides=overrides):
+            m = r.metrics
+            rows.append((r.strategy, m.users, round(m.precision, 4), round(m.recall, 4),
+                         round(m.ndcg, 4), round(m.map, 4), round(m.coverage, 4),
+                         round(r.refresh_seconds, 2), round(r.query_ms_per_user, 1)))
+        _emit(["strategy", "users"] + ev.metric_names(k) + ["refresh s", "ms/user"], rows, fmt)
+    else:
+        res = ev.prequential(source, k=k, limit=limit, refresh_every=refresh_every,
+                             overrides=overrides)
+        p50, p99 = ev.summarize_latencies(res.latencies)
+        _emit(["evaluated", "hits", f"HR@{k}", "step p50 ms", "step p99 ms"],
+              [(res.evaluated, res.hits, round(res.hit_rate, 4), round(p50, 1), round(p99, 1))],
+              fmt)
+
+
+@main.command()
+@click.option("--budget", default=8, show_default=True, help="Trials, the current settings first.")
+@click.option("--protocol", type=click.Choice(["holdout", "prequential"]), default="holdout",
+              show_default=True)
+@click.option("-k", default=10, show_default=True)
+@click.option("--limit", default=1000, show_default=True,
+              help="Prequential: events replayed per trial.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--apply", "apply_best", is_flag=True,
+              help="Write the winning settings into the database (the next refresh uses them).")
+@FORMAT_OPTION
+@click.pass_obj
+def tune(state: State, budget, protocol, k, limit, seed, apply_best, fmt):
+    """Search settings on an offline protocol; print the best trials; --apply the winner.
+
+    Every run is recorded in the tuning_runs table with the score of each trial.
+
+    \b
+    Example:
+        rtsql tune --budget 12
+        rtsql tune --budget 12 --apply
+    """
+    import json
+
+    from . import evaluate as ev
+
+    con = state.connect()
+    metric = f"NDCG@{k}" if protocol == "holdout" else f"HR@{k}"
+
+    def progress(done, total, trial):
+        click.echo(f"trial {done}/{total}: {metric} {trial.score:.4f} "
+                   f"{json.dumps(trial.overrides) if trial.overrides else '(current settings)'}",
+                   err=True)
+
+    trials = ev.tune(con, budget=budget, protocol=protocol, k=k, limit=limit, seed=seed,
+                     progress=progress)
+    baseline = next(t for t in trials if t.number == 0)
+    run_id = ev.record_tuning(con, trials, protocol, metric, apply_best)
+    _emit(["trial", metric, "vs current", "settings"],
+          [(t.number, round(t.score, 4),
+            round(t.score / baseline.score, 3) if baseline.score else None,
+            json.dumps(t.overrides) if t.overrides else "(current settings)")
+           for t in trials[:5]], fmt)
+    best = trials[0]
+    if apply_best and best.overrides:
+        click.echo(f"applied trial {best.number} ({metric} {baseline.score:.4f} -> "
+                   f"{best.score:.4f}); run {run_id} in tuning_runs; `rtsql refresh` uses it",
+                   err=True)
+    else:
+        click.echo(f"run {run_id} recorded in tuning_runs"
+                   + ("" if apply_best else "; --apply writes the best settings"), err=True)
+
+
 # --------------------------------------------------------------------------- data
 
 @main.command()

@@ -53,6 +53,7 @@ def _open(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
 def configure(con: duckdb.DuckDBPyConnection) -> None:
     """Session settings every rtsql connection shares: UTC timestamps, engine limits."""
     con.execute("set TimeZone = 'UTC'")
+    con.execute("set enable_progress_bar = false")  # rtsql draws its own progress
     values = settings.get_all(con)
     if values["threads"]:
         con.execute(f"set threads = {int(values['threads'])}")

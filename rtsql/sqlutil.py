@@ -22,3 +22,12 @@ def one(con, sql: str, params=None):
     """The first row (or None), fetching the whole result."""
     rows = con.execute(sql, params or []).fetchall()
     return rows[0] if rows else None
+
+
+def arrow_table(con, sql: str, params=None):
+    """A query's whole result as a pyarrow Table (the method's name differs across DuckDB
+    releases: fetch_arrow_table before 2.0, to_arrow_table since)."""
+    relation = con.sql(sql, params=params or None)
+    if hasattr(relation, "to_arrow_table"):
+        return relation.to_arrow_table()
+    return relation.fetch_arrow_table()

@@ -1,0 +1,319 @@
+"""Offline evaluation with the protocols of ../shared/EVAL.md, in a scratch database.
+
+The events come from the live database (or a file); models are built in an in-memory rtsql
+database through the product's own path (ingest, refresh, the ``recommend`` macro), so the live
+derived tables are never touched and the figures measure what users get.
+
+- ``holdout`` (protocol 1): per-user temporal split (last 20% of each user's events are test),
+  P@k, R@k, NDCG@k, MAP@k and item coverage per strategy.
+- ``prequential`` (protocol 2): the first 80% of all events warm up; the rest replay one event at
+  a time through the tail's path (append to a followed file, ``Tail.scan`` loads it); before each
+  event of a known user on an item new to them, their top-k is asked; HR@k and the latency of
+  the ingest-then-recommend step.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import db, ingest, refresh, settings
+from .sqlutil import arrow_table
+
+STRATEGIES = ("hybrid", "item", "user", "content", "trending")
+
+# Events with string ids, each user's events ordered by (ts, item id; numerically when the ids
+# are numbers) and numbered, with the user's event count: the protocol 1 split.
+_EVENTS = """
+select u.user_id, i.item_id, e.event_type, e.ts, e.value,
+       row_number() over (partition by e.user_key
+                          order by e.ts, try_cast(i.item_id as BIGINT) nulls last, i.item_id) - 1
+           as pos,
+       count(*) over (partition by e.user_key) as n
+from events e join users u using (user_key) join items i using (item_key)
+"""
+
+
+@dataclass
+class Metrics:
+    users: int
+    precision: float
+    recall: float
+    ndcg: float
+    map: float
+    coverage: float
+
+
+@dataclass
+class HoldoutResult:
+    strategy: str
+    metrics: Metrics
+    refresh_seconds: float
+    query_ms_per_user: float
+
+
+@dataclass
+class PrequentialResult:
+    evaluated: int
+    hits: int
+    latencies: list[float] = field(default_factory=list)
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.evaluated if self.evaluated else 0.0
+
+
+def ranking_metrics(recommended: dict[str, list[str]], truth: dict[str, set], k: int,
+                    n_candidates: int) -> Metrics:
+    """Averages over the users in ``truth`` (EVAL.md protocol 1, step 5)."""
+    p = r = ndcg = ap = 0.0
+    seen: set = set()
+    for user, items in truth.items():
+        recs = recommended.get(user, [])[:k]
+        seen.update(recs)
+        hits = np.array([1.0 if i in items else 0.0 for i in recs])
+        p += float(hits.sum()) / k
+        r += float(hits.sum()) / len(items)
+        discounts = 1 / np.log2(np.arange(2, len(recs) + 2))
+        idcg = (1 / np.log2(np.arange(2, min(len(items), k) + 2))).sum()
+        ndcg += float((hits * discounts).sum() / idcg)
+        if hits.any():
+            precision_at = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+            ap += float((precision_at * hits).sum() / min(len(items), k))
+    n = max(len(truth), 1)
+    return Metrics(len(truth), p / n, r / n, ndcg / n, ap / n, len(seen) / max(n_candidates, 1))
+
+
+def _scratch(source, overrides: dict[str, str]):
+    """An in-memory rtsql database with the source's event types, settings and catalog."""
+    scratch = db.connect_memory()
+    scratch.execute("delete from event_types")
+    scratch.executemany("insert into event_types values (?, ?, ?)",
+                        source.execute("select * from event_types").fetchall())
+    for name, value in source.execute("select name, value from rtsql_settings").fetchall():
+        if name in settings.SETTINGS:
+            settings.set_value(scratch, name, value)
+    for name, value in overrides.items():
+        settings.set_value(scratch, name, value)
+    return scratch
+
+
+def _load(scratch, table: pa.Table, workdir: Path, name: str) -> None:
+    """Ingest events through the product's own path (a Parquet file)."""
+    path = workdir / f"{name}.parquet"
+    pq.write_table(table.select(["user_id", "item_id", "event_type", "ts", "value"]), path)
+    ingest.ingest(scratch, [path])
+
+
+def _copy_catalog(source, scratch, item_ids: list[str]) -> None:
+    """Catalog rows of the given items (the candidates), keyed by the scratch item keys."""
+    rows = arrow_table(
+        source, "select i.item_id, c.title, c.category, c.tags, c.description, "
+                "c.attributes::VARCHAR as attributes, c.embedding "
+                "from item_catalog c join items i using (item_key) "
+                "where list_contains(?, i.item_id)", [item_ids])
+    scratch.register("_rtsql_catalog_copy", rows)
+    scratch.execute("insert into item_catalog select i.item_key, c.title, c.category, c.tags, "
+                    "c.description, c.attributes::JSON, c.embedding, now()::TIMESTAMP "
+                    "from _rtsql_catalog_copy c join items i using (item_id)")
+    scratch.unregister("_rtsql_catalog_copy")
+
+
+def recommend_all(con, users: list[str], k: int, strategy: str) -> dict[str, list[str]]:
+    """Top-k for many users in one query (LATERAL over the recommend macro: the same rows as
+    calling it per user)."""
+    con.execute("create or replace temp table _rtsql_eval_users as select unnest(?) as user_id",
+                [users])
+    rows = con.execute(
+        "select u.user_id, r.item_id from _rtsql_eval_users u, "
+        "lateral recommend(u.user_id, ?, strategy := ?) r order by u.user_id, r.rank",
+        [k, strategy]).fetchall()
+    out: dict[str, list[str]] = {}
+    for user, item in rows:
+        out.setdefault(user, []).append(item)
+    return out
+
+
+def holdout(source, *, k: int = 10, strategies=("hybrid",), overrides: dict | None = None
+            ) -> list[HoldoutResult]:
+    """Protocol 1 on the events of ``source``; one full refresh, every strategy scored on it."""
+    events = arrow_table(source, _EVENTS)
+    is_test = pa.compute.greater_equal(
+        events["pos"], pa.compute.ceil(pa.compute.multiply(events["n"].cast(pa.float64()), 0.8)))
+    train, test = events.filter(pa.compute.invert(is_test)), events.filter(is_test)
+    train_items: dict[str, set] = {}
+    for user, item in zip(train["user_id"].to_pylist(), train["item_id"].to_pylist()):
+        train_items.setdefault(user, set()).add(item)
+    truth: dict[str, set] = {}
+    for user, item in zip(test["user_id"].to_pylist(), test["item_id"].to_pylist()):
+        if user in train_items and item not in train_items[user]:
+            truth.setdefault(user, set()).add(item)
+    candidates = sorted({i for items in train_items.values() for i in items})
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = _scratch(source, {k2: str(v) for k2, v in (overrides or {}).items()})
+        _load(scratch, train, Path(tmp), "train")
+        _copy_catalog(source, scratch, candidates)
+        done = refresh.refresh(scratch, full=True)
+        users = sorted(truth)
+        for strategy in strategies:
+            start = time.perf_counter()
+            recs = recommend_all(scratch, users, k, strategy)
+            per_user = (time.perf_counter() - start) * 1000 / max(len(users), 1)
+            results.append(HoldoutResult(strategy, ranking_metrics(recs, truth, k,
+                                                                   len(candidates)),
+                                         done.seconds, per_user))
+        scratch.close()
+    return results
+
+
+def prequential(source, *, k: int = 10, limit: int | None = None, refresh_every: int = 100,
+                overrides: dict | None = None) -> PrequentialResult:
+    """Protocol 2 on the events of ``source``; ``limit`` bounds the replayed events."""
+    from .tail import Tail, TailOptions
+
+    events = arrow_table(
+        source, "select u.user_id, i.item_id, e.event_type, e.ts, e.value from events e "
+                "join users u using (user_key) join items i using (item_key) "
+                "order by e.ts, u.user_id, i.item_id")
+    cut = int(events.num_rows * 0.8)
+    warm = events.slice(0, cut)
+    stream = events.slice(cut, limit if limit is not None else events.num_rows - cut)
+    result = PrequentialResult(0, 0)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        scratch = _scratch(source, {k2: str(v) for k2, v in (overrides or {}).items()})
+        _load(scratch, warm, tmp, "warm")
+        refresh.refresh(scratch, full=True)
+        history: dict[str, set] = {}
+        for user, item in zip(warm["user_id"].to_pylist(), warm["item_id"].to_pylist()):
+            history.setdefault(user, set()).add(item)
+        folder = tmp / "stream"
+        folder.mkdir()
+        live = folder / "live.csv"
+        live.write_text("user_id,item_id,event_type,ts,value\n")
+        follower = Tail(scratch, folder, TailOptions(refresh=False, publish=None))
+        follower.scan()
+        rows = zip(*(stream[c].to_pylist() for c in ("user_id", "item_id", "event_type", "ts",
+                                                        "value")))
+        for n, (user, item, etype, ts, value) in enumerate(rows):
+            start = time.perf_counter()
+            if user in history and item not in history[user]:
+                recs = [r[0] for r in scratch.execute(
+                    "select item_id from recommend(?, ?)", [user, k]).fetchall()]
+                result.evaluated += 1
+                result.hits += item in recs
+            with open(live, "a") as f:
+                f.write(_csv_line(user, item, etype, ts, value))
+            follower.scan()
+            if (n + 1) % refresh_every == 0:
+                refresh.refresh(scratch)
+            result.latencies.append(time.perf_counter() - start)
+            history.setdefault(user, set()).add(item)
+        scratch.close()
+    return result
+
+
+def _csv_line(user, item, etype, ts, value) -> str:
+    def cell(v):
+        text = "" if v is None else str(v)
+        return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"') else text
+
+    stamp = ts.isoformat() if hasattr(ts, "isoformat") else str(ts)
+    return ",".join(cell(v) for v in (user, item, etype, stamp, value)) + "\n"
+
+
+def summarize_latencies(latencies: list[float]) -> tuple[float, float]:
+    if not latencies:
+        return 0.0, 0.0
+    arr = np.array(latencies) * 1000
+    return float(np.median(arr)), float(np.percentile(arr, 99))
+
+
+def metric_names(k: int) -> list[str]:
+    return [f"P@{k}", f"R@{k}", f"NDCG@{k}", f"MAP@{k}", "coverage"]
+
+
+# --------------------------------------------------------------------------- tuning
+
+SEARCH_SPACE = {
+    "neighbors": ["20", "50", "100"],
+    "similarity": ["cosine", "tfidf"],
+    "shrinkage": ["0", "5"],
+    "max_history": ["0", "500"],
+    "half_life_days": ["0", "180"],
+    "weight_user_cf": ["0", "0.3", "1"],
+    "weight_content": ["0", "0.1"],
+    "weight_trending": ["0", "0.05"],
+    "recency_half_life_days": ["0", "30"],
+}
+
+
+@dataclass
+class Trial:
+    number: int
+    overrides: dict[str, str]
+    score: float
+
+
+def tune(source, *, budget: int = 8, protocol: str = "holdout", k: int = 10,
+         limit: int | None = 1000, seed: int = 0, space: dict | None = None,
+         progress=None) -> list[Trial]:
+    """Random search over ``space``; trial 0 is the current settings. Scored by NDCG@k
+    (holdout) or HR@k (prequential). Returns the trials, best first."""
+    import random
+
+    rng = random.Random(seed)
+    space = space or SEARCH_SPACE
+    current = dict(source.execute("select name, value from rtsql_settings").fetchall())
+    candidates = [{}]
+    seen = {tuple(sorted({n: current.get(n) for n in space}.items()))}
+    attempts = 0
+    while len(candidates) < budget and attempts < budget * 50:
+        attempts += 1
+        pick = {name: rng.choice(values) for name, values in space.items()}
+        key = tuple(sorted(pick.items()))
+        if key not in seen:
+            seen.add(key)
+            candidates.append(pick)
+    trials = []
+    for number, overrides in enumerate(candidates):
+        if protocol == "holdout":
+            [res] = holdout(source, k=k, overrides=overrides)
+            score = res.metrics.ndcg
+        else:
+            score = prequential(source, k=k, limit=limit, overrides=overrides).hit_rate
+        trials.append(Trial(number, overrides, score))
+        if progress:
+            progress(number + 1, len(candidates), trials[-1])
+    return sorted(trials, key=lambda t: (-t.score, t.number))
+
+
+def record_tuning(con, trials: list[Trial], protocol: str, metric: str, applied: bool) -> int:
+    """Store a tuning run; with ``applied``, write the best trial's settings to the database."""
+    import json
+
+    from . import settings as settings_mod
+
+    run_id = con.execute("select coalesce(max(run_id), 0) + 1 from tuning_runs").fetchall()[0][0]
+    best = trials[0]
+    con.execute("begin transaction")
+    try:
+        con.executemany(
+            "insert into tuning_runs values (?, now()::TIMESTAMP, ?, ?, ?, ?, ?, ?, ?)",
+            [[run_id, protocol, metric, t.number, json.dumps(t.overrides), t.score,
+              t is best, applied and t is best] for t in trials])
+        if applied:
+            for name, value in best.overrides.items():
+                settings_mod.set_value(con, name, value)
+        con.execute("commit")
+    except BaseException:
+        con.execute("rollback")
+        raise
+    return run_id

@@ -1,0 +1,92 @@
+import datetime as dt
+import json
+
+import pytest
+from click.testing import CliRunner
+
+import rtsql
+from rtsql import evaluate, ingest, settings
+from rtsql.cli import main
+
+from conftest import HEADER, count
+
+T0 = dt.datetime(2026, 10, 1)
+
+
+def test_ranking_metrics_by_hand():
+    truth = {"a": {"x", "y"}, "b": {"z"}}
+    recs = {"a": ["x", "q", "y"], "b": ["q", "r", "s"]}
+    m = evaluate.ranking_metrics(recs, truth, k=3, n_candidates=10)
+    assert m.users == 2
+    assert m.precision == pytest.approx((2 / 3 + 0) / 2)
+    assert m.recall == pytest.approx((1 + 0) / 2)
+    dcg = 1 + 1 / 2  # hits at ranks 1 and 3: 1/log2(2) + 1/log2(4)
+    idcg = 1 + 1 / 1.5849625007211563
+    assert m.ndcg == pytest.approx(dcg / idcg / 2)
+    assert m.map == pytest.approx((1 + 2 / 3) / 2 / 2)
+    assert m.coverage == pytest.approx(5 / 10)
+
+
+@pytest.fixture
+def groups(tmp_path, db_path):
+    """Two taste groups; every user has all 6 items of their group, the last one (the
+    protocol-1 test event) differing per user: it is the one unseen item of their group."""
+    rows = []
+    for g in "ab":
+        for u in range(6):
+            order = [i for i in range(6) if i != u] + [u]
+            rows += [(f"{g}u{u}", f"{g}i{i}", minute) for minute, i in enumerate(order)]
+    (tmp_path / "ev.csv").write_text(HEADER + "".join(
+        f"{u},{i},view,{(T0 + dt.timedelta(minutes=m)).isoformat()},\n" for u, i, m in rows))
+    con = rtsql.connect(db_path)
+    ingest.ingest(con, [tmp_path / "ev.csv"])
+    yield con
+    con.close()
+
+
+def test_holdout_finds_the_withheld_items_and_leaves_live_tables_alone(groups):
+    [item, trend] = evaluate.holdout(groups, k=10, strategies=("item", "trending"))
+    assert item.metrics.users == 12
+    assert item.metrics.recall == pytest.approx(1.0)
+    assert item.metrics.ndcg == pytest.approx(1.0)
+    assert item.metrics.map == pytest.approx(1.0)
+    assert item.metrics.precision == pytest.approx(0.1)
+    assert trend.metrics.ndcg < item.metrics.ndcg
+    assert count(groups, "select count(*) from item_neighbors") == 0  # live: never refreshed
+
+
+def test_prequential_counts_known_users_on_new_items(groups):
+    res = evaluate.prequential(groups, k=10, refresh_every=5)
+    stream = 72 - int(72 * 0.8)
+    assert len(res.latencies) == stream
+    assert 0 < res.evaluated <= stream
+    assert 0 <= res.hits <= res.evaluated
+
+
+def test_tune_records_trials_and_applies_the_best(groups):
+    trials = evaluate.tune(groups, budget=3, space={"weight_user_cf": ["0", "1"],
+                                                    "neighbors": ["2", "5"]})
+    assert len(trials) == 3 and trials[0].score >= trials[-1].score
+    run = evaluate.record_tuning(groups, trials, "holdout", "NDCG@10", applied=True)
+    rows = groups.execute("select trial, score, is_best, applied, settings from tuning_runs "
+                          "where run_id = ? order by score desc, trial", [run]).fetchall()
+    assert len(rows) == 3 and rows[0][2] and rows[0][3]
+    for name, value in json.loads(rows[0][4]).items():
+        assert str(settings.get(groups, name)) == str(settings.parse(name, value))
+
+
+def test_evaluate_command_formats_and_events_file(groups, db_path, tmp_path):
+    groups.close()
+    runner = CliRunner()
+    res = runner.invoke(main, ["--db", str(db_path), "evaluate", "--strategy", "item",
+                               "--format", "csv"])
+    assert res.exit_code == 0, res.output
+    header, row = res.stdout.splitlines()
+    assert header == "strategy,users,P@10,R@10,NDCG@10,MAP@10,coverage,refresh s,ms/user"
+    assert row.startswith("item,12,0.1,1.0,1.0,1.0,")
+    res = runner.invoke(main, ["evaluate", "--events", str(tmp_path / "ev.csv"), "--strategy",
+                               "item", "--format", "jsonl"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["NDCG@10"] == 1.0
+    bad = runner.invoke(main, ["--db", str(db_path), "evaluate", "--set", "neighbors=lots"])
+    assert bad.exit_code == 1 and "takes a int" in bad.stderr
