@@ -2,9 +2,10 @@
 
     python benchmarks/bench_accuracy.py [--variants default,shrink0,tfidf,nocap] [--strategies]
 
-rtsql runs through its own path: ingest of the train events (event type rating, weighted by
-its value), the catalog (movies.csv genres and tags.csv user tags), a full refresh, then the
-`recommend` SQL macro per user. The peers, measured in the same run on the binary train matrix,
+rtsql runs through its own path: `rtsql.evaluate.holdout` over a database holding all ratings
+(as rating events, weighted by their value) and the catalog (movies.csv genres and tags.csv user
+tags): it splits, ingests the train events into a scratch database, refreshes, and asks the
+`recommend` SQL macro. --tune-budget tunes on a validation split of the train events only. The peers, measured in the same run on the binary train matrix,
 are implicit's CosineRecommender(K=20, K=100), TFIDFRecommender(K=100), BM25Recommender(K=100),
 ALS(64 factors, 15 iterations, regularization 0.05) and popularity.
 
@@ -32,7 +33,7 @@ VARIANTS = {
     # name: settings applied before the full refresh
     "default": {},
     "shrink5": {"shrinkage": "5"},
-    "tfidf": {"similarity": "tfidf", "neighbors": "100", "shrinkage": "0"},
+    "tfidf": {"similarity": "tfidf", "neighbors": "100"},
     "nocap": {"max_history": "0"},
     "binary": {"_binary": True},
 }
@@ -60,32 +61,26 @@ def split():
 
 
 def metrics(recommended: dict[str, list[str]], truth: dict[str, set], n_train_items: int):
-    p = r = ndcg = 0.0
-    seen = set()
-    for user, items in truth.items():
-        recs = recommended.get(user, [])[:10]
-        seen.update(recs)
-        hits = [1 if i in items else 0 for i in recs]
-        p += sum(hits) / 10
-        r += sum(hits) / len(items)
-        dcg = sum(h / math.log2(k + 2) for k, h in enumerate(hits))
-        idcg = sum(1 / math.log2(k + 2) for k in range(min(len(items), 10)))
-        ndcg += dcg / idcg
-    n = len(truth)
-    return p / n, r / n, ndcg / n, len(seen) / n_train_items
+    """The peers are scored with rtsql's own metric code."""
+    from rtsql.evaluate import ranking_metrics
+
+    m = ranking_metrics(recommended, truth, 10, n_train_items)
+    return m.precision, m.recall, m.ndcg, m.coverage
 
 
-def build_database(workdir: Path, train, binary: bool):
+def build_database(path: Path, events, binary: bool = False):
+    """An rtsql database holding ``events`` (user, ts, item, rating) as rating events (or as
+    views), with the MovieLens catalog: genres and user tags as tags, first genre as category."""
     import rtsql
     from rtsql import catalog, ingest
 
-    events = workdir / ("train_binary.csv" if binary else "train.csv")
-    with open(events, "w", newline="") as f:
+    workdir = path.parent
+    events_csv = workdir / (path.stem + ".csv")
+    with open(events_csv, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["user_id", "item_id", "event_type", "ts", "value"])
-        for user, ts, item, rating in train:
+        for user, ts, item, rating in events:
             w.writerow([user, item, "view" if binary else "rating", ts, "" if binary else rating])
-    train_items = {str(item) for _, _, item, _ in train}
     tags: dict[str, set] = {}
     with open(DATA / "tags.csv", newline="") as f:
         for row in csv.DictReader(f):
@@ -95,26 +90,19 @@ def build_database(workdir: Path, train, binary: bool):
         w = csv.writer(out)
         w.writerow(["item_id", "title", "category", "tags"])
         for row in csv.DictReader(f):
-            if row["movieId"] in train_items:  # protocol: candidates are the train items
-                genres = row["genres"].split("|")
-                w.writerow([row["movieId"], row["title"], genres[0],
-                            "|".join(sorted(set(g.lower() for g in genres) | tags.get(row["movieId"], set())))])
-    con = rtsql.connect(workdir / f"ml_{'binary' if binary else 'rating'}.duckdb")
-    ingest.ingest(con, [events])
+            genres = row["genres"].split("|")
+            w.writerow([row["movieId"], row["title"], genres[0], "|".join(sorted(
+                {g.lower() for g in genres} | tags.get(row["movieId"], set())))])
+    con = rtsql.connect(path)
+    ingest.ingest(con, [events_csv])
     catalog.load_items(con, items)
     return con
 
 
-def evaluate_rtsql(con, truth, n_train_items, strategy="hybrid"):
-    from rtsql import recommend
-
-    recs, times = {}, []
-    for user in truth:
-        start = time.perf_counter()
-        rows = recommend.recommend(con, user, 10, strategy=strategy).rows
-        times.append(time.perf_counter() - start)
-        recs[user] = [r[1] for r in rows]
-    return metrics(recs, truth, n_train_items), float(np.median(times))
+def all_events():
+    with open(DATA / "ratings.csv", newline="") as f:
+        return [(r["userId"], int(r["timestamp"]), int(r["movieId"]), float(r["rating"]))
+                for r in csv.DictReader(f)]
 
 
 def peers(train, truth, n_train_items):
@@ -165,8 +153,11 @@ def main():
     parser.add_argument("--variants", default="default,shrink5,tfidf,nocap,binary")
     parser.add_argument("--strategies", action="store_true",
                         help="Also score each single strategy of the default variant.")
+    parser.add_argument("--tune-budget", type=int, default=0,
+                        help="Also tune on a validation split of the train events (nested: the "
+                             "test events are never seen while tuning) and score the winner.")
     args = parser.parse_args()
-    from rtsql import refresh, settings
+    from rtsql import evaluate
     from rtsql.output import render
 
     train, train_items, truth = split()
@@ -174,26 +165,35 @@ def main():
     print(f"protocol 1: {len(train)} train events, {len(truth)} evaluated users, "
           f"{n_train_items} train items", file=sys.stderr)
     rows = []
+
+    def add(name, result):
+        m = result.metrics
+        rows.append((name, round(m.precision, 4), round(m.recall, 4), round(m.ndcg, 4),
+                     round(m.coverage, 4), round(result.refresh_seconds, 2),
+                     round(result.query_ms_per_user, 1)))
+        print(rows[-1], file=sys.stderr)
+
     with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        events = all_events()
         cons = {}
         for variant in args.variants.split(","):
             config = dict(VARIANTS[variant])
             binary = config.pop("_binary", False)
             if binary not in cons:
-                cons[binary] = build_database(Path(tmp), train, binary)
-            con = cons[binary]
-            for name, setting in settings.SETTINGS.items():
-                settings.reset(con, name)
-            for name, value in config.items():
-                settings.set_value(con, name, value)
-            result = refresh.refresh(con, full=True)
+                cons[binary] = build_database(tmp / f"all_{binary}.duckdb", events, binary)
             strategies = (["hybrid", "item", "user", "content", "trending"]
                           if args.strategies and variant == "default" else ["hybrid"])
-            for strategy in strategies:
-                (p, r, n, cov), latency = evaluate_rtsql(con, truth, n_train_items, strategy)
-                rows.append((f"rtsql {variant} {strategy}", round(p, 4), round(r, 4),
-                             round(n, 4), round(cov, 4), round(result.seconds, 2),
-                             round(latency * 1000, 1)))
+            for result in evaluate.holdout(cons[binary], strategies=strategies, overrides=config):
+                add(f"rtsql {variant} {result.strategy}", result)
+        if args.tune_budget:
+            train_db = build_database(tmp / "train.duckdb", [(u, ts, i, r) for u, ts, i, r in train])
+            trials = evaluate.tune(train_db, budget=args.tune_budget)
+            best = trials[0]
+            print(f"tuned on validation: {best.overrides} ({best.score:.4f})", file=sys.stderr)
+            [result] = evaluate.holdout(cons[False], overrides=best.overrides)
+            add("rtsql tuned hybrid", result)
+            train_db.close()
         for con in cons.values():
             con.close()
     for name, (p, r, n, cov), fit in peers(train, truth, n_train_items):
