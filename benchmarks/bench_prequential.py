@@ -1,14 +1,16 @@
 """Real-time accuracy, ../shared/EVAL.md protocol 2 (prequential replay) on MovieLens.
 
-    python benchmarks/bench_prequential.py [--events 3000] [--recency 0,1] [--refresh-every 100]
+    python benchmarks/bench_prequential.py [--limit 3000] [--recency 0,1] [--refresh-every 100]
 
-All events sorted by (timestamp, user, item); the first 80% are ingested in bulk and refreshed.
-Then the stream is replayed one event at a time: before an event (u, i) of a known user on an
-item new to them, u's top 10 is asked through the `recommend` SQL macro (a hit when i is in it);
-then the event is ingested the way the product does it (a file through `rtsql.ingest`; the
-macro sees it at once) and an incremental refresh runs every --refresh-every events. Each
---recency value (recency_half_life_days) is a separate replay; --events bounds the replayed part
-(the first N events after the warm-up) so a run takes minutes.
+rtsql runs through `rtsql.evaluate.prequential`: the first 80% of the events (by time, user,
+item) are ingested and refreshed in a scratch database, then the stream replays one event at a
+time through the tail's file-following code (incremental refresh every --refresh-every events);
+before an event of a known user on an item new to them, `recommend` is asked for 10 items.
+Each --recency value (recency_half_life_days) is a separate replay. --limit bounds the replayed
+events (the first N after the warm-up) so a run takes minutes.
+
+The peer, in the same run and on the same events: implicit's CosineRecommender(K=20) fitted on
+the warm-up (binary) and frozen, given each user's current history at query time.
 
 Data: MovieLens ml-latest-small (GroupLens, University of Minnesota; F. M. Harper and J. A.
 Konstan, ACM TiiS 5(4), 2015), non-commercial research use, read from ../shared/datasets/.
@@ -17,81 +19,84 @@ Konstan, ACM TiiS 5(4), 2015), non-commercial research use, read from ../shared/
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ml-latest-small"
-HEADER = ["user_id", "item_id", "event_type", "ts", "value"]
+from bench_accuracy import DATA, all_events, build_database
 
 
-def load():
-    with open(DATA / "ratings.csv", newline="") as f:
-        rows = [(int(r["timestamp"]), r["userId"], r["movieId"], r["rating"])
-                for r in csv.DictReader(f)]
-    rows.sort(key=lambda r: (r[0], int(r[1]), int(r[2])))
-    return rows
+def peer(events, limit: int):
+    """implicit CosineRecommender(K=20) frozen at warm-up, current history at query time."""
+    import scipy.sparse as sp
 
+    warnings.filterwarnings("ignore", module="implicit")
+    from implicit.nearest_neighbours import CosineRecommender
 
-def replay(rows, n_stream: int, recency: float, refresh_every: int, workdir: Path):
-    import rtsql
-    from rtsql import ingest, recommend, refresh, settings
-
-    cut = int(len(rows) * 0.8)
-    warm, stream = rows[:cut], rows[cut:cut + n_stream]
-    bulk = workdir / "warm.csv"
-    with open(bulk, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(HEADER)
-        w.writerows([(u, i, "rating", ts, v) for ts, u, i, v in warm])
-    con = rtsql.connect(workdir / f"pq_{recency}.duckdb")
-    ingest.ingest(con, [bulk])
-    settings.set_value(con, "recency_half_life_days", str(recency))
-    refresh.refresh(con, full=True)
+    ordered = sorted(events, key=lambda e: (e[1], int(e[0]), e[2]))
+    cut = int(len(ordered) * 0.8)
+    warm, stream = ordered[:cut], ordered[cut:cut + limit]
+    items = sorted({i for _, _, i, _ in warm})
+    index = {i: k for k, i in enumerate(items)}
+    users = sorted({u for u, *_ in warm})
+    uindex = {u: k for k, u in enumerate(users)}
+    x = sp.csr_matrix((np.ones(len(warm), np.float32),
+                       ([uindex[u] for u, *_ in warm], [index[i] for _, _, i, _ in warm])),
+                      shape=(len(users), len(items)))
+    x.data[:] = 1
+    model = CosineRecommender(K=20)
+    model.fit(x, show_progress=False)
     history: dict[str, set] = {}
-    for ts, u, i, v in warm:
+    for u, _, i, _ in warm:
         history.setdefault(u, set()).add(i)
     hits = evaluated = 0
     latencies = []
-    for n, (ts, u, i, v) in enumerate(stream):
+    for u, _, i, _ in stream:
         start = time.perf_counter()
         if u in history and i not in history[u]:
-            recs = [r[1] for r in recommend.recommend(con, u, 10).rows]
-            hits += i in recs
+            known = [index[j] for j in history[u] if j in index]
+            row = sp.csr_matrix((np.ones(len(known), np.float32), ([0] * len(known), known)),
+                                shape=(1, len(items)))
+            ids, _ = model.recommend(0, row, N=10, filter_already_liked_items=True)
+            hits += i in {items[k] for k in ids}
             evaluated += 1
-        path = workdir / f"e{n}.csv"
-        path.write_text(",".join(HEADER) + f"\n{u},{i},rating,{ts},{v}\n")
-        ingest.ingest(con, [path])
-        if (n + 1) % refresh_every == 0:
-            refresh.refresh(con)
-        latencies.append(time.perf_counter() - start)
         history.setdefault(u, set()).add(i)
-    con.close()
-    return hits / max(evaluated, 1), evaluated, np.median(latencies), np.percentile(latencies, 99)
+        latencies.append(time.perf_counter() - start)
+    return hits / max(evaluated, 1), evaluated, latencies
 
 
 def main():
     if not (DATA / "ratings.csv").exists():
         sys.exit(f"MovieLens not found at {DATA}: this benchmark needs ../shared/datasets/")
     parser = argparse.ArgumentParser()
-    parser.add_argument("--events", type=int, default=3000)
+    parser.add_argument("--limit", type=int, default=3000)
     parser.add_argument("--recency", default="0,1")
     parser.add_argument("--refresh-every", type=int, default=100)
     args = parser.parse_args()
+    from rtsql import evaluate
     from rtsql.output import render
 
-    rows = load()
+    events = all_events()
     table = []
-    for recency in [float(x) for x in args.recency.split(",")]:
-        with tempfile.TemporaryDirectory() as tmp:
-            hr, n, p50, p99 = replay(rows, args.events, recency, args.refresh_every, Path(tmp))
-        table.append((recency, n, round(hr, 4), round(p50 * 1000, 1), round(p99 * 1000, 1)))
-    print(render(["recency_half_life_days", "evaluated", "HR@10", "step p50 ms", "step p99 ms"],
-                 table), end="")
+    with tempfile.TemporaryDirectory() as tmp:
+        con = build_database(Path(tmp) / "all.duckdb", events)
+        for recency in args.recency.split(","):
+            res = evaluate.prequential(con, limit=args.limit, refresh_every=args.refresh_every,
+                                       overrides={"recency_half_life_days": recency})
+            p50, p99 = evaluate.summarize_latencies(res.latencies)
+            table.append((f"rtsql recency_half_life_days={recency}", res.evaluated,
+                          round(res.hit_rate, 4), round(p50, 1), round(p99, 1)))
+            print(table[-1], file=sys.stderr)
+        con.close()
+    hr, evaluated, latencies = peer(events, args.limit)
+    p50, p99 = evaluate.summarize_latencies(latencies)
+    table.append(("implicit Cosine K=20, frozen, current history", evaluated, round(hr, 4),
+                  round(p50, 1), round(p99, 1)))
+    print(render(["model", "evaluated", "HR@10", "step p50 ms", "step p99 ms"], table), end="")
 
 
 if __name__ == "__main__":

@@ -429,9 +429,10 @@ def refresh(state: State, full):
               default="hybrid", show_default=True)
 @click.option("--exclude", multiple=True, help="Item id to leave out (repeatable).")
 @click.option("--category", help="Only items of this catalog category.")
+@click.option("--variant", help="A/B variant's settings: a name, or 'auto' for the user's own.")
 @FORMAT_OPTION
 @click.pass_obj
-def recommend(state: State, user_id, k, strategy, exclude, category, fmt):
+def recommend(state: State, user_id, k, strategy, exclude, category, variant, fmt):
     """Top-k items for a user, with the reason for each.
 
     \b
@@ -442,7 +443,7 @@ def recommend(state: State, user_id, k, strategy, exclude, category, fmt):
     from . import recommend as rec
 
     res = rec.recommend(state.connect_reader(), user_id, k, strategy=strategy,
-                        exclude=list(exclude) or None, category=category)
+                        exclude=list(exclude) or None, category=category, variant=variant)
     _emit(res.columns, res.rows, fmt)
 
 
@@ -645,6 +646,98 @@ def tune(state: State, budget, protocol, k, limit, seed, apply_best, fmt):
     else:
         click.echo(f"run {run_id} recorded in tuning_runs"
                    + ("" if apply_best else "; --apply writes the best settings"), err=True)
+
+
+# --------------------------------------------------------------------------- feedback
+
+@main.command()
+@click.argument("path")
+@click.pass_obj
+def impressions(state: State, path):
+    """Record what was shown: user_id, item_id, ts, strategy (+ variant, rec_id, rank).
+
+    Clicks and purchases that follow an impression of the same item for the same user within
+    attribution_window_hours are credited to it (view impression_outcomes).
+
+    \b
+    Example:
+        rtsql impressions shown-2026-11-28.csv
+    """
+    from . import feedback
+
+    counts = feedback.load_impressions(state.connect(), path)
+    click.echo(f"{counts['loaded']} impressions loaded, {counts['rejected']} rejected")
+
+
+@main.command()
+@click.option("--since", help="Only impressions at or after this time (ISO date).")
+@click.option("--by", "by", default="day,strategy", show_default=True,
+              help="Group by any of day, strategy, variant (comma-separated).")
+@click.option("--plot", "plot_path", metavar="FILE.svg", help="Also draw CTR per day (SVG).")
+@FORMAT_OPTION
+@click.pass_obj
+def report(state: State, since, by, plot_path, fmt):
+    """Impressions, clicks, CTR, purchases and conversion per day, strategy or variant.
+
+    \b
+    Example:
+        rtsql report --since 2026-11-01 --plot ctr.svg
+        rtsql report --by variant --format csv
+    """
+    from . import feedback
+
+    columns, rows = feedback.report(state.connect_reader(), since,
+                                    tuple(b.strip() for b in by.split(",") if b.strip()))
+    _emit(columns, rows, fmt)
+    if plot_path:
+        click.echo(f"plot: {feedback.plot_svg(columns, rows, plot_path)}", err=True)
+
+
+@main.command()
+@click.option("--set", "assignments", multiple=True, metavar="NAME=SHARE",
+              help="A variant and its share of users (repeatable; shares add up to 1).")
+@click.option("--setting", "variant_settings", multiple=True, metavar="NAME.SETTING=VALUE",
+              help="A serving setting of one variant (repeatable).")
+@click.option("--clear", is_flag=True, help="Remove every variant.")
+@FORMAT_OPTION
+@click.pass_obj
+def variants(state: State, assignments, variant_settings, clear, fmt):
+    """A/B variants: users split by a stable hash of their id, each with its serving settings.
+
+    \b
+    Example:
+        rtsql variants --set control=0.5 --set recent=0.5 \
+            --setting recent.recency_half_life_days=1
+        rtsql recommend user-42 --variant auto
+    """
+    import json
+
+    from . import feedback
+
+    con = state.connect()
+    if clear:
+        feedback.set_variants(con, {}, {})
+    elif assignments:
+        shares = {}
+        for item in assignments:
+            name, sep, share = item.partition("=")
+            try:
+                shares[name.strip()] = float(share)
+            except ValueError:
+                raise click.BadParameter(f"{item!r}: use NAME=SHARE", param_hint="--set") from None
+        overrides: dict[str, dict] = {}
+        for item in variant_settings:
+            key, sep, value = item.partition("=")
+            name, dot, setting = key.partition(".")
+            if not (sep and dot) or name not in shares:
+                raise click.BadParameter(f"{item!r}: use NAME.SETTING=VALUE for a variant given "
+                                         "with --set", param_hint="--setting")
+            overrides.setdefault(name, {})[setting] = value
+        feedback.set_variants(con, shares, overrides)
+    _emit(["variant", "share", "settings"],
+          [(n, sh, json.dumps(json.loads(st))) for n, sh, st in
+           con.execute("select name, share, settings from ab_variants order by name").fetchall()],
+          fmt)
 
 
 # --------------------------------------------------------------------------- data

@@ -29,15 +29,17 @@ def _check_k(k: int) -> int:
 
 
 def recommend(con, user_id: str, k: int = 10, *, strategy: str = "hybrid",
-              exclude: list[str] | None = None, category: str | None = None) -> Rows:
+              exclude: list[str] | None = None, category: str | None = None,
+              variant: str | None = None) -> Rows:
     """Top-k items for a user with a reason each (unknown users get trending/popular items).
     ``strategy`` other than 'hybrid' scores with that strategy alone (popularity still
-    backfills)."""
+    backfills). ``variant`` applies an A/B variant's serving settings ('auto': the user's)."""
     _check_k(k)
     if strategy not in STRATEGIES:
         raise InvalidSetting(f"strategy must be one of {', '.join(STRATEGIES)}")
     return _rows(con, "select * from recommend(?, k := ?, exclude := ?, category := ?, "
-                      "strategy := ?)", [user_id, k, exclude, category, strategy])
+                      "strategy := ?, variant := ?)", [user_id, k, exclude, category, strategy,
+                                                       variant])
 
 
 def recommend_for_items(con, item_ids: list[str], k: int = 10) -> Rows:

@@ -87,6 +87,9 @@ SETTINGS: dict[str, Setting] = {
         Setting("recency_half_life_days", float, 0.0,
                 "At query time, a history item counts 2^(-age/half-life) relative to the "
                 "user's latest event (0: off).", _non_negative),
+        Setting("attribution_window_hours", float, 24.0,
+                "A click or purchase within this many hours after an impression of the same "
+                "item for the same user is credited to it.", _positive),
         Setting("trending_window_days", float, 7.0,
                 "Trending compares this many most recent days with the ones before.", _positive),
     ]
@@ -115,6 +118,8 @@ def parse(name: str, text: str) -> Any:
     return value
 
 
+SERVING_SETTINGS = ("weight_item_cf", "weight_user_cf", "weight_content", "weight_trending",
+                    "exclude_seen", "recency_half_life_days")
 MODEL_SETTINGS = ("neighbors", "similarity", "shrinkage", "min_support", "max_history", "half_life_days",
                   "user_cf")
 

@@ -21,7 +21,8 @@ from . import migrate
 STORAGE_VERSION = "v1.4.0"
 SERVING_TABLES = ("users", "items", "item_catalog", "event_types", "interactions",
                   "item_neighbors", "user_neighbors", "content_neighbors", "item_trending",
-                  "model_state", "rtsql_settings", "_rtsql_migrations")
+                  "model_state", "rtsql_settings", "ab_variants", "impressions",
+                  "_rtsql_migrations")
 
 
 def default_path(db_path: str | os.PathLike) -> Path:
@@ -111,6 +112,9 @@ class Publisher:
             os.close(dir_fd)
 
 
-# events after the watermark (the given one, else the database's): folded into no model yet
+# events after the watermark (the given one, else the database's): folded into no model yet;
+# and the clicks, carts and purchases of shown items, which impression_outcomes attributes
 _PENDING = """select * from events where event_id > coalesce(
-    ?, (select value::BIGINT from model_state where name = 'watermark'), -1)"""
+    ?, (select value::BIGINT from model_state where name = 'watermark'), -1)
+    or (event_type in ('click', 'cart', 'purchase')
+        and (user_key, item_key) in (select user_key, item_key from impressions))"""

@@ -161,3 +161,23 @@ def test_forget_command(refreshed):
     assert run("sql", "select count(*) as n from users where user_id = 'au1'",
                "--format", "csv").stdout == "n\n0\n"
     assert run("forget", "au1", "--yes").exit_code == 1
+
+
+def test_feedback_commands(refreshed, write, tmp_path):
+    run = refreshed
+    imp = write("imp.csv", "user_id,item_id,ts,strategy,variant\n"
+                "au0,ai0,2026-10-01T00:00:00,item-cf,A\nau1,ai1,2026-10-01T00:00:00,trending,B\n")
+    assert run("impressions", str(imp)).stdout == "2 impressions loaded, 0 rejected\n"
+    res = run("report", "--by", "strategy", "--format", "csv")
+    assert res.stdout == ("strategy,impressions,clicks,ctr,purchases,conversion\n"
+                          "item-cf,1,0,0.0,0,0.0\ntrending,1,0,0.0,0,0.0\n")
+    res = run("report", "--plot", str(tmp_path / "p.svg"))
+    assert res.exit_code == 0 and (tmp_path / "p.svg").read_text().startswith("<svg")
+    res = run("variants", "--set", "A=0.5", "--set", "B=0.5", "--setting",
+              "B.weight_trending=1", "--format", "csv")
+    assert res.stdout.splitlines() == ["variant,share,settings", "A,0.5,{}",
+                                       'B,0.5,"{""weight_trending"": ""1""}"']
+    assert run("recommend", "au0", "--variant", "auto", "-k", "2").exit_code == 0
+    bad = run("variants", "--set", "A=0.7")
+    assert bad.exit_code == 1 and "add up to 1" in bad.stderr
+    assert run("variants", "--clear", "--format", "csv").stdout == "variant,share,settings\n"

@@ -3,23 +3,34 @@
 -- are scaled to [0, 1] and blended with the weight_* settings (or one strategy alone, when
 -- p_strategy is item, user, content or trending); every item stays in the pool with its
 -- popularity, so k rows come back whenever k items pass the filters.
+-- p_variant (an ab_variants name, or NULL) overrides serving settings with its own.
 create or replace macro rtsql_recommend_core(p_user_key, p_hist, k, p_exclude, p_category,
-                                             p_strategy) as table
-with cfg as (
+                                             p_strategy, p_variant) as table
+with vs as (
+    select coalesce((select settings from ab_variants where name = p_variant), '{}') as o
+),
+cfg as (
     select case when p_strategy = 'hybrid'
-                then coalesce(rtsql_setting('weight_item_cf'), '1')::DOUBLE
+                then coalesce(json_extract_string(vs.o, '$.weight_item_cf'),
+                              rtsql_setting('weight_item_cf'), '1')::DOUBLE
                 else (p_strategy = 'item')::DOUBLE end as w_item,
            case when p_strategy = 'hybrid'
-                then coalesce(rtsql_setting('weight_user_cf'), '0.3')::DOUBLE
+                then coalesce(json_extract_string(vs.o, '$.weight_user_cf'),
+                              rtsql_setting('weight_user_cf'), '0.3')::DOUBLE
                 else (p_strategy = 'user')::DOUBLE end as w_user,
            case when p_strategy = 'hybrid'
-                then coalesce(rtsql_setting('weight_content'), '0.1')::DOUBLE
+                then coalesce(json_extract_string(vs.o, '$.weight_content'),
+                              rtsql_setting('weight_content'), '0.1')::DOUBLE
                 else (p_strategy = 'content')::DOUBLE end as w_content,
            case when p_strategy = 'hybrid'
-                then coalesce(rtsql_setting('weight_trending'), '0.05')::DOUBLE
+                then coalesce(json_extract_string(vs.o, '$.weight_trending'),
+                              rtsql_setting('weight_trending'), '0.05')::DOUBLE
                 else (p_strategy = 'trending')::DOUBLE end as w_trend,
-           coalesce(rtsql_setting('exclude_seen'), 'true')::BOOLEAN as exclude_seen,
-           coalesce(rtsql_setting('recency_half_life_days'), '0')::DOUBLE as recency
+           coalesce(json_extract_string(vs.o, '$.exclude_seen'),
+                    rtsql_setting('exclude_seen'), 'true')::BOOLEAN as exclude_seen,
+           coalesce(json_extract_string(vs.o, '$.recency_half_life_days'),
+                    rtsql_setting('recency_half_life_days'), '0')::DOUBLE as recency
+    from vs
 ),
 hist as (
     select h.item_key, h.weight, h.event_type, h.ts
