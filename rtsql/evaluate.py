@@ -90,6 +90,20 @@ def ranking_metrics(recommended: dict[str, list[str]], truth: dict[str, set], k:
     return Metrics(len(truth), p / n, r / n, ndcg / n, ap / n, len(seen) / max(n_candidates, 1))
 
 
+EVENT_TYPE_PREFIX = "event_type."  # an override "event_type.cart": "4" sets that weight
+
+
+def apply_overrides(con, overrides: dict[str, str]) -> None:
+    """Settings, and event-type weights given as event_type.NAME."""
+    from .events import set_event_type
+
+    for name, value in overrides.items():
+        if name.startswith(EVENT_TYPE_PREFIX):
+            set_event_type(con, name[len(EVENT_TYPE_PREFIX):], value)
+        else:
+            settings.set_value(con, name, value)
+
+
 def _scratch(source, overrides: dict[str, str]):
     """An in-memory rtsql database with the source's event types, settings and catalog."""
     scratch = db.connect_memory()
@@ -99,8 +113,7 @@ def _scratch(source, overrides: dict[str, str]):
     for name, value in source.execute("select name, value from rtsql_settings").fetchall():
         if name in settings.SETTINGS:
             settings.set_value(scratch, name, value)
-    for name, value in overrides.items():
-        settings.set_value(scratch, name, value)
+    apply_overrides(scratch, overrides)
     return scratch
 
 
@@ -255,6 +268,16 @@ SEARCH_SPACE = {
 }
 
 
+def _event_type_space(source) -> dict[str, list[str]]:
+    """Half, same and double weight for each event type that occurs and has no value weight
+    (a rating's weight is a common factor of all ratings: scaling it changes nothing)."""
+    rows = source.execute(
+        "select t.event_type, t.weight from event_types t where not t.uses_value and "
+        "t.event_type in (select distinct event_type from events) order by 1").fetchall()
+    return {f"{EVENT_TYPE_PREFIX}{t}": [f"{w / 2:g}", f"{w:g}", f"{w * 2:g}"] for t, w in rows
+            if len(rows) > 1}
+
+
 @dataclass
 class Trial:
     number: int
@@ -265,13 +288,17 @@ class Trial:
 def tune(source, *, budget: int = 8, protocol: str = "holdout", k: int = 10,
          limit: int | None = 1000, seed: int = 0, space: dict | None = None,
          progress=None) -> list[Trial]:
-    """Random search over ``space``; trial 0 is the current settings. Scored by NDCG@k
-    (holdout) or HR@k (prequential). Returns the trials, best first."""
+    """Random search over ``space`` (settings, and event-type weights as event_type.NAME);
+    trial 0 is the current settings. Scored by NDCG@k (holdout) or HR@k (prequential).
+    Returns the trials, best first."""
     import random
 
     rng = random.Random(seed)
-    space = space or SEARCH_SPACE
+    if space is None:  # the default: settings and the weights of the event types that occur
+        space = {**SEARCH_SPACE, **_event_type_space(source)}
     current = dict(source.execute("select name, value from rtsql_settings").fetchall())
+    current.update({f"{EVENT_TYPE_PREFIX}{t}": str(w) for t, w, _ in source.execute(
+        "select * from event_types").fetchall()})
     candidates = [{}]
     seen = {tuple(sorted({n: current.get(n) for n in space}.items()))}
     attempts = 0
@@ -299,8 +326,6 @@ def record_tuning(con, trials: list[Trial], protocol: str, metric: str, applied:
     """Store a tuning run; with ``applied``, write the best trial's settings to the database."""
     import json
 
-    from . import settings as settings_mod
-
     run_id = con.execute("select coalesce(max(run_id), 0) + 1 from tuning_runs").fetchall()[0][0]
     best = trials[0]
     con.execute("begin transaction")
@@ -310,8 +335,7 @@ def record_tuning(con, trials: list[Trial], protocol: str, metric: str, applied:
             [[run_id, protocol, metric, t.number, json.dumps(t.overrides), t.score,
               t is best, applied and t is best] for t in trials])
         if applied:
-            for name, value in best.overrides.items():
-                settings_mod.set_value(con, name, value)
+            apply_overrides(con, best.overrides)
         con.execute("commit")
     except BaseException:
         con.execute("rollback")

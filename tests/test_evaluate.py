@@ -75,6 +75,22 @@ def test_tune_records_trials_and_applies_the_best(groups):
         assert str(settings.get(groups, name)) == str(settings.parse(name, value))
 
 
+def test_tune_searches_event_type_weights_and_applies_them(tmp_path, db_path):
+    rows = "".join(f"u{u},i{(u * 3 + j) % 9},{'cart' if j == 2 else 'view'},"
+                   f"{(T0 + dt.timedelta(minutes=u * 10 + j)).isoformat()},\n"
+                   for u in range(12) for j in range(6))
+    (tmp_path / "ev.csv").write_text(HEADER + rows)
+    con = rtsql.connect(db_path)
+    ingest.ingest(con, [tmp_path / "ev.csv"])
+    space = evaluate._event_type_space(con)
+    assert space == {"event_type.cart": ["2", "4", "8"], "event_type.view": ["0.5", "1", "2"]}
+    trial = evaluate.Trial(1, {"event_type.cart": "8", "neighbors": "5"}, 1.0)
+    evaluate.record_tuning(con, [trial], "holdout", "NDCG@10", applied=True)
+    assert count(con, "select weight from event_types where event_type = 'cart'") == 8.0
+    assert settings.get(con, "neighbors") == 5
+    con.close()
+
+
 def test_evaluate_command_formats_and_events_file(groups, db_path, tmp_path):
     groups.close()
     runner = CliRunner()
