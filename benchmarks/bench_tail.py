@@ -13,7 +13,6 @@ measured on the final database in-process (median of 5).
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import signal
 import subprocess

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .errors import BadEventFile, InputPathError
 from .ingest import ColumnMapping, detect_format
-from .sqlutil import quote_identifier, scalar
+from .sqlutil import add_new_ids, quote_identifier, scalar, transaction
 
 CATALOG_COLUMNS = ("item_id", "title", "category", "tags", "description", "embedding")
 
@@ -64,8 +64,7 @@ def load_items(con, path: str | os.PathLike, *, fmt: str | None = None,
     attributes = ("json_object(" + ", ".join(
         f"'{n.replace(chr(39), chr(39) * 2)}', r.{quote_identifier(n)}" for n in extras) + ")"
                   if extras else "NULL")
-    con.execute("begin transaction")
-    try:
+    with transaction(con):
         # a scan of the staged rows keeps the file order: row_number() is the data row
         con.execute(f"create or replace temp table _rtsql_catalog_raw as select * from {reader}",
                     params)
@@ -88,12 +87,7 @@ def load_items(con, path: str | os.PathLike, *, fmt: str | None = None,
         new_items = scalar(con, """
             select count(*) from (select distinct item_id from _rtsql_catalog
                                   where item_id <> '') anti join items using (item_id)""")
-        con.execute("""
-            insert into items
-            select coalesce((select max(item_key) from items), 0)
-                   + row_number() over (order by item_id), item_id
-            from (select distinct item_id from _rtsql_catalog where item_id <> '')
-            anti join items using (item_id)""")
+        add_new_ids(con, "_rtsql_catalog", "item_id")
         upserted = scalar(con, """
             select count(distinct item_id) from _rtsql_catalog where item_id <> ''""")
         con.execute("""
@@ -105,8 +99,4 @@ def load_items(con, path: str | os.PathLike, *, fmt: str | None = None,
             join items i using (item_id)""")
         con.execute("drop table _rtsql_catalog")
         con.execute("drop table _rtsql_catalog_raw")
-        con.execute("commit")
-    except BaseException:
-        con.execute("rollback")
-        raise
     return {"upserted": upserted, "new_items": new_items, "rejected": rejected}

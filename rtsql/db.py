@@ -12,7 +12,6 @@ from pathlib import Path
 import duckdb
 
 from . import migrate, settings
-from .sqlutil import one, quote_identifier, scalar  # noqa: F401 (re-exported)
 from .errors import DatabaseLocked, InputPathError, MigrationError
 
 DEFAULT_DB = "rtsql.duckdb"

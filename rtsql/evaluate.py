@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import db, ingest, refresh, settings
-from .sqlutil import arrow_table
+from .sqlutil import arrow_table, transaction
 
 STRATEGIES = ("hybrid", "item", "user", "content", "trending")
 
@@ -328,16 +328,11 @@ def record_tuning(con, trials: list[Trial], protocol: str, metric: str, applied:
 
     run_id = con.execute("select coalesce(max(run_id), 0) + 1 from tuning_runs").fetchall()[0][0]
     best = trials[0]
-    con.execute("begin transaction")
-    try:
+    with transaction(con):
         con.executemany(
             "insert into tuning_runs values (?, now()::TIMESTAMP, ?, ?, ?, ?, ?, ?, ?)",
             [[run_id, protocol, metric, t.number, json.dumps(t.overrides), t.score,
               t is best, applied and t is best] for t in trials])
         if applied:
             apply_overrides(con, best.overrides)
-        con.execute("commit")
-    except BaseException:
-        con.execute("rollback")
-        raise
     return run_id

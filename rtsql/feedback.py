@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .errors import BadEventFile, InputPathError, InvalidSetting
 from .ingest import detect_format
-from .sqlutil import quote_identifier, scalar
+from .sqlutil import add_new_ids, quote_identifier, scalar, transaction
 
 IMPRESSION_COLUMNS = ("user_id", "item_id", "ts", "strategy", "variant", "rec_id", "rank")
 
@@ -41,8 +41,7 @@ def load_impressions(con, path: str | os.PathLike) -> dict[str, int]:
     def col(name: str) -> str:
         return f"cast(r.{quote_identifier(name)} as VARCHAR)" if name in names else "NULL"
 
-    con.execute("begin transaction")
-    try:
+    with transaction(con):
         con.execute(f"""
             create or replace temp table _rtsql_imp as
             select row_number() over () + ? as line, trim({col('user_id')}) as user_id,
@@ -60,13 +59,8 @@ def load_impressions(con, path: str | os.PathLike) -> dict[str, int]:
         con.execute(f"""insert into rejects select NULL, ?, line, raw,
                         'impression without user_id, item_id, strategy or a valid ts',
                         now()::TIMESTAMP from _rtsql_imp where {bad}""", [str(path)])
-        for table, key, column in (("users", "user_key", "user_id"),
-                                   ("items", "item_key", "item_id")):
-            con.execute(f"""insert into {table}
-                            select coalesce((select max({key}) from {table}), 0)
-                                   + row_number() over (order by {column}), {column}
-                            from (select distinct {column} from _rtsql_imp where not {bad})
-                            anti join {table} using ({column})""")
+        for column in ("user_id", "item_id"):
+            add_new_ids(con, "_rtsql_imp", column, f"not {bad}")
         loaded = scalar(con, f"select count(*) from _rtsql_imp where not {bad}")
         con.execute(f"""insert into impressions
                         select u.user_key, i.item_key, p.ts, p.strategy, p.variant, p.rec_id,
@@ -74,10 +68,6 @@ def load_impressions(con, path: str | os.PathLike) -> dict[str, int]:
                         from _rtsql_imp p join users u using (user_id) join items i using (item_id)
                         where not {bad}""", [str(path)])
         con.execute("drop table _rtsql_imp")
-        con.execute("commit")
-    except BaseException:
-        con.execute("rollback")
-        raise
     return {"loaded": loaded, "rejected": rejected}
 
 
@@ -158,14 +148,9 @@ def set_variants(con, shares: dict[str, float], variant_settings: dict[str, dict
                 raise InvalidSetting(f"variant {name}: {setting} is not a serving setting "
                                      f"({', '.join(settings_mod.SERVING_SETTINGS)})")
             settings_mod.parse(setting, value)
-    con.execute("begin transaction")
-    try:
+    with transaction(con):
         con.execute("delete from ab_variants")
         if shares:
             con.executemany("insert into ab_variants values (?, ?, ?)",
                             [[n, s, json.dumps(variant_settings.get(n, {}))]
                              for n, s in shares.items()])
-        con.execute("commit")
-    except BaseException:
-        con.execute("rollback")
-        raise

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import settings
-from .sqlutil import one, quote_identifier, scalar
+from .sqlutil import add_new_ids, one, quote_identifier, scalar
 from .errors import BadEventFile, InputPathError
 
 CANONICAL_COLUMNS = ("user_id", "item_id", "event_type", "ts", "value")
@@ -449,17 +449,6 @@ where _rtsql_parsed.reason is not null and _rtsql_parsed.line = r.line
 # --------------------------------------------------------------------------- the load itself
 
 _COMMIT_PARSED = [
-    # new users and items get the next integer keys, ordered by id for determinism
-    """insert into users
-       select coalesce((select max(user_key) from users), 0)
-              + row_number() over (order by user_id), user_id
-       from (select distinct user_id from _rtsql_parsed where reason is null) n
-       anti join users using (user_id)""",
-    """insert into items
-       select coalesce((select max(item_key) from items), 0)
-              + row_number() over (order by item_id), item_id
-       from (select distinct item_id from _rtsql_parsed where reason is null) n
-       anti join items using (item_id)""",
     """insert into events
        select $event_base + p.line, u.user_key, i.item_key, p.event_type, p.value, p.ts,
               $file_id, p.line
@@ -616,6 +605,8 @@ def _load_segment(con, path, fmt, compression, mapping, segment, progress, strea
         event_base = scalar(con, "select coalesce(max(event_id), 0) from events")
         params = {"event_base": event_base, "file_id": file_id, "source": str(path),
                   "blank": BLANK}
+        for column in ("user_id", "item_id"):
+            add_new_ids(con, "_rtsql_parsed", column, "reason is null")
         for statement in _COMMIT_PARSED:
             con.execute(statement, {k: v for k, v in params.items() if f"${k}" in statement})
         ingested, rejected, blanks = one(

@@ -30,7 +30,7 @@ import scipy.sparse as sp
 
 from . import settings, similarity
 from .errors import DatabaseLocked
-from .sqlutil import scalar
+from .sqlutil import scalar, transaction
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -358,13 +358,8 @@ def refresh(con, *, full: bool = False, progress: Progress | None = None) -> Ref
         state = _state(con)
         needs_full = (full or "watermark" not in state
                       or state.get("model_config") != _model_config(values))
-        con.execute("begin transaction")
-        try:
+        with transaction(con):
             result = _full(con, values, progress) if needs_full else _incremental(con, values, state)
-            con.execute("commit")
-        except BaseException:
-            con.execute("rollback")
-            raise
     result.seconds = time.perf_counter() - start
     return result
 
@@ -384,17 +379,12 @@ def forget(con, user_id: str) -> RefreshResult:
     start = time.perf_counter()
     with _refresh_lock(con):
         values, state = settings.get_all(con), _state(con)
-        con.execute("begin transaction")
-        try:
+        with transaction(con):
             con.execute("delete from events where user_key = ?", [user_key])
             result = _incremental(con, values, state, np.array([user_key], np.int64))
             con.execute("delete from user_neighbors where neighbor_key = ? or user_key = ?",
                         [user_key, user_key])
             con.execute("delete from users where user_key = ?", [user_key])
-            con.execute("commit")
-        except BaseException:
-            con.execute("rollback")
-            raise
     result.mode = "forget"
     result.seconds = time.perf_counter() - start
     return result

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 
 def quote_identifier(name: str) -> str:
     """Quote an SQL identifier for DuckDB. Identifiers cannot be bound parameters, so every
@@ -31,3 +33,31 @@ def arrow_table(con, sql: str, params=None):
     if hasattr(relation, "to_arrow_table"):
         return relation.to_arrow_table()
     return relation.fetch_arrow_table()
+
+
+@contextmanager
+def transaction(con):
+    """One DuckDB transaction: committed when the block ends, rolled back on any exception."""
+    con.execute("begin transaction")
+    try:
+        yield con
+    except BaseException:
+        con.execute("rollback")
+        raise
+    con.execute("commit")
+
+
+_DICTIONARIES = {"user_id": ("users", "user_key"), "item_id": ("items", "item_key")}
+
+
+def add_new_ids(con, source: str, column: str, where: str = "true") -> None:
+    """Give the ids in ``source.column`` that the users/items dictionary lacks the next integer
+    keys, in id order (deterministic). ``source`` and ``where`` are rtsql's own SQL, never user
+    input."""
+    table, key = _DICTIONARIES[column]
+    con.execute(f"""insert into {table}
+                    select coalesce((select max({key}) from {table}), 0)
+                           + row_number() over (order by {column}), {column}
+                    from (select distinct {column} from {source}
+                          where {where} and {column} is not null and {column} <> '') n
+                    anti join {table} using ({column})""")
