@@ -31,8 +31,8 @@ def shop(tmp_path, con):
         f"u2,i2,{at(0)},trending,B,r2,1\n",
         f"u3,i3,{at(0)},content,A,r3,1\n",
         f"u3,i3,{at(4)},item-cf,A,r4,1\n",
-        ",i3," + at(4) + ",item-cf,A,r5,1\n",    # no user: rejected
-        f"u5,i3,not a time,item-cf,A,r6,1\n",   # rejected
+        f",i3,{at(4)},item-cf,A,r5,1\n",       # no user: rejected
+        "u5,i3,not a time,item-cf,A,r6,1\n",    # rejected
     ]))
     counts = feedback.load_impressions(con, tmp_path / "imp.csv")
     assert counts == {"loaded": 5, "rejected": 2}
