@@ -540,7 +540,7 @@ def _overrides(assignments) -> dict[str, str]:
 @click.option("-k", default=10, show_default=True, help="List length.")
 @click.option("--strategy", "strategies", multiple=True,
               type=click.Choice(["hybrid", "item", "user", "content", "trending"]),
-              help="Strategies to score (holdout; repeatable; default hybrid).")
+              help="Strategies to score (repeatable; default hybrid).")
 @click.option("--set", "assignments", multiple=True, metavar="NAME=VALUE",
               help="Evaluate with this setting changed (repeatable); the live one stays.")
 @click.option("--limit", type=int, help="Prequential: replay at most this many events.")
@@ -587,11 +587,14 @@ def evaluate(state: State, protocol, k, strategies, assignments, limit, refresh_
                          round(r.refresh_seconds, 2), round(r.query_ms_per_user, 1)))
         _emit(["strategy", "users"] + ev.metric_names(k) + ["refresh s", "ms/user"], rows, fmt)
     else:
-        res = ev.prequential(source, k=k, limit=limit, refresh_every=refresh_every,
-                             overrides=overrides)
-        p50, p99 = ev.summarize_latencies(res.latencies)
-        _emit(["evaluated", "hits", f"HR@{k}", "step p50 ms", "step p99 ms"],
-              [(res.evaluated, res.hits, round(res.hit_rate, 4), round(p50, 1), round(p99, 1))],
+        rows = []
+        for strategy in strategies or ("hybrid",):
+            res = ev.prequential(source, k=k, limit=limit, refresh_every=refresh_every,
+                                 overrides=overrides, strategy=strategy)
+            p50, p99 = ev.summarize_latencies(res.latencies)
+            rows.append((strategy, res.evaluated, res.hits, round(res.hit_rate, 4),
+                         round(p50, 1), round(p99, 1)))
+        _emit(["strategy", "evaluated", "hits", f"HR@{k}", "step p50 ms", "step p99 ms"], rows,
               fmt)
 
 

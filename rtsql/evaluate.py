@@ -187,7 +187,7 @@ def holdout(source, *, k: int = 10, strategies=("hybrid",), overrides: dict | No
 
 
 def prequential(source, *, k: int = 10, limit: int | None = None, refresh_every: int = 100,
-                overrides: dict | None = None) -> PrequentialResult:
+                overrides: dict | None = None, strategy: str = "hybrid") -> PrequentialResult:
     """Protocol 2 on the events of ``source``; ``limit`` bounds the replayed events."""
     from .tail import Tail, TailOptions
 
@@ -219,7 +219,8 @@ def prequential(source, *, k: int = 10, limit: int | None = None, refresh_every:
             start = time.perf_counter()
             if user in history and item not in history[user]:
                 recs = [r[0] for r in scratch.execute(
-                    "select item_id from recommend(?, ?)", [user, k]).fetchall()]
+                    "select item_id from recommend(?, ?, strategy := ?)",
+                    [user, k, strategy]).fetchall()]
                 result.evaluated += 1
                 result.hits += item in recs
             with open(live, "a") as f:

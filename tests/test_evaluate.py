@@ -104,5 +104,11 @@ def test_evaluate_command_formats_and_events_file(groups, db_path, tmp_path):
                                "item", "--format", "jsonl"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["NDCG@10"] == 1.0
+    res = runner.invoke(main, ["--db", str(db_path), "evaluate", "--protocol", "prequential",
+                               "--strategy", "item", "--strategy", "trending", "--format", "csv"])
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert lines[0] == "strategy,evaluated,hits,HR@10,step p50 ms,step p99 ms"
+    assert [line.split(",")[0] for line in lines[1:]] == ["item", "trending"]
     bad = runner.invoke(main, ["--db", str(db_path), "evaluate", "--set", "neighbors=lots"])
     assert bad.exit_code == 1 and "takes a int" in bad.stderr
