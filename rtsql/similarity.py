@@ -113,11 +113,14 @@ class RowSimilarity:
 def top_k(block: np.ndarray, sims: np.ndarray, k: int) -> Neighbors:
     """Top-k positive entries of each row of ``sims``, ordered by (score desc, column asc)."""
     n = sims.shape[1]
+    # one threshold per row: the k-th largest value, but at least the smallest positive number
+    # (only positive similarities are kept); one comparison makes the mask
     if k < n:
-        kth = -np.partition(-sims, k - 1, axis=1)[:, k - 1]
-        keep = (sims >= kth[:, None]) & (sims > 0)
+        kth = -np.partition(-sims, k - 1, axis=1)[:, k - 1]  # faster than selecting near the end
+        threshold = np.maximum(kth, np.finfo(sims.dtype).tiny)
     else:
-        keep = sims > 0
+        threshold = np.full(len(sims), np.finfo(sims.dtype).tiny)
+    keep = sims >= threshold[:, None]
     r, c = np.nonzero(keep)  # row-major: c ascending within each row
     s = sims[r, c]
     order = np.lexsort((c, -s, r))
