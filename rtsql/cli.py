@@ -224,6 +224,8 @@ def tail(state: State, directory, patterns, recursive, poll, once, publish_path,
     """
     from . import snapshot, tail as tail_mod
 
+    if not Path(directory).expanduser().is_dir():
+        raise click.ClickException(f"{directory} is not a directory")
     db.validate_db_path(state.db_path)
     lock = tail_mod.acquire_lock(state.db_path)
     try:
