@@ -38,11 +38,12 @@ def run(con, sample_dir: Path, echo: Callable[[str], None] = print) -> None:
                         for s, line, reason, _ in events.rejects(con, 10)]).rstrip())
     result = refresh.refresh(con)
     echo(f"\n{result.summary()}")
-    for user in _demo_users(con):
+    users = _demo_users(con)
+    for user in users:
         rows = recommend.recommend(con, user, 5)
         echo(f"\nrecommend('{user}', 5):")
         echo(output.render(rows.columns, rows.rows).rstrip())
     rows = recommend.similar_items(con, "sku-1", 3)
     echo("\nsimilar_items('sku-1', 3):")
     echo(output.render(rows.columns, rows.rows).rstrip())
-    echo("\nThe same from any DuckDB client: SELECT * FROM recommend('user-42', 10);")
+    echo(f"\nThe same from any DuckDB client: SELECT * FROM recommend('{users[0]}', 10);")
