@@ -33,6 +33,7 @@ from .errors import DatabaseLocked
 from .sqlutil import scalar, transaction
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
+STORE_FACTOR = 2  # lists store 2K entries; K are served (the rest refills lists incrementally)
 
 # weight of one event, forward-decayed against the landmark $t0 (seconds) with rate $lambda
 _EVENT_WEIGHT = ("et.weight * (case when et.uses_value then e.value else 1 end) "
@@ -135,7 +136,7 @@ def _measure(values: dict, n_rows: int, kind: str = "cosine", idf_n: float = 0.0
     cells = (values["refresh_block_mb"] << 20) // 24  # dots, sims and a mask per cell
     return similarity.Measure(k=values["neighbors"], shrinkage=values["shrinkage"],
                               min_support=values["min_support"], block_cells=max(cells, n_rows),
-                              kind=kind, idf_n=idf_n)
+                              kind=kind, idf_n=idf_n, store=STORE_FACTOR * values["neighbors"])
 
 
 def _item_measure(values: dict, x: sp.csr_matrix, idf_n: float) -> similarity.Measure:
@@ -144,10 +145,12 @@ def _item_measure(values: dict, x: sp.csr_matrix, idf_n: float) -> similarity.Me
 
 
 def _write_lists(con, table: str, key: str, lists: similarity.Neighbors) -> None:
+    complete = np.isin(lists.row, lists.complete_rows)
     arrow = pa.table({key: pa.array(lists.row, pa.int32()),
                       "neighbor_key": pa.array(lists.nb, pa.int32()),
                       "score": pa.array(lists.score, pa.float64()),
-                      "rank": pa.array(lists.rank, pa.int32())})
+                      "rank": pa.array(lists.rank, pa.int32()),
+                      "complete": pa.array(complete, pa.bool_())})
     con.register("_rtsql_lists", arrow)
     con.execute(f"insert into {table} select * from _rtsql_lists")
     con.unregister("_rtsql_lists")
@@ -216,19 +219,24 @@ def _changes(old: dict, new: dict, n_items: int) -> tuple[np.ndarray, np.ndarray
     return np.unique(diff // n_items), np.unique(diff % n_items)
 
 
-def _stored(con, table: str, key: str, changed: np.ndarray, k: int) -> similarity.StoredLists:
-    kth = con.execute(f"select {key}, score, neighbor_key from {table} where rank = ?",
-                      [k]).fetchnumpy()
-    n = int(kth[key].max()) + 1 if len(kth[key]) else 0
+def _stored(con, table: str, key: str, changed: np.ndarray) -> similarity.StoredLists:
+    last = con.execute(f"""
+        select {key}, max(rank) as count, arg_max(score, rank) as score,
+               arg_max(neighbor_key, rank) as nb, bool_and(complete) as complete
+        from {table} group by {key}""").fetchnumpy()
+    n = int(last[key].max()) + 1 if len(last[key]) else 0
     kth_score = np.full(n, -np.inf)
     kth_nb = np.full(n, np.iinfo(np.int64).max, np.int64)
-    kth_score[kth[key]] = kth["score"]
-    kth_nb[kth[key]] = kth["neighbor_key"]
+    count = np.zeros(n, np.int64)
+    truncated = ~last["complete"].astype(bool)
+    kth_score[last[key][truncated]] = last["score"][truncated]
+    kth_nb[last[key][truncated]] = last["nb"][truncated]
+    count[last[key]] = last["count"]
     con.register("_rtsql_changed", pa.table({"k": pa.array(changed, pa.int32())}))
     pointing = con.execute(f"select {key}, neighbor_key from {table} t "
                            "semi join _rtsql_changed c on t.neighbor_key = c.k").fetchnumpy()
     con.unregister("_rtsql_changed")
-    return similarity.StoredLists(kth_score, kth_nb, pointing[key].astype(np.int64),
+    return similarity.StoredLists(kth_score, kth_nb, count, pointing[key].astype(np.int64),
                                   pointing["neighbor_key"].astype(np.int64))
 
 
@@ -237,7 +245,7 @@ def _apply_incremental(con, table: str, key: str, matrix: sp.csr_matrix, changed
     """Update one neighbour table after ``changed`` rows of ``matrix`` changed."""
     if not len(changed):
         return 0
-    stored = _stored(con, table, key, changed, measure.k)
+    stored = _stored(con, table, key, changed)
     result = similarity.incremental(matrix, changed, stored, measure)
     con.register("_rtsql_replace", pa.table({"k": pa.array(result.replace_rows, pa.int32())}))
     con.register("_rtsql_merge", pa.table({"k": pa.array(result.merge_rows, pa.int32())}))
@@ -246,18 +254,25 @@ def _apply_incremental(con, table: str, key: str, matrix: sp.csr_matrix, changed
     con.register("_rtsql_cand", pa.table({"row": pa.array(cand.row, pa.int32()),
                                           "nb": pa.array(cand.nb, pa.int32()),
                                           "score": pa.array(cand.score, pa.float64())}))
-    # merged rows: stored entries not pointing at changed rows, plus candidates, top-K again
+    # merged rows: stored entries not pointing at changed rows, plus candidates, top-L again;
+    # a complete list stays complete unless the cut to L drops entries
     con.execute(f"""
         create or replace temp table _rtsql_merged as
-        select row, nb, score,
-               row_number() over (partition by row order by score desc, nb asc)::INTEGER as rank
-        from (
-            select t.{key} as row, t.neighbor_key as nb, t.score from {table} t
-            semi join _rtsql_merge m on t.{key} = m.k
-            anti join _rtsql_changed c on t.neighbor_key = c.k
-            union all
-            select row, nb, score from _rtsql_cand
-        ) qualify rank <= ?""", [measure.k])
+        select row, nb, score, rank, complete from (
+            select row, nb, score,
+                   row_number() over (partition by row order by score desc, nb asc)::INTEGER
+                       as rank,
+                   coalesce(bool_and(was_complete) over (partition by row), true)
+                       and count(*) over (partition by row) <= $stored as complete
+            from (
+                select t.{key} as row, t.neighbor_key as nb, t.score, t.complete as was_complete
+                from {table} t
+                semi join _rtsql_merge m on t.{key} = m.k
+                anti join _rtsql_changed c on t.neighbor_key = c.k
+                union all
+                select row, nb, score, NULL from _rtsql_cand
+            )
+        ) where rank <= $stored""", {"stored": measure.stored})
     con.execute(f"delete from {table} where {key} in (select k from _rtsql_replace "
                 "union all select k from _rtsql_merge)")
     con.execute(f"insert into {table} select * from _rtsql_merged")

@@ -16,7 +16,7 @@ then neighbour key ascending, the tie rule that makes incremental and full resul
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -41,6 +41,11 @@ class Measure:
     block_cells: int = 1 << 24  # similarities held at once (rows per block x entities)
     kind: str = "cosine"
     idf_n: float = 0.0
+    store: int = 0  # entries stored per row (>= k; 0: k): a buffer that refills lists
+
+    @property
+    def stored(self) -> int:
+        return max(self.store, self.k)
 
 
 @dataclass
@@ -51,6 +56,8 @@ class Neighbors:
     nb: np.ndarray
     score: np.ndarray
     rank: np.ndarray
+    # rows whose list holds every positive neighbour (fewer than the stored length exist)
+    complete_rows: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
 
     @classmethod
     def empty(cls) -> "Neighbors":
@@ -61,7 +68,11 @@ class Neighbors:
         if not parts:
             return cls.empty()
         return cls(*(np.concatenate([getattr(p, f) for p in parts])
-                     for f in ("row", "nb", "score", "rank")))
+                     for f in ("row", "nb", "score", "rank", "complete_rows")))
+
+    def where(self, mask: np.ndarray) -> "Neighbors":
+        return Neighbors(self.row[mask], self.nb[mask], self.score[mask], self.rank[mask],
+                         self.complete_rows)
 
 
 class RowSimilarity:
@@ -118,8 +129,10 @@ def top_k(block: np.ndarray, sims: np.ndarray, k: int) -> Neighbors:
     if k < n:
         kth = -np.partition(-sims, k - 1, axis=1)[:, k - 1]  # faster than selecting near the end
         threshold = np.maximum(kth, np.finfo(sims.dtype).tiny)
+        complete = block[kth <= 0]  # fewer than k positive entries: the list holds them all
     else:
         threshold = np.full(len(sims), np.finfo(sims.dtype).tiny)
+        complete = block
     keep = sims >= threshold[:, None]
     r, c = np.nonzero(keep)  # row-major: c ascending within each row
     s = sims[r, c]
@@ -129,7 +142,7 @@ def top_k(block: np.ndarray, sims: np.ndarray, k: int) -> Neighbors:
     rank = np.arange(len(r)) - starts[r] + 1
     mask = rank <= k  # ties at the k-th score are cut by the column rule
     return Neighbors(block[r[mask]].astype(np.int64), c[mask].astype(np.int64), s[mask],
-                     rank[mask].astype(np.int64))
+                     rank[mask].astype(np.int64), complete.astype(np.int64))
 
 
 def full(matrix: sp.csr_matrix, measure: Measure, progress: Progress | None = None
@@ -144,7 +157,7 @@ def _lists_for(sim: RowSimilarity, rows: np.ndarray, progress: Progress | None =
                ) -> Neighbors:
     parts, done = [], 0
     for block, sims in sim.blocks(rows):
-        parts.append(top_k(block, sims, sim.measure.k))
+        parts.append(top_k(block, sims, sim.measure.stored))
         done += len(block)
         if progress:
             progress(done, len(rows))
@@ -153,12 +166,13 @@ def _lists_for(sim: RowSimilarity, rows: np.ndarray, progress: Progress | None =
 
 @dataclass
 class StoredLists:
-    """What the incremental update needs to know of the stored lists: for each entity the
-    score and neighbour of its K-th entry (-inf when its list holds fewer than K, i.e. every
-    positive neighbour), and which stored entries point at changed rows."""
+    """What the incremental update needs to know of the stored lists, per entity: the score and
+    neighbour of its last stored entry (-inf for a complete list, which holds every positive
+    neighbour), how many entries it stores, and which stored entries point at changed rows."""
 
     kth_score: np.ndarray  # per entity
     kth_nb: np.ndarray  # per entity
+    count: np.ndarray  # per entity
     pointing_row: np.ndarray  # entity j whose list holds ...
     pointing_nb: np.ndarray  # ... changed entity i
 
@@ -168,27 +182,30 @@ class IncrementalResult:
     replace_rows: np.ndarray  # entities whose stored lists are replaced by `lists`
     lists: Neighbors  # new complete lists of replaced rows (changed ones recomputed)
     candidates: Neighbors  # (j <- changed i) entries that may enter j's list; rank unused
-    merge_rows: np.ndarray  # entities j whose new list = top-K(stored minus changed, candidates)
+    merge_rows: np.ndarray  # entities j whose new list = top-L(stored minus changed, candidates)
 
 
 def incremental(matrix: sp.csr_matrix, changed: np.ndarray, stored: StoredLists,
                 measure: Measure) -> IncrementalResult:
     """Exact update after the rows ``changed`` of ``matrix`` changed (DESIGN_NOTES.md).
 
-    Changed rows get new lists. Another row j can only see sim(j, i) move for changed i; for it,
-    the new list is top-K(old list without changed entries + changed entries now ranked above the
-    old K-th entry), which is exact whenever that holds at least K entries or the old list was not
-    full. Otherwise row j is recomputed from the matrix.
+    A stored list holds a row's top entries, up to ``measure.stored`` (a buffer beyond the k that
+    are served); every entry it lacks ranks below its last one, or it is complete (it holds every
+    positive neighbour). Changed rows get new lists. Another row j can only see sim(j, i) move for
+    changed i; its new list is top-L(its entries not pointing at changed rows + the changed
+    entries that now rank above its last entry, or all positive ones for a complete list). That
+    is exact for as many entries as it keeps, so the row is recomputed from the matrix only when
+    fewer than k would remain.
     """
     sim = RowSimilarity(matrix, measure)
     changed = np.unique(changed[changed < sim.n])
-    k = measure.k
     kth_score = _pad(stored.kth_score, sim.n, -np.inf)
     kth_nb = _pad(stored.kth_nb, sim.n, np.iinfo(np.int64).max)
+    count = _pad(stored.count, sim.n, 0)
     lists, cands = [], []
     for block, sims in sim.blocks(changed):
-        lists.append(top_k(block, sims, k))
-        # candidates j <- i: sim(j, i) = sim(i, j) ranks above j's old K-th entry
+        lists.append(top_k(block, sims, measure.stored))
+        # candidates j <- i: sim(j, i) = sim(i, j) ranks above j's last stored entry
         above = (sims > kth_score[None, :]) | (
             (sims == kth_score[None, :]) & (block[:, None] < kth_nb[None, :]))
         above &= sims > 0
@@ -198,21 +215,19 @@ def incremental(matrix: sp.csr_matrix, changed: np.ndarray, stored: StoredLists,
     candidates = Neighbors.concat(cands)
     is_changed = np.zeros(sim.n, bool)
     is_changed[changed] = True
-    keep_c = ~is_changed[candidates.row]
-    candidates = Neighbors(*(getattr(candidates, f)[keep_c] for f in ("row", "nb", "score", "rank")))
+    candidates = candidates.where(~is_changed[candidates.row])
 
-    # rows that must be recomputed: full list, lost entries, not enough candidates to refill
+    # a truncated list that would keep fewer than k entries is recomputed
     pointing = stored.pointing_row[~is_changed[_clip(stored.pointing_row, sim.n)]]
     affected = np.union1d(pointing, candidates.row)
-    full_before = np.isfinite(kth_score[affected])
+    truncated = np.isfinite(kth_score[affected])
     lost = np.bincount(pointing, minlength=sim.n)[affected]
     gained = np.bincount(candidates.row, minlength=sim.n)[affected]
-    recompute = affected[full_before & (lost > 0) & (k - lost + gained < k)]
+    recompute = affected[truncated & (count[affected] - lost + gained < measure.k)]
     merge_rows = np.setdiff1d(affected, recompute)
     if len(recompute):
         lists.append(_lists_for(sim, recompute))
-    in_merge = np.isin(candidates.row, merge_rows)
-    candidates = Neighbors(*(getattr(candidates, f)[in_merge] for f in ("row", "nb", "score", "rank")))
+    candidates = candidates.where(np.isin(candidates.row, merge_rows))
     return IncrementalResult(np.union1d(changed, recompute), Neighbors.concat(lists), candidates,
                              merge_rows)
 

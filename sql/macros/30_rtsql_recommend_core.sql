@@ -29,7 +29,9 @@ cfg as (
            coalesce(json_extract_string(vs.o, '$.exclude_seen'),
                     rtsql_setting('exclude_seen'), 'true')::BOOLEAN as exclude_seen,
            coalesce(json_extract_string(vs.o, '$.recency_half_life_days'),
-                    rtsql_setting('recency_half_life_days'), '0')::DOUBLE as recency
+                    rtsql_setting('recency_half_life_days'), '0')::DOUBLE as recency,
+           -- lists store a buffer beyond the K that is served
+           coalesce(rtsql_setting('neighbors'), '50')::INTEGER as served
     from vs
 ),
 hist as (
@@ -47,12 +49,13 @@ h as (
 item_cf as (
     select n.neighbor_key as item_key, fsum(h.w * n.score) as score,
            arg_max(h.item_key, h.w * n.score) as because
-    from h join item_neighbors n on n.item_key = h.item_key group by all
+    from h join item_neighbors n on n.item_key = h.item_key, cfg
+    where n.rank <= cfg.served group by all
 ),
 user_cf as (
     select i.item_key, fsum(s.score * i.weight) as score, NULL::INTEGER as because
-    from user_neighbors s join interactions i on i.user_key = s.neighbor_key
-    where s.user_key = p_user_key group by all
+    from user_neighbors s join interactions i on i.user_key = s.neighbor_key, cfg
+    where s.user_key = p_user_key and s.rank <= cfg.served group by all
 ),
 content as (
     select n.neighbor_key as item_key, fsum(h.w * n.score) as score,

@@ -6,5 +6,6 @@ from (select item_key, neighbor_key, score, rank, 'cf' as kind from item_neighbo
       select item_key, neighbor_key, score, rank, 'content' from content_neighbors) n
 join items i on i.item_key = n.item_key
 join items j on j.item_key = n.neighbor_key
-where i.item_id = p_item_id and n.kind = method and n.rank <= k
+where i.item_id = p_item_id and n.kind = method
+  and n.rank <= least(k, coalesce(rtsql_setting('neighbors'), '50')::INTEGER)
 order by n.rank;

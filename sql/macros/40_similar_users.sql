@@ -4,5 +4,6 @@ select n.rank, v.user_id, n.score
 from user_neighbors n
 join users u on u.user_key = n.user_key
 join users v on v.user_key = n.neighbor_key
-where u.user_id = p_user_id and n.rank <= k
+where u.user_id = p_user_id
+  and n.rank <= least(k, coalesce(rtsql_setting('neighbors'), '50')::INTEGER)
 order by n.rank;

@@ -3,4 +3,6 @@ create or replace view item_similarity as
 select i.item_id, j.item_id as neighbor_id, n.score, n.rank
 from item_neighbors n
 join items i on i.item_key = n.item_key
-join items j on j.item_key = n.neighbor_key;
+join items j on j.item_key = n.neighbor_key
+-- lists store a buffer beyond the served K (see refresh.STORE_FACTOR)
+where n.rank <= (select value::INTEGER from rtsql_settings where name = 'neighbors');
