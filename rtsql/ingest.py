@@ -523,7 +523,7 @@ class Segment:
     identity: tuple[int, int] | None = None  # (device, inode) the caller expects at the path
 
 
-def _check_event_type(con, mapping: ColumnMapping) -> None:
+def check_event_type(con, mapping: ColumnMapping) -> None:
     if mapping.event_type and not scalar(
             con, "select count(*) from event_types where event_type = ?", [mapping.event_type]):
         raise InputPathError(f"--event-type {mapping.event_type!r} is not a known event type; "
@@ -538,7 +538,7 @@ def ingest_file(con, path: str | os.PathLike, *, fmt: str | None = None,
     path = Path(path).expanduser().resolve()
     mapping = mapping or ColumnMapping()
     fmt, compression = detect_format(path, fmt)
-    _check_event_type(con, mapping)
+    check_event_type(con, mapping)
     head = _fingerprint_head(path, compression)
     # Which earlier ingest of this file (same path, or same first bytes) is a prefix of it now?
     known = con.execute(
@@ -615,7 +615,7 @@ def _load_segment(con, path, fmt, compression, mapping, segment, progress, strea
             "count(*) filter (where reason <> $blank), count(*) filter (where reason = $blank) "
             "from _rtsql_parsed", {"blank": BLANK})
         content_sha = segment.content_sha256 or f"unhashed:{segment.head_sha256}:{end_offset}"
-        tail_sha = _range_sha(stream, end_offset) if stream else None
+        tail_sha = range_sha(stream, end_offset) if stream else None
         if segment.file_id:
             con.execute(
                 "update source_files set end_offset = ?, end_line = ?, content_sha256 = ?, "
@@ -656,7 +656,7 @@ def _load_segment(con, path, fmt, compression, mapping, segment, progress, strea
 TAIL_BYTES = 256  # how many bytes before an offset identify a file when it is resumed
 
 
-def _range_sha(source: Path | BinaryIO, offset: int) -> str:
+def range_sha(source: Path | BinaryIO, offset: int) -> str:
     """Hash of the TAIL_BYTES before ``offset`` of the raw file (a path or an open stream)."""
     start = max(0, offset - TAIL_BYTES)
     with (open(source, "rb") if isinstance(source, (str, Path)) else nullcontext(source)) as f:

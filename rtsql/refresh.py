@@ -247,40 +247,40 @@ def _apply_incremental(con, table: str, key: str, matrix: sp.csr_matrix, changed
         return 0
     stored = _stored(con, table, key, changed)
     result = similarity.incremental(matrix, changed, stored, measure)
-    con.register("_rtsql_replace", pa.table({"k": pa.array(result.replace_rows, pa.int32())}))
+    # merged rows: stored entries not pointing at changed rows, plus candidates, top-L again;
+    # a complete list stays complete unless the cut to L drops entries (numpy: one lexsort)
     con.register("_rtsql_merge", pa.table({"k": pa.array(result.merge_rows, pa.int32())}))
     con.register("_rtsql_changed", pa.table({"k": pa.array(changed, pa.int32())}))
-    cand = result.candidates
-    con.register("_rtsql_cand", pa.table({"row": pa.array(cand.row, pa.int32()),
-                                          "nb": pa.array(cand.nb, pa.int32()),
-                                          "score": pa.array(cand.score, pa.float64())}))
-    # merged rows: stored entries not pointing at changed rows, plus candidates, top-L again;
-    # a complete list stays complete unless the cut to L drops entries
-    con.execute(f"""
-        create or replace temp table _rtsql_merged as
-        select row, nb, score, rank, complete from (
-            select row, nb, score,
-                   row_number() over (partition by row order by score desc, nb asc)::INTEGER
-                       as rank,
-                   coalesce(bool_and(was_complete) over (partition by row), true)
-                       and count(*) over (partition by row) <= $stored as complete
-            from (
-                select t.{key} as row, t.neighbor_key as nb, t.score, t.complete as was_complete
-                from {table} t
-                semi join _rtsql_merge m on t.{key} = m.k
-                anti join _rtsql_changed c on t.neighbor_key = c.k
-                union all
-                select row, nb, score, NULL from _rtsql_cand
-            )
-        ) where rank <= $stored""", {"stored": measure.stored})
-    con.execute(f"delete from {table} where {key} in (select k from _rtsql_replace "
-                "union all select k from _rtsql_merge)")
-    con.execute(f"insert into {table} select * from _rtsql_merged")
+    kept = con.execute(f"""select t.{key} as row, t.neighbor_key as nb, t.score
+                           from {table} t semi join _rtsql_merge m on t.{key} = m.k
+                           anti join _rtsql_changed c on t.neighbor_key = c.k""").fetchnumpy()
+    truncated = np.flatnonzero(np.isfinite(stored.kth_score))
+    merged = _merge_lists(kept, result.candidates, result.merge_rows, truncated, measure.stored)
+    con.register("_rtsql_replace", pa.table({"k": pa.array(
+        np.union1d(result.replace_rows, result.merge_rows), pa.int32())}))
+    con.execute(f"delete from {table} where {key} in (select k from _rtsql_replace)")
+    _write_lists(con, table, key, merged)
     _write_lists(con, table, key, result.lists)
-    for name in ("_rtsql_replace", "_rtsql_merge", "_rtsql_changed", "_rtsql_cand"):
+    for name in ("_rtsql_replace", "_rtsql_merge", "_rtsql_changed"):
         con.unregister(name)
-    con.execute("drop table _rtsql_merged")
     return len(result.replace_rows)
+
+
+def _merge_lists(kept: dict, candidates: similarity.Neighbors, rows: np.ndarray,
+                 truncated: np.ndarray, stored: int) -> similarity.Neighbors:
+    """New lists of ``rows``: their kept entries plus candidates, ordered by (score desc,
+    neighbour asc) and cut to ``stored``; complete when the old list was and nothing was cut."""
+    row = np.concatenate([kept["row"].astype(np.int64), candidates.row])
+    nb = np.concatenate([kept["nb"].astype(np.int64), candidates.nb])
+    score = np.concatenate([kept["score"].astype(np.float64), candidates.score])
+    order = np.lexsort((nb, -score, row))
+    row, nb, score = row[order], nb[order], score[order]
+    starts = np.searchsorted(row, row, side="left")
+    rank = np.arange(len(row)) - starts + 1
+    counts = np.bincount(row, minlength=int(rows.max()) + 1 if len(rows) else 0)
+    complete = np.setdiff1d(rows, np.union1d(truncated, np.flatnonzero(counts > stored)))
+    keep = rank <= stored
+    return similarity.Neighbors(row[keep], nb[keep], score[keep], rank[keep], complete)
 
 
 def _incremental(con, values: dict, state: dict, forget_users: np.ndarray | None = None

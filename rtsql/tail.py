@@ -65,14 +65,10 @@ class ScanResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def _sha(path: Path, start: int, length: int) -> str:
-    with open(path, "rb") as f:
-        f.seek(start)
-        return hashlib.sha256(f.read(length)).hexdigest()
-
-
 def _head_sha(path: Path, length: int) -> str:
-    return _sha(path, 0, length)
+    """Hash of a file's first ``length`` bytes (its identity, with the inode)."""
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read(length)).hexdigest()
 
 
 class Tail:
@@ -86,7 +82,7 @@ class Tail:
         if not self.dir.is_dir():
             raise InputPathError(f"{self.dir} is not a directory")
         self.opt = options or TailOptions()
-        ingest_mod._check_event_type(con, self.opt.mapping)
+        ingest_mod.check_event_type(con, self.opt.mapping)
         self.log = log
         self._parquet_sizes: dict[tuple[int, int], int] = {}
         self.stop = threading.Event()
@@ -178,7 +174,7 @@ class Tail:
         try:
             size = path.stat().st_size
             same = (size >= offset and _head_sha(path, head_len or 0) == head
-                    and (tail is None or ingest_mod._range_sha(path, offset) == tail))
+                    and (tail is None or ingest_mod.range_sha(path, offset) == tail))
         except OSError:
             return  # vanished between listing and reading: the next scan sees it
         if not same:
@@ -243,7 +239,7 @@ class Tail:
             "and end_offset <= ? and tail_sha256 is not null order by end_offset desc",
             [head, size]).fetchall()
         for offset, line, tail in rows:
-            if offset and ingest_mod._range_sha(path, offset) == tail:
+            if offset and ingest_mod.range_sha(path, offset) == tail:
                 return offset, line
         return None
 
