@@ -153,17 +153,12 @@ class Tail:
             claimed.add(key)
             self._follow(row, files.get(key), result)
         for key, path in sorted(files.items(), key=lambda kv: str(kv[1])):
-            if key not in claimed and self._matches(path) and not self._is_followed(key):
+            if key not in claimed and self._matches(path):
                 self._start(path, key, result)
         self.totals.events += result.events
         self.totals.rejects += result.rejects
         self.totals.files += result.files
         return result
-
-    def _is_followed(self, key) -> bool:
-        return bool(self.con.execute(
-            "select count(*) from source_files where status = 'active' and device = ? "
-            "and inode = ?", list(key)).fetchall()[0][0])
 
     def _follow(self, row, path: Path | None, result: ScanResult) -> None:
         file_id, old_path, fmt, compression, dev, ino, head, head_len, offset, line, tail = row
