@@ -233,11 +233,10 @@ def _stored(con, table: str, key: str, changed: np.ndarray) -> similarity.Stored
     kth_nb[last[key][truncated]] = last["nb"][truncated]
     count[last[key]] = last["count"]
     con.register("_rtsql_changed", pa.table({"k": pa.array(changed, pa.int32())}))
-    pointing = con.execute(f"select {key}, neighbor_key from {table} t "
+    pointing = con.execute(f"select {key} from {table} t "
                            "semi join _rtsql_changed c on t.neighbor_key = c.k").fetchnumpy()
     con.unregister("_rtsql_changed")
-    return similarity.StoredLists(kth_score, kth_nb, count, pointing[key].astype(np.int64),
-                                  pointing["neighbor_key"].astype(np.int64))
+    return similarity.StoredLists(kth_score, kth_nb, count, pointing[key].astype(np.int64))
 
 
 def _apply_incremental(con, table: str, key: str, matrix: sp.csr_matrix, changed: np.ndarray,

@@ -25,9 +25,6 @@ import scipy.sparse as sp
 Progress = Callable[[int, int], None]
 
 
-MEASURES = ("cosine", "tfidf")
-
-
 @dataclass(frozen=True)
 class Measure:
     """``cosine``: dot / (|a| |b|). ``tfidf`` (as implicit's TFIDFRecommender): dot of the
@@ -173,8 +170,7 @@ class StoredLists:
     kth_score: np.ndarray  # per entity
     kth_nb: np.ndarray  # per entity
     count: np.ndarray  # per entity
-    pointing_row: np.ndarray  # entity j whose list holds ...
-    pointing_nb: np.ndarray  # ... changed entity i
+    pointing_row: np.ndarray  # entities whose list holds a changed entity (once per entry)
 
 
 @dataclass
