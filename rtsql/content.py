@@ -70,9 +70,9 @@ def refresh(con, values: dict, progress=None) -> int:
     matrix = feature_matrix(con)
     if matrix.nnz == 0:
         return 0
-    measure = similarity.Measure(k=values["neighbors"],
-                                 block_cells=max((values["refresh_block_mb"] << 20) // 24,
-                                                 matrix.shape[0]))
+    from .refresh import engine_options
+
+    measure = similarity.Measure(k=values["neighbors"], **engine_options(values))
     lists = similarity.full(matrix, measure, progress)
     con.register("_rtsql_lists", pa.table({
         "item_key": pa.array(lists.row, pa.int32()), "neighbor_key": pa.array(lists.nb, pa.int32()),

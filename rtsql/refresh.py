@@ -131,17 +131,23 @@ def _capped_matrix(con, cap: int) -> sp.csr_matrix:
                          shape=(n_users, n_items))
 
 
-def _measure(values: dict, n_rows: int, kind: str = "cosine", idf_n: float = 0.0
-             ) -> similarity.Measure:
-    cells = (values["refresh_block_mb"] << 20) // 24  # dots, sims and a mask per cell
+def engine_options(values: dict) -> dict:
+    """Memory and threads of the similarity engine, from the settings: ``refresh_block_mb`` per
+    thread (a product entry costs about 24 bytes with its temporaries) and ``threads`` (0: every
+    core this process may use)."""
+    threads = values["threads"] or len(os.sched_getaffinity(0))
+    return {"block_cells": max((values["refresh_block_mb"] << 20) // 24, 1), "threads": threads}
+
+
+def _measure(values: dict, kind: str = "cosine", idf_n: float = 0.0) -> similarity.Measure:
     return similarity.Measure(k=values["neighbors"], shrinkage=values["shrinkage"],
-                              min_support=values["min_support"], block_cells=max(cells, n_rows),
-                              kind=kind, idf_n=idf_n, store=STORE_FACTOR * values["neighbors"])
+                              min_support=values["min_support"], kind=kind, idf_n=idf_n,
+                              store=STORE_FACTOR * values["neighbors"], **engine_options(values))
 
 
-def _item_measure(values: dict, x: sp.csr_matrix, idf_n: float) -> similarity.Measure:
+def _item_measure(values: dict, idf_n: float) -> similarity.Measure:
     """Item-item uses the configured measure; user-user is always cosine."""
-    return _measure(values, x.shape[0], values["similarity"], idf_n)
+    return _measure(values, values["similarity"], idf_n)
 
 
 def _write_lists(con, table: str, key: str, lists: similarity.Neighbors) -> None:
@@ -168,13 +174,13 @@ def _full(con, values: dict, progress: Progress | None) -> RefreshResult:
     idf_n = float(np.count_nonzero(np.diff(x.indptr)))  # users with history, frozen until next full
     recomputed = 0
     con.execute("delete from item_neighbors")
-    items = similarity.full(x.T.tocsr(), _item_measure(values, x, idf_n),
+    items = similarity.full(x.T.tocsr(), _item_measure(values, idf_n),
                             _stage(progress, "items"))
     _write_lists(con, "item_neighbors", "item_key", items)
     recomputed += len(np.unique(items.row))
     con.execute("delete from user_neighbors")
     if values["user_cf"]:
-        users = similarity.full(x, _measure(values, x.shape[1]), _stage(progress, "users"))
+        users = similarity.full(x, _measure(values), _stage(progress, "users"))
         _write_lists(con, "user_neighbors", "user_key", users)
         recomputed += len(np.unique(users.row))
     _refresh_content(con, values, progress)
@@ -272,14 +278,12 @@ def _merge_lists(kept: dict, candidates: similarity.Neighbors, rows: np.ndarray,
     row = np.concatenate([kept["row"].astype(np.int64), candidates.row])
     nb = np.concatenate([kept["nb"].astype(np.int64), candidates.nb])
     score = np.concatenate([kept["score"].astype(np.float64), candidates.score])
-    order = np.lexsort((nb, -score, row))
-    row, nb, score = row[order], nb[order], score[order]
-    starts = np.searchsorted(row, row, side="left")
-    rank = np.arange(len(row)) - starts + 1
-    counts = np.bincount(row, minlength=int(rows.max()) + 1 if len(rows) else 0)
-    complete = np.setdiff1d(rows, np.union1d(truncated, np.flatnonzero(counts > stored)))
-    keep = rank <= stored
-    return similarity.Neighbors(row[keep], nb[keep], score[keep], rank[keep], complete)
+    order = np.argsort(row, kind="stable")
+    present, counts = np.unique(row, return_counts=True)
+    indptr = np.concatenate([[0], np.cumsum(counts)])
+    count, nb, score, _ = similarity.top_per_row(indptr, nb[order], score[order], stored)
+    complete = np.setdiff1d(rows, np.union1d(truncated, present[counts > stored]))
+    return similarity.Neighbors.from_rows(present, count, nb, score, complete)
 
 
 def _incremental(con, values: dict, state: dict, forget_users: np.ndarray | None = None
@@ -315,10 +319,10 @@ def _incremental(con, values: dict, state: dict, forget_users: np.ndarray | None
     changed_users, changed_items = _changes(old, new, _shape(con)[1])
     x = _capped_matrix(con, cap)
     recomputed = _apply_incremental(con, "item_neighbors", "item_key", x.T.tocsr(), changed_items,
-                                    _item_measure(values, x, float(state.get("idf_n", 0))))
+                                    _item_measure(values, float(state.get("idf_n", 0))))
     if values["user_cf"]:
         recomputed += _apply_incremental(con, "user_neighbors", "user_key", x, changed_users,
-                                         _measure(values, x.shape[1]))
+                                         _measure(values))
     _refresh_trending(con, values)
     _refresh_content_if_changed(con, values, state)
     _set_state(con, watermark=max(watermark, scalar(

@@ -2,8 +2,11 @@
 
 One engine serves item-item (rows = items, features = users), user-user (rows = users,
 features = items) and content (rows = items, features = catalog terms). Rows are processed in
-blocks, so only ``block x n`` similarities are in memory at once, and each block keeps its top-K
-with ``argpartition``; the sparse products run in scipy's C code.
+blocks sized by their multiply-adds, so only about ``block_cells`` similarities per thread are in
+memory at once; a block is a sparse product (scipy's C code), and its rows' top-K is found by a
+per-row partition and sort of padded 2-D arrays (numpy's C code). Both release the GIL, so blocks
+run on ``threads`` threads. Cost grows with the multiply-adds, sum over features of
+(rows having the feature)^2, and with the entries the products produce, not with n^2.
 
 Similarity of rows a and b (see ../shared/DESIGN_NOTES.md):
     sim(a, b) = dot(a, b) / (|a| |b|) * support / (support + shrinkage)
@@ -16,6 +19,7 @@ then neighbour key ascending, the tie rule that makes incremental and full resul
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -35,7 +39,8 @@ class Measure:
     k: int = 50
     shrinkage: float = 0.0
     min_support: int = 1
-    block_cells: int = 1 << 24  # similarities held at once (rows per block x entities)
+    block_cells: int = 1 << 24  # similarity entries held at once per thread
+    threads: int = 1  # blocks computed in parallel
     kind: str = "cosine"
     idf_n: float = 0.0
     store: int = 0  # entries stored per row (>= k; 0: k): a buffer that refills lists
@@ -67,9 +72,33 @@ class Neighbors:
         return cls(*(np.concatenate([getattr(p, f) for p in parts])
                      for f in ("row", "nb", "score", "rank", "complete_rows")))
 
+    @classmethod
+    def from_rows(cls, rows: np.ndarray, count: np.ndarray, nb: np.ndarray, score: np.ndarray,
+                  complete_rows: np.ndarray) -> "Neighbors":
+        """From per-row arrays (rows x width, the first ``count`` slots of each row used)."""
+        used = np.arange(nb.shape[1])[None, :] < count[:, None]
+        rank = np.broadcast_to(np.arange(1, nb.shape[1] + 1), nb.shape)
+        return cls(np.repeat(rows, count).astype(np.int64), nb[used], score[used],
+                   rank[used].astype(np.int64), np.asarray(complete_rows, np.int64))
+
     def where(self, mask: np.ndarray) -> "Neighbors":
         return Neighbors(self.row[mask], self.nb[mask], self.score[mask], self.rank[mask],
                          self.complete_rows)
+
+
+@dataclass
+class Block:
+    """Similarities of some rows against all rows, sparse: row ``rows[r]`` has ``sims[e]`` with
+    column ``cols[e]`` for e in ``indptr[r]:indptr[r + 1]``. Entries <= 0 are not neighbours (the
+    row itself, pairs below min_support, negative content dots); absent pairs share no feature."""
+
+    rows: np.ndarray
+    indptr: np.ndarray
+    cols: np.ndarray
+    sims: np.ndarray
+
+    def entry_rows(self) -> np.ndarray:
+        return np.repeat(self.rows, np.diff(self.indptr))
 
 
 class RowSimilarity:
@@ -90,56 +119,141 @@ class RowSimilarity:
             self.norms = np.sqrt(np.asarray(self.m.multiply(self.m).sum(axis=1)).ravel())
             with np.errstate(divide="ignore"):
                 self.scale = np.where(self.norms > 0, 1.0 / self.norms, 0.0)
+        # scale the rows once, so a product of rows is the similarity itself
+        self.m.data *= np.repeat(self.scale, np.diff(self.m.indptr))
         self.mt = self.m.T.tocsr()
         self.needs_support = measure.min_support > 1 or measure.shrinkage > 0
         if self.needs_support:
             binary = self.m.copy()
             binary.data[:] = 1.0
             self.binary, self.binary_t = binary, binary.T.tocsr()
+        # the entries a row's product can produce (its multiply-adds, at most n): sizes blocks
+        per_feature = np.diff(self.mt.indptr).astype(np.float64)
+        row_of = np.repeat(np.arange(self.n), np.diff(self.m.indptr))
+        self.cost = np.minimum(np.bincount(row_of, per_feature[self.m.indices], self.n), self.n)
 
     @property
     def n(self) -> int:
         return self.m.shape[0]
 
-    def blocks(self, rows: np.ndarray):
-        """Yield (rows of the block, dense similarity block |rows| x n, self excluded)."""
-        per_block = max(1, self.measure.block_cells // max(self.n, 1))
-        for start in range(0, len(rows), per_block):
-            block = rows[start:start + per_block]
-            sims = (self.m[block] @ self.mt).toarray()  # dot products, scaled in place
-            sims *= self.scale[block][:, None]
-            sims *= self.scale[None, :]
-            if self.needs_support:
-                support = (self.binary[block] @ self.binary_t).toarray()
-                if self.measure.shrinkage > 0:
-                    sims *= support / (support + self.measure.shrinkage)
-                sims[support < self.measure.min_support] = 0.0
-            sims[np.arange(len(block)), block] = 0.0
-            yield block, sims
+    def split(self, rows: np.ndarray) -> list[np.ndarray]:
+        """Consecutive pieces of ``rows`` whose products hold about ``block_cells`` entries."""
+        if not len(rows):
+            return []
+        used = np.cumsum(self.cost[rows]) // max(self.measure.block_cells, 1)
+        return np.split(rows, np.flatnonzero(np.diff(used)) + 1)
+
+    def block(self, rows: np.ndarray) -> Block:
+        """Similarities of ``rows`` against every row, the row itself excluded."""
+        product = self.m[rows] @ self.mt  # sparse dot products (scipy releases the GIL)
+        sims = product.data
+        if self.needs_support:
+            support = _values_at(self.binary[rows] @ self.binary_t, product)
+            if self.measure.shrinkage > 0:
+                sims *= support / (support + self.measure.shrinkage)
+            sims[support < self.measure.min_support] = 0.0
+        sims[product.indices == np.repeat(rows, np.diff(product.indptr))] = 0.0
+        return Block(rows, product.indptr, product.indices, sims)
+
+    def map_blocks(self, rows: np.ndarray, work: Callable[[Block], object],
+                   progress: Progress | None = None) -> list:
+        """``work(block)`` for each block of ``rows``, on ``measure.threads`` threads, in order.
+        The sparse products and numpy's sorts release the GIL, so threads use every core."""
+        pieces, results, done = self.split(rows), [], 0
+        workers = max(1, min(self.measure.threads, len(pieces)))
+        with ThreadPoolExecutor(workers) as pool:
+            for piece, result in zip(pieces, pool.map(lambda p: work(self.block(p)), pieces)):
+                results.append(result)
+                done += len(piece)
+                if progress:
+                    progress(done, len(rows))
+        return results
 
 
-def top_k(block: np.ndarray, sims: np.ndarray, k: int) -> Neighbors:
-    """Top-k positive entries of each row of ``sims``, ordered by (score desc, column asc)."""
-    n = sims.shape[1]
-    # one threshold per row: the k-th largest value, but at least the smallest positive number
-    # (only positive similarities are kept); one comparison makes the mask
-    if k < n:
-        kth = -np.partition(-sims, k - 1, axis=1)[:, k - 1]  # faster than selecting near the end
-        threshold = np.maximum(kth, np.finfo(sims.dtype).tiny)
-        complete = block[kth <= 0]  # fewer than k positive entries: the list holds them all
-    else:
-        threshold = np.full(len(sims), np.finfo(sims.dtype).tiny)
-        complete = block
-    keep = sims >= threshold[:, None]
-    r, c = np.nonzero(keep)  # row-major: c ascending within each row
-    s = sims[r, c]
-    order = np.lexsort((c, -s, r))
-    r, c, s = r[order], c[order], s[order]
-    starts = np.searchsorted(r, np.arange(len(block)))
-    rank = np.arange(len(r)) - starts[r] + 1
-    mask = rank <= k  # ties at the k-th score are cut by the column rule
-    return Neighbors(block[r[mask]].astype(np.int64), c[mask].astype(np.int64), s[mask],
-                     rank[mask].astype(np.int64), complete.astype(np.int64))
+def _values_at(other: sp.csr_matrix, pattern: sp.csr_matrix) -> np.ndarray:
+    """Entries of ``other`` at the positions of ``pattern``'s entries (a subset of other's)."""
+    if other.nnz == pattern.nnz and np.array_equal(other.indptr, pattern.indptr) \
+            and np.array_equal(other.indices, pattern.indices):
+        return other.data  # the same products in the same order: the usual case
+    n = other.shape[1]
+    key_other = np.repeat(np.arange(other.shape[0]), np.diff(other.indptr)) * n + other.indices
+    key = np.repeat(np.arange(pattern.shape[0]), np.diff(pattern.indptr)) * n + pattern.indices
+    order = np.argsort(key_other)
+    return other.data[order[np.searchsorted(key_other, key, sorter=order)]]
+
+
+def top_k(block: Block, k: int, n_columns: int) -> Neighbors:
+    """Top-k positive entries of each row of ``block``, ordered by (score desc, column asc)."""
+    count, nb, score, few = top_per_row(block.indptr, block.cols, block.sims, k)
+    complete = block.rows[few | (k >= n_columns)]  # the list holds every neighbour
+    return Neighbors.from_rows(block.rows, count, nb, score, complete)
+
+
+def top_per_row(indptr: np.ndarray, nb: np.ndarray, score: np.ndarray, limit: int):
+    """The ``limit`` best positive entries of each segment ``indptr[r]:indptr[r + 1]``, ordered
+    by (score desc, nb asc). Returns the count per row, nb and score as rows x limit arrays, and
+    which rows have fewer than ``limit`` positive entries.
+
+    Rows of similar length are padded into 2-D arrays, so numpy's per-row partition and sort do
+    the work in C: a row's threshold is its limit-th largest score, entries at or above it are
+    the candidates (limit of them, more on ties), and only those are sorted.
+    """
+    n_rows = len(indptr) - 1
+    out_nb = np.full((n_rows, limit), -1, np.int64)
+    out_score = np.zeros((n_rows, limit))
+    count = np.zeros(n_rows, np.int64)
+    few = np.ones(n_rows, bool)
+    lengths = np.diff(indptr)
+    padded_score = np.append(score, 0.0)  # a padding slot points at the trailing 0
+    for group in _groups_of_similar_length(lengths):
+        offsets = np.arange(lengths[group].max())
+        index = indptr[group][:, None] + offsets
+        index[offsets >= lengths[group][:, None]] = len(score)
+        sims = padded_score[index]
+        width = sims.shape[1]
+        if width > limit:
+            kth = np.partition(sims, width - limit, axis=1)[:, width - limit]
+            few[group] = kth <= 0
+            keep = sims >= np.maximum(kth, np.finfo(np.float64).tiny)[:, None]
+        else:
+            keep = sims > 0
+            few[group] = np.count_nonzero(keep, axis=1) < limit
+        c, s, n = _ordered(index, sims, keep, nb, limit)
+        out_nb[group, :c.shape[1]], out_score[group, :s.shape[1]], count[group] = c, s, n
+    return count, out_nb, out_score, few
+
+
+def _groups_of_similar_length(lengths: np.ndarray, cells: int = 1 << 21):
+    """Non-empty rows in groups of similar length, each padding to at most ~``cells`` cells."""
+    order = np.argsort(lengths, kind="stable")
+    order = order[lengths[order] > 0]
+    start = 0
+    while start < len(order):
+        widths = lengths[order[start:]]  # ascending: a group's width is its last row's length
+        fits = np.arange(1, len(widths) + 1) * widths <= cells
+        end = start + max(1, int(np.argmin(fits)) if not fits.all() else len(widths))
+        yield order[start:end]
+        start = end
+
+
+def _ordered(index: np.ndarray, sims: np.ndarray, keep: np.ndarray, nb: np.ndarray, limit: int):
+    """Kept entries of each row, ordered by (sim desc, nb asc) and cut to ``limit``."""
+    kept = np.count_nonzero(keep, axis=1)
+    r, c = np.nonzero(keep)  # row-major
+    position = np.arange(len(r)) - np.repeat(np.cumsum(kept) - kept, kept)
+    width = int(kept.max()) if len(kept) else 0
+    neg = np.full((len(kept), width), np.inf)  # -sim; empty slots sort last
+    cols = np.full((len(kept), width), np.iinfo(np.int64).max)
+    neg[r, position], cols[r, position] = -sims[r, c], nb[index[r, c]]
+    order = np.argsort(neg, axis=1)
+    sorted_neg = np.take_along_axis(neg, order, axis=1)
+    equal = (sorted_neg[:, 1:] == sorted_neg[:, :-1]) & np.isfinite(sorted_neg[:, 1:])
+    tied = np.flatnonzero(equal.any(axis=1))
+    if len(tied):  # equal scores: the lower neighbour key first (the tie rule)
+        order[tied] = np.lexsort((cols[tied], neg[tied]), axis=-1)
+    order = order[:, :limit]
+    return (np.take_along_axis(cols, order, axis=1), -np.take_along_axis(neg, order, axis=1),
+            np.minimum(kept, limit))
 
 
 def full(matrix: sp.csr_matrix, measure: Measure, progress: Progress | None = None
@@ -152,13 +266,8 @@ def full(matrix: sp.csr_matrix, measure: Measure, progress: Progress | None = No
 
 def _lists_for(sim: RowSimilarity, rows: np.ndarray, progress: Progress | None = None
                ) -> Neighbors:
-    parts, done = [], 0
-    for block, sims in sim.blocks(rows):
-        parts.append(top_k(block, sims, sim.measure.stored))
-        done += len(block)
-        if progress:
-            progress(done, len(rows))
-    return Neighbors.concat(parts)
+    stored = sim.measure.stored
+    return Neighbors.concat(sim.map_blocks(rows, lambda b: top_k(b, stored, sim.n), progress))
 
 
 @dataclass
@@ -198,16 +307,17 @@ def incremental(matrix: sp.csr_matrix, changed: np.ndarray, stored: StoredLists,
     kth_score = _pad(stored.kth_score, sim.n, -np.inf)
     kth_nb = _pad(stored.kth_nb, sim.n, np.iinfo(np.int64).max)
     count = _pad(stored.count, sim.n, 0)
-    lists, cands = [], []
-    for block, sims in sim.blocks(changed):
-        lists.append(top_k(block, sims, measure.stored))
+    def lists_and_candidates(block: Block):
         # candidates j <- i: sim(j, i) = sim(i, j) ranks above j's last stored entry
-        above = (sims > kth_score[None, :]) | (
-            (sims == kth_score[None, :]) & (block[:, None] < kth_nb[None, :]))
-        above &= sims > 0
-        i_idx, j = np.nonzero(above)
-        cands.append(Neighbors(j.astype(np.int64), block[i_idx].astype(np.int64),
-                               sims[i_idx, j], np.zeros(len(j), np.int64)))
+        i, j, s = block.entry_rows(), block.cols, block.sims
+        above = (s > kth_score[j]) | ((s == kth_score[j]) & (i < kth_nb[j]))
+        above &= s > 0
+        return (top_k(block, measure.stored, sim.n),
+                Neighbors(j[above], i[above], s[above], np.zeros(int(above.sum()), np.int64)))
+
+    results = sim.map_blocks(changed, lists_and_candidates)
+    lists = [lists for lists, _ in results]
+    cands = [cands for _, cands in results]
     candidates = Neighbors.concat(cands)
     is_changed = np.zeros(sim.n, bool)
     is_changed[changed] = True

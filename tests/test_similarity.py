@@ -31,14 +31,15 @@ matrices = st.integers(0, 2**31 - 1).map(lambda seed: np.random.default_rng(seed
 
 @settings(deadline=None)
 @given(matrices, st.integers(1, 6), st.sampled_from([0.0, 0.5]), st.sampled_from([1, 2]),
-       st.sampled_from([1 << 24, 7]), st.sampled_from(["cosine", "tfidf"]))
-def test_full_equals_brute_force(rng, k, shrinkage, min_support, block_cells, kind):
+       st.sampled_from([1 << 24, 7]), st.sampled_from(["cosine", "tfidf"]), st.sampled_from([1, 2]))
+def test_full_equals_brute_force(rng, k, shrinkage, min_support, block_cells, kind, threads):
     n, f = rng.integers(1, 15), rng.integers(1, 12)
     x = rng.integers(0, 3, size=(n, f)) * (rng.random((n, f)) < 0.5)
     x = x.astype(float)
     idf_n = float(f + 3)
     measure = similarity.Measure(k=k, shrinkage=shrinkage, min_support=min_support,
-                                 block_cells=block_cells, kind=kind, idf_n=idf_n)
+                                 block_cells=block_cells, kind=kind, idf_n=idf_n,
+                                 threads=threads)
     got = _as_dict(similarity.full(sp.csr_matrix(x), measure))
     assert_same_lists(got, brute_force_topk(x, k, shrinkage, min_support, kind, idf_n))
 
