@@ -81,6 +81,9 @@ class Neighbors:
         return cls(np.repeat(rows, count).astype(np.int64), nb[used], score[used],
                    rank[used].astype(np.int64), np.asarray(complete_rows, np.int64))
 
+    def row_count(self) -> int:
+        return int(np.count_nonzero(np.bincount(self.row))) if len(self.row) else 0
+
     def where(self, mask: np.ndarray) -> "Neighbors":
         return Neighbors(self.row[mask], self.nb[mask], self.score[mask], self.rank[mask],
                          self.complete_rows)

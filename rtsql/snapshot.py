@@ -20,9 +20,11 @@ from . import migrate
 
 STORAGE_VERSION = "v1.4.0"
 SERVING_TABLES = ("users", "items", "item_catalog", "event_types", "interactions",
-                  "item_neighbors", "user_neighbors", "content_neighbors", "item_trending",
+                  "item_neighbors", "item_neighbor_lists", "user_neighbors", "content_neighbors", "item_trending",
                   "model_state", "rtsql_settings", "ab_variants", "impressions",
                   "_rtsql_migrations")
+# the indexes recommend() looks rows up by (a CREATE TABLE AS copies no index)
+SERVING_INDEXES = {"interactions": "user_key", "item_neighbor_lists": "item_key"}
 
 
 def default_path(db_path: str | os.PathLike) -> Path:
@@ -59,6 +61,8 @@ class Publisher:
         try:
             for table in SERVING_TABLES:
                 con.execute(f"create table rtsql_snapshot.{table} as select * from {table}")
+            for table, column in SERVING_INDEXES.items():
+                con.execute(f"create index {table}_{column} on rtsql_snapshot.{table} ({column})")
             con.execute(f"create table rtsql_snapshot.events as {_PENDING}", [None])
         finally:
             con.execute("detach rtsql_snapshot")

@@ -1,107 +1,128 @@
 -- rtsql_recommend_core: the hybrid scorer behind recommend() and recommend_for_items().
 -- p_hist is the history as a list of {item_key, weight, event_type, ts}. Each strategy's scores
 -- are scaled to [0, 1] and blended with the weight_* settings (or one strategy alone, when
--- p_strategy is item, user, content or trending); every item stays in the pool with its
--- popularity, so k rows come back whenever k items pass the filters.
--- p_variant (an ab_variants name, or NULL) overrides serving settings with its own.
+-- p_strategy is item, user, content or trending); items no strategy scored are backfilled from
+-- the precomputed trending / popularity order, so k rows come back whenever k items pass the
+-- filters. p_variant (an ab_variants name, or NULL) overrides serving settings with its own.
+-- Every step works on the user's candidates, never on every item: that keeps a call at a few
+-- milliseconds on large catalogs (and few joins keep DuckDB's planning short).
 create or replace macro rtsql_recommend_core(p_user_key, p_hist, k, p_exclude, p_category,
                                              p_strategy, p_variant) as table
-with vs as (
-    select coalesce((select settings from ab_variants where name = p_variant), '{}') as o
-),
-cfg as (
+with cfg as (
     select case when p_strategy = 'hybrid'
-                then coalesce(json_extract_string(vs.o, '$.weight_item_cf'),
-                              rtsql_setting('weight_item_cf'), '1')::DOUBLE
+                then coalesce(json_extract_string(o, '$.weight_item_cf'), w_item, '1')::DOUBLE
                 else (p_strategy = 'item')::DOUBLE end as w_item,
            case when p_strategy = 'hybrid'
-                then coalesce(json_extract_string(vs.o, '$.weight_user_cf'),
-                              rtsql_setting('weight_user_cf'), '0.3')::DOUBLE
+                then coalesce(json_extract_string(o, '$.weight_user_cf'), w_user, '0.3')::DOUBLE
                 else (p_strategy = 'user')::DOUBLE end as w_user,
            case when p_strategy = 'hybrid'
-                then coalesce(json_extract_string(vs.o, '$.weight_content'),
-                              rtsql_setting('weight_content'), '0.1')::DOUBLE
+                then coalesce(json_extract_string(o, '$.weight_content'), w_content, '0.1')::DOUBLE
                 else (p_strategy = 'content')::DOUBLE end as w_content,
            case when p_strategy = 'hybrid'
-                then coalesce(json_extract_string(vs.o, '$.weight_trending'),
-                              rtsql_setting('weight_trending'), '0.05')::DOUBLE
+                then coalesce(json_extract_string(o, '$.weight_trending'), w_trend, '0.05')::DOUBLE
                 else (p_strategy = 'trending')::DOUBLE end as w_trend,
-           coalesce(json_extract_string(vs.o, '$.exclude_seen'),
-                    rtsql_setting('exclude_seen'), 'true')::BOOLEAN as exclude_seen,
-           coalesce(json_extract_string(vs.o, '$.recency_half_life_days'),
-                    rtsql_setting('recency_half_life_days'), '0')::DOUBLE as recency,
-           -- lists store a buffer beyond the K that is served
-           coalesce(rtsql_setting('neighbors'), '50')::INTEGER as served
-    from vs
+           coalesce(json_extract_string(o, '$.exclude_seen'), exclude_seen, 'true')::BOOLEAN
+               as exclude_seen,
+           coalesce(json_extract_string(o, '$.recency_half_life_days'), recency, '0')::DOUBLE
+               as recency,
+           coalesce(served, '50')::INTEGER as served  -- lists store a buffer beyond K
+    from (
+        -- every setting in one scan; the variant's JSON overrides them
+        select max(value) filter (where name = 'weight_item_cf') as w_item,
+               max(value) filter (where name = 'weight_user_cf') as w_user,
+               max(value) filter (where name = 'weight_content') as w_content,
+               max(value) filter (where name = 'weight_trending') as w_trend,
+               max(value) filter (where name = 'exclude_seen') as exclude_seen,
+               max(value) filter (where name = 'recency_half_life_days') as recency,
+               max(value) filter (where name = 'neighbors') as served,
+               coalesce((select settings from ab_variants where name = p_variant), '{}') as o
+        from rtsql_settings
+    )
 ),
-hist as (
-    select h.item_key, h.weight, h.event_type, h.ts
-    from (select unnest(p_hist) as h)
-),
-latest as (select max(ts) as t from hist),
+hist as materialized (select unnest(p_hist, recursive := true)),
 h as (
-    select item_key, event_type,
-           weight * case when cfg.recency > 0
-                         then pow(2.0, -(epoch(latest.t) - epoch(ts)) / (86400 * cfg.recency))
-                         else 1 end as w
-    from hist, latest, cfg where weight > 0
-),
-item_cf as (
-    select n.neighbor_key as item_key, fsum(h.w * n.score) as score,
-           arg_max(h.item_key, h.w * n.score) as because
-    from h join item_neighbors n on n.item_key = h.item_key, cfg
-    where n.rank <= cfg.served group by all
-),
-user_cf as (
-    select i.item_key, fsum(s.score * i.weight) as score, NULL::INTEGER as because
-    from user_neighbors s join interactions i on i.user_key = s.neighbor_key, cfg
-    where s.user_key = p_user_key and s.rank <= cfg.served group by all
-),
-content as (
-    select n.neighbor_key as item_key, fsum(h.w * n.score) as score,
-           arg_max(h.item_key, h.w * n.score) as because
-    from h join content_neighbors n on n.item_key = h.item_key group by all
-),
-parts as (
-    select item_key, 'item-cf' as part, because,
-           score / max(score) over () * cfg.w_item as s from item_cf, cfg where cfg.w_item > 0
-    union all
-    select item_key, 'user-cf', because,
-           score / max(score) over () * cfg.w_user from user_cf, cfg where cfg.w_user > 0
-    union all
-    select item_key, 'content', because,
-           score / max(score) over () * cfg.w_content from content, cfg where cfg.w_content > 0
-    union all
-    select item_key, 'trending', NULL,
-           score / max(score) over () * cfg.w_trend from item_trending, cfg
-    where cfg.w_trend > 0 and score > 0
-),
--- added in a fixed order (not sum()), so every client gets bit-identical scores
-blend as (
     select item_key,
-           coalesce(max(s) filter (where part = 'item-cf'), 0)
-           + coalesce(max(s) filter (where part = 'user-cf'), 0)
-           + coalesce(max(s) filter (where part = 'content'), 0)
-           + coalesce(max(s) filter (where part = 'trending'), 0) as score,
-           arg_max(struct_pack(part := part, because := because), s) as win
-    from parts where s > 0 group by item_key
+           weight * case when cfg.recency > 0
+                         then pow(2.0, -(epoch(max(ts) over ()) - epoch(ts)) / (86400 * cfg.recency))
+                         else 1 end as w
+    from hist, cfg where weight > 0
+),
+-- (candidate, strategy, history item behind it, score contribution)
+scored as (
+    select unnest(l.neighbor_keys[1:cfg.served]) as item_key, 'item-cf' as part,
+           l.item_key as because, h.w * unnest(l.scores[1:cfg.served]) as s
+    from h join item_neighbor_lists l using (item_key), cfg
+    where cfg.w_item > 0
+    union all
+    select i.item_key, 'user-cf', NULL, s.score * i.weight
+    from user_neighbors s join interactions i on i.user_key = s.neighbor_key, cfg
+    where cfg.w_user > 0 and s.user_key = p_user_key and s.rank <= cfg.served
+    union all
+    select n.neighbor_key, 'content', n.item_key, h.w * n.score
+    from h join content_neighbors n using (item_key), cfg
+    where cfg.w_content > 0
+),
+excluded as (
+    select item_key from hist, cfg where cfg.exclude_seen
+    union all
+    select item_key from items
+    where p_exclude is not null and list_contains(p_exclude, item_id)
+),
+-- one row per candidate: each strategy's sum, scaled to [0, 1] by its best candidate, times its
+-- blend weight; added in a fixed order (not sum()), so every client gets bit-identical scores
+-- (trending is added last, in ranked)
+per_part as (
+    select item_key,
+           fsum(s) filter (where part = 'item-cf') as item_s,
+           arg_max(because, s) filter (where part = 'item-cf') as item_because,
+           fsum(s) filter (where part = 'user-cf') as user_s,
+           fsum(s) filter (where part = 'content') as content_s,
+           arg_max(because, s) filter (where part = 'content') as content_because
+    from scored group by item_key
+),
+scaled as (
+    select item_key, item_because, content_because,
+           coalesce(item_s / max(item_s) over () * cfg.w_item, 0) as si,
+           coalesce(user_s / max(user_s) over () * cfg.w_user, 0) as su,
+           coalesce(content_s / max(content_s) over () * cfg.w_content, 0) as sc
+    from per_part, cfg
+),
+blend as (
+    select item_key, si + su + sc as score,
+           -- the strategy that added the most explains the row
+           case when si >= su and si >= sc
+                then struct_pack(part := 'item-cf', because := item_because, s := si)
+                when su >= sc then struct_pack(part := 'user-cf', because := NULL::INTEGER, s := su)
+                else struct_pack(part := 'content', because := content_because, s := sc)
+           end as win
+    from scaled where si > 0 or su > 0 or sc > 0
+),
+-- the best items no strategy scored, in the stored backfill order (k of them are enough)
+backfill as (
+    select t.item_key from item_trending t, cfg
+    where t.item_key not in (select item_key from blend)
+      and t.item_key not in (select item_key from excluded)
+      and (p_category is null
+           or t.item_key in (select item_key from item_catalog where category = p_category))
+    order by case when cfg.w_trend > 0 then t.rank_trending else t.rank_popular end
+    limit k
 ),
 pool as (
-    select i.item_key, i.item_id, coalesce(b.score, 0) as score,
-           coalesce(b.win.part, 'popular') as part, b.win.because as because,
-           coalesce(t.popularity, 0) as popularity
-    from items i
-    left join blend b using (item_key)
-    left join item_trending t using (item_key)
-    left join item_catalog c using (item_key)
-    , cfg
-    where (not cfg.exclude_seen or i.item_key not in (select item_key from hist))
-      and not list_contains(coalesce(p_exclude, []::VARCHAR[]), i.item_id)
-      and (p_category is null or c.category = p_category)
+    select item_key, score, win from blend
+    where item_key not in (select item_key from excluded)
+      and (p_category is null
+           or item_key in (select item_key from item_catalog where category = p_category))
+    union all
+    select item_key, 0, NULL from backfill
 ),
 ranked as (
-    select *, row_number() over (order by score desc, popularity desc, item_key) as rank
-    from pool qualify rank <= k
+    select p.item_key, i.item_id, p.win,
+           p.score + coalesce(t.share, 0) * cfg.w_trend as score,
+           coalesce(t.share, 0) * cfg.w_trend as trend,
+           row_number() over (order by p.score + coalesce(t.share, 0) * cfg.w_trend desc,
+                                       coalesce(t.popularity, 0) desc, p.item_key) as rank
+    from pool p join items i using (item_key) left join item_trending t using (item_key), cfg
+    qualify rank <= k
 )
 select r.rank, r.item_id, r.score,
        case r.part
@@ -113,7 +134,14 @@ select r.rank, r.item_id, r.score,
            when 'trending' then 'trending: popular right now'
            else 'popular: most events overall'
        end as reason
-from ranked r
+from (
+    -- the reason is the strategy that added the most (trending when nothing else did)
+    select rank, item_id, score,
+           case when win is not null and win.s >= trend then win.part
+                when trend > 0 then 'trending' else 'popular' end as part,
+           case when win is not null and win.s >= trend then win.because end as because
+    from ranked
+) r
 left join items bi on bi.item_key = r.because
 left join item_catalog bc on bc.item_key = r.because
 left join hist hh on hh.item_key = r.because
