@@ -27,15 +27,34 @@ def dataset(events: int, fmt: str) -> Path:
 
 
 def run_process(args: list[str], env: dict | None = None) -> tuple[float, float]:
-    """Run a whole process; returns (wall seconds, peak RSS of that child in MiB)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    start = time.perf_counter()
-    proc = subprocess.run(args, capture_output=True, text=True, env={**os.environ, **(env or {})})
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        sys.exit(f"{' '.join(args)} failed:\n{proc.stderr[-3000:]}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return wall, max(peak, before) / 1024
+    """Run a whole process; returns (wall seconds, peak RSS of that process in MiB)."""
+    wall, _, peak = _run(args, env)
+    return wall, peak
+
+
+def run_output(args: list[str], env: dict | None = None) -> tuple[str, float]:
+    """Run a whole process; returns (its stdout, its peak RSS in MiB)."""
+    _, out, peak = _run(args, env)
+    return out, peak
+
+
+def _run(args, env):
+    """os.wait4 gives the rusage of exactly this child (RUSAGE_CHILDREN would give the largest
+    child so far)."""
+    import tempfile
+
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(args, stdout=out, stderr=err, text=True,
+                                env={**os.environ, **(env or {})})
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            sys.exit(f"{' '.join(map(str, args))} failed:\n{err.read()[-3000:]}")
+        return wall, out.read(), usage.ru_maxrss / 1024
 
 
 def median(values):

@@ -285,7 +285,8 @@ def _apply_incremental(con, table: str, key: str, matrix: sp.csr_matrix, changed
     con.register("_rtsql_changed", pa.table({"k": pa.array(changed, pa.int32())}))
     kept = con.execute(f"""select t.{key} as row, t.neighbor_key as nb, t.score
                            from {table} t semi join _rtsql_merge m on t.{key} = m.k
-                           anti join _rtsql_changed c on t.neighbor_key = c.k""").fetchnumpy()
+                           anti join _rtsql_changed c on t.neighbor_key = c.k
+                           order by t.{key}, t.rank""").fetchnumpy()
     truncated = np.flatnonzero(np.isfinite(stored.kth_score))
     merged = _merge_lists(kept, result.candidates, result.merge_rows, truncated, measure.stored)
     con.register("_rtsql_replace", pa.table({"k": pa.array(
@@ -302,17 +303,45 @@ def _apply_incremental(con, table: str, key: str, matrix: sp.csr_matrix, changed
 
 def _merge_lists(kept: dict, candidates: similarity.Neighbors, rows: np.ndarray,
                  truncated: np.ndarray, stored: int) -> similarity.Neighbors:
-    """New lists of ``rows``: their kept entries plus candidates, ordered by (score desc,
-    neighbour asc) and cut to ``stored``; complete when the old list was and nothing was cut."""
-    row = np.concatenate([kept["row"].astype(np.int64), candidates.row])
-    nb = np.concatenate([kept["nb"].astype(np.int64), candidates.nb])
-    score = np.concatenate([kept["score"].astype(np.float64), candidates.score])
-    order = np.argsort(row, kind="stable")
-    present, counts = np.unique(row, return_counts=True)
-    indptr = np.concatenate([[0], np.cumsum(counts)])
-    count, nb, score, _ = similarity.top_per_row(indptr, nb[order], score[order], stored)
-    complete = np.setdiff1d(rows, np.union1d(truncated, present[counts > stored]))
-    return similarity.Neighbors.from_rows(present, count, nb, score, complete)
+    """New lists of ``rows``: their kept entries (in list order) plus candidates, ordered by
+    (score desc, neighbour asc) and cut to ``stored``; complete when the old list was and
+    nothing was cut.
+
+    A merge, not a sort: a candidate's place is the number of kept entries of its row that
+    rank above it (one vectorized comparison against the row's kept entries), and a kept entry
+    moves down by the number of candidates placed at or before it.
+    """
+    n_rows = len(rows)
+    kr = np.searchsorted(rows, kept["row"])
+    k_count = np.bincount(kr, minlength=n_rows)
+    k_pos = np.arange(len(kr)) - (np.cumsum(k_count) - k_count)[kr]
+    width = int(k_count.max(initial=0)) + 1  # a spare slot that ranks last
+    k_neg = np.full((n_rows, width), np.inf)
+    k_nb = np.full((n_rows, width), np.iinfo(np.int64).max)
+    k_neg[kr, k_pos], k_nb[kr, k_pos] = -kept["score"], kept["nb"]
+
+    cr = np.searchsorted(rows, candidates.row)
+    order = np.lexsort((candidates.nb, -candidates.score, cr))  # candidates are few
+    cr, c_nb, c_score = cr[order], candidates.nb[order], candidates.score[order]
+    c_count = np.bincount(cr, minlength=n_rows)
+    c_index = np.arange(len(cr)) - (np.cumsum(c_count) - c_count)[cr]
+    above = (k_neg[cr] < -c_score[:, None]) | (
+        (k_neg[cr] == -c_score[:, None]) & (k_nb[cr] < c_nb[:, None]))
+    c_place = np.count_nonzero(above, axis=1)  # kept entries ranking above the candidate
+    placed = np.bincount(cr * width + c_place, minlength=n_rows * width).reshape(n_rows, width)
+    k_rank = k_pos + np.cumsum(placed, axis=1)[kr, k_pos]  # 0-based
+    c_rank = c_place + c_index
+
+    out_nb = np.full((n_rows, stored), -1, np.int64)
+    out_score = np.zeros((n_rows, stored))
+    for r, rank, nb, score in ((kr, k_rank, kept["nb"], kept["score"]),
+                               (cr, c_rank, c_nb, c_score)):
+        fits = rank < stored
+        out_nb[r[fits], rank[fits]], out_score[r[fits], rank[fits]] = nb[fits], score[fits]
+    total = k_count + c_count
+    complete = np.setdiff1d(rows[total <= stored], truncated)
+    return similarity.Neighbors.from_rows(rows, np.minimum(total, stored), out_nb, out_score,
+                                          complete)
 
 
 def _incremental(con, values: dict, state: dict, forget_users: np.ndarray | None = None

@@ -43,7 +43,8 @@ def _non_negative(v):
 SETTINGS: dict[str, Setting] = {
     s.name: s
     for s in [
-        Setting("threads", int, 0, "DuckDB worker threads (0: DuckDB's default, all cores).",
+        Setting("threads", int, 0,
+                "Worker threads of DuckDB and of the refresh's similarity engine (0: every core).",
                 _non_negative),
         Setting("memory_limit", str, "", "DuckDB memory_limit, e.g. '4GB' (empty: DuckDB's default)."),
         Setting("ingest_chunk_mb", int, 64,
@@ -69,7 +70,7 @@ SETTINGS: dict[str, Setting] = {
                 "under incremental refresh.", _non_negative),
         Setting("user_cf", bool, True, "Compute user-user neighbours (needed by weight_user_cf)."),
         Setting("refresh_block_mb", int, 128,
-                "Memory for one block of similarities during refresh.", _positive),
+                "Memory for one block of similarities during refresh, per thread.", _positive),
         Setting("tail_refresh_seconds", float, 10.0,
                 "rtsql tail starts a background refresh at most this often (new events reach "
                 "recommend() at once regardless; this bounds how stale neighbour lists get).",

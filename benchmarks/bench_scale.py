@@ -1,0 +1,212 @@
+"""The scale suite (Scale issue): one command, one table, rtsql next to implicit in the same run.
+
+    python benchmarks/bench_scale.py [--sizes 1000000,10000000] [--repeat 3]
+                                     [--users 1000] [--batches 7] [--skip-nocap]
+
+For each size, on the Foundation generator's synthetic set (cached under benchmarks/data/):
+- batch ingest from Parquet (and from CSV at the largest size), whole `rtsql ingest` processes;
+- full refresh, a whole `rtsql refresh --full` process (item-item top-50 and everything
+  recommend() needs: interaction matrix, user-user, content, trending), time and peak RSS, with
+  the default history cap and with the cap off (max_history 0);
+- the peer on the same interaction matrix: implicit's CosineRecommender(K=50).fit, in-process
+  time and the peak RSS of its process (implicit has no cap: compare it with both rows);
+- end to end: ingest + full refresh processes against a peer script that reads the same Parquet
+  with DuckDB, builds the weighted matrix and fits implicit, as one process;
+- incremental refresh of 1,000-event batches (existing and new users), p50 / p99;
+- recommend(user, 10) and similar_items(item, 10) through the SQL macros over --users random
+  users and items, p50 / p99;
+- the database file size.
+Every timing is the median of --repeat runs (latencies: percentiles over the calls). The
+machine is shared; ratios measured in one run are what count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common import dataset, median, print_table, run_output, run_process
+
+# implicit's fit on the weighted interaction matrix of a refreshed rtsql database
+PEER_FIT = """
+import sys, time, warnings, resource
+import duckdb, numpy as np, scipy.sparse as sp
+warnings.filterwarnings("ignore")
+from implicit.nearest_neighbours import CosineRecommender
+con = duckdb.connect(sys.argv[1], read_only=True)
+m = con.execute("select user_key, item_key, weight from interactions").fetchnumpy()
+con.close()
+x = sp.csr_matrix((m["weight"].astype(np.float32), (m["user_key"], m["item_key"])))
+start = time.perf_counter()
+CosineRecommender(K=50).fit(x, show_progress=False)
+print(time.perf_counter() - start)
+"""
+
+# the end-to-end peer: Parquet -> weighted matrix -> implicit, one process
+PEER_END_TO_END = """
+import sys, warnings
+import duckdb, numpy as np, scipy.sparse as sp
+warnings.filterwarnings("ignore")
+from implicit.nearest_neighbours import CosineRecommender
+con = duckdb.connect()
+m = con.execute('''
+    select dense_rank() over (order by user_id) - 1 as u, dense_rank() over (order by item_id) - 1 as i,
+           sum(case event_type when 'view' then 1 when 'click' then 2 when 'search' then 1
+                               when 'cart' then 4 when 'purchase' then 8 else 1 end) as w
+    from read_parquet(?) group by user_id, item_id''', [sys.argv[1]]).fetchnumpy()
+x = sp.csr_matrix((m["w"].astype(np.float32), (m["u"], m["i"])))
+CosineRecommender(K=50).fit(x, show_progress=False)
+"""
+
+
+def cli(db: str) -> list[str]:
+    return [sys.executable, "-m", "rtsql.cli", "--db", db]
+
+
+def have_implicit() -> bool:
+    try:
+        import implicit  # noqa: F401
+    except ImportError:
+        print("implicit is not installed (pip install '.[bench]'): peer rows skipped",
+              file=sys.stderr)
+        return False
+    return True
+
+
+def timed_processes(args: list[str], repeat: int, before=None) -> tuple[float, float]:
+    """Median wall seconds and largest peak RSS (MiB) of ``repeat`` runs of a process."""
+    runs = []
+    for _ in range(repeat):
+        if before:
+            before()
+        runs.append(run_process(args))
+    return median([w for w, _ in runs]), max(m for _, m in runs)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", default="1000000,10000000")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--users", type=int, default=1000, help="calls per latency figure")
+    parser.add_argument("--batches", type=int, default=7, help="incremental batches of 1,000")
+    parser.add_argument("--skip-nocap", action="store_true", help="no cap-off refresh row")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    peer = have_implicit()
+    rows = []
+
+    def row(figure, events, value, unit, peer_value=None, ratio=None, peak=None):
+        rows.append((figure, f"{events:,}", value, unit, peer_value, ratio, peak))
+        print(" | ".join(str(c) for c in rows[-1]), file=sys.stderr, flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for events in sizes:
+            parquet = dataset(events, "parquet")
+            db = str(Path(tmp) / f"r{events}.duckdb")
+            fresh = lambda: [Path(p).unlink(missing_ok=True) for p in (db, db + ".wal")]  # noqa
+            wall, peak = timed_processes(cli(db) + ["ingest", str(parquet)], args.repeat, fresh)
+            row("ingest Parquet (process)", events, round(events / wall), "events/s",
+                peak=int(peak))
+            if events == max(sizes):
+                csv = dataset(events, "csv")
+                csv_db = str(Path(tmp) / "csv.duckdb")
+                wall_csv, peak_csv = timed_processes(
+                    cli(csv_db) + ["ingest", str(csv)], args.repeat,
+                    lambda: [Path(p).unlink(missing_ok=True) for p in (csv_db, csv_db + ".wal")])
+                Path(csv_db).unlink(missing_ok=True)
+                row("ingest CSV (process)", events, round(events / wall_csv), "events/s",
+                    peak=int(peak_csv))
+
+            fit = fit_peak = None
+            refresh_runs = {}
+            for label, cap in (("default cap 500", "500"), ("cap off", "0")):
+                if cap == "0" and args.skip_nocap:
+                    continue
+                run_process(cli(db) + ["settings", "max_history", cap])
+                refresh_runs[label] = timed_processes(cli(db) + ["refresh", "--full"],
+                                                      args.repeat)
+                if cap == "500" and peer:
+                    fits = [run_output([sys.executable, "-c", PEER_FIT, db])
+                            for _ in range(args.repeat)]
+                    fit = median([float(out) for out, _ in fits])
+                    fit_peak = max(p for _, p in fits)
+            run_process(cli(db) + ["settings", "max_history", "500"])
+            run_process(cli(db) + ["refresh", "--full"])
+            for label, (wall, peak) in refresh_runs.items():
+                row(f"full refresh, {label} (process)", events, round(wall, 2), "s",
+                    round(fit, 2) if fit else None,
+                    round(wall / fit, 2) if fit else None, int(peak))
+            if fit:
+                row("implicit CosineRecommender(K=50).fit (in-process)", events, round(fit, 2),
+                    "s", peak=int(fit_peak))
+
+            if events == min(sizes):
+                end_to_end(db, parquet, refresh_runs["default cap 500"][0], wall, peer,
+                           args.repeat, row, events)
+            latencies(db, events, args, row)
+            row("database file size", events, round(os.path.getsize(db) / 2**20, 1), "MiB")
+            Path(db).unlink(missing_ok=True)
+    print_table(["figure", "events", "value", "unit", "implicit", "rtsql / implicit",
+                 "peak RSS MiB"], rows)
+
+
+def end_to_end(db, parquet, refresh_wall, ingest_wall, peer, repeat, row, events):
+    ours = ingest_wall + refresh_wall
+    if peer:
+        theirs, _ = timed_processes([sys.executable, "-c", PEER_END_TO_END, str(parquet)],
+                                    repeat)
+        row("end to end: ingest + full refresh vs Parquet -> implicit fit (processes)", events,
+            round(ours, 2), "s", round(theirs, 2), round(ours / theirs, 2))
+    else:
+        row("end to end: ingest + full refresh (processes)", events, round(ours, 2), "s")
+
+
+def latencies(db, events, args, row):
+    import rtsql
+    from rtsql import ingest, refresh
+
+    con = rtsql.connect(db)
+    n_users = con.execute("select max(user_key) from users").fetchall()[0][0]
+    n_items = con.execute("select max(item_key) from items").fetchall()[0][0]
+    rng = random.Random(7)
+    times = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for batch in range(args.batches):
+            path = Path(tmp) / f"batch{batch}.csv"
+            # existing users and about 5% new ones, existing items
+            lines = [f"u{rng.randrange(1, int(n_users * 1.05) + 2)},i{rng.randrange(1, n_items)},"
+                     f"{rng.choice(['view', 'view', 'click', 'cart'])},"
+                     f"2026-11-01T00:{batch % 60:02d}:{n % 60:02d},\n" for n in range(1000)]
+            path.write_text("user_id,item_id,event_type,ts,value\n" + "".join(lines))
+            ingest.ingest(con, [path])
+            start = time.perf_counter()
+            refresh.refresh(con)
+            times.append(time.perf_counter() - start)
+    row("incremental refresh, 1,000 events: p50 / p99", events,
+        f"{np.median(times):.2f} / {np.percentile(times, 99):.2f}", "s")
+    users = [r[0] for r in con.execute(
+        "select user_id from users order by hash(user_id || 'x') limit ?", [args.users]).fetchall()]
+    items = [r[0] for r in con.execute(
+        "select item_id from items order by hash(item_id || 'x') limit ?", [args.users]).fetchall()]
+    for name, sql, keys in (("recommend(user, 10)", "select * from recommend(?, 10)", users),
+                            ("similar_items(item, 10)", "select * from similar_items(?, 10)",
+                             items)):
+        calls = []
+        for key in keys:
+            start = time.perf_counter()
+            con.execute(sql, [key]).fetchall()
+            calls.append(time.perf_counter() - start)
+        row(f"{name} through the SQL macro: p50 / p99", events,
+            f"{np.median(calls) * 1000:.1f} / {np.percentile(calls, 99) * 1000:.1f}", "ms")
+    con.close()
+
+
+if __name__ == "__main__":
+    main()
