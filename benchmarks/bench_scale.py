@@ -111,8 +111,9 @@ def main():
             parquet = dataset(events, "parquet")
             db = str(Path(tmp) / f"r{events}.duckdb")
             fresh = lambda: [Path(p).unlink(missing_ok=True) for p in (db, db + ".wal")]  # noqa
-            wall, peak = timed_processes(cli(db) + ["ingest", str(parquet)], args.repeat, fresh)
-            row("ingest Parquet (process)", events, round(events / wall), "events/s",
+            ingest_wall, peak = timed_processes(cli(db) + ["ingest", str(parquet)], args.repeat,
+                                                fresh)
+            row("ingest Parquet (process)", events, f"{events / ingest_wall:,.0f}", "events/s",
                 peak=int(peak))
             if events == max(sizes):
                 csv = dataset(events, "csv")
@@ -121,7 +122,7 @@ def main():
                     cli(csv_db) + ["ingest", str(csv)], args.repeat,
                     lambda: [Path(p).unlink(missing_ok=True) for p in (csv_db, csv_db + ".wal")])
                 Path(csv_db).unlink(missing_ok=True)
-                row("ingest CSV (process)", events, round(events / wall_csv), "events/s",
+                row("ingest CSV (process)", events, f"{events / wall_csv:,.0f}", "events/s",
                     peak=int(peak_csv))
 
             fit = fit_peak = None
@@ -140,18 +141,18 @@ def main():
             run_process(cli(db) + ["settings", "max_history", "500"])
             run_process(cli(db) + ["refresh", "--full"])
             for label, (wall, peak) in refresh_runs.items():
-                row(f"full refresh, {label} (process)", events, round(wall, 2), "s",
-                    round(fit, 2) if fit else None,
-                    round(wall / fit, 2) if fit else None, int(peak))
+                row(f"full refresh, {label} (process)", events, f"{wall:.2f}", "s",
+                    f"{fit:.2f}" if fit else None, f"{wall / fit:.2f}" if fit else None,
+                    int(peak))
             if fit:
-                row("implicit CosineRecommender(K=50).fit (in-process)", events, round(fit, 2),
+                row("implicit CosineRecommender(K=50).fit (in-process)", events, f"{fit:.2f}",
                     "s", peak=int(fit_peak))
 
             if events == min(sizes):
-                end_to_end(db, parquet, refresh_runs["default cap 500"][0], wall, peer,
+                end_to_end(db, parquet, refresh_runs["default cap 500"][0], ingest_wall, peer,
                            args.repeat, row, events)
             latencies(db, events, args, row)
-            row("database file size", events, round(os.path.getsize(db) / 2**20, 1), "MiB")
+            row("database file size", events, f"{os.path.getsize(db) / 2**20:.1f}", "MiB")
             Path(db).unlink(missing_ok=True)
     print_table(["figure", "events", "value", "unit", "implicit", "rtsql / implicit",
                  "peak RSS MiB"], rows)
@@ -163,9 +164,9 @@ def end_to_end(db, parquet, refresh_wall, ingest_wall, peer, repeat, row, events
         theirs, _ = timed_processes([sys.executable, "-c", PEER_END_TO_END, str(parquet)],
                                     repeat)
         row("end to end: ingest + full refresh vs Parquet -> implicit fit (processes)", events,
-            round(ours, 2), "s", round(theirs, 2), round(ours / theirs, 2))
+            f"{ours:.2f}", "s", f"{theirs:.2f}", f"{ours / theirs:.2f}")
     else:
-        row("end to end: ingest + full refresh (processes)", events, round(ours, 2), "s")
+        row("end to end: ingest + full refresh (processes)", events, f"{ours:.2f}", "s")
 
 
 def latencies(db, events, args, row):
