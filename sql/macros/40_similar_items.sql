@@ -1,11 +1,17 @@
 -- similar_items: an item's neighbours; method := 'cf' (co-occurrence, default) or 'content'.
+-- The cf lists are read by key from item_neighbor_lists (an index lookup, not a scan).
 create or replace macro similar_items(p_item_id, k := 10, method := 'cf') as table
+with i as (select item_key from items where item_id = p_item_id),
+n as (
+    select unnest(generate_series(1, len(l.neighbor_keys))) as rank,
+           unnest(l.neighbor_keys) as neighbor_key, unnest(l.scores) as score
+    from item_neighbor_lists l
+    where method = 'cf' and l.item_key = (select item_key from i)
+    union all
+    select rank, neighbor_key, score from content_neighbors
+    where method = 'content' and item_key = (select item_key from i)
+)
 select n.rank, j.item_id, n.score
-from (select item_key, neighbor_key, score, rank, 'cf' as kind from item_neighbors
-      union all
-      select item_key, neighbor_key, score, rank, 'content' from content_neighbors) n
-join items i on i.item_key = n.item_key
-join items j on j.item_key = n.neighbor_key
-where i.item_id = p_item_id and n.kind = method
-  and n.rank <= least(k, coalesce(rtsql_setting('neighbors'), '50')::INTEGER)
+from n join items j on j.item_key = n.neighbor_key
+where n.rank <= k  -- both tables hold the served K only
 order by n.rank;
