@@ -79,6 +79,25 @@ def test_backfill_returns_k_whenever_enough_unseen_items(checkerboard):
     assert {r[1] for r in rows} == {"ai0"} | {f"bi{i}" for i in range(6)}
 
 
+def test_items_new_since_the_refresh_and_unrefreshed_databases_are_backfilled(
+        checkerboard, tmp_path, db_path):
+    # items that arrived after the last refresh are not ranked yet: still eligible (popularity 0)
+    catalog.load_items(checkerboard, _write(tmp_path / "new.csv", "item_id,title\nzz1,New\n"))
+    rows = recommend.recommend(checkerboard, "au0", 20).rows
+    assert [r[1] for r in rows][-1] == "zz1" and len(rows) == 8
+    # a database that was never refreshed still answers with every item
+    fresh = rtsql.connect(str(tmp_path / "fresh.duckdb"))
+    ingest.ingest(fresh, [tmp_path / "ev.csv"])
+    rows = recommend.recommend(fresh, "stranger", 5).rows
+    assert len(rows) == 5 and all(r[3].startswith("popular") for r in rows)
+    fresh.close()
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
 def test_business_filters(checkerboard):
     rows = recommend.recommend(checkerboard, "au0", 5, exclude=["ai0"]).rows
     assert "ai0" not in [r[1] for r in rows]

@@ -99,13 +99,27 @@ blend as (
 ),
 -- the best items no strategy scored, in the stored backfill order (k of them are enough)
 backfill as (
-    select t.item_key from item_trending t, cfg
-    where t.item_key not in (select item_key from blend)
-      and t.item_key not in (select item_key from excluded)
-      and (p_category is null
-           or t.item_key in (select item_key from item_catalog where category = p_category))
-    order by case when cfg.w_trend > 0 then t.rank_trending else t.rank_popular end
-    limit k
+    select item_key from (
+        select t.item_key from item_trending t, cfg
+        where t.item_key not in (select item_key from blend)
+          and t.item_key not in (select item_key from excluded)
+          and (p_category is null
+               or t.item_key in (select item_key from item_catalog where category = p_category))
+        order by case when cfg.w_trend > 0 then t.rank_trending else t.rank_popular end
+        limit k
+    )
+    union all
+    -- items new since the last refresh (keys only grow), not ranked yet: popularity 0
+    select item_key from (
+        select i.item_key from items i
+        where i.item_key > (select coalesce(max(item_key), -1) from item_trending)
+          and i.item_key not in (select item_key from blend)
+          and i.item_key not in (select item_key from excluded)
+          and (p_category is null
+               or i.item_key in (select item_key from item_catalog where category = p_category))
+        order by i.item_key
+        limit k
+    )
 ),
 pool as (
     select item_key, score, win from blend
