@@ -49,3 +49,17 @@ def test_ties_are_broken_by_neighbour_key():
     got = _as_dict(similarity.full(sp.csr_matrix(x), similarity.Measure(k=2)))
     assert [nb for nb, _ in got[2]] == [0, 1]
     assert [nb for nb, _ in got[0]] == [1, 2]
+
+
+def test_support_is_read_at_the_products_positions_when_patterns_differ():
+    # content vectors can cancel (negative z-scores): the weighted product then drops an entry
+    # the support product keeps, and support must still line up with the right pairs
+    x = sp.csr_matrix(np.array([[1.0, 1.0, 0.0], [1.0, -1.0, 0.0], [1.0, 0.0, 1.0]]))
+    weighted = x @ x.T.tocsr()
+    binary = x.copy()
+    binary.data[:] = 1.0
+    support = binary @ binary.T.tocsr()
+    assert weighted.nnz < support.nnz  # rows 0 and 1 cancel: 1 - 1 = 0
+    got = similarity._values_at(support, weighted)
+    rows = np.repeat(np.arange(3), np.diff(weighted.indptr))
+    assert np.array_equal(got, support.toarray()[rows, weighted.indices])
