@@ -33,7 +33,6 @@ from .errors import DatabaseLocked
 from .sqlutil import scalar, transaction
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
-STORE_FACTOR = 2  # lists store 2K entries; K are served (the rest refills lists incrementally)
 
 # weight of one event, forward-decayed against the landmark $t0 (seconds) with rate $lambda
 _EVENT_WEIGHT = ("et.weight * (case when et.uses_value then e.value else 1 end) "
@@ -146,7 +145,7 @@ def engine_options(values: dict) -> dict:
 def _measure(values: dict, kind: str = "cosine", idf_n: float = 0.0) -> similarity.Measure:
     return similarity.Measure(k=values["neighbors"], shrinkage=values["shrinkage"],
                               min_support=values["min_support"], kind=kind, idf_n=idf_n,
-                              store=STORE_FACTOR * values["neighbors"], **engine_options(values))
+                              store=values["list_buffer"] * values["neighbors"], **engine_options(values))
 
 
 def _item_measure(values: dict, idf_n: float) -> similarity.Measure:

@@ -4,5 +4,5 @@ select u.user_id, v.user_id as neighbor_id, n.score, n.rank
 from user_neighbors n
 join users u on u.user_key = n.user_key
 join users v on v.user_key = n.neighbor_key
--- lists store a buffer beyond the served K (see refresh.STORE_FACTOR)
+-- lists may store a buffer beyond the served K (setting list_buffer)
 where n.rank <= (select value::INTEGER from rtsql_settings where name = 'neighbors');
