@@ -30,7 +30,7 @@ import scipy.sparse as sp
 
 from . import settings, similarity
 from .errors import DatabaseLocked
-from .sqlutil import scalar, transaction
+from .sqlutil import recreate_empty, scalar, transaction
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -193,19 +193,19 @@ def _write_served_lists(con, lists: similarity.Neighbors) -> None:
 def _full(con, values: dict, progress: Progress | None) -> RefreshResult:
     t0 = scalar(con, "select coalesce(epoch(max(ts)), 0) from events")
     lam = _decay_rate(values["half_life_days"])
-    con.execute("delete from interactions")
+    recreate_empty(con, "interactions")
     con.execute(f"insert into interactions select * from ({_AGGREGATE_EVENTS}) "
                 "order by user_key, item_key", {"lambda": lam, "t0": t0, "after": -1})
     x = _capped_matrix(con, values["max_history"])
     idf_n = float(np.count_nonzero(np.diff(x.indptr)))  # users with history, frozen until next full
     recomputed = 0
-    con.execute("delete from item_neighbors")
-    con.execute("delete from item_neighbor_lists")
+    recreate_empty(con, "item_neighbors")
+    recreate_empty(con, "item_neighbor_lists")
     items = similarity.full(x.T.tocsr(), _item_measure(values, idf_n),
                             _stage(progress, "items"))
     _write_lists(con, "item_neighbors", "item_key", items, values["neighbors"])
     recomputed += items.row_count()
-    con.execute("delete from user_neighbors")
+    recreate_empty(con, "user_neighbors")
     if values["user_cf"]:
         users = similarity.full(x, _measure(values), _stage(progress, "users"))
         _write_lists(con, "user_neighbors", "user_key", users, values["neighbors"])

@@ -180,3 +180,21 @@ def test_second_refresh_is_refused_while_one_runs(db_path, write):
         os.close(fd)
     assert refresh.refresh(con).mode == "full"
     con.close()
+
+
+
+def test_full_refresh_recreates_tables_with_their_keys_and_indexes(con, write):
+    """A full refresh empties the derived tables by recreating them: the primary key and the
+    serving index must survive, and a second full refresh must give the same lists."""
+    rows = [(u, i, "view", u * 10 + i, 0) for u in range(6) for i in range(5) if (u + i) % 3]
+    ingest.ingest(con, [write_batch(write("x", "").parent, "r.csv", rows)])
+    refresh.refresh(con, full=True)
+    first = neighbour_rows(con, "item_similarity")
+    refresh.refresh(con, full=True)
+    assert neighbour_rows(con, "item_similarity") == first and first
+    indexes = {r[0] for r in con.execute(
+        "select table_name from duckdb_indexes() where database_name = current_database()")
+        .fetchall()}
+    assert "interactions" in indexes
+    with pytest.raises(Exception, match="[Cc]onstraint|[Dd]uplicate"):
+        con.execute("insert into item_neighbor_lists select * from item_neighbor_lists limit 1")
