@@ -19,6 +19,7 @@ import json
 import math
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,18 +199,21 @@ def _full(con, values: dict, progress: Progress | None) -> RefreshResult:
                 "order by user_key, item_key", {"lambda": lam, "t0": t0, "after": -1})
     x = _capped_matrix(con, values["max_history"])
     idf_n = float(np.count_nonzero(np.diff(x.indptr)))  # users with history, frozen until next full
-    recomputed = 0
-    recreate_empty(con, "item_neighbors")
-    recreate_empty(con, "item_neighbor_lists")
     items = similarity.full(x.T.tocsr(), _item_measure(values, idf_n),
                             _stage(progress, "items"))
-    _write_lists(con, "item_neighbors", "item_key", items, values["neighbors"])
-    recomputed += items.row_count()
-    recreate_empty(con, "user_neighbors")
-    if values["user_cf"]:
-        users = similarity.full(x, _measure(values), _stage(progress, "users"))
-        _write_lists(con, "user_neighbors", "user_key", users, values["neighbors"])
-        recomputed += users.row_count()
+    # user-user is computed on a worker thread while DuckDB writes the item lists
+    with ThreadPoolExecutor(1) as worker:
+        users = worker.submit(similarity.full, x, _measure(values), _stage(progress, "users")) \
+            if values["user_cf"] else None
+        recreate_empty(con, "item_neighbors")
+        recreate_empty(con, "item_neighbor_lists")
+        _write_lists(con, "item_neighbors", "item_key", items, values["neighbors"])
+        recomputed = items.row_count()
+        recreate_empty(con, "user_neighbors")
+        if users is not None:
+            users = users.result()
+            _write_lists(con, "user_neighbors", "user_key", users, values["neighbors"])
+            recomputed += users.row_count()
     _refresh_content(con, values, progress)
     _refresh_trending(con, values)
     _set_state(con, watermark=scalar(con, "select coalesce(max(event_id), 0) from events"),
