@@ -72,7 +72,7 @@ def cli(db: str) -> list[str]:
 
 def have_implicit() -> bool:
     try:
-        import implicit  # noqa: F401
+        import implicit  # noqa: F401  (only whether it is installed)
     except ImportError:
         print("implicit is not installed (pip install '.[bench]'): peer rows skipped",
               file=sys.stderr)
