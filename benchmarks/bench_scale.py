@@ -71,9 +71,9 @@ def cli(db: str) -> list[str]:
 
 
 def have_implicit() -> bool:
-    try:
-        import implicit  # noqa: F401  (only whether it is installed)
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("implicit") is None:
         print("implicit is not installed (pip install '.[bench]'): peer rows skipped",
               file=sys.stderr)
         return False
