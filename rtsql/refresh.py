@@ -146,7 +146,7 @@ def engine_options(values: dict) -> dict:
 def _measure(values: dict, kind: str = "cosine", idf_n: float = 0.0) -> similarity.Measure:
     return similarity.Measure(k=values["neighbors"], shrinkage=values["shrinkage"],
                               min_support=values["min_support"], kind=kind, idf_n=idf_n,
-                              store=values["list_buffer"] * values["neighbors"], **engine_options(values))
+                              store=math.ceil(values["list_buffer"] * values["neighbors"]), **engine_options(values))
 
 
 def _item_measure(values: dict, idf_n: float) -> similarity.Measure:

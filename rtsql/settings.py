@@ -69,11 +69,11 @@ SETTINGS: dict[str, Setting] = {
                 "Exponential time decay of interaction weights (0: off). Forward decay: exact "
                 "under incremental refresh.", _non_negative),
         Setting("user_cf", bool, True, "Compute user-user neighbours (needed by weight_user_cf)."),
-        Setting("list_buffer", int, 1,
-                "Neighbour lists store neighbors x this many entries; the extra ones refill a "
-                "list that loses entries in an incremental refresh instead of recomputing it. "
-                "1 (no buffer) was faster at 10M events; 2 halved recomputes at 1M.",
-                _positive),
+        Setting("list_buffer", float, 1.2,
+                "Neighbour lists store neighbors x this many entries (>= 1); the extra ones "
+                "refill a list that loses entries in an incremental refresh instead of "
+                "recomputing it, at the price of longer lists to rewrite.",
+                lambda v: v >= 1),
         Setting("refresh_block_mb", int, 128,
                 "Memory for one block of similarities during refresh, per thread.", _positive),
         Setting("tail_refresh_seconds", float, 10.0,

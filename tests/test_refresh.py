@@ -70,7 +70,7 @@ CONFIGS = st.fixed_dictionaries({
     "half_life_days": st.sampled_from([0.0, 2.0]),
     "shrinkage": st.sampled_from([0.0, 1.0]),
     "min_support": st.sampled_from([1, 2]),
-    "list_buffer": st.sampled_from([1, 2]),
+    "list_buffer": st.sampled_from([1.0, 1.2, 2.0]),
 })
 
 
