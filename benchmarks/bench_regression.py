@@ -11,7 +11,6 @@ CosineRecommender(K=50).fit on the same weighted interaction matrix. Ratios are 
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 import sys
 import tempfile
@@ -21,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import dataset, print_table, run_process
+from common import (dataset, incremental_batches, macro_latencies, p50_p99_ms, print_table,
+                    run_process)
 
 
 def main():
@@ -39,38 +39,14 @@ def main():
         refresh_wall = wall
 
         import rtsql
-        from rtsql import ingest, refresh
 
         con = rtsql.connect(db)
-        n_users = con.execute("select max(user_key) from users").fetchall()[0][0]
-        n_items = con.execute("select max(item_key) from items").fetchall()[0][0]
-        rng = random.Random(1)
-        incremental = []
-        for batch in range(3):
-            path = Path(tmp) / f"b{batch}.csv"
-            lines = [f"u{rng.randrange(1, n_users + 500)},i{rng.randrange(1, n_items)},view,"
-                     f"2026-11-02T00:{batch:02d}:{n % 60:02d},\n" for n in range(1000)]
-            path.write_text("user_id,item_id,event_type,ts,value\n" + "".join(lines))
-            ingest.ingest(con, [path])
-            incremental.append(refresh.refresh(con).seconds)
+        incremental = incremental_batches(con, Path(tmp), 3)
         rows.append(("incremental refresh, 1,000 events (median of 3)",
                      round(statistics.median(incremental), 3), None,
                      round(refresh_wall / statistics.median(incremental), 1)))
-        users = [r[0] for r in con.execute(
-            "select user_id from users order by hash(user_id) limit 200").fetchall()]
-        items = [r[0] for r in con.execute(
-            "select item_id from items order by hash(item_id) limit 200").fetchall()]
-        for name, sql, keys in (("recommend(user, 10)", "select * from recommend(?, 10)", users),
-                                ("similar_items(item, 10)", "select * from similar_items(?, 10)",
-                                 items)):
-            times = []
-            for key in keys:
-                start = time.perf_counter()
-                con.execute(sql, [key]).fetchall()
-                times.append(time.perf_counter() - start)
-            rows.append((f"{name} p50 / p99 ms",
-                         f"{np.median(times) * 1000:.1f} / {np.percentile(times, 99) * 1000:.1f}",
-                         None, None))
+        for name, calls in macro_latencies(con, 200):
+            rows.append((f"{name} p50 / p99 ms", p50_p99_ms(calls), None, None))
         matrix = con.execute("select user_key, item_key, weight from interactions").fetchnumpy()
         con.close()
     try:

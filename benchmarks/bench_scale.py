@@ -24,19 +24,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-from common import dataset, median, print_table, run_output, run_process
+from common import (dataset, incremental_batches, macro_latencies, median, p50_p99_ms,
+                    print_table, run_output, run_process)
 
 # implicit's fit on the weighted interaction matrix of a refreshed rtsql database
 PEER_FIT = """
-import sys, time, warnings, resource
+import sys, time, warnings
 import duckdb, numpy as np, scipy.sparse as sp
 warnings.filterwarnings("ignore")
 from implicit.nearest_neighbours import CosineRecommender
@@ -68,6 +67,11 @@ CosineRecommender(K=50).fit(x, show_progress=False)
 
 def cli(db: str) -> list[str]:
     return [sys.executable, "-m", "rtsql.cli", "--db", db]
+
+
+def remove_database(path: str) -> None:
+    for p in (path, path + ".wal"):
+        Path(p).unlink(missing_ok=True)
 
 
 def have_implicit() -> bool:
@@ -110,9 +114,8 @@ def main():
         for events in sizes:
             parquet = dataset(events, "parquet")
             db = str(Path(tmp) / f"r{events}.duckdb")
-            fresh = lambda: [Path(p).unlink(missing_ok=True) for p in (db, db + ".wal")]  # noqa
             ingest_wall, peak = timed_processes(cli(db) + ["ingest", str(parquet)], args.repeat,
-                                                fresh)
+                                                lambda: remove_database(db))
             row("ingest Parquet (process)", events, f"{events / ingest_wall:,.0f}", "events/s",
                 peak=int(peak))
             if events == max(sizes):
@@ -120,8 +123,8 @@ def main():
                 csv_db = str(Path(tmp) / "csv.duckdb")
                 wall_csv, peak_csv = timed_processes(
                     cli(csv_db) + ["ingest", str(csv)], args.repeat,
-                    lambda: [Path(p).unlink(missing_ok=True) for p in (csv_db, csv_db + ".wal")])
-                Path(csv_db).unlink(missing_ok=True)
+                    lambda: remove_database(csv_db))
+                remove_database(csv_db)
                 row("ingest CSV (process)", events, f"{events / wall_csv:,.0f}", "events/s",
                     peak=int(peak_csv))
 
@@ -171,41 +174,14 @@ def end_to_end(db, parquet, refresh_wall, ingest_wall, peer, repeat, row, events
 
 def latencies(db, events, args, row):
     import rtsql
-    from rtsql import ingest, refresh
 
     con = rtsql.connect(db)
-    n_users = con.execute("select max(user_key) from users").fetchall()[0][0]
-    n_items = con.execute("select max(item_key) from items").fetchall()[0][0]
-    rng = random.Random(7)
-    times = []
     with tempfile.TemporaryDirectory() as tmp:
-        for batch in range(args.batches):
-            path = Path(tmp) / f"batch{batch}.csv"
-            # existing users and about 5% new ones, existing items
-            lines = [f"u{rng.randrange(1, int(n_users * 1.05) + 2)},i{rng.randrange(1, n_items)},"
-                     f"{rng.choice(['view', 'view', 'click', 'cart'])},"
-                     f"2026-11-01T00:{batch % 60:02d}:{n % 60:02d},\n" for n in range(1000)]
-            path.write_text("user_id,item_id,event_type,ts,value\n" + "".join(lines))
-            ingest.ingest(con, [path])
-            start = time.perf_counter()
-            refresh.refresh(con)
-            times.append(time.perf_counter() - start)
+        times = incremental_batches(con, Path(tmp), args.batches)
     row("incremental refresh, 1,000 events: p50 / p99", events,
         f"{np.median(times):.2f} / {np.percentile(times, 99):.2f}", "s")
-    users = [r[0] for r in con.execute(
-        "select user_id from users order by hash(user_id || 'x') limit ?", [args.users]).fetchall()]
-    items = [r[0] for r in con.execute(
-        "select item_id from items order by hash(item_id || 'x') limit ?", [args.users]).fetchall()]
-    for name, sql, keys in (("recommend(user, 10)", "select * from recommend(?, 10)", users),
-                            ("similar_items(item, 10)", "select * from similar_items(?, 10)",
-                             items)):
-        calls = []
-        for key in keys:
-            start = time.perf_counter()
-            con.execute(sql, [key]).fetchall()
-            calls.append(time.perf_counter() - start)
-        row(f"{name} through the SQL macro: p50 / p99", events,
-            f"{np.median(calls) * 1000:.1f} / {np.percentile(calls, 99) * 1000:.1f}", "ms")
+    for name, calls in macro_latencies(con, args.users):
+        row(f"{name} through the SQL macro: p50 / p99", events, p50_p99_ms(calls), "ms")
     con.close()
 
 

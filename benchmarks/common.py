@@ -56,6 +56,56 @@ def _run(args, env):
         return wall, out.read(), usage.ru_maxrss / 1024
 
 
+def incremental_batches(con, directory: Path, batches: int, seed: int = 7) -> list[float]:
+    """Ingest ``batches`` CSV files of 1,000 events (existing users and about 5% new ones,
+    existing items, mostly views) into ``con``, refreshing after each; the refresh seconds."""
+    import random
+
+    from rtsql import ingest, refresh
+
+    n_users = con.execute("select max(user_key) from users").fetchall()[0][0]
+    n_items = con.execute("select max(item_key) from items").fetchall()[0][0]
+    rng = random.Random(seed)
+    seconds = []
+    for batch in range(batches):
+        path = Path(directory) / f"batch{batch}.csv"
+        lines = [f"u{rng.randrange(1, int(n_users * 1.05) + 2)},i{rng.randrange(1, n_items)},"
+                 f"{rng.choice(['view', 'view', 'click', 'cart'])},"
+                 f"2026-11-01T00:{batch % 60:02d}:{n % 60:02d},\n" for n in range(1000)]
+        path.write_text("user_id,item_id,event_type,ts,value\n" + "".join(lines))
+        ingest.ingest(con, [path])
+        start = time.perf_counter()
+        refresh.refresh(con)
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def macro_latencies(con, calls: int) -> list[tuple[str, list[float]]]:
+    """Seconds per call of recommend(user, 10) and similar_items(item, 10) through the SQL
+    macros, over ``calls`` users and items picked by hash."""
+    users = [r[0] for r in con.execute(
+        "select user_id from users order by hash(user_id) limit ?", [calls]).fetchall()]
+    items = [r[0] for r in con.execute(
+        "select item_id from items order by hash(item_id) limit ?", [calls]).fetchall()]
+    figures = []
+    for name, sql, keys in (("recommend(user, 10)", "select * from recommend(?, 10)", users),
+                            ("similar_items(item, 10)", "select * from similar_items(?, 10)",
+                             items)):
+        times = []
+        for key in keys:
+            start = time.perf_counter()
+            con.execute(sql, [key]).fetchall()
+            times.append(time.perf_counter() - start)
+        figures.append((name, times))
+    return figures
+
+
+def p50_p99_ms(seconds: list[float]) -> str:
+    import numpy as np
+
+    return f"{np.median(seconds) * 1000:.1f} / {np.percentile(seconds, 99) * 1000:.1f}"
+
+
 def median(values):
     return statistics.median(values)
 
