@@ -17,14 +17,13 @@ from pathlib import Path
 import duckdb
 
 from . import migrate
+from .sqlutil import quote_identifier, scalar, table_ddl
 
 STORAGE_VERSION = "v1.4.0"
 SERVING_TABLES = ("users", "items", "item_catalog", "event_types", "interactions",
                   "item_neighbors", "item_neighbor_lists", "user_neighbors", "content_neighbors", "item_trending",
                   "model_state", "rtsql_settings", "ab_variants", "impressions",
                   "_rtsql_migrations")
-# the indexes recommend() looks rows up by (a CREATE TABLE AS copies no index)
-SERVING_INDEXES = {"interactions": "user_key", "item_neighbor_lists": "item_key"}
 
 
 def default_path(db_path: str | os.PathLike) -> Path:
@@ -59,10 +58,14 @@ class Publisher:
         con.execute(f"attach ? as rtsql_snapshot (storage_version '{STORAGE_VERSION}')",
                     [str(self.tmp)])
         try:
+            # each table from its own DDL, so keys and indexes (recommend()'s lookups) come along
+            ddl = {table: table_ddl(con, table) for table in SERVING_TABLES}
+            source = scalar(con, "select current_database()")
+            _in_database(con, "rtsql_snapshot", [create for create, _ in ddl.values()], source)
             for table in SERVING_TABLES:
-                con.execute(f"create table rtsql_snapshot.{table} as select * from {table}")
-            for table, column in SERVING_INDEXES.items():
-                con.execute(f"create index {table}_{column} on rtsql_snapshot.{table} ({column})")
+                con.execute(f"insert into rtsql_snapshot.{table} select * from {table}")
+            _in_database(con, "rtsql_snapshot",
+                         [index for _, indexes in ddl.values() for index in indexes], source)
             con.execute(f"create table rtsql_snapshot.events as {_PENDING}", [None])
         finally:
             con.execute("detach rtsql_snapshot")
@@ -114,6 +117,16 @@ class Publisher:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def _in_database(con, database: str, statements: list[str], back: str) -> None:
+    """Run unqualified DDL in another attached database (USE it, then return to ``back``)."""
+    con.execute(f"use {database}")
+    try:
+        for statement in statements:
+            con.execute(statement)
+    finally:
+        con.execute(f"use {quote_identifier(back)}")
 
 
 # events after the watermark (the given one, else the database's): folded into no model yet;

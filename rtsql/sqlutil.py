@@ -47,17 +47,24 @@ def transaction(con):
     con.execute("commit")
 
 
-def recreate_empty(con, table: str) -> None:
-    """Empty one of rtsql's tables by dropping it and creating it again from its own DDL and
-    indexes (as DuckDB reports them). Deleting every row of a large table costs a commit
-    proportional to its rows (1.4 s for the derived tables at 10M events); this costs nothing,
-    and inside a transaction readers still see the old table until the commit."""
+def table_ddl(con, table: str) -> tuple[str, list[str]]:
+    """A main-schema table's CREATE TABLE statement (with its keys and constraints) and its
+    CREATE INDEX statements, as DuckDB reports them; both name the table unqualified."""
     where = "table_name = ? and database_name = current_database() and schema_name = 'main'"
-    ddl = scalar(con, f"select sql from duckdb_tables() where {where}", [table])
+    create = scalar(con, f"select sql from duckdb_tables() where {where}", [table])
     indexes = [r[0] for r in con.execute(
         f"select sql from duckdb_indexes() where {where}", [table]).fetchall()]
+    return create, indexes
+
+
+def recreate_empty(con, table: str) -> None:
+    """Empty one of rtsql's tables by dropping it and creating it again from its own DDL and
+    indexes. Deleting every row of a large table costs a commit proportional to its rows (1.4 s
+    for the derived tables at 10M events); this costs nothing, and inside a transaction readers
+    still see the old table until the commit."""
+    create, indexes = table_ddl(con, table)
     con.execute(f"drop table {table}")
-    con.execute(ddl)
+    con.execute(create)
     for index in indexes:
         con.execute(index)
 
