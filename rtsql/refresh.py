@@ -154,30 +154,28 @@ def _item_measure(values: dict, idf_n: float) -> similarity.Measure:
     return _measure(values, values["similarity"], idf_n)
 
 
+# neighbour tables whose served part is also kept one row per key, for recommend()'s lookups
+SERVED_LISTS = {"item_neighbors": "item_neighbor_lists"}
+
+
 def _write_lists(con, table: str, key: str, lists: similarity.Neighbors, served: int) -> None:
-    """Append lists; the served ranks (<= K) go first and the buffer after them, so the row
-    groups recommend() reads hold served entries only and the rest are skipped by their zone
-    maps (rank <= K) instead of scanned."""
+    """Append lists (and their served ranks, <= K, to the table's keyed copy if it has one)."""
     is_complete = np.zeros(int(max(lists.row.max(initial=-1), lists.complete_rows.max(initial=-1)))
                            + 1, bool)
     is_complete[lists.complete_rows] = True
-    in_buffer = lists.rank > served
-    for part in (~in_buffer, in_buffer):
-        arrow = pa.table({key: pa.array(lists.row[part], pa.int32()),
-                          "neighbor_key": pa.array(lists.nb[part], pa.int32()),
-                          "score": pa.array(lists.score[part], pa.float64()),
-                          "rank": pa.array(lists.rank[part], pa.int32()),
-                          "complete": pa.array(is_complete[lists.row[part]], pa.bool_())})
-        con.register("_rtsql_lists", arrow)
-        con.execute(f"insert into {table} select * from _rtsql_lists")
-        con.unregister("_rtsql_lists")
-    if table == "item_neighbors":
-        _write_served_lists(con, lists.where(~in_buffer))
+    con.register("_rtsql_lists", pa.table({
+        key: pa.array(lists.row, pa.int32()), "neighbor_key": pa.array(lists.nb, pa.int32()),
+        "score": pa.array(lists.score, pa.float64()), "rank": pa.array(lists.rank, pa.int32()),
+        "complete": pa.array(is_complete[lists.row], pa.bool_())}))
+    con.execute(f"insert into {table} select * from _rtsql_lists")
+    con.unregister("_rtsql_lists")
+    if table in SERVED_LISTS:
+        _write_served_lists(con, SERVED_LISTS[table], lists.where(lists.rank <= served))
 
 
-def _write_served_lists(con, lists: similarity.Neighbors) -> None:
-    """item_neighbor_lists: each row's served entries as arrays (the entries of a row are
-    contiguous and in rank order)."""
+def _write_served_lists(con, table: str, lists: similarity.Neighbors) -> None:
+    """Each row's served entries as arrays (the entries of a row are contiguous and in rank
+    order); the keyed table's columns are (key, neighbor_keys, scores)."""
     starts = np.flatnonzero(np.r_[True, lists.row[1:] != lists.row[:-1]]) if len(lists.row) \
         else np.empty(0, np.int64)
     offsets = pa.array(np.r_[starts, len(lists.row)], pa.int32())
@@ -185,7 +183,7 @@ def _write_served_lists(con, lists: similarity.Neighbors) -> None:
         "item_key": pa.array(lists.row[starts], pa.int32()),
         "neighbor_keys": pa.ListArray.from_arrays(offsets, pa.array(lists.nb, pa.int32())),
         "scores": pa.ListArray.from_arrays(offsets, pa.array(lists.score, pa.float64()))}))
-    con.execute("insert into item_neighbor_lists select * from _rtsql_served")
+    con.execute(f"insert into {table} select * from _rtsql_served")
     con.unregister("_rtsql_served")
 
 
@@ -296,8 +294,9 @@ def _apply_incremental(con, table: str, key: str, matrix: sp.csr_matrix, changed
     con.register("_rtsql_replace", pa.table({"k": pa.array(
         np.union1d(result.replace_rows, result.merge_rows), pa.int32())}))
     con.execute(f"delete from {table} where {key} in (select k from _rtsql_replace)")
-    if table == "item_neighbors":
-        con.execute("delete from item_neighbor_lists where item_key in (select k from _rtsql_replace)")
+    if table in SERVED_LISTS:
+        con.execute(f"delete from {SERVED_LISTS[table]} "
+                    f"where {key} in (select k from _rtsql_replace)")
     _write_lists(con, table, key, similarity.Neighbors.concat([merged, result.lists]),
                  measure.k)
     for name in ("_rtsql_replace", "_rtsql_merge", "_rtsql_changed"):
