@@ -155,8 +155,9 @@ class RowSimilarity:
             if self.measure.shrinkage > 0:
                 sims *= support / (support + self.measure.shrinkage)
             sims[support < self.measure.min_support] = 0.0
-        sims[product.indices == np.repeat(rows, np.diff(product.indptr))] = 0.0
-        return Block(rows, product.indptr, product.indices, sims)
+        block = Block(rows, product.indptr, product.indices, sims)
+        sims[product.indices == block.entry_rows()] = 0.0  # a row is not its own neighbour
+        return block
 
     def map_blocks(self, rows: np.ndarray, work: Callable[[Block], object],
                    progress: Progress | None = None) -> list:
