@@ -312,16 +312,22 @@ def _merge_lists(kept: dict, candidates: similarity.Neighbors, rows: np.ndarray,
 
     A merge, not a sort: a candidate's place is the number of kept entries of its row that
     rank above it (one vectorized comparison against the row's kept entries), and a kept entry
-    moves down by the number of candidates placed at or before it.
+    moves down by the number of candidates placed at or before it. Kept entries sit in a
+    rows x width grid filled in row-major order (they arrive sorted by row, then rank), so
+    every scatter and gather is one boolean mask or one flat index.
     """
     n_rows = len(rows)
-    kr = np.searchsorted(rows, kept["row"])
-    k_count = np.bincount(kr, minlength=n_rows)
-    k_pos = np.arange(len(kr)) - (np.cumsum(k_count) - k_count)[kr]
+    k_row = kept["row"]
+    k_count = np.zeros(n_rows, np.int64)
+    if len(k_row):
+        starts = np.flatnonzero(np.r_[True, k_row[1:] != k_row[:-1]])
+        k_count[np.searchsorted(rows, k_row[starts])] = np.diff(np.r_[starts, len(k_row)])
     width = int(k_count.max(initial=0)) + 1  # a spare slot that ranks last
+    slots = np.arange(width)
+    k_used = slots[None, :] < k_count[:, None]
     k_neg = np.full((n_rows, width), np.inf)
     k_nb = np.full((n_rows, width), np.iinfo(np.int64).max)
-    k_neg[kr, k_pos], k_nb[kr, k_pos] = -kept["score"], kept["nb"]
+    k_neg[k_used], k_nb[k_used] = -kept["score"], kept["nb"]
 
     cr = np.searchsorted(rows, candidates.row)
     order = np.lexsort((candidates.nb, -candidates.score, cr))  # candidates are few
@@ -332,19 +338,21 @@ def _merge_lists(kept: dict, candidates: similarity.Neighbors, rows: np.ndarray,
         (k_neg[cr] == -c_score[:, None]) & (k_nb[cr] < c_nb[:, None]))
     c_place = np.count_nonzero(above, axis=1)  # kept entries ranking above the candidate
     placed = np.bincount(cr * width + c_place, minlength=n_rows * width).reshape(n_rows, width)
-    k_rank = k_pos + np.cumsum(placed, axis=1)[kr, k_pos]  # 0-based
+    k_rank = (slots[None, :] + np.cumsum(placed, axis=1))[k_used]  # 0-based, in kept order
     c_rank = c_place + c_index
 
-    out_nb = np.full((n_rows, stored), -1, np.int64)
-    out_score = np.zeros((n_rows, stored))
-    for r, rank, nb, score in ((kr, k_rank, kept["nb"], kept["score"]),
-                               (cr, c_rank, c_nb, c_score)):
+    out_nb = np.full(n_rows * stored, -1, np.int64)
+    out_score = np.zeros(n_rows * stored)
+    for r, rank, nb, score in ((np.repeat(np.arange(n_rows), k_count), k_rank, kept["nb"],
+                                kept["score"]), (cr, c_rank, c_nb, c_score)):
         fits = rank < stored
-        out_nb[r[fits], rank[fits]], out_score[r[fits], rank[fits]] = nb[fits], score[fits]
+        at = r[fits] * stored + rank[fits]
+        out_nb[at], out_score[at] = nb[fits], score[fits]
     total = k_count + c_count
     complete = np.setdiff1d(rows[total <= stored], truncated)
-    return similarity.Neighbors.from_rows(rows, np.minimum(total, stored), out_nb, out_score,
-                                          complete)
+    return similarity.Neighbors.from_rows(rows, np.minimum(total, stored),
+                                          out_nb.reshape(n_rows, stored),
+                                          out_score.reshape(n_rows, stored), complete)
 
 
 def _incremental(con, values: dict, state: dict, forget_users: np.ndarray | None = None
