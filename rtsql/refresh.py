@@ -52,12 +52,20 @@ group by all
 """
 
 # The history used for co-occurrence: each user's most recent max_history items ($cap 0: all).
+# Only users over the cap go through the window (at 10M events: 0.24 s instead of 0.38 s).
 _CAPPED = """
+with heavy as (
+    select user_key from interactions {where}
+    group by user_key having $cap > 0 and count(*) > $cap
+)
+select user_key, item_key, weight from interactions {where}
+where weight > 0 and user_key not in (select user_key from heavy)
+union all
 select user_key, item_key, weight from (
     select user_key, item_key, weight,
            row_number() over (partition by user_key order by last_ts desc, item_key desc) as rn
-    from interactions {where}
-) where ($cap = 0 or rn <= $cap) and weight > 0
+    from interactions semi join heavy using (user_key)
+) where rn <= $cap and weight > 0
 """
 
 
@@ -160,6 +168,13 @@ SERVED_LISTS = {"item_neighbors": "item_neighbor_lists"}
 
 def _write_lists(con, table: str, key: str, lists: similarity.Neighbors, served: int) -> None:
     """Append lists (and their served ranks, <= K, to the table's keyed copy if it has one)."""
+    _insert_entries(con, table, key, lists)
+    if table in SERVED_LISTS:
+        _write_served_lists(con, SERVED_LISTS[table], lists.where(lists.rank <= served))
+
+
+def _insert_entries(con, table: str, key: str, lists: similarity.Neighbors) -> None:
+    """Append entries; each carries its row's ``complete`` flag."""
     is_complete = np.zeros(int(max(lists.row.max(initial=-1), lists.complete_rows.max(initial=-1)))
                            + 1, bool)
     is_complete[lists.complete_rows] = True
@@ -169,8 +184,6 @@ def _write_lists(con, table: str, key: str, lists: similarity.Neighbors, served:
         "complete": pa.array(is_complete[lists.row], pa.bool_())}))
     con.execute(f"insert into {table} select * from _rtsql_lists")
     con.unregister("_rtsql_lists")
-    if table in SERVED_LISTS:
-        _write_served_lists(con, SERVED_LISTS[table], lists.where(lists.rank <= served))
 
 
 def _write_served_lists(con, table: str, lists: similarity.Neighbors) -> None:
@@ -254,7 +267,10 @@ def _changes(old: dict, new: dict, n_items: int) -> tuple[np.ndarray, np.ndarray
     return np.unique(diff // n_items), np.unique(diff % n_items)
 
 
-def _stored(con, table: str, key: str, changed: np.ndarray) -> similarity.StoredLists:
+def _stored(con, table: str, key: str, changed: np.ndarray
+            ) -> tuple[similarity.StoredLists, dict[str, np.ndarray]]:
+    """The per-row summary the incremental update needs, and the stored entries pointing at
+    changed rows (row, rank and rowid, which stays valid until this transaction deletes)."""
     last = con.execute(f"""
         select {key}, max(rank) as count, arg_max(score, rank) as score,
                arg_max(neighbor_key, rank) as nb, bool_and(complete) as complete
@@ -268,47 +284,92 @@ def _stored(con, table: str, key: str, changed: np.ndarray) -> similarity.Stored
     kth_nb[last[key][truncated]] = last["nb"][truncated]
     count[last[key]] = last["count"]
     con.register("_rtsql_changed", pa.table({"k": pa.array(changed, pa.int32())}))
-    pointing = con.execute(f"select {key} from {table} t "
+    pointing = con.execute(f"select {key} as row, rank, rowid as id from {table} t "
                            "semi join _rtsql_changed c on t.neighbor_key = c.k").fetchnumpy()
     con.unregister("_rtsql_changed")
-    return similarity.StoredLists(kth_score, kth_nb, count, pointing[key].astype(np.int64))
+    pointing = {name: values.astype(np.int64) for name, values in pointing.items()}
+    return similarity.StoredLists(kth_score, kth_nb, count, pointing["row"]), pointing
 
 
 def _apply_incremental(con, table: str, key: str, matrix: sp.csr_matrix, changed: np.ndarray,
                        measure: similarity.Measure) -> int:
-    """Update one neighbour table after ``changed`` rows of ``matrix`` changed."""
+    """Update one neighbour table after ``changed`` rows of ``matrix`` changed.
+
+    Replaced rows (changed or recomputed) are rewritten whole. A merged row keeps the stored
+    entries that stay at their rank: only its entries pointing at changed rows and the entries
+    that move are deleted, and only new or moved entries are inserted. A 1,000-event batch at
+    10M events touches most lists, but moves few entries in each, so this writes a small
+    fraction of what rewriting the lists would (and the commit shrinks with it).
+    """
     if not len(changed):
         return 0
-    stored = _stored(con, table, key, changed)
+    stored, pointing = _stored(con, table, key, changed)
     result = similarity.incremental(matrix, changed, stored, measure)
-    # merged rows: stored entries not pointing at changed rows, plus candidates, top-L again;
-    # a complete list stays complete unless the cut to L drops entries (numpy: one lexsort)
     con.register("_rtsql_merge", pa.table({"k": pa.array(result.merge_rows, pa.int32())}))
     con.register("_rtsql_changed", pa.table({"k": pa.array(changed, pa.int32())}))
-    kept = con.execute(f"""select t.{key} as row, t.neighbor_key as nb, t.score
+    kept = con.execute(f"""select t.{key} as row, t.neighbor_key as nb, t.score, t.rank,
+                                  t.rowid as id
                            from {table} t semi join _rtsql_merge m on t.{key} = m.k
                            anti join _rtsql_changed c on t.neighbor_key = c.k
                            order by t.{key}, t.rank""").fetchnumpy()
+    con.unregister("_rtsql_merge")
+    con.unregister("_rtsql_changed")
     truncated = np.flatnonzero(np.isfinite(stored.kth_score))
-    merged = _merge_lists(kept, result.candidates, result.merge_rows, truncated, measure.stored)
-    con.register("_rtsql_replace", pa.table({"k": pa.array(
-        np.union1d(result.replace_rows, result.merge_rows), pa.int32())}))
-    con.execute(f"delete from {table} where {key} in (select k from _rtsql_replace)")
+    merged, kept_stays, merged_stays = _merge_lists(kept, result.candidates, result.merge_rows,
+                                                    truncated, measure.stored)
+    # a row whose `complete` flag flips is rewritten whole (every entry carries the flag)
+    rows = result.merge_rows
+    flipped = rows[np.isin(rows, truncated, invert=True)
+                   != np.isin(rows, merged.complete_rows)]
+    rewrite = np.union1d(result.replace_rows, flipped)
+    n = matrix.shape[0]
+    keep_pointing = ~_flags(rewrite, n)[pointing["row"]]
+    is_flipped = _flags(flipped, n)
+    moved = ~kept_stays & ~is_flipped[kept["row"]]
+    gone_row = np.r_[kept["row"][moved], pointing["row"][keep_pointing]].astype(np.int64)
+    gone_id = np.r_[kept["id"][moved], pointing["id"][keep_pointing]].astype(np.int64)
+    gone_rank = np.r_[kept["rank"][moved], pointing["rank"][keep_pointing]]
+    new = similarity.Neighbors.concat([merged.where(~merged_stays | is_flipped[merged.row]),
+                                       result.lists])
+
+    con.register("_rtsql_gone", pa.table({"id": pa.array(gone_id, pa.int64())}))
+    con.execute(f"delete from {table} where rowid in (select id from _rtsql_gone)")
+    con.unregister("_rtsql_gone")
+    _delete_rows(con, table, key, rewrite)
+    _insert_entries(con, table, key, new)
     if table in SERVED_LISTS:
-        con.execute(f"delete from {SERVED_LISTS[table]} "
-                    f"where {key} in (select k from _rtsql_replace)")
-    _write_lists(con, table, key, similarity.Neighbors.concat([merged, result.lists]),
-                 measure.k)
-    for name in ("_rtsql_replace", "_rtsql_merge", "_rtsql_changed"):
-        con.unregister(name)
+        # rows whose first K entries changed get their served arrays rewritten (each row's
+        # entries are contiguous and in rank order in both parts, and no row is in both)
+        served = np.unique(np.r_[rewrite, new.row[new.rank <= measure.k],
+                                 gone_row[gone_rank <= measure.k]]).astype(np.int64)
+        _delete_rows(con, SERVED_LISTS[table], key, served)
+        _write_served_lists(con, SERVED_LISTS[table], similarity.Neighbors.concat([
+            merged.where(_flags(served, n)[merged.row] & (merged.rank <= measure.k)),
+            result.lists.where(result.lists.rank <= measure.k)]))
     return len(result.replace_rows)
 
 
+def _flags(keys: np.ndarray, n: int) -> np.ndarray:
+    """A lookup of membership: flags[key] is True for the given keys (all < n)."""
+    flags = np.zeros(n, bool)
+    flags[keys] = True
+    return flags
+
+
+def _delete_rows(con, table: str, key: str, rows: np.ndarray) -> None:
+    if len(rows):
+        con.register("_rtsql_rows", pa.table({"k": pa.array(rows, pa.int32())}))
+        con.execute(f"delete from {table} where {key} in (select k from _rtsql_rows)")
+        con.unregister("_rtsql_rows")
+
+
 def _merge_lists(kept: dict, candidates: similarity.Neighbors, rows: np.ndarray,
-                 truncated: np.ndarray, stored: int) -> similarity.Neighbors:
-    """New lists of ``rows``: their kept entries (in list order) plus candidates, ordered by
-    (score desc, neighbour asc) and cut to ``stored``; complete when the old list was and
-    nothing was cut.
+                 truncated: np.ndarray, stored: int
+                 ) -> tuple[similarity.Neighbors, np.ndarray, np.ndarray]:
+    """New lists of ``rows``: their kept entries (in list order, with their stored ``rank``)
+    plus candidates, ordered by (score desc, neighbour asc) and cut to ``stored``; complete when
+    the old list was and nothing was cut. Also: which kept entries stay at their stored rank,
+    and which entries of the new lists are those.
 
     A merge, not a sort: a candidate's place is the number of kept entries of its row that
     rank above it (one vectorized comparison against the row's kept entries), and a kept entry
@@ -341,18 +402,24 @@ def _merge_lists(kept: dict, candidates: similarity.Neighbors, rows: np.ndarray,
     k_rank = (slots[None, :] + np.cumsum(placed, axis=1))[k_used]  # 0-based, in kept order
     c_rank = c_place + c_index
 
+    k_r = np.repeat(np.arange(n_rows), k_count)
+    stays = (k_rank < stored) & (k_rank + 1 == kept["rank"])
     out_nb = np.full(n_rows * stored, -1, np.int64)
     out_score = np.zeros(n_rows * stored)
-    for r, rank, nb, score in ((np.repeat(np.arange(n_rows), k_count), k_rank, kept["nb"],
-                                kept["score"]), (cr, c_rank, c_nb, c_score)):
+    out_stays = np.zeros(n_rows * stored, bool)
+    for r, rank, nb, score in ((k_r, k_rank, kept["nb"], kept["score"]),
+                               (cr, c_rank, c_nb, c_score)):
         fits = rank < stored
         at = r[fits] * stored + rank[fits]
         out_nb[at], out_score[at] = nb[fits], score[fits]
+    out_stays[k_r[stays] * stored + k_rank[stays]] = True
     total = k_count + c_count
+    count = np.minimum(total, stored)
     complete = np.setdiff1d(rows[total <= stored], truncated)
-    return similarity.Neighbors.from_rows(rows, np.minimum(total, stored),
-                                          out_nb.reshape(n_rows, stored),
-                                          out_score.reshape(n_rows, stored), complete)
+    merged = similarity.Neighbors.from_rows(rows, count, out_nb.reshape(n_rows, stored),
+                                            out_score.reshape(n_rows, stored), complete)
+    used = np.arange(stored)[None, :] < count[:, None]
+    return merged, stays, out_stays.reshape(n_rows, stored)[used]
 
 
 def _incremental(con, values: dict, state: dict, forget_users: np.ndarray | None = None

@@ -39,6 +39,12 @@ def snapshot(con):
             "join users u using (user_key) join items i using (item_key)").fetchall()),
         "item_neighbors": neighbour_rows(con, "item_similarity"),
         "user_neighbors": neighbour_rows(con, "user_similarity"),
+        # recommend()'s served copy: item_neighbor_lists, as (item, nb, score, rank) rows
+        "served": lists_from_rows(con.execute(
+            "select i.item_id, j.item_id, s.score, s.rank from (select item_key, "
+            "unnest(neighbor_keys) as nb, unnest(scores) as score, "
+            "generate_subscripts(neighbor_keys, 1) as rank from item_neighbor_lists) s "
+            "join items i using (item_key) join items j on j.item_key = s.nb").fetchall()),
         "trending": sorted(con.execute(
             "select item_id, recent, previous, popularity, score from item_trending "
             "join items using (item_key)").fetchall()),
@@ -53,7 +59,18 @@ def assert_same_state(a, b):
     assert a["last_event_type"] == b["last_event_type"]
     assert_same_lists(a["item_neighbors"], b["item_neighbors"])
     assert_same_lists(a["user_neighbors"], b["user_neighbors"])
+    assert_same_lists(a["served"], b["served"])
     assert a["trending"] == b["trending"]
+
+
+def assert_lists_well_formed(con):
+    """Every stored list has the ranks 1..n once each and one `complete` flag."""
+    for table, key in (("item_neighbors", "item_key"), ("user_neighbors", "user_key")):
+        bad = con.execute(f"""
+            select {key} from {table} group by {key}
+            having count(*) <> max(rank) or count(distinct rank) <> count(*) or min(rank) <> 1
+                or count(distinct complete) <> 1""").fetchall()
+        assert not bad, (table, bad)
 
 
 def configure(con, **values):
@@ -114,6 +131,7 @@ def test_incremental_equals_full_rebuild(tmp_path_factory, events, cuts, config)
         rebuilt.execute("update interactions set weight = weight * exp(? * (? - ?))",
                         [rate, rebuilt_t0, live_t0])
     assert_same_state(snapshot(live), snapshot(rebuilt))
+    assert_lists_well_formed(live)
     live.close()
     rebuilt.close()
 
