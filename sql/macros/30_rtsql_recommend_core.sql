@@ -97,29 +97,24 @@ blend as (
            end as win
     from scaled where si > 0 or su > 0 or sc > 0
 ),
--- the best items no strategy scored, in the stored backfill order (k of them are enough)
+-- the best items no strategy scored, k of them: the stored backfill order, then items new since
+-- the last refresh (keys only grow; not ranked yet, popularity 0), which rank after every
+-- ranked item in both orders
 backfill as (
-    select item_key from (
-        select t.item_key from item_trending t, cfg
-        where t.item_key not in (select item_key from blend)
-          and t.item_key not in (select item_key from excluded)
-          and (p_category is null
-               or t.item_key in (select item_key from item_catalog where category = p_category))
-        order by case when cfg.w_trend > 0 then t.rank_trending else t.rank_popular end
-        limit k
-    )
-    union all
-    -- items new since the last refresh (keys only grow), not ranked yet: popularity 0
-    select item_key from (
-        select i.item_key from items i
+    select b.item_key from (
+        select t.item_key, case when cfg.w_trend > 0 then t.rank_trending
+                                else t.rank_popular end as ord
+        from item_trending t, cfg
+        union all
+        select i.item_key, i.item_key::BIGINT + 4294967296 as ord from items i
         where i.item_key > (select coalesce(max(item_key), -1) from item_trending)
-          and i.item_key not in (select item_key from blend)
-          and i.item_key not in (select item_key from excluded)
-          and (p_category is null
-               or i.item_key in (select item_key from item_catalog where category = p_category))
-        order by i.item_key
-        limit k
-    )
+    ) b
+    where b.item_key not in (select item_key from blend)
+      and b.item_key not in (select item_key from excluded)
+      and (p_category is null
+           or b.item_key in (select item_key from item_catalog where category = p_category))
+    order by b.ord
+    limit k
 ),
 pool as (
     select item_key, score, win from blend
@@ -130,15 +125,15 @@ pool as (
     select item_key, 0, NULL from backfill
 ),
 ranked as (
-    select p.item_key, i.item_id, p.win,
+    select p.item_key, p.win,
            p.score + coalesce(t.share, 0) * cfg.w_trend as score,
            coalesce(t.share, 0) * cfg.w_trend as trend,
            row_number() over (order by p.score + coalesce(t.share, 0) * cfg.w_trend desc,
                                        coalesce(t.popularity, 0) desc, p.item_key) as rank
-    from pool p join items i using (item_key) left join item_trending t using (item_key), cfg
+    from pool p left join item_trending t using (item_key), cfg
     qualify rank <= k
 )
-select r.rank, r.item_id, r.score,
+select r.rank, i.item_id, r.score,
        case r.part
            when 'item-cf' then 'item-cf: because you ' || rtsql_verb(hh.event_type) || ' '
                                || coalesce(bc.title, bi.item_id)
@@ -150,12 +145,13 @@ select r.rank, r.item_id, r.score,
        end as reason
 from (
     -- the reason is the strategy that added the most (trending when nothing else did)
-    select rank, item_id, score,
+    select item_key, rank, score,
            case when win is not null and win.s >= trend then win.part
                 when trend > 0 then 'trending' else 'popular' end as part,
            case when win is not null and win.s >= trend then win.because end as because
     from ranked
 ) r
+join items i on i.item_key = r.item_key
 left join items bi on bi.item_key = r.because
 left join item_catalog bc on bc.item_key = r.because
 left join hist hh on hh.item_key = r.because
