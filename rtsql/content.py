@@ -14,6 +14,7 @@ import pyarrow as pa
 import scipy.sparse as sp
 
 from . import similarity
+from .sqlutil import arrow_column
 
 GROUP_WEIGHTS = {"category": 1.0, "tag": 1.0, "term": 0.5, "numeric": 0.5, "embedding": 1.0}
 
@@ -75,8 +76,10 @@ def refresh(con, values: dict, progress=None) -> int:
     measure = similarity.Measure(k=values["neighbors"], **engine_options(values))
     lists = similarity.full(matrix, measure, progress)
     con.register("_rtsql_lists", pa.table({
-        "item_key": pa.array(lists.row, pa.int32()), "neighbor_key": pa.array(lists.nb, pa.int32()),
-        "score": pa.array(lists.score, pa.float64()), "rank": pa.array(lists.rank, pa.int32())}))
+        "item_key": arrow_column(lists.row, pa.int32()),
+        "neighbor_key": arrow_column(lists.nb, pa.int32()),
+        "score": arrow_column(lists.score, pa.float64()),
+        "rank": arrow_column(lists.rank, pa.int32())}))
     con.execute("""
         insert into content_neighbors
         select l.item_key, l.neighbor_key, l.score, l.rank,

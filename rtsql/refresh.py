@@ -31,7 +31,7 @@ import scipy.sparse as sp
 
 from . import settings, similarity
 from .errors import DatabaseLocked
-from .sqlutil import recreate_empty, scalar, transaction
+from .sqlutil import arrow_column, recreate_empty, scalar, transaction
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -179,9 +179,11 @@ def _insert_entries(con, table: str, key: str, lists: similarity.Neighbors) -> N
                            + 1, bool)
     is_complete[lists.complete_rows] = True
     con.register("_rtsql_lists", pa.table({
-        key: pa.array(lists.row, pa.int32()), "neighbor_key": pa.array(lists.nb, pa.int32()),
-        "score": pa.array(lists.score, pa.float64()), "rank": pa.array(lists.rank, pa.int32()),
-        "complete": pa.array(is_complete[lists.row], pa.bool_())}))
+        key: arrow_column(lists.row, pa.int32()),
+        "neighbor_key": arrow_column(lists.nb, pa.int32()),
+        "score": arrow_column(lists.score, pa.float64()),
+        "rank": arrow_column(lists.rank, pa.int32()),
+        "complete": arrow_column(is_complete[lists.row], pa.bool_())}))
     con.execute(f"insert into {table} select * from _rtsql_lists")
     con.unregister("_rtsql_lists")
 
@@ -191,11 +193,11 @@ def _write_served_lists(con, table: str, lists: similarity.Neighbors) -> None:
     order); the keyed table's columns are (key, neighbor_keys, scores)."""
     starts = np.flatnonzero(np.r_[True, lists.row[1:] != lists.row[:-1]]) if len(lists.row) \
         else np.empty(0, np.int64)
-    offsets = pa.array(np.r_[starts, len(lists.row)], pa.int32())
+    offsets = arrow_column(np.r_[starts, len(lists.row)], pa.int32())
     con.register("_rtsql_served", pa.table({
-        "item_key": pa.array(lists.row[starts], pa.int32()),
-        "neighbor_keys": pa.ListArray.from_arrays(offsets, pa.array(lists.nb, pa.int32())),
-        "scores": pa.ListArray.from_arrays(offsets, pa.array(lists.score, pa.float64()))}))
+        "item_key": arrow_column(lists.row[starts], pa.int32()),
+        "neighbor_keys": pa.ListArray.from_arrays(offsets, arrow_column(lists.nb, pa.int32())),
+        "scores": pa.ListArray.from_arrays(offsets, arrow_column(lists.score, pa.float64()))}))
     con.execute(f"insert into {table} select * from _rtsql_served")
     con.unregister("_rtsql_served")
 
@@ -245,7 +247,7 @@ def _stage(progress: Progress | None, name: str):
 # --------------------------------------------------------------------------- incremental
 
 def _capped_of(con, users: np.ndarray, cap: int) -> dict[str, np.ndarray]:
-    con.register("_rtsql_users", pa.table({"user_key": pa.array(users, pa.int32())}))
+    con.register("_rtsql_users", pa.table({"user_key": arrow_column(users, pa.int32())}))
     cols = con.execute(
         _CAPPED.format(where="semi join _rtsql_users using (user_key)"), {"cap": cap}).fetchnumpy()
     con.unregister("_rtsql_users")
@@ -283,7 +285,7 @@ def _stored(con, table: str, key: str, changed: np.ndarray
     kth_score[last[key][truncated]] = last["score"][truncated]
     kth_nb[last[key][truncated]] = last["nb"][truncated]
     count[last[key]] = last["count"]
-    con.register("_rtsql_changed", pa.table({"k": pa.array(changed, pa.int32())}))
+    con.register("_rtsql_changed", pa.table({"k": arrow_column(changed, pa.int32())}))
     pointing = con.execute(f"select {key} as row, rank, rowid as id from {table} t "
                            "semi join _rtsql_changed c on t.neighbor_key = c.k").fetchnumpy()
     con.unregister("_rtsql_changed")
@@ -305,8 +307,8 @@ def _apply_incremental(con, table: str, key: str, matrix: sp.csr_matrix, changed
         return 0
     stored, pointing = _stored(con, table, key, changed)
     result = similarity.incremental(matrix, changed, stored, measure)
-    con.register("_rtsql_merge", pa.table({"k": pa.array(result.merge_rows, pa.int32())}))
-    con.register("_rtsql_changed", pa.table({"k": pa.array(changed, pa.int32())}))
+    con.register("_rtsql_merge", pa.table({"k": arrow_column(result.merge_rows, pa.int32())}))
+    con.register("_rtsql_changed", pa.table({"k": arrow_column(changed, pa.int32())}))
     kept = con.execute(f"""select t.{key} as row, t.neighbor_key as nb, t.score, t.rank,
                                   t.rowid as id
                            from {table} t semi join _rtsql_merge m on t.{key} = m.k
@@ -332,7 +334,7 @@ def _apply_incremental(con, table: str, key: str, matrix: sp.csr_matrix, changed
     new = similarity.Neighbors.concat([merged.where(~merged_stays | is_flipped[merged.row]),
                                        result.lists])
 
-    con.register("_rtsql_gone", pa.table({"id": pa.array(gone_id, pa.int64())}))
+    con.register("_rtsql_gone", pa.table({"id": arrow_column(gone_id, pa.int64())}))
     con.execute(f"delete from {table} where rowid in (select id from _rtsql_gone)")
     con.unregister("_rtsql_gone")
     _delete_rows(con, table, key, rewrite)
@@ -358,7 +360,7 @@ def _flags(keys: np.ndarray, n: int) -> np.ndarray:
 
 def _delete_rows(con, table: str, key: str, rows: np.ndarray) -> None:
     if len(rows):
-        con.register("_rtsql_rows", pa.table({"k": pa.array(rows, pa.int32())}))
+        con.register("_rtsql_rows", pa.table({"k": arrow_column(rows, pa.int32())}))
         con.execute(f"delete from {table} where {key} in (select k from _rtsql_rows)")
         con.unregister("_rtsql_rows")
 
@@ -437,7 +439,7 @@ def _incremental(con, values: dict, state: dict, forget_users: np.ndarray | None
         return RefreshResult("none")
     old = _capped_of(con, users, cap)
     if forget_users is not None and len(forget_users):
-        con.register("_rtsql_forget", pa.table({"k": pa.array(forget_users, pa.int32())}))
+        con.register("_rtsql_forget", pa.table({"k": arrow_column(forget_users, pa.int32())}))
         con.execute("delete from interactions where user_key in (select k from _rtsql_forget)")
         con.unregister("_rtsql_forget")
     con.execute(f"create or replace temp table _rtsql_delta as {_AGGREGATE_EVENTS}",
