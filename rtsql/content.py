@@ -14,7 +14,7 @@ import pyarrow as pa
 import scipy.sparse as sp
 
 from . import similarity
-from .sqlutil import arrow_column
+from .sqlutil import arrow_column, registered
 
 GROUP_WEIGHTS = {"category": 1.0, "tag": 1.0, "term": 0.5, "numeric": 0.5, "embedding": 1.0}
 
@@ -75,18 +75,17 @@ def refresh(con, values: dict, progress=None) -> int:
 
     measure = similarity.Measure(k=values["neighbors"], **engine_options(values))
     lists = similarity.full(matrix, measure, progress)
-    con.register("_rtsql_lists", pa.table({
-        "item_key": arrow_column(lists.row, pa.int32()),
-        "neighbor_key": arrow_column(lists.nb, pa.int32()),
-        "score": arrow_column(lists.score, pa.float64()),
-        "rank": arrow_column(lists.rank, pa.int32())}))
-    con.execute("""
-        insert into content_neighbors
-        select l.item_key, l.neighbor_key, l.score, l.rank,
-               rtsql_cosine(a.embedding::DOUBLE[], b.embedding::DOUBLE[])
-        from _rtsql_lists l
-        left join item_catalog a on a.item_key = l.item_key
-        left join item_catalog b on b.item_key = l.neighbor_key
-        order by l.item_key, l.rank""")
-    con.unregister("_rtsql_lists")
+    with registered(con, "_rtsql_lists", {
+            "item_key": arrow_column(lists.row, pa.int32()),
+            "neighbor_key": arrow_column(lists.nb, pa.int32()),
+            "score": arrow_column(lists.score, pa.float64()),
+            "rank": arrow_column(lists.rank, pa.int32())}):
+        con.execute("""
+            insert into content_neighbors
+            select l.item_key, l.neighbor_key, l.score, l.rank,
+                   rtsql_cosine(a.embedding::DOUBLE[], b.embedding::DOUBLE[])
+            from _rtsql_lists l
+            left join item_catalog a on a.item_key = l.item_key
+            left join item_catalog b on b.item_key = l.neighbor_key
+            order by l.item_key, l.rank""")
     return len(np.unique(lists.row))

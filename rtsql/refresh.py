@@ -31,7 +31,7 @@ import scipy.sparse as sp
 
 from . import settings, similarity
 from .errors import DatabaseLocked
-from .sqlutil import arrow_column, recreate_empty, scalar, transaction
+from .sqlutil import arrow_column, keys_column, recreate_empty, registered, scalar, transaction
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -154,7 +154,8 @@ def engine_options(values: dict) -> dict:
 def _measure(values: dict, kind: str = "cosine", idf_n: float = 0.0) -> similarity.Measure:
     return similarity.Measure(k=values["neighbors"], shrinkage=values["shrinkage"],
                               min_support=values["min_support"], kind=kind, idf_n=idf_n,
-                              store=math.ceil(values["list_buffer"] * values["neighbors"]), **engine_options(values))
+                              store=math.ceil(values["list_buffer"] * values["neighbors"]),
+                              **engine_options(values))
 
 
 def _item_measure(values: dict, idf_n: float) -> similarity.Measure:
@@ -178,14 +179,13 @@ def _insert_entries(con, table: str, key: str, lists: similarity.Neighbors) -> N
     is_complete = np.zeros(int(max(lists.row.max(initial=-1), lists.complete_rows.max(initial=-1)))
                            + 1, bool)
     is_complete[lists.complete_rows] = True
-    con.register("_rtsql_lists", pa.table({
-        key: arrow_column(lists.row, pa.int32()),
-        "neighbor_key": arrow_column(lists.nb, pa.int32()),
-        "score": arrow_column(lists.score, pa.float64()),
-        "rank": arrow_column(lists.rank, pa.int32()),
-        "complete": arrow_column(is_complete[lists.row], pa.bool_())}))
-    con.execute(f"insert into {table} select * from _rtsql_lists")
-    con.unregister("_rtsql_lists")
+    with registered(con, "_rtsql_lists", {
+            key: arrow_column(lists.row, pa.int32()),
+            "neighbor_key": arrow_column(lists.nb, pa.int32()),
+            "score": arrow_column(lists.score, pa.float64()),
+            "rank": arrow_column(lists.rank, pa.int32()),
+            "complete": arrow_column(is_complete[lists.row], pa.bool_())}):
+        con.execute(f"insert into {table} select * from _rtsql_lists")
 
 
 def _write_served_lists(con, table: str, lists: similarity.Neighbors) -> None:
@@ -194,12 +194,11 @@ def _write_served_lists(con, table: str, lists: similarity.Neighbors) -> None:
     starts = np.flatnonzero(np.r_[True, lists.row[1:] != lists.row[:-1]]) if len(lists.row) \
         else np.empty(0, np.int64)
     offsets = arrow_column(np.r_[starts, len(lists.row)], pa.int32())
-    con.register("_rtsql_served", pa.table({
-        "item_key": arrow_column(lists.row[starts], pa.int32()),
-        "neighbor_keys": pa.ListArray.from_arrays(offsets, arrow_column(lists.nb, pa.int32())),
-        "scores": pa.ListArray.from_arrays(offsets, arrow_column(lists.score, pa.float64()))}))
-    con.execute(f"insert into {table} select * from _rtsql_served")
-    con.unregister("_rtsql_served")
+    with registered(con, "_rtsql_served", {
+            "item_key": arrow_column(lists.row[starts], pa.int32()),
+            "neighbor_keys": pa.ListArray.from_arrays(offsets, arrow_column(lists.nb, pa.int32())),
+            "scores": pa.ListArray.from_arrays(offsets, arrow_column(lists.score, pa.float64()))}):
+        con.execute(f"insert into {table} select * from _rtsql_served")
 
 
 # --------------------------------------------------------------------------- full
@@ -247,11 +246,9 @@ def _stage(progress: Progress | None, name: str):
 # --------------------------------------------------------------------------- incremental
 
 def _capped_of(con, users: np.ndarray, cap: int) -> dict[str, np.ndarray]:
-    con.register("_rtsql_users", pa.table({"user_key": arrow_column(users, pa.int32())}))
-    cols = con.execute(
-        _CAPPED.format(where="semi join _rtsql_users using (user_key)"), {"cap": cap}).fetchnumpy()
-    con.unregister("_rtsql_users")
-    return cols
+    with registered(con, "_rtsql_users", keys_column(users)):
+        return con.execute(_CAPPED.format(where="semi join _rtsql_users u on user_key = u.k"),
+                           {"cap": cap}).fetchnumpy()
 
 
 def _changes(old: dict, new: dict, n_items: int) -> tuple[np.ndarray, np.ndarray]:
@@ -285,10 +282,9 @@ def _stored(con, table: str, key: str, changed: np.ndarray
     kth_score[last[key][truncated]] = last["score"][truncated]
     kth_nb[last[key][truncated]] = last["nb"][truncated]
     count[last[key]] = last["count"]
-    con.register("_rtsql_changed", pa.table({"k": arrow_column(changed, pa.int32())}))
-    pointing = con.execute(f"select {key} as row, rank, rowid as id from {table} t "
-                           "semi join _rtsql_changed c on t.neighbor_key = c.k").fetchnumpy()
-    con.unregister("_rtsql_changed")
+    with registered(con, "_rtsql_changed", keys_column(changed)):
+        pointing = con.execute(f"select {key} as row, rank, rowid as id from {table} t "
+                               "semi join _rtsql_changed c on t.neighbor_key = c.k").fetchnumpy()
     pointing = {name: values.astype(np.int64) for name, values in pointing.items()}
     return similarity.StoredLists(kth_score, kth_nb, count, pointing["row"]), pointing
 
@@ -307,15 +303,13 @@ def _apply_incremental(con, table: str, key: str, matrix: sp.csr_matrix, changed
         return 0
     stored, pointing = _stored(con, table, key, changed)
     result = similarity.incremental(matrix, changed, stored, measure)
-    con.register("_rtsql_merge", pa.table({"k": arrow_column(result.merge_rows, pa.int32())}))
-    con.register("_rtsql_changed", pa.table({"k": arrow_column(changed, pa.int32())}))
-    kept = con.execute(f"""select t.{key} as row, t.neighbor_key as nb, t.score, t.rank,
-                                  t.rowid as id
-                           from {table} t semi join _rtsql_merge m on t.{key} = m.k
-                           anti join _rtsql_changed c on t.neighbor_key = c.k
-                           order by t.{key}, t.rank""").fetchnumpy()
-    con.unregister("_rtsql_merge")
-    con.unregister("_rtsql_changed")
+    with registered(con, "_rtsql_merge", keys_column(result.merge_rows)), \
+            registered(con, "_rtsql_changed", keys_column(changed)):
+        kept = con.execute(f"""select t.{key} as row, t.neighbor_key as nb, t.score, t.rank,
+                                      t.rowid as id
+                               from {table} t semi join _rtsql_merge m on t.{key} = m.k
+                               anti join _rtsql_changed c on t.neighbor_key = c.k
+                               order by t.{key}, t.rank""").fetchnumpy()
     truncated = np.flatnonzero(np.isfinite(stored.kth_score))
     merged, kept_stays, merged_stays = _merge_lists(kept, result.candidates, result.merge_rows,
                                                     truncated, measure.stored)
@@ -334,9 +328,8 @@ def _apply_incremental(con, table: str, key: str, matrix: sp.csr_matrix, changed
     new = similarity.Neighbors.concat([merged.where(~merged_stays | is_flipped[merged.row]),
                                        result.lists])
 
-    con.register("_rtsql_gone", pa.table({"id": arrow_column(gone_id, pa.int64())}))
-    con.execute(f"delete from {table} where rowid in (select id from _rtsql_gone)")
-    con.unregister("_rtsql_gone")
+    with registered(con, "_rtsql_gone", {"id": arrow_column(gone_id, pa.int64())}):
+        con.execute(f"delete from {table} where rowid in (select id from _rtsql_gone)")
     _delete_rows(con, table, key, rewrite)
     _insert_entries(con, table, key, new)
     if table in SERVED_LISTS:
@@ -360,9 +353,8 @@ def _flags(keys: np.ndarray, n: int) -> np.ndarray:
 
 def _delete_rows(con, table: str, key: str, rows: np.ndarray) -> None:
     if len(rows):
-        con.register("_rtsql_rows", pa.table({"k": arrow_column(rows, pa.int32())}))
-        con.execute(f"delete from {table} where {key} in (select k from _rtsql_rows)")
-        con.unregister("_rtsql_rows")
+        with registered(con, "_rtsql_rows", keys_column(rows)):
+            con.execute(f"delete from {table} where {key} in (select k from _rtsql_rows)")
 
 
 def _merge_lists(kept: dict, candidates: similarity.Neighbors, rows: np.ndarray,
@@ -438,10 +430,8 @@ def _incremental(con, values: dict, state: dict, forget_users: np.ndarray | None
         _refresh_content_if_changed(con, values, state)
         return RefreshResult("none")
     old = _capped_of(con, users, cap)
-    if forget_users is not None and len(forget_users):
-        con.register("_rtsql_forget", pa.table({"k": arrow_column(forget_users, pa.int32())}))
-        con.execute("delete from interactions where user_key in (select k from _rtsql_forget)")
-        con.unregister("_rtsql_forget")
+    if forget_users is not None:
+        _delete_rows(con, "interactions", "user_key", forget_users)
     con.execute(f"create or replace temp table _rtsql_delta as {_AGGREGATE_EVENTS}",
                 {"lambda": float(state["decay_rate"]), "t0": float(state["t0"]), "after": watermark})
     con.execute("""

@@ -45,6 +45,26 @@ def arrow_column(values, arrow_type):
 _NUMPY_TYPES = {"int32": "int32", "int64": "int64", "float": "float32", "double": "float64"}
 
 
+@contextmanager
+def registered(con, name: str, columns: dict):
+    """``columns`` (name -> pyarrow array) visible to SQL as ``name`` inside the block; the
+    registration is dropped on the way out, also on errors."""
+    import pyarrow as pa
+
+    con.register(name, pa.table(columns))
+    try:
+        yield
+    finally:
+        con.unregister(name)
+
+
+def keys_column(keys) -> dict:
+    """A key set as the single INTEGER column ``k``, for ``registered``."""
+    import pyarrow as pa
+
+    return {"k": arrow_column(keys, pa.int32())}
+
+
 def arrow_table(con, sql: str, params=None):
     """A query's whole result as a pyarrow Table (the method's name differs across DuckDB
     releases: fetch_arrow_table before 2.0, to_arrow_table since)."""
