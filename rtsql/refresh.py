@@ -311,8 +311,8 @@ def _apply_incremental(con, table: str, key: str, matrix: sp.csr_matrix, changed
                                anti join _rtsql_changed c on t.neighbor_key = c.k
                                order by t.{key}, t.rank""").fetchnumpy()
     truncated = np.flatnonzero(np.isfinite(stored.kth_score))
-    merged, kept_stays, merged_stays = _merge_lists(kept, result.candidates, result.merge_rows,
-                                                    truncated, measure.stored)
+    merged, kept_stays, merged_stays = similarity.merge_lists(
+        kept, result.candidates, result.merge_rows, truncated, measure.stored)
     # a row whose `complete` flag flips is rewritten whole (every entry carries the flag)
     rows = result.merge_rows
     flipped = rows[np.isin(rows, truncated, invert=True)
@@ -355,65 +355,6 @@ def _delete_rows(con, table: str, key: str, rows: np.ndarray) -> None:
     if len(rows):
         with registered(con, "_rtsql_rows", keys_column(rows)):
             con.execute(f"delete from {table} where {key} in (select k from _rtsql_rows)")
-
-
-def _merge_lists(kept: dict, candidates: similarity.Neighbors, rows: np.ndarray,
-                 truncated: np.ndarray, stored: int
-                 ) -> tuple[similarity.Neighbors, np.ndarray, np.ndarray]:
-    """New lists of ``rows``: their kept entries (in list order, with their stored ``rank``)
-    plus candidates, ordered by (score desc, neighbour asc) and cut to ``stored``; complete when
-    the old list was and nothing was cut. Also: which kept entries stay at their stored rank,
-    and which entries of the new lists are those.
-
-    A merge, not a sort: a candidate's place is the number of kept entries of its row that
-    rank above it (one vectorized comparison against the row's kept entries), and a kept entry
-    moves down by the number of candidates placed at or before it. Kept entries sit in a
-    rows x width grid filled in row-major order (they arrive sorted by row, then rank), so
-    every scatter and gather is one boolean mask or one flat index.
-    """
-    n_rows = len(rows)
-    k_row = kept["row"]
-    k_count = np.zeros(n_rows, np.int64)
-    if len(k_row):
-        starts = np.flatnonzero(np.r_[True, k_row[1:] != k_row[:-1]])
-        k_count[np.searchsorted(rows, k_row[starts])] = np.diff(np.r_[starts, len(k_row)])
-    width = int(k_count.max(initial=0)) + 1  # a spare slot that ranks last
-    slots = np.arange(width)
-    k_used = slots[None, :] < k_count[:, None]
-    k_neg = np.full((n_rows, width), np.inf)
-    k_nb = np.full((n_rows, width), np.iinfo(np.int64).max)
-    k_neg[k_used], k_nb[k_used] = -kept["score"], kept["nb"]
-
-    cr = np.searchsorted(rows, candidates.row)
-    order = np.lexsort((candidates.nb, -candidates.score, cr))  # candidates are few
-    cr, c_nb, c_score = cr[order], candidates.nb[order], candidates.score[order]
-    c_count = np.bincount(cr, minlength=n_rows)
-    c_index = np.arange(len(cr)) - (np.cumsum(c_count) - c_count)[cr]
-    above = (k_neg[cr] < -c_score[:, None]) | (
-        (k_neg[cr] == -c_score[:, None]) & (k_nb[cr] < c_nb[:, None]))
-    c_place = np.count_nonzero(above, axis=1)  # kept entries ranking above the candidate
-    placed = np.bincount(cr * width + c_place, minlength=n_rows * width).reshape(n_rows, width)
-    k_rank = (slots[None, :] + np.cumsum(placed, axis=1))[k_used]  # 0-based, in kept order
-    c_rank = c_place + c_index
-
-    k_r = np.repeat(np.arange(n_rows), k_count)
-    stays = (k_rank < stored) & (k_rank + 1 == kept["rank"])
-    out_nb = np.full(n_rows * stored, -1, np.int64)
-    out_score = np.zeros(n_rows * stored)
-    out_stays = np.zeros(n_rows * stored, bool)
-    for r, rank, nb, score in ((k_r, k_rank, kept["nb"], kept["score"]),
-                               (cr, c_rank, c_nb, c_score)):
-        fits = rank < stored
-        at = r[fits] * stored + rank[fits]
-        out_nb[at], out_score[at] = nb[fits], score[fits]
-    out_stays[k_r[stays] * stored + k_rank[stays]] = True
-    total = k_count + c_count
-    count = np.minimum(total, stored)
-    complete = np.setdiff1d(rows[total <= stored], truncated)
-    merged = similarity.Neighbors.from_rows(rows, count, out_nb.reshape(n_rows, stored),
-                                            out_score.reshape(n_rows, stored), complete)
-    used = np.arange(stored)[None, :] < count[:, None]
-    return merged, stays, out_stays.reshape(n_rows, stored)[used]
 
 
 def _incremental(con, values: dict, state: dict, forget_users: np.ndarray | None = None
