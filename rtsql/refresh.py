@@ -36,8 +36,7 @@ from .sqlutil import arrow_column, keys_column, recreate_empty, registered, scal
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 # weight of one event, forward-decayed against the landmark $t0 (seconds) with rate $lambda
-_EVENT_WEIGHT = ("et.weight * (case when et.uses_value then e.value else 1 end) "
-                 "* exp($lambda * (epoch(e.ts) - $t0))")
+_EVENT_WEIGHT = "rtsql_event_weight(et.weight, et.uses_value, e.value, e.ts, $lambda, $t0)"
 
 _AGGREGATE_EVENTS = f"""
 select e.user_key, e.item_key, sum({_EVENT_WEIGHT}) as weight, count(*)::INTEGER as events,

@@ -51,7 +51,7 @@ h as (
 ),
 item_cf as (
     select n.neighbor_key as item_key, fsum(h.w * n.score) as score,
-           arg_max(h.item_key, h.w * n.score) as because
+           arg_max(h.item_key, (h.w * n.score, -h.item_key)) as because
     from h join item_neighbors n on n.item_key = h.item_key, cfg
     where n.rank <= cfg.served group by all
 ),
@@ -62,7 +62,7 @@ user_cf as (
 ),
 content as (
     select n.neighbor_key as item_key, fsum(h.w * n.score) as score,
-           arg_max(h.item_key, h.w * n.score) as because
+           arg_max(h.item_key, (h.w * n.score, -h.item_key)) as because
     from h join content_neighbors n on n.item_key = h.item_key group by all
 ),
 parts as (

@@ -70,14 +70,15 @@ excluded as (
 ),
 -- one row per candidate: each strategy's sum, scaled to [0, 1] by its best candidate, times its
 -- blend weight; added in a fixed order (not sum()), so every client gets bit-identical scores
--- (trending is added last, in ranked)
+-- (trending is added last, in ranked); the history item behind a strategy's sum is the one that
+-- added the most, ties going to the smallest key
 per_part as (
     select item_key,
            fsum(s) filter (where part = 'item-cf') as item_s,
-           arg_max(because, s) filter (where part = 'item-cf') as item_because,
+           arg_max(because, (s, -because)) filter (where part = 'item-cf') as item_because,
            fsum(s) filter (where part = 'user-cf') as user_s,
            fsum(s) filter (where part = 'content') as content_s,
-           arg_max(because, s) filter (where part = 'content') as content_because
+           arg_max(because, (s, -because)) filter (where part = 'content') as content_because
     from scored group by item_key
 ),
 scaled as (
