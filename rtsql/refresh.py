@@ -203,7 +203,9 @@ def _write_served_lists(con, table: str, lists: similarity.Neighbors) -> None:
 # --------------------------------------------------------------------------- full
 
 def _full(con, values: dict, progress: Progress | None) -> RefreshResult:
-    t0 = scalar(con, "select coalesce(epoch(max(ts)), 0) from events")
+    # the decay landmark: the latest event, or the wall clock while there are no events (a
+    # landmark of 0 would overflow the forward-decayed weight of every event that follows)
+    t0 = scalar(con, "select coalesce(epoch(max(ts)), epoch(now())) from events")
     lam = _decay_rate(values["half_life_days"])
     recreate_empty(con, "interactions")
     con.execute(f"insert into interactions select * from ({_AGGREGATE_EVENTS}) "
@@ -455,7 +457,9 @@ def refresh(con, *, full: bool = False, progress: Progress | None = None) -> Ref
     with _refresh_lock(con):
         values = settings.get_all(con)
         state = _state(con)
-        needs_full = (full or "watermark" not in state
+        # a full refresh that saw no events fixed no decay landmark worth keeping (t0 = 0
+        # would overflow every later event's forward-decayed weight): the next one is full too
+        needs_full = (full or state.get("watermark", "0") == "0"
                       or state.get("model_config") != _model_config(values))
         with transaction(con):
             result = _full(con, values, progress) if needs_full else _incremental(con, values, state)
