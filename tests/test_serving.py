@@ -1,0 +1,152 @@
+"""The in-memory scorer (rtsql.serving) returns the SQL macros' rows: same items, ranks and
+reasons, scores within 1e-9, on the sample set and on random databases, for every strategy,
+with filters, variants, pending (unrefreshed) events, unknown users and items."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings as hyp_settings, strategies as st
+
+import rtsql
+from rtsql import catalog, feedback, ingest, recommend, refresh, settings
+from rtsql.serving import ServingState
+
+from conftest import HEADER
+
+SAMPLE = Path(__file__).resolve().parents[1] / "sample_events"
+STRATEGIES = ("hybrid", "item", "user", "content", "trending")
+
+
+def assert_same_rows(got, want, context):
+    assert [r[:2] for r in got.rows] == [tuple(r[:2]) for r in want.rows], (context, got.rows,
+                                                                             want.rows)
+    for g, w in zip(got.rows, want.rows):
+        assert abs(g[2] - w[2]) <= 1e-9, (context, g, w)
+        assert g[3:] == tuple(w[3:]), (context, g, w)
+
+
+def compare_everything(con, users, items, rng, calls=60):
+    """Compare the scorer with the macros on ``calls`` random requests of every kind."""
+    state = ServingState.load(con)
+    categories = [r[0] for r in con.execute(
+        "select distinct category from item_catalog where category is not null").fetchall()]
+    variants = [r[0] for r in con.execute("select name from ab_variants").fetchall()]
+    compared = 0
+    for _ in range(calls):
+        user = rng.choice(users + ["nobody"])
+        k = rng.choice([1, 3, 10, 40])
+        options = dict(strategy=rng.choice(STRATEGIES),
+                       exclude=rng.sample(items, min(len(items), rng.choice([0, 1, 3])))
+                       + (["no-such-item"] if rng.random() < 0.2 else []) or None,
+                       category=rng.choice([None, None] + categories + ["no-such-category"]),
+                       variant=rng.choice([None, "auto"] + variants))
+        want = recommend.recommend(con, user, k, **options)
+        assert_same_rows(state.recommend(user, k, **options), want, (user, k, options))
+        basket = rng.sample(items, min(len(items), rng.choice([1, 2, 4]))) + ["no-such-item"]
+        options["variant"] = rng.choice([None] + variants)
+        want = rtsql_recommend_for_items(con, basket, k, options)
+        assert_same_rows(state.recommend_for_items(basket, k, **options), want, (basket, options))
+        compared += bool(want.rows)
+    for item in items[:10]:
+        for by in ("cf", "content"):
+            assert_same_rows(state.similar_items(item, 7, by), recommend.similar_items(
+                con, item, 7, by), (item, by))
+    for user in users[:10]:
+        assert_same_rows(state.similar_users(user, 7), recommend.similar_users(con, user, 7),
+                         user)
+    assert_same_rows(state.trending(9), recommend.trending(con, 9), "trending")
+    return compared
+
+
+def rtsql_recommend_for_items(con, basket, k, options):
+    cur = con.execute("select * from recommend_for_items(?, k := ?, exclude := ?, "
+                      "category := ?, strategy := ?, variant := ?)",
+                      [basket, k, options["exclude"], options["category"],
+                       options["strategy"], options["variant"]])
+    return recommend.Rows([d[0] for d in cur.description], cur.fetchall())
+
+
+def test_sample_set_with_pending_events_equals_the_macros(db_path):
+    con = rtsql.connect(db_path)
+    files = sorted((SAMPLE / "events").iterdir())
+    ingest.ingest(con, files[:2])
+    catalog.load_items(con, SAMPLE / "items.csv")
+    refresh.refresh(con)
+    ingest.ingest(con, files[2:])  # pending: real-time history, new users and items
+    feedback.set_variants(con, {"a": 0.5, "b": 0.5},
+                          {"b": {"weight_user_cf": "2", "recency_half_life_days": "3",
+                                 "exclude_seen": "false"}})
+    users = [r[0] for r in con.execute("select user_id from users order by user_id").fetchall()]
+    items = [r[0] for r in con.execute("select item_id from items order by item_id").fetchall()]
+    assert compare_everything(con, users, items, random.Random(4), calls=80) > 60
+    con.close()
+
+
+def test_catch_up_reads_what_was_committed_after_loading(db_path, tmp_path):
+    con = rtsql.connect(db_path)
+    files = sorted((SAMPLE / "events").iterdir())
+    ingest.ingest(con, files[:2])
+    catalog.load_items(con, SAMPLE / "items.csv")
+    refresh.refresh(con)
+    state = ServingState.load(con)
+    live = tmp_path / "live.csv"
+    live.write_text(HEADER + "newcomer,sku-7,purchase,2026-11-01T00:00:00,\n"
+                             "user-43,sku-new,cart,2026-11-01T00:00:01,\n")
+    ingest.ingest(con, [live])
+    before = state.recommend("newcomer", 5)
+    assert all(r[3].startswith(("trending", "popular")) for r in before.rows)
+    assert state.catch_up(con) == 2
+    after = state.recommend("newcomer", 5)
+    assert_same_rows(after, recommend.recommend(con, "newcomer", 5), "newcomer")
+    assert after.rows[0][3].startswith("item-cf: because you bought")
+    assert_same_rows(state.recommend("user-43", 20), recommend.recommend(con, "user-43", 20),
+                     "user-43")
+    con.close()
+
+
+T0 = dt.datetime(2026, 10, 1)
+
+events_strategy = st.lists(
+    st.tuples(st.integers(0, 11), st.integers(0, 14),
+              st.sampled_from(["view", "click", "cart", "purchase", "rating"]),
+              st.integers(0, 30 * 24), st.sampled_from([1, 2, 3, 4, 5])),
+    min_size=5, max_size=120)
+
+
+@pytest.mark.slow
+@hyp_settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                     HealthCheck.too_slow])
+@given(events=events_strategy, refreshed=st.floats(0, 1), decay=st.sampled_from([0, 3]),
+       recency=st.sampled_from(["0", "2"]), exclude_seen=st.booleans(),
+       neighbors=st.sampled_from(["2", "5", "50"]), seed=st.integers(0, 1000))
+def test_random_databases_equal_the_macros(tmp_path_factory, events, refreshed, decay,
+                                           recency, exclude_seen, neighbors, seed):
+    """Random events (ties in time and score are common at this size), a random share of them
+    refreshed, the rest pending; random serving settings, a catalog with categories, variants."""
+    folder = tmp_path_factory.mktemp("db")
+    con = rtsql.connect(folder / "r.duckdb")
+    settings.set_value(con, "half_life_days", str(decay))
+    settings.set_value(con, "neighbors", neighbors)
+    settings.set_value(con, "recency_half_life_days", recency)
+    settings.set_value(con, "exclude_seen", str(exclude_seen))
+    lines = [f"u{u},i{i},{t},{(T0 + dt.timedelta(hours=h)).isoformat()},{v}\n"
+             for u, i, t, h, v in events]
+    cut = int(len(lines) * refreshed)
+    (folder / "a.csv").write_text(HEADER + "".join(lines[:cut]))
+    (folder / "b.csv").write_text(HEADER + "".join(lines[cut:]))
+    (folder / "items.csv").write_text("item_id,title,category\n" + "".join(
+        f"i{i},Item {i},{'even' if i % 2 == 0 else 'odd'}\n" for i in range(0, 15, 3)))
+    ingest.ingest(con, [folder / "a.csv"])
+    catalog.load_items(con, folder / "items.csv")
+    refresh.refresh(con)
+    ingest.ingest(con, [folder / "b.csv"])
+    feedback.set_variants(con, {"x": 0.3, "y": 0.7}, {"y": {"weight_content": "1",
+                                                            "weight_trending": "0"}})
+    users = [r[0] for r in con.execute("select user_id from users order by 1").fetchall()]
+    items = [r[0] for r in con.execute("select item_id from items order by 1").fetchall()]
+    compare_everything(con, users, items, random.Random(seed), calls=12)
+    con.close()
