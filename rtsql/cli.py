@@ -51,7 +51,7 @@ class State:
 
                 when = dt.datetime.fromtimestamp(snap.stat().st_mtime).strftime("%H:%M:%S")
                 click.echo(f"(answered from the snapshot {snap}, published {when}: "
-                           "`rtsql tail` holds the database)", err=True)
+                           "`rtsql tail` or `rtsql serve` holds the database)", err=True)
         return self._con
 
     def close(self):
@@ -241,6 +241,58 @@ def tail(state: State, directory, patterns, recursive, poll, once, publish_path,
         os.close(lock)
     click.echo(f"tail: {totals.events} events, {totals.rejects} rejects from {totals.files} "
                f"file batch(es); snapshot {options.publish}", err=True)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (loopback unless you say otherwise).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--token", envvar="RTSQL_TOKEN", metavar="TOKEN",
+              help="Require 'Authorization: Bearer TOKEN' on every route but /health "
+                   "(also read from RTSQL_TOKEN).")
+@click.option("--tail", "tail_dir", metavar="DIR",
+              help="Also follow a folder of event files, as `rtsql tail DIR` does.")
+@click.option("--pattern", "patterns", multiple=True, metavar="GLOB",
+              help="With --tail: only files matching this glob (repeatable).")
+@click.option("--recursive", is_flag=True, help="With --tail: also follow subfolders.")
+@click.option("--poll", is_flag=True, help="With --tail: poll instead of inotify.")
+@click.option("--publish", "publish_path", metavar="PATH",
+              help="Snapshot for readers [default: DB name with .snapshot.duckdb].")
+@click.option("--no-refresh", is_flag=True, help="Do not refresh in the background.")
+@click.option("--max-body-mb", default=16, show_default=True, type=click.IntRange(1, 1024),
+              help="Largest request body accepted.")
+@_mapping_options
+@click.pass_obj
+def serve(state: State, host, port, token, tail_dir, patterns, recursive, poll, publish_path,
+          no_refresh, max_body_mb, in_format, maps, event_type):
+    """Serve recommendations and take events over HTTP (the process that owns the database).
+
+    Reads come from memory (the same rows as the SQL macros) in about a millisecond; POST
+    /events commits before answering, and the next read sees the events. Refreshes run in the
+    background; a snapshot is published for `rtsql recommend` and BI tools. OpenAPI docs at
+    /docs. SIGTERM or Ctrl-C: in-flight requests finish, writes commit, exit 0.
+
+    \b
+    Example:
+        rtsql serve --port 8000
+        curl 'localhost:8000/recommend/user-42?k=5'
+        rtsql serve --tail incoming/ --token "$SECRET"
+    """
+    from . import server, service as service_mod, snapshot, tail as tail_mod
+
+    if tail_dir is not None and not Path(tail_dir).expanduser().is_dir():
+        raise click.ClickException(f"{tail_dir} is not a directory")
+    options = service_mod.ServiceOptions(
+        tail_dir=tail_dir,
+        tail=tail_mod.TailOptions(
+            patterns=tuple(patterns) or ("*",), recursive=recursive, poll=poll, fmt=in_format,
+            mapping=ingest_mod.ColumnMapping.parse(maps, event_type), refresh=not no_refresh),
+        publish=Path(publish_path) if publish_path else snapshot.default_path(state.db_path))
+    service = service_mod.Service(state.db_path, options, log=lambda line: click.echo(line, err=True))
+    click.echo(f"rtsql serve: http://{host}:{port} (docs at /docs), database {state.db_path}, "
+               f"snapshot {options.publish}" + (", token required" if token else ""), err=True)
+    server.run(service, host=host, port=port, token=token, max_body_bytes=max_body_mb << 20)
+    click.echo("rtsql serve: stopped", err=True)
 
 
 @main.command()

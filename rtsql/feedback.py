@@ -34,7 +34,30 @@ def load_impressions(con, path: str | os.PathLike) -> dict[str, int]:
     missing = [c for c in ("user_id", "item_id", "ts", "strategy") if c not in names]
     if missing:
         raise BadEventFile(f"impressions file {path} lacks column(s) {', '.join(missing)}")
+    return _load_impressions(con, reader, [str(path)], names, str(path),
+                             1 if fmt == "csv" else 0)
 
+
+IMPRESSION_FIELDS = ("user_id", "item_id", "ts", "strategy", "variant", "rec_id", "rank")
+
+
+def load_impression_rows(con, rows: list[dict], source: str) -> dict[str, int]:
+    """Impressions given as objects (``POST /impressions``): the same checks and rejects as
+    a file; ``source`` names the batch in ``rejects`` and lines count from 1."""
+    import pyarrow as pa
+
+    table = pa.table({name: pa.array([None if not isinstance(r, dict) or r.get(name) is None
+                                      else str(r[name]) for r in rows], pa.string())
+                      for name in IMPRESSION_FIELDS})
+    con.register("_rtsql_imp_rows", table)
+    try:
+        return _load_impressions(con, "_rtsql_imp_rows", [], list(IMPRESSION_FIELDS), source, 0)
+    finally:
+        con.unregister("_rtsql_imp_rows")
+
+
+def _load_impressions(con, reader: str, reader_params: list, names: list[str], source: str,
+                      line_offset: int) -> dict[str, int]:
     def col(name: str) -> str:
         return f"cast(r.{quote_identifier(name)} as VARCHAR)" if name in names else "NULL"
 
@@ -49,13 +72,13 @@ def load_impressions(con, path: str | os.PathLike) -> dict[str, int]:
                    trim({col('strategy')}) as strategy, {col('variant')} as variant,
                    {col('rec_id')} as rec_id, try_cast({col('rank')} as INTEGER) as rank,
                    to_json(r)::VARCHAR as raw
-            from {reader} r""", [1 if fmt == "csv" else 0, str(path)])
+            from {reader} r""", [line_offset, *reader_params])
         bad = """(user_id is null or user_id = '' or item_id is null or item_id = ''
                   or ts is null or strategy is null or strategy = '')"""
         rejected = scalar(con, f"select count(*) from _rtsql_imp where {bad}")
         con.execute(f"""insert into rejects select NULL, ?, line, raw,
                         'impression without user_id, item_id, strategy or a valid ts',
-                        now()::TIMESTAMP from _rtsql_imp where {bad}""", [str(path)])
+                        now()::TIMESTAMP from _rtsql_imp where {bad}""", [source])
         for column in ("user_id", "item_id"):
             add_new_ids(con, "_rtsql_imp", column, f"not {bad}")
         loaded = scalar(con, f"select count(*) from _rtsql_imp where not {bad}")
@@ -63,7 +86,7 @@ def load_impressions(con, path: str | os.PathLike) -> dict[str, int]:
                         select u.user_key, i.item_key, p.ts, p.strategy, p.variant, p.rec_id,
                                p.rank, ?, p.line
                         from _rtsql_imp p join users u using (user_id) join items i using (item_id)
-                        where not {bad}""", [str(path)])
+                        where not {bad}""", [source])
         con.execute("drop table _rtsql_imp")
     return {"loaded": loaded, "rejected": rejected}
 

@@ -692,3 +692,107 @@ def ingest(con, paths: Iterable[str | os.PathLike], *, fmt: str | None = None,
             results.append(FileResult(str(path.resolve()), fmt or detect_format(path)[0],
                                       "failed", message=str(exc)))
     return results
+
+
+# --------------------------------------------------------------------------- request bodies
+
+@dataclass
+class BodyResult:
+    """What one request body (or other in-memory batch) gave: accepted events, and each
+    rejected line with its reason."""
+
+    source: str
+    ingested: int = 0
+    rejects: list[tuple[int, str]] = field(default_factory=list)  # (line, reason)
+    skipped: int = 0
+
+
+def ingest_bodies(con, bodies: list[tuple[str, bytes]], *, fmt: str = "jsonl",
+                  mapping: ColumnMapping | None = None) -> list[BodyResult]:
+    """Load several in-memory batches of CSV/JSON-lines text in one transaction (group commit:
+    the HTTP server hands over every request that arrived while the last batch committed).
+
+    Each body keeps its own identity: ``source`` names it (e.g. ``http:POST /events#17``) and
+    lines count from 1 within it, so every line ends in ``events`` or in ``rejects`` with its
+    reason, source and line, exactly as from a file. The same parse, validation and weights as
+    ``ingest_file``; no ledger row (a body is not a file that can grow)."""
+    mapping = mapping or ColumnMapping()
+    if fmt not in ("csv", "jsonl"):
+        raise InputPathError(f"a request body is csv or jsonl, not {fmt!r}")
+    results = [BodyResult(source) for source, _ in bodies]
+    lines, parts, firsts = [], [], []
+    line = 0
+    for part, (_, data) in enumerate(bodies):
+        if data and not data.endswith(b"\n"):
+            data += b"\n"
+        body_lines = data.splitlines(keepends=True)
+        if fmt == "csv":
+            body_lines = body_lines[1:]  # each CSV body has its own header
+        firsts.append(line)
+        lines.extend(body_lines)
+        parts.extend([part] * len(body_lines))
+        line += len(body_lines)
+    if not lines:
+        return results
+    if fmt == "csv":
+        header = _csv_header(Path(bodies[0][0]), None, io.BytesIO(bodies[0][1]))
+        if header is None:
+            raise InputPathError("the CSV body has no header line")
+        sql, params = _csv_chunk_sql(_check_columns(Path("body"), header, mapping), len(header),
+                                     mapping)
+    else:
+        sql, params = _json_chunk_sql(mapping)
+    part_of = np.array(parts, np.int64)
+    local = np.arange(1, len(lines) + 1, dtype=np.int64) - np.array(firsts, np.int64)[part_of]
+    chunk = pa.table({"line": np.arange(1, len(lines) + 1, dtype=np.int64),
+                      "raw": pa.array(lines, pa.large_binary())})
+    sources = pa.table({"part": np.arange(len(bodies), dtype=np.int64),
+                        "source": pa.array([s for s, _ in bodies], pa.string()),
+                        "first": np.array(firsts, np.int64)})
+    con.execute("begin transaction")
+    try:
+        con.execute(_PARSED_TABLE)
+        con.register("_rtsql_chunk", chunk)
+        con.register("_rtsql_sources", sources)
+        con.execute(f"insert into _rtsql_parsed {_keep_raw_of_rejects(sql)}", params)
+        con.unregister("_rtsql_chunk")
+        for column in ("user_id", "item_id"):
+            add_new_ids(con, "_rtsql_parsed", column, "reason is null")
+        event_base = scalar(con, "select coalesce(max(event_id), 0) from events")
+        # global line n of the batch is local line n - first of its body
+        con.execute("""
+            insert into events
+            select $event_base + row_number() over (order by p.line), u.user_key, i.item_key,
+                   p.event_type, p.value, p.ts, NULL, p.line - s.first
+            from _rtsql_parsed p asof join _rtsql_sources s on p.line > s.first
+            join users u using (user_id) join items i using (item_id)
+            where p.reason is null""", {"event_base": event_base})
+        con.execute("""
+            insert into rejects
+            select NULL, s.source, p.line - s.first, p.raw_text, p.reason, now()::TIMESTAMP
+            from _rtsql_parsed p asof join _rtsql_sources s on p.line > s.first
+            where p.reason <> $blank""", {"blank": BLANK})
+        counted = con.execute("""
+            select s.part, p.line - s.first, p.reason
+            from _rtsql_parsed p asof join _rtsql_sources s on p.line > s.first
+            where p.reason is not null order by p.line""").fetchall()
+        con.unregister("_rtsql_sources")
+        con.execute("drop table if exists _rtsql_parsed")
+        con.execute("commit")
+    except BaseException:
+        con.execute("rollback")
+        for name in ("_rtsql_chunk", "_rtsql_sources"):
+            try:
+                con.unregister(name)
+            except Exception:
+                pass
+        raise
+    for part, line_no, reason in counted:
+        if reason == BLANK:
+            results[part].skipped += 1
+        else:
+            results[part].rejects.append((line_no, reason))
+    per_part = np.bincount(part_of, minlength=len(bodies))
+    for part, result in enumerate(results):
+        result.ingested = int(per_part[part]) - len(result.rejects) - result.skipped
+    return results

@@ -16,6 +16,7 @@ is stable (or when renamed in from a temporary name).
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import fcntl
 import hashlib
@@ -55,6 +56,9 @@ class TailOptions:
     rescan_seconds: float = 2.0
     debounce_ms: int = 50
     status_seconds: float = 5.0
+    # least seconds between two per-batch publishes (0: after every batch); the publish
+    # after a refresh is never held back
+    publish_interval: float = 0.0
 
 
 @dataclass
@@ -73,14 +77,27 @@ def _head_sha(path: Path, length: int) -> str:
 
 class Tail:
     """One writer following one directory. ``scan()`` is the whole algorithm; ``run()`` adds
-    the observer, the timer, signals and the status line."""
+    the observer, the timer, signals and the status line.
 
-    def __init__(self, con, directory: str | os.PathLike, options: TailOptions | None = None,
-                 log: Callable[[str], None] = lambda line: None):
+    ``rtsql serve`` runs the same loop in a thread: with or without a directory (without one
+    it only refreshes and publishes), with the server's ``lock`` around each scan (one writer
+    at a time), ``notify()`` after each HTTP ingest, ``on_ingest`` after a scan that loaded
+    events and ``on_refresh`` after each refresh (the server reloads its in-memory state)."""
+
+    def __init__(self, con, directory: str | os.PathLike | None,
+                 options: TailOptions | None = None,
+                 log: Callable[[str], None] = lambda line: None, *, lock=None,
+                 on_ingest: Callable[[], None] | None = None,
+                 on_refresh: Callable[[], None] | None = None):
         self.con = con
-        self.dir = Path(directory).expanduser().resolve()
-        if not self.dir.is_dir():
+        self.dir = Path(directory).expanduser().resolve() if directory is not None else None
+        if self.dir is not None and not self.dir.is_dir():
             raise InputPathError(f"{self.dir} is not a directory")
+        self.lock = lock or contextlib.nullcontext()
+        self.on_ingest, self.on_refresh = on_ingest, on_refresh
+        self._arrived_elsewhere = False
+        self._publish_held = False
+        self._last_batch_publish = -float("inf")
         self.opt = options or TailOptions()
         ingest_mod.check_event_type(con, self.opt.mapping)
         self.log = log
@@ -141,6 +158,21 @@ class Tail:
 
     def scan(self) -> ScanResult:
         """Bring the database up to date with the directory once."""
+        if self.dir is None:
+            return ScanResult()
+        with self.lock:
+            result = self._scan()
+            if result.events and self.on_ingest:
+                self.on_ingest()
+        return result
+
+    def notify(self) -> None:
+        """Events arrived by another way (the HTTP server): publish and refresh as after a
+        scan that loaded them."""
+        self._arrived_elsewhere = True
+        self.wake.set()
+
+    def _scan(self) -> ScanResult:
         result = ScanResult()
         files = self._files()
         followed = self.con.execute(
@@ -262,22 +294,37 @@ class Tail:
         result = self.scan()
         for warning in result.warnings:
             self.log(f"tail: warning: {warning}")
-        arrived = bool(result.events or result.rejects)
-        if arrived:
-            self._publish(full=False)
+        arrived = bool(result.events or result.rejects or self._arrived_elsewhere)
+        self._arrived_elsewhere = False
+        if arrived or self._publish_held:
+            self._publish_batch()
         if self._refresh_finished.is_set():
             self._refresh_finished.clear()
             self._join_refresh()
-            self._publish(full=True)
+            self._refreshed()
         if self.opt.refresh and (arrived or self._refresh_pending):
             if not background_refresh:
                 self._record_refresh(refresh_mod.refresh(self.con))
-                self._publish(full=True)
+                self._refreshed()
             elif self._refresher is None and self._refresh_due():
                 self._start_refresh()
             else:
                 self._refresh_pending = True  # later: when due, or when the running one ends
         return result
+
+    def _refreshed(self) -> None:
+        if self.on_refresh:
+            self.on_refresh()
+        self._publish(full=True)
+
+    def _publish_batch(self) -> None:
+        """The per-batch publish, at most every ``publish_interval`` seconds (held back, it
+        happens on a later pass of the loop)."""
+        now = time.monotonic()
+        self._publish_held = now - self._last_batch_publish < self.opt.publish_interval
+        if not self._publish_held:
+            self._last_batch_publish = now
+            self._publish(full=False)
 
     def _publish(self, full: bool) -> None:
         if self.publisher is not None:
@@ -324,7 +371,7 @@ class Tail:
             self._publish(full=True)
         if once:
             return first
-        observer = self._observer()
+        observer = self._observer() if self.dir is not None else None
         previous = {}
         if threading.current_thread() is threading.main_thread():  # else: the caller stops us
             previous = {sig: signal.signal(sig, lambda *_: (self.stop.set(), self.wake.set()))
@@ -346,8 +393,12 @@ class Tail:
                     last_status, events_at_status = now, self.totals.events
         finally:
             self._join_refresh()  # finish the refresh under way, as a clean stop should
-            observer.stop()
-            observer.join()
+            if self._refresh_finished.is_set():
+                self._refresh_finished.clear()
+                self._refreshed()
+            if observer is not None:
+                observer.stop()
+                observer.join()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return self.totals

@@ -1,0 +1,224 @@
+"""The serving process as a library object: one writer that owns the database, serves reads
+from memory and takes writes with read-your-writes.
+
+DuckDB allows one read-write process per database file, so an application cannot write events
+while ``rtsql tail`` or a refresh holds it, and each ``recommend()`` through SQL spends 15-20 ms
+planning. ``Service`` is the process that owns the file:
+
+- reads come from ``ServingState`` (rtsql.serving), numpy arrays in memory;
+- writes (events, impressions, forget) go through one writer thread that commits them in
+  groups (every request that arrived while the previous group committed joins the next: group
+  commit), then brings the in-memory state forward (``catch_up``) before any request is
+  answered, so a read that follows an answered write sees it, and the write is durable;
+- the follower (``rtsql.tail.Tail``, the same loop as ``rtsql tail``, with or without a folder
+  to follow) refreshes in the background, publishes snapshots for BI tools and CLI readers,
+  and after each refresh the state is reloaded and swapped in whole.
+
+``rtsql.server`` puts HTTP in front of this; tests and other programs can use it directly.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import db, feedback, ingest as ingest_mod, refresh as refresh_mod, snapshot, tail as tail_mod
+from .errors import DatabaseLocked, InvalidSetting
+from .serving import ServingState
+
+# serve publishes a snapshot after a batch of events at most this often (a publish copies the
+# snapshot file); the publish after a refresh is never held back
+PUBLISH_INTERVAL_SECONDS = 5.0
+FORGET_WAIT_SECONDS = 120.0  # how long forget waits for a background refresh to finish
+
+
+@dataclass
+class ServiceOptions:
+    tail_dir: str | os.PathLike | None = None
+    tail: tail_mod.TailOptions = field(default_factory=tail_mod.TailOptions)
+    publish: Path | None = None  # default: next to the database
+
+
+@dataclass
+class _Job:
+    kind: str  # events | impressions | forget
+    payload: object
+    future: Future = field(default_factory=Future)
+
+
+class Service:
+    """Start with ``start()``, stop with ``stop()`` (or use it as a context manager)."""
+
+    def __init__(self, db_path: str | os.PathLike, options: ServiceOptions | None = None,
+                 log: Callable[[str], None] = lambda line: None):
+        self.db_path = str(db_path)
+        self.opt = options or ServiceOptions()
+        self.log = log
+        self.lock = threading.Lock()  # one writer at a time on the database
+        self._jobs: queue.Queue = queue.Queue()
+        self._sequence = itertools.count(1)
+        self.counters = {"events": 0, "rejects": 0, "impressions": 0}
+        self.last_refresh: float | None = None  # wall clock of the last reload after a refresh
+        self.pending_since: float | None = None  # first write not yet folded into a refresh
+        self.state: ServingState | None = None
+
+    # ------------------------------------------------------------------ life cycle
+
+    def start(self) -> "Service":
+        db.validate_db_path(self.db_path)
+        self._lock_fd = tail_mod.acquire_lock(self.db_path)
+        try:
+            self.con = db.connect(self.db_path)
+            self._loader = self.con.cursor()
+            self.state = ServingState.load(self._loader)
+            options = self.opt.tail
+            options.publish = self.opt.publish or snapshot.default_path(self.db_path)
+            options.publish_interval = max(options.publish_interval, PUBLISH_INTERVAL_SECONDS)
+            self.follower = tail_mod.Tail(self.con.cursor(), self.opt.tail_dir, options,
+                                          log=self.log, lock=self.lock,
+                                          on_ingest=self._caught_up, on_refresh=self._reload)
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+        self._writer = threading.Thread(target=self._write_loop, name="rtsql-writer")
+        self._writer.start()
+        self._follow = threading.Thread(target=self.follower.run, name="rtsql-follower")
+        self._follow.start()
+        return self
+
+    def stop(self) -> None:
+        """Finish queued writes, the refresh under way and the follower; close the database."""
+        self._jobs.put(None)
+        self._writer.join()
+        self.follower.stop.set()
+        self.follower.wake.set()
+        self._follow.join()
+        self._loader.close()
+        self.follower.con.close()
+        self.con.close()
+        os.close(self._lock_fd)
+
+    def __enter__(self) -> "Service":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ writes
+
+    def submit_events(self, body: bytes, fmt: str = "jsonl") -> Future:
+        """Queue a body of events (JSON-lines or CSV text); the future gives its
+        ``ingest.BodyResult`` once the events are committed and visible to reads."""
+        if fmt not in ("jsonl", "csv"):
+            raise InvalidSetting(f"events come as jsonl or csv, not {fmt!r}")
+        return self._submit("events", (fmt, body))
+
+    def submit_impressions(self, rows: list[dict]) -> Future:
+        return self._submit("impressions", rows)
+
+    def submit_forget(self, user_id: str) -> Future:
+        return self._submit("forget", user_id)
+
+    def _submit(self, kind: str, payload) -> Future:
+        job = _Job(kind, payload)
+        self._jobs.put(job)
+        return job.future
+
+    def _write_loop(self) -> None:
+        stopping = False
+        while not stopping:
+            jobs = [self._jobs.get()]
+            while True:  # group commit: everything that queued up meanwhile
+                try:
+                    jobs.append(self._jobs.get_nowait())
+                except queue.Empty:
+                    break
+            if None in jobs:
+                stopping = True
+                jobs = [j for j in jobs if j is not None]
+            for kind, group in itertools.groupby(jobs, key=lambda j: (j.kind, _fmt(j))):
+                self._run(kind[0], list(group))
+
+    def _run(self, kind: str, jobs: list[_Job]) -> None:
+        try:
+            with self.lock:
+                if kind == "events":
+                    results = ingest_mod.ingest_bodies(
+                        self.con, [(f"http:POST /events#{next(self._sequence)}", j.payload[1])
+                                   for j in jobs], fmt=jobs[0].payload[0])
+                    self.counters["events"] += sum(r.ingested for r in results)
+                    self.counters["rejects"] += sum(len(r.rejects) for r in results)
+                elif kind == "impressions":
+                    results = [feedback.load_impression_rows(
+                        self.con, j.payload, f"http:POST /impressions#{next(self._sequence)}")
+                        for j in jobs]
+                    self.counters["impressions"] += sum(r["loaded"] for r in results)
+                    self.counters["rejects"] += sum(r["rejected"] for r in results)
+                else:
+                    results = [self._forget(j.payload) for j in jobs]
+                self.state.catch_up(self.con)
+                self.pending_since = self.pending_since or time.time()
+        except BaseException as exc:  # every waiting request gets the error
+            for job in jobs:
+                job.future.set_exception(exc)
+            return
+        for job, result in zip(jobs, results):
+            job.future.set_result(result)
+        self.follower.notify()
+
+    def _forget(self, user_id: str) -> refresh_mod.RefreshResult:
+        """Forget under the writer lock, waiting for a background refresh to finish first;
+        then the state is reloaded without the user."""
+        deadline = time.monotonic() + FORGET_WAIT_SECONDS
+        while True:
+            try:
+                result = refresh_mod.forget(self.con, user_id)
+                break
+            except DatabaseLocked:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        self.state = ServingState.load(self.con)
+        return result
+
+    # ------------------------------------------------------------------ follower hooks
+
+    def _caught_up(self) -> None:
+        """After the follower loaded files (under the writer lock)."""
+        self.state.catch_up(self.con)
+        self.pending_since = self.pending_since or time.time()
+
+    def _reload(self) -> None:
+        """After a refresh: load the new state without blocking writes or reads, then catch
+        it up with what was committed meanwhile and swap it in."""
+        started = time.time()
+        fresh = ServingState.load(self._loader)
+        with self.lock:
+            fresh.catch_up(self.con)
+            self.state = fresh
+            self.pending_since = None if not fresh.pending else started
+        self.last_refresh = time.time()
+
+    # ------------------------------------------------------------------ reads
+
+    def health(self) -> dict:
+        state = self.state
+        return {"status": "ok", "users": len(state.user_keys), "items": len(state.item_keys),
+                "watermark": state.model.watermark, "last_event_id": state.seen["event_id"],
+                "pending_events": sum(len(v) for v in list(state.pending.values())),
+                "last_refresh": self.last_refresh}
+
+    def refresh_lag(self) -> float:
+        """Seconds since the oldest write not yet folded into a refresh (0: none)."""
+        return 0.0 if self.pending_since is None else time.time() - self.pending_since
+
+
+def _fmt(job: _Job | None):
+    return job.payload[0] if job is not None and job.kind == "events" else None
