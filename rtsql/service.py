@@ -68,6 +68,7 @@ class Service:
         self.last_refresh: float | None = None  # wall clock of the last reload after a refresh
         self.pending_since: float | None = None  # first write not yet folded into a refresh
         self.state: ServingState | None = None
+        self._generation = 0  # bumped when a write replaces the state (forget)
 
     # ------------------------------------------------------------------ life cycle
 
@@ -84,6 +85,8 @@ class Service:
             self.follower = tail_mod.Tail(self.con.cursor(), self.opt.tail_dir, options,
                                           log=self.log, lock=self.lock,
                                           on_ingest=self._caught_up, on_refresh=self._reload)
+            # readers (the CLI, BI tools) find a current snapshot from the first request on
+            self.follower.publish(full=True)
         except BaseException:
             os.close(self._lock_fd)
             raise
@@ -186,6 +189,7 @@ class Service:
                     raise
                 time.sleep(0.1)
         self.state = ServingState.load(self.con)
+        self._generation += 1  # a reload that began before this must not swap its state in
         return result
 
     # ------------------------------------------------------------------ follower hooks
@@ -198,12 +202,16 @@ class Service:
     def _reload(self) -> None:
         """After a refresh: load the new state without blocking writes or reads, then catch
         it up with what was committed meanwhile and swap it in."""
-        started = time.time()
-        fresh = ServingState.load(self._loader)
-        with self.lock:
-            fresh.catch_up(self.con)
-            self.state = fresh
-            self.pending_since = None if not fresh.pending else started
+        while True:
+            started, generation = time.time(), self._generation
+            fresh = ServingState.load(self._loader)
+            with self.lock:
+                if generation != self._generation:
+                    continue  # a forget replaced the state meanwhile: load again
+                fresh.catch_up(self.con)
+                self.state = fresh
+                self.pending_since = None if not fresh.pending else started
+                break
         self.last_refresh = time.time()
 
     # ------------------------------------------------------------------ reads

@@ -326,6 +326,10 @@ class Tail:
             self._last_batch_publish = now
             self._publish(full=False)
 
+    def publish(self, full: bool = True) -> None:
+        """Publish a snapshot now (``full``: every serving table; else the new events)."""
+        self._publish(full)
+
     def _publish(self, full: bool) -> None:
         if self.publisher is not None:
             self.last_publish_seconds = (self.publisher.full(self.con) if full

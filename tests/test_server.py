@@ -1,0 +1,238 @@
+"""`rtsql serve` as a real process on a free loopback port, called over HTTP: every route,
+answers equal to the SQL macros, auth on and off, bad input, read-your-writes, durability
+after kill -9, and a clean SIGTERM."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import rtsql
+from rtsql import catalog, ingest, recommend, refresh, snapshot
+
+pytestmark = pytest.mark.slow
+
+SAMPLE = Path(__file__).resolve().parents[1] / "sample_events"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def build_database(path: Path) -> Path:
+    """The sample set, half refreshed and half pending, with its catalog."""
+    con = rtsql.connect(path)
+    files = sorted((SAMPLE / "events").iterdir())
+    ingest.ingest(con, files[:2])
+    catalog.load_items(con, SAMPLE / "items.csv")
+    refresh.refresh(con)
+    ingest.ingest(con, files[2:])
+    con.close()
+    return path
+
+
+class Server:
+    def __init__(self, db_path: Path, *args: str, env: dict | None = None):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.db_path = db_path
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "rtsql.cli", "--db", str(db_path), "serve", "--port",
+             str(self.port), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **(env or {})})
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if self.call("GET", "/health")[0] == 200:
+                    break
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"server did not start: {self.proc.communicate()}")
+            time.sleep(0.1)
+
+    def call(self, method: str, path: str, body: bytes | None = None, headers=None):
+        request = urllib.request.Request(self.base + path, data=body, method=method,
+                                         headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+
+    def json(self, method: str, path: str, body=None, headers=None):
+        status, data = self.call(method, path, body, headers)
+        return status, json.loads(data)
+
+    def stop(self) -> tuple[int, str]:
+        self.proc.send_signal(signal.SIGTERM)
+        _, err = self.proc.communicate(timeout=60)
+        return self.proc.returncode, err
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    server = Server(build_database(tmp_path_factory.mktemp("serve") / "shop.duckdb"))
+    yield server
+    if server.proc.poll() is None:
+        server.stop()
+
+
+def query(**params) -> str:
+    return urllib.parse.urlencode(params, doseq=True)
+
+
+def test_reads_equal_the_sql_macros_of_the_snapshot(server):
+    """The published snapshot holds the same state; its macros give the same rows."""
+    con = rtsql.connect(snapshot.default_path(server.db_path), read_only=True)
+    users = [r[0] for r in con.execute("select user_id from users order by hash(user_id) "
+                                       "limit 8").fetchall()] + ["nobody"]
+    for user in users:
+        for options in ({}, {"strategy": "user", "k": 4}, {"category": "audio", "k": 5},
+                        {"exclude": ["sku-220", "sku-113"], "strategy": "content"}):
+            status, got = server.json("GET", f"/recommend/{user}?{query(**options)}")
+            assert status == 200, got
+            want = recommend.recommend(con, user, options.pop("k", 10), **options)
+            assert [(r["rank"], r["item_id"], r["reason"]) for r in got["items"]] == \
+                [(r[0], r[1], r[3]) for r in want.rows], (user, options)
+            assert all(abs(r["score"] - w[2]) <= 1e-9 for r, w in zip(got["items"], want.rows))
+    status, got = server.json("GET", "/recommend-for-items?" + query(item=["sku-1", "sku-7"],
+                                                                       k=5))
+    assert status == 200
+    assert [r["item_id"] for r in got["items"]] == [
+        r[1] for r in recommend.recommend_for_items(con, ["sku-1", "sku-7"], 5).rows]
+    status, got = server.json("GET", "/similar-items/sku-1?k=4&by=content")
+    assert [r["item_id"] for r in got["items"]] == [
+        r[1] for r in recommend.similar_items(con, "sku-1", 4, "content").rows]
+    status, got = server.json("GET", f"/similar-users/{users[0]}?k=3")
+    assert [r["user_id"] for r in got["users"]] == [
+        r[1] for r in recommend.similar_users(con, users[0], 3).rows]
+    status, got = server.json("GET", "/trending?k=3")
+    assert [r["item_id"] for r in got["items"]] == [r[1] for r in recommend.trending(con, 3).rows]
+    con.close()
+
+
+def test_read_your_writes_and_rejects(server):
+    events = [{"user_id": "fresh-user", "item_id": "sku-7", "event_type": "purchase",
+               "ts": "2026-11-30T10:00:00"},
+              {"user_id": "fresh-user", "item_id": "sku-9", "event_type": "teleport",
+               "ts": "2026-11-30T10:00:00"},
+              {"user_id": "fresh-user"}]
+    status, answer = server.json("POST", "/events", json.dumps(events).encode())
+    assert status == 200, answer
+    assert answer["accepted"] == 1 and answer["rejected"] == 2
+    assert [r["line"] for r in answer["rejects"]] == [2, 3]
+    assert "unknown event type 'teleport'" in answer["rejects"][0]["reason"]
+    # the very next read reflects the event: history at query time, before any refresh
+    status, got = server.json("GET", "/recommend/fresh-user?k=3&strategy=item")
+    assert got["items"][0]["reason"].startswith("item-cf: because you bought")
+    # JSON lines work too, and a blank line is skipped, not rejected
+    body = b'{"user_id":"fresh-user","item_id":"sku-8","event_type":"view","ts":1790000000}\n\n'
+    status, answer = server.json("POST", "/events", body,
+                                 {"Content-Type": "application/x-ndjson"})
+    assert (status, answer["accepted"], answer["rejected"]) == (200, 1, 0)
+    status, answer = server.json("POST", "/impressions", json.dumps(
+        [{"user_id": "fresh-user", "item_id": "sku-7", "ts": "2026-11-30T10:00:01",
+          "strategy": "hybrid"}, {"user_id": "fresh-user"}]).encode())
+    assert answer == {"loaded": 1, "rejected": 1}
+
+
+def test_bad_input_gets_a_4xx_naming_the_field(server):
+    for path, status, field in [
+            ("/recommend/u?k=0", 422, "k"), ("/recommend/u?k=abc", 422, "k"),
+            (f"/recommend/u?k={10 ** 20}", 422, "k"), ("/recommend/u?strategy=magic", 422,
+                                                       "strategy"),
+            ("/similar-items/sku-1?by=vibes", 422, "by"), ("/recommend-for-items", 422, "item")]:
+        got_status, got = server.json("GET", path)
+        assert (got_status, got.get("field")) == (status, field), (path, got)
+    status, got = server.json("GET", "/recommend/u?variant=nope")
+    assert status == 400 and "unknown variant 'nope'" in got["error"]
+    assert server.json("GET", "/similar-items/no-such-item")[0] == 404
+    assert server.json("GET", "/similar-users/no-such-user")[0] == 404
+    status, got = server.json("POST", "/events", b'[{"user_id": "a"')
+    assert status == 400 and got["field"] == "body"
+    status, got = server.json("POST", "/impressions", b'{"not": "a list"}')
+    assert status == 400 and got["field"] == "body"
+    # a body over the limit is refused from its Content-Length, before it is read
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    connection.putrequest("POST", "/events")
+    connection.putheader("Content-Length", str(17 << 20))
+    connection.endheaders()
+    response = connection.getresponse()
+    assert response.status == 413 and json.loads(response.read())["field"] == "body"
+    connection.close()
+    assert b"Traceback" not in server.call("GET", "/recommend/u?k=-1")[1]
+
+
+def test_health_metrics_docs_and_forget(server):
+    status, health = server.json("GET", "/health")
+    assert status == 200 and health["status"] == "ok"
+    status, text = server.call("GET", "/metrics")
+    assert status == 200
+    assert b'rtsql_http_requests_total{route="/recommend/{user_id}"' in text
+    assert b"rtsql_events_ingested" in text and b"rtsql_refresh_lag_seconds" in text
+    assert server.call("GET", "/docs")[0] == 200
+    assert b"/recommend/{user_id}" in server.call("GET", "/openapi.json")[1]
+    server.json("POST", "/events", json.dumps([{"user_id": "leaving", "item_id": "sku-3",
+                                                "event_type": "view",
+                                                "ts": "2026-11-30T11:00:00"}]).encode())
+    status, got = server.json("POST", "/users/leaving/forget")
+    assert status == 200, got
+    assert server.json("POST", "/users/leaving/forget")[0] == 404
+    status, got = server.json("GET", "/recommend/leaving?k=2")
+    assert all(r["reason"].startswith(("trending", "popular")) for r in got["items"])
+
+
+def test_token_guards_every_route_but_health(tmp_path):
+    server = Server(build_database(tmp_path / "t.duckdb"), env={"RTSQL_TOKEN": "s3cret"})
+    try:
+        assert server.call("GET", "/health")[0] == 200
+        for path in ("/recommend/u", "/metrics", "/trending"):
+            status, body = server.json("GET", path)
+            assert status == 401 and body["field"] == "Authorization"
+        assert server.call("GET", "/trending", headers={"Authorization": "Bearer nope"})[0] == 401
+        assert server.call("GET", "/trending",
+                           headers={"Authorization": "Bearer s3cret"})[0] == 200
+    finally:
+        assert server.stop()[0] == 0
+
+
+def test_sigterm_exits_0_and_an_answered_post_survives_kill_9(tmp_path):
+    db_path = build_database(tmp_path / "k.duckdb")
+    server = Server(db_path)
+    status, _ = server.json("POST", "/events", json.dumps(
+        [{"user_id": "durable", "item_id": "sku-1", "event_type": "cart",
+          "ts": "2026-11-30T12:00:00"}]).encode())
+    assert status == 200
+    server.proc.kill()  # kill -9 right after the answer
+    server.proc.communicate()
+    con = rtsql.connect(db_path)
+    assert con.execute("select count(*) from events e join users u using (user_key) "
+                       "where u.user_id = 'durable'").fetchall() == [(1,)]
+    con.close()
+    server = Server(db_path)
+    code, err = server.stop()
+    assert code == 0, err
+    assert "rtsql serve: stopped" in err and "Traceback" not in err
+
+
+def test_cli_reads_from_the_snapshot_while_serve_runs(server):
+    proc = subprocess.run([sys.executable, "-m", "rtsql.cli", "--db", str(server.db_path),
+                           "recommend", "user-43", "-k", "2", "--format", "json"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "snapshot" in proc.stderr and len(json.loads(proc.stdout)) == 2
