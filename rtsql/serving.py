@@ -439,8 +439,7 @@ class ServingState:
         parts = (item_part, user_part, content_part)
         # per_part + scaled: each strategy's sum per candidate, scaled by its best candidate
         sums = [_group(p) if p is not None else None for p in parts]
-        candidates = np.unique(np.concatenate(
-            [s[0] for s in sums if s is not None] + [np.empty(0, np.int64)]))
+        candidates = _union([s[0] for s in sums if s is not None])
         scaled, because = [], []
         for s, weight in zip(sums, (cfg.w_item, cfg.w_user, cfg.w_content)):
             col = np.zeros(len(candidates))
@@ -472,8 +471,8 @@ class ServingState:
         keep = ~blocked[blend] & (True if allowed is None else allowed[blend])
         blocked[blend] = True
         backfill = self._backfill(cfg, blocked, allowed, k, n_items)
-        pool = np.r_[blend[keep], backfill]
-        base = np.r_[score[keep], np.zeros(len(backfill))]
+        pool = np.concatenate((blend[keep], backfill))
+        base = np.concatenate((score[keep], np.zeros(len(backfill))))
         trend = _at(m.share, pool, 0.0) * cfg.w_trend
         popularity = _at(m.popularity, pool, 0)
         final = base + trend
@@ -544,6 +543,15 @@ def _check(k, strategy: str = "hybrid") -> None:
         raise InvalidSetting(f"strategy must be one of {', '.join(STRATEGIES)}")
 
 
+def _union(parts: list) -> np.ndarray:
+    """Sorted distinct keys of several sorted key arrays (np.unique's hashing costs more at
+    this size)."""
+    if not parts:
+        return np.empty(0, np.int64)
+    keys = np.sort(np.concatenate(parts)) if len(parts) > 1 else parts[0]
+    return keys[np.diff(keys, prepend=-1) != 0]
+
+
 def _at(values: np.ndarray, keys: np.ndarray, default) -> np.ndarray:
     """values[keys], with ``default`` for keys past the end (items new since the refresh)."""
     out = np.full(len(keys), default, values.dtype)
@@ -566,27 +574,32 @@ def _group(part):
         return np.empty(0, np.int64), np.empty(0), None if src is None else np.empty(0, np.int64)
     order = np.lexsort((src, -s, cand)) if src is not None else np.argsort(cand, kind="stable")
     cand, s = cand[order], s[order]
-    starts = np.flatnonzero(np.r_[True, cand[1:] != cand[:-1]])
+    starts = np.flatnonzero(np.diff(cand, prepend=-1))
     sums = _exact_sums(s, starts)
     return cand[starts], sums, (src[order][starts] if src is not None else None)
 
 
 def _exact_sums(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    """Segment sums, correctly rounded like fsum. Extended precision covers the common case;
-    segments whose extended sum could round differently are summed with math.fsum."""
-    sums = np.add.reduceat(values.astype(np.longdouble), starts)
-    single = np.diff(np.r_[starts, len(values)]) == 1
-    out = sums.astype(np.float64)
-    if np.finfo(np.longdouble).nmant < 100 and not single.all():
-        # an 80-bit sum of n terms is within n ulps of 2^-64 relative: when that interval
-        # holds a double rounding boundary, the exact sum decides
-        lengths = np.diff(np.r_[starts, len(values)])
-        magnitude = np.add.reduceat(np.abs(values).astype(np.longdouble), starts)
-        err = magnitude * lengths * np.finfo(np.longdouble).eps
-        lo, hi = (sums - err).astype(np.float64), (sums + err).astype(np.float64)
-        for j in np.flatnonzero((lo != hi) & ~single):
-            end = starts[j + 1] if j + 1 < len(starts) else len(values)
-            out[j] = math.fsum(values[starts[j]:end].tolist())
+    """Segment sums, correctly rounded like fsum. One or two terms: a double addition is
+    already correctly rounded. Longer segments: an extended-precision sum, and math.fsum for
+    the few whose error bound straddles a double rounding boundary."""
+    out = np.add.reduceat(values, starts)
+    lengths = np.diff(starts, append=len(values))
+    if lengths.max(initial=0) <= 2:
+        return out
+    wide = values.astype(np.longdouble)
+    sums = np.add.reduceat(wide, starts)
+    long = lengths > 2
+    if np.finfo(np.longdouble).nmant >= 100:  # a quad-precision long double: exact enough
+        out[long] = sums[long].astype(np.float64)
+        return out
+    # an extended sum of n terms is within n * eps * sum(|x|) of the exact one
+    err = np.add.reduceat(np.abs(wide), starts) * lengths * np.finfo(np.longdouble).eps
+    lo, hi = (sums - err).astype(np.float64), (sums + err).astype(np.float64)
+    out[long] = lo[long]
+    ends = starts + lengths
+    for j in np.flatnonzero(long & (lo != hi)).tolist():
+        out[j] = math.fsum(values[starts[j]:ends[j]].tolist())
     return out
 
 

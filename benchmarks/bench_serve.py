@@ -1,0 +1,198 @@
+"""The serving benchmark (`rtsql serve` issue): a real server process, a real open-loop HTTP
+load generator in another process, the SQL macro through a Python client in the same run.
+
+    python benchmarks/bench_serve.py [--events 10000000] [--seconds 30]
+                                     [--rates 200,400,800,1200,1600,2000] [--post-rate 200]
+                                     [--db PATH]
+
+Steps, on the synthetic set (cached under benchmarks/data/), in one run:
+1. a database: `rtsql ingest` + `rtsql refresh --full` processes (or --db, copied);
+2. the SQL macro recommend(user, 10) through DuckDB's Python client, and the in-memory scorer
+   in-process, over the same users (the peer and the floor);
+3. `rtsql serve` started; time to ready and resident memory;
+4. GET /recommend at 200 requests/s, open loop, for --seconds: p50 / p99 / max at the client;
+5. rising rates (--rates), 10 s each: the highest with p99 <= 50 ms and no errors;
+6. POST /events in batches of 100 at --post-rate batches/s while GETs run at 200/s: events/s
+   committed, GET and POST latencies, and freshness: after each POST is answered, the time
+   until a GET shows its probe event (a new user's purchase);
+7. SIGTERM: the exit code.
+Latencies are measured from each request's scheduled send time. The machine is shared: same-run
+ratios are what count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from common import dataset, print_table, run_process
+
+HERE = Path(__file__).resolve().parent
+
+
+def cli(db: str) -> list[str]:
+    return [sys.executable, "-m", "rtsql.cli", "--db", db]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentiles(ms: list[float]) -> str:
+    if not ms:
+        return "-"
+    p50, p99 = np.percentile(ms, [50, 99])
+    return f"{p50:.2f} / {p99:.2f} / {max(ms):.1f}"
+
+
+def memory_mib(pid: int) -> tuple[float, float]:
+    """(resident now, peak resident) of a process, MiB."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        fields[name] = value.strip()
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def load(port: int, spec: dict) -> dict:
+    out = subprocess.run([sys.executable, str(HERE / "loadgen.py"), str(port), json.dumps(spec)],
+                         capture_output=True, text=True, timeout=spec["seconds"] * 10 + 120)
+    if out.returncode != 0:
+        sys.exit(f"load generator failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout)
+
+
+def macro_and_scorer(db: str, users: list[str]) -> tuple[list[float], list[float], float]:
+    """Seconds per recommend(user, 10): the SQL macro, then the in-memory scorer; and the
+    scorer's load time."""
+    import rtsql
+    from rtsql import recommend
+    from rtsql.serving import ServingState
+
+    con = rtsql.connect(db)
+    macro = []
+    for user in users:
+        start = time.perf_counter()
+        recommend.recommend(con, user, 10)
+        macro.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    state = ServingState.load(con)
+    loaded = time.perf_counter() - start
+    scorer = []
+    for user in users:
+        start = time.perf_counter()
+        state.recommend(user, 10)
+        scorer.append(time.perf_counter() - start)
+    con.close()
+    return macro, scorer, loaded
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--rates", default="200,400,800,1200,1600,2000")
+    parser.add_argument("--post-rate", type=float, default=200)
+    parser.add_argument("--macro-calls", type=int, default=300)
+    parser.add_argument("--db", help="use a copy of this refreshed database")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="rtsql-serve-"))
+    db = str(work / "serve.duckdb")
+    rows = []
+    if args.db:
+        shutil.copyfile(args.db, db)
+        refresh_seconds = float("nan")
+    else:
+        data = dataset(args.events, "parquet")
+        run_process(cli(db) + ["ingest", str(data)])
+        refresh_seconds, _ = run_process(cli(db) + ["refresh", "--full"])
+        rows.append(("full refresh (process)", f"{refresh_seconds:.1f} s", ""))
+
+    import duckdb
+
+    con = duckdb.connect(db, read_only=True)
+    users = [r[0] for r in con.execute("select user_id from users order by hash(user_id) "
+                                       "limit 5000").fetchall()]
+    items = [r[0] for r in con.execute("select item_id from items order by hash(item_id) "
+                                       "limit 5000").fetchall()]
+    events = con.execute("select count(*) from events").fetchall()[0][0]
+    con.close()
+
+    macro, scorer, loaded = macro_and_scorer(db, users[:args.macro_calls])
+    ms = lambda xs: [x * 1000 for x in xs]  # noqa: E731
+    rows.append(("SQL macro recommend(user, 10), Python client, in-process",
+                 percentiles(ms(macro)), f"{len(macro)} calls"))
+    rows.append(("in-memory scorer, in-process (no HTTP)", percentiles(ms(scorer)),
+                 f"load {loaded:.2f} s"))
+
+    port = free_port()
+    start = time.perf_counter()
+    server = subprocess.Popen(cli(db) + ["serve", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).read()
+            break
+        except OSError:
+            if server.poll() is not None:
+                sys.exit(f"server failed: {server.stderr.read()[-2000:]}")
+            time.sleep(0.1)
+    ready = time.perf_counter() - start
+    rss, peak = memory_mib(server.pid)
+    rows.append(("serve: start to ready; resident / peak memory", f"{ready:.1f} s",
+                 f"{rss:.0f} / {peak:.0f} MiB"))
+
+    base = {"users": users, "items": items, "post_rate": 0, "post_size": 100}
+    got = load(port, {**base, "seconds": args.seconds, "get_rate": 200})
+    rows.append((f"GET /recommend at 200/s open loop, {args.seconds:.0f} s (ms p50/p99/max)",
+                 percentiles(got["get_ms"]), f"{got['errors']} errors"))
+
+    best = None
+    for rate in [float(r) for r in args.rates.split(",")]:
+        got = load(port, {**base, "seconds": 10, "get_rate": rate})
+        p99 = np.percentile(got["get_ms"], 99) if got["get_ms"] else float("inf")
+        ok = got["errors"] == 0 and p99 <= 50
+        rows.append((f"  GET at {rate:.0f}/s, 10 s", percentiles(got["get_ms"]),
+                     f"{got['errors']} errors{'' if ok else ', p99 over 50 ms'}"))
+        if not ok:
+            break
+        best = rate
+    rows.append(("highest GET rate with p99 <= 50 ms", f"{best or 0:.0f}/s", ""))
+
+    got = load(port, {**base, "seconds": args.seconds, "get_rate": 200,
+                      "post_rate": args.post_rate})
+    rows.append((f"POST /events, 100 per batch at {args.post_rate:.0f}/s, with GETs at 200/s",
+                 f"{got['events'] / got['seconds']:.0f} events/s",
+                 f"{got['errors']} errors"))
+    rows.append(("  GET latency meanwhile (ms p50/p99/max)", percentiles(got["get_ms"]), ""))
+    rows.append(("  POST latency (ms p50/p99/max)", percentiles(got["post_ms"]), ""))
+    rows.append(("  POST answered -> visible to GET (ms p50/p99/max)",
+                 percentiles(got["fresh_ms"]), ""))
+    rss, peak = memory_mib(server.pid)
+    rows.append(("serve: resident / peak memory at the end", f"{rss:.0f} / {peak:.0f} MiB", ""))
+
+    server.send_signal(signal.SIGTERM)
+    server.wait(timeout=300)
+    rows.append(("SIGTERM: exit code", str(server.returncode), ""))
+    print(f"bench_serve: {events:,} events, {os.cpu_count()} cores")
+    print_table(["measure", "value", "note"], rows)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""An open-loop HTTP load generator (asyncio, raw HTTP/1.1 keep-alive): requests are sent on a
+fixed schedule whatever the server's speed, and each latency is measured from the request's
+scheduled time to the end of its response, so a slow server cannot hide queueing
+(no coordinated omission). Run by bench_serve.py in its own process:
+
+    python benchmarks/loadgen.py PORT SPEC_JSON  ->  one JSON line of results on stdout
+
+SPEC: {"seconds": 30, "get_rate": 200, "users": [...], "post_rate": 0, "post_size": 100,
+       "items": [...], "k": 10}
+Bounded in count and time; talks to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import sys
+import time
+
+
+class Pool:
+    def __init__(self, port: int, limit: int = 512):
+        self.port, self.limit, self.idle, self.open = port, limit, [], 0
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        if self.idle:
+            reader, writer = self.idle.pop()
+        else:
+            if self.open >= self.limit:
+                raise RuntimeError("connection limit reached: the server is far behind")
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            self.open += 1
+        head = (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Content-Length: {len(body)}\r\nContent-Type: application/json\r\n\r\n")
+        writer.write(head.encode() + body)
+        header = await reader.readuntil(b"\r\n\r\n")
+        status = int(header.split(b" ", 2)[1])
+        length = 0
+        for line in header.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        data = await reader.readexactly(length)
+        self.idle.append((reader, writer))
+        return status, data
+
+
+async def main(port: int, spec: dict) -> dict:
+    now = time.perf_counter  # uvloop's loop.time() has millisecond resolution
+    pool = Pool(port)
+    rng = random.Random(spec.get("seed", 1))
+    seconds = spec["seconds"]
+    get_lat, post_lat, fresh_lat, errors, statuses_seen = [], [], [], [0], []
+    posted = [0]
+
+    async def get(scheduled: float, user: str):
+        status, _ = await pool.request("GET", f"/recommend/{user}?k={spec.get('k', 10)}")
+        get_lat.append(now() - scheduled)
+        errors[0] += status != 200
+        if status != 200:
+            statuses_seen.append(status)
+
+    async def post(scheduled: float, n: int):
+        probe = f"probe-{n}-{rng.random():.6f}"
+        item = rng.choice(spec["items"])
+        events = [{"user_id": probe, "item_id": item, "event_type": "purchase",
+                   "ts": "2026-11-30T12:00:00"}]
+        events += [{"user_id": rng.choice(spec["users"]), "item_id": rng.choice(spec["items"]),
+                    "event_type": rng.choice(["view", "view", "click", "cart"]),
+                    "ts": "2026-11-30T12:00:00"} for _ in range(spec["post_size"] - 1)]
+        status, data = await pool.request("POST", "/events", json.dumps(events).encode())
+        answered = now()
+        post_lat.append(answered - scheduled)
+        if status != 200:
+            errors[0] += 1
+            statuses_seen.append(status)
+            return
+        posted[0] += json.loads(data)["accepted"]
+        # freshness: the probe user's purchase must show in the next read
+        while True:
+            status, data = await pool.request("GET", f"/recommend/{probe}?k=1&strategy=item")
+            if b"because you bought" in data or now() - answered > 5:
+                fresh_lat.append(now() - answered)
+                break
+
+    tasks = []
+    start = now() + 0.2
+    schedule = [(start + i / spec["get_rate"], "get", i)
+                for i in range(int(spec["get_rate"] * seconds))] if spec["get_rate"] else []
+    if spec.get("post_rate"):
+        schedule += [(start + i / spec["post_rate"], "post", i)
+                     for i in range(int(spec["post_rate"] * seconds))]
+    schedule.sort()
+    wall = time.perf_counter()
+    for when, kind, n in schedule:
+        delay = when - now()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if kind == "get":
+            tasks.append(asyncio.ensure_future(get(when, rng.choice(spec["users"]))))
+        else:
+            tasks.append(asyncio.ensure_future(post(when, n)))
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    wall = time.perf_counter() - wall
+    failures = [r for r in results if isinstance(r, BaseException)]
+    statuses = sorted(set(statuses_seen))
+    return {"get_ms": [x * 1000 for x in get_lat], "post_ms": [x * 1000 for x in post_lat],
+            "fresh_ms": [x * 1000 for x in fresh_lat], "errors": errors[0] + len(failures),
+            "failure": repr(failures[0]) if failures else None, "statuses": statuses,
+            "events": posted[0],
+            "seconds": wall, "connections": pool.open}
+
+
+if __name__ == "__main__":
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    print(json.dumps(asyncio.run(main(int(sys.argv[1]), json.loads(sys.argv[2])))))
