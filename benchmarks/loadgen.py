@@ -24,6 +24,18 @@ class Pool:
         self.port, self.limit, self.idle, self.open = port, limit, [], 0
 
     async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        """One request; a kept-alive connection that the server closed meanwhile (idle
+        timeout) is replaced once, as HTTP clients do."""
+        reused = bool(self.idle)
+        try:
+            return await self._request(method, path, body)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            if not reused:
+                raise
+            self.open -= 1
+            return await self._request(method, path, body)
+
+    async def _request(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
         if self.idle:
             reader, writer = self.idle.pop()
         else:

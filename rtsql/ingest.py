@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 
 from . import settings
 from .sqlutil import add_new_ids, one, quote_identifier, scalar
-from .errors import BadEventFile, InputPathError
+from .errors import BadEventFile, InputPathError, InvalidSetting
 
 CANONICAL_COLUMNS = ("user_id", "item_id", "event_type", "ts", "value")
 REQUIRED_COLUMNS = ("user_id", "item_id", "ts")  # event_type too, unless --event-type is given
@@ -705,6 +705,22 @@ class BodyResult:
     ingested: int = 0
     rejects: list[tuple[int, str]] = field(default_factory=list)  # (line, reason)
     skipped: int = 0
+
+
+def json_array_as_lines(body: bytes) -> bytes:
+    """A JSON array body becomes one JSON line per element (each then validated, and rejected
+    with its reason, like a line of a file); any other body is taken as JSON lines."""
+    import json
+
+    if not body.lstrip().startswith(b"["):
+        return body
+    try:
+        items = json.loads(body)
+    except ValueError as exc:
+        error = InvalidSetting(f"the body starts like a JSON array but is not one: {exc}")
+        error.field = "body"
+        raise error from None
+    return "".join(json.dumps(item, separators=(",", ":")) + "\n" for item in items).encode()
 
 
 def ingest_bodies(con, bodies: list[tuple[str, bytes]], *, fmt: str = "jsonl",

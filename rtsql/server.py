@@ -136,7 +136,7 @@ def create_app(service: Service, *, token: str | None = None,
     @app.exception_handler(RtsqlError)
     async def refused(request, exc: RtsqlError):
         status = 404 if isinstance(exc, (UnknownUser, UnknownItem)) else 400
-        return _error(status, str(exc))
+        return _error(status, str(exc), getattr(exc, "field", None))
 
     def check_variant(variant: str | None, allow_auto: bool = True) -> None:
         known = service.state.model.variants
@@ -201,10 +201,7 @@ def create_app(service: Service, *, token: str | None = None,
         body = await read_body(request)
         if isinstance(body, Response):
             return body
-        lines = _as_json_lines(body)
-        if isinstance(lines, Response):
-            return lines
-        result = await asyncio.wrap_future(service.submit_events(lines))
+        result = await asyncio.wrap_future(service.submit_events(body))
         return _json({"accepted": result.ingested, "rejected": len(result.rejects),
                       "rejects": [{"line": line, "reason": reason}
                                   for line, reason in result.rejects]})
@@ -238,19 +235,6 @@ def create_app(service: Service, *, token: str | None = None,
         return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
 
     return app
-
-
-def _as_json_lines(body: bytes) -> bytes | Response:
-    """A JSON array becomes one line per element; anything else is taken as JSON lines
-    (each line is then validated, and rejected with its reason, by the ingest)."""
-    text = body.lstrip()
-    if not text.startswith(b"["):
-        return body
-    try:
-        items = json.loads(body)
-    except ValueError as exc:
-        return _error(400, f"the body starts like a JSON array but is not one: {exc}", "body")
-    return "".join(json.dumps(item, separators=(",", ":")) + "\n" for item in items).encode()
 
 
 def run(service: Service, *, host: str = "127.0.0.1", port: int = 8000,

@@ -33,9 +33,10 @@ from . import db, feedback, ingest as ingest_mod, refresh as refresh_mod, snapsh
 from .errors import DatabaseLocked, InvalidSetting
 from .serving import ServingState
 
-# serve publishes a snapshot after a batch of events at most this often (a publish copies the
-# snapshot file); the publish after a refresh is never held back
-PUBLISH_INTERVAL_SECONDS = 5.0
+# serve publishes a snapshot after a batch of events at most this often: a publish copies the
+# snapshot file (120 MB at 10M events), and applications read from memory anyway; the publish
+# after a refresh is never held back
+PUBLISH_INTERVAL_SECONDS = 30.0
 FORGET_WAIT_SECONDS = 120.0  # how long forget waits for a background refresh to finish
 
 
@@ -117,8 +118,10 @@ class Service:
     # ------------------------------------------------------------------ writes
 
     def submit_events(self, body: bytes, fmt: str = "jsonl") -> Future:
-        """Queue a body of events (JSON-lines or CSV text); the future gives its
-        ``ingest.BodyResult`` once the events are committed and visible to reads."""
+        """Queue a body of events: a JSON array of objects, JSON lines, or CSV text with a
+        header (``fmt`` csv). The future gives its ``ingest.BodyResult`` once the events are
+        committed and visible to reads, or raises InvalidSetting for a body that is not
+        what it claims to be."""
         if fmt not in ("jsonl", "csv"):
             raise InvalidSetting(f"events come as jsonl or csv, not {fmt!r}")
         return self._submit("events", (fmt, body))
@@ -153,9 +156,7 @@ class Service:
         try:
             with self.lock:
                 if kind == "events":
-                    results = ingest_mod.ingest_bodies(
-                        self.con, [(f"http:POST /events#{next(self._sequence)}", j.payload[1])
-                                   for j in jobs], fmt=jobs[0].payload[0])
+                    jobs, results = self._ingest(jobs)
                     self.counters["events"] += sum(r.ingested for r in results)
                     self.counters["rejects"] += sum(len(r.rejects) for r in results)
                 elif kind == "impressions":
@@ -175,6 +176,22 @@ class Service:
         for job, result in zip(jobs, results):
             job.future.set_result(result)
         self.follower.notify()
+
+    def _ingest(self, jobs: list[_Job]) -> tuple[list[_Job], list]:
+        """The bodies that parse (JSON arrays become JSON lines here, off the event loop),
+        in one transaction; a body that does not parse fails its own request only."""
+        bodies, kept = [], []
+        for job in jobs:
+            fmt, body = job.payload
+            try:
+                bodies.append((f"http:POST /events#{next(self._sequence)}",
+                               ingest_mod.json_array_as_lines(body) if fmt == "jsonl" else body))
+                kept.append(job)
+            except InvalidSetting as exc:
+                job.future.set_exception(exc)
+        results = ingest_mod.ingest_bodies(self.con, bodies, fmt=jobs[0].payload[0]) \
+            if bodies else []
+        return kept, results
 
     def _forget(self, user_id: str) -> refresh_mod.RefreshResult:
         """Forget under the writer lock, waiting for a background refresh to finish first;
