@@ -18,6 +18,8 @@ import random
 import sys
 import time
 
+TIMEOUT = 30.0  # seconds a request may take before it counts as failed
+
 
 class Pool:
     def __init__(self, port: int, limit: int = 512):
@@ -28,12 +30,12 @@ class Pool:
         timeout) is replaced once, as HTTP clients do."""
         reused = bool(self.idle)
         try:
-            return await self._request(method, path, body)
+            return await asyncio.wait_for(self._request(method, path, body), TIMEOUT)
         except (asyncio.IncompleteReadError, ConnectionError):
             if not reused:
                 raise
             self.open -= 1
-            return await self._request(method, path, body)
+            return await asyncio.wait_for(self._request(method, path, body), TIMEOUT)
 
     async def _request(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
         if self.idle:
