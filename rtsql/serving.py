@@ -252,29 +252,45 @@ class ServingState:
         """Append what was committed since the last look: new items, new users, and events
         after the refresh watermark, each with the weight the database computes for it.
         Returns the number of new events. Called by the one writer, after each commit."""
+        items, users, events = self.read_new(con)
+        self.add_ids(items, users)
+        for event in events:
+            self.add_event(event)
+        return len(events)
+
+    def read_new(self, con) -> tuple[list, list, list]:
+        """(new items, new users, new events) since the last look, without applying them:
+        a replay reveals them one event at a time (``add_ids``, ``add_event``)."""
+        items = con.execute("select item_key, item_id from items where item_key > ? "
+                            "order by item_key", [self.seen["item_key"]]).fetchall()
+        users = con.execute("select user_key, user_id from users where user_key > ? "
+                            "order by user_key", [self.seen["user_key"]]).fetchall()
         m = self.model
-        for k, i in con.execute("select item_key, item_id from items where item_key > ? "
-                                "order by item_key", [self.seen["item_key"]]).fetchall():
-            self.item_ids.extend([None] * (k + 1 - len(self.item_ids)))
-            self.item_ids[k] = i
-            self.item_keys[i] = k
-            self.seen["item_key"] = k
-        for k, u in con.execute("select user_key, user_id from users where user_key > ? "
-                                "order by user_key", [self.seen["user_key"]]).fetchall():
-            self.user_keys[u] = k
-            self.user_ids[k] = u
-            self.seen["user_key"] = k
-        rows = con.execute(
+        events = con.execute(
             "select e.event_id, e.user_key, e.item_key, e.event_type, epoch_us(e.ts), "
             "rtsql_event_weight(et.weight, et.uses_value, e.value, e.ts, ?, ?) "
             "from events e join event_types et using (event_type) "
             "where e.event_id > ? order by e.event_id",
             [m.rate, m.t0, self.seen["event_id"]]).fetchall()
-        for event_id, user, item, event_type, ts, weight in rows:
-            self.pending.setdefault(user, []).append((item, weight, event_type, ts, event_id))
-        if rows:
-            self.seen["event_id"] = rows[-1][0]
-        return len(rows)
+        return items, users, events
+
+    def add_ids(self, items: list, users: list) -> None:
+        """New (key, id) pairs of items and users, in key order."""
+        for k, i in items:  # items first: an event never names an item the maps lack
+            self.item_ids.extend([None] * (k + 1 - len(self.item_ids)))
+            self.item_ids[k] = i
+            self.item_keys[i] = k
+            self.seen["item_key"] = max(self.seen["item_key"], k)
+        for k, u in users:
+            self.user_keys[u] = k
+            self.user_ids[k] = u
+            self.seen["user_key"] = max(self.seen["user_key"], k)
+
+    def add_event(self, event: tuple) -> None:
+        """One (event_id, user key, item key, type, ts_us, weight) row into the overlay."""
+        event_id, user, item, event_type, ts, weight = event
+        self.pending.setdefault(user, []).append((item, weight, event_type, ts, event_id))
+        self.seen["event_id"] = max(self.seen["event_id"], event_id)
 
     def forget_user(self, user_id: str) -> None:
         """Drop a forgotten user from the id maps and the overlay (the writer reloads the

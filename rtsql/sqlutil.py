@@ -113,12 +113,14 @@ _DICTIONARIES = {"user_id": ("users", "user_key"), "item_id": ("items", "item_ke
 
 def add_new_ids(con, source: str, column: str, where: str = "true") -> None:
     """Give the ids in ``source.column`` that the users/items dictionary lacks the next integer
-    keys, in id order (deterministic). ``source`` and ``where`` are rtsql's own SQL, never user
-    input."""
+    keys, in order of first appearance (``source.line``), so a file ingested whole gives the
+    same keys as its lines arriving one by one (the tail, a prequential replay). ``source``
+    and ``where`` are rtsql's own SQL, never user input."""
     table, key = _DICTIONARIES[column]
     con.execute(f"""insert into {table}
                     select coalesce((select max({key}) from {table}), 0)
-                           + row_number() over (order by {column}), {column}
-                    from (select distinct {column} from {source}
-                          where {where} and {column} is not null and {column} <> '') n
+                           + row_number() over (order by first_line, {column}), {column}
+                    from (select {column}, min(line) as first_line from {source}
+                          where {where} and {column} is not null and {column} <> ''
+                          group by {column}) n
                     anti join {table} using ({column})""")
