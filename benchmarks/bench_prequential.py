@@ -1,13 +1,16 @@
 """Real-time accuracy, ../shared/EVAL.md protocol 2 (prequential replay) on MovieLens.
 
-    python benchmarks/bench_prequential.py [--limit 3000] [--recency 0,1] [--refresh-every 100]
+    python benchmarks/bench_prequential.py [--limit 3000|all] [--recency 0,1]
+                                           [--refresh-every 100] [--engine memory,sql]
 
 rtsql runs through `rtsql.evaluate.prequential`: the first 80% of the events (by time, user,
 item) are ingested and refreshed in a scratch database, then the stream replays one event at a
 time through the tail's file-following code (incremental refresh every --refresh-every events);
 before an event of a known user on an item new to them, `recommend` is asked for 10 items.
-Each --recency value (recency_half_life_days) is a separate replay. --limit bounds the replayed
-events (the first N after the warm-up) so a run takes minutes.
+Each --recency value (recency_half_life_days) and --engine (memory: the serving scorer, as
+`rtsql serve` answers; sql: the recommend macro per event, the reference) is a separate replay,
+timed whole ("protocol s"). --limit bounds the replayed events (the first N after the
+warm-up); `all` replays the whole last 20% (about 20,000 events).
 
 The peer, in the same run and on the same events: implicit's CosineRecommender(K=20) fitted on
 the warm-up (binary) and frozen, given each user's current history at query time.
@@ -73,7 +76,8 @@ def main():
     if not (DATA / "ratings.csv").exists():
         sys.exit(f"MovieLens not found at {DATA}: this benchmark needs ../shared/datasets/")
     parser = argparse.ArgumentParser()
-    parser.add_argument("--limit", type=int, default=3000)
+    parser.add_argument("--limit", default="3000")
+    parser.add_argument("--engine", default="memory")
     parser.add_argument("--recency", default="0,1")
     parser.add_argument("--refresh-every", type=int, default=100)
     args = parser.parse_args()
@@ -81,22 +85,31 @@ def main():
     from rtsql.output import render
 
     events = all_events()
+    limit = None if args.limit == "all" else int(args.limit)
     table = []
     with tempfile.TemporaryDirectory() as tmp:
         con = build_database(Path(tmp) / "all.duckdb", events)
-        for recency in args.recency.split(","):
-            res = evaluate.prequential(con, limit=args.limit, refresh_every=args.refresh_every,
-                                       overrides={"recency_half_life_days": recency})
-            p50, p99 = evaluate.summarize_latencies(res.latencies)
-            table.append((f"rtsql recency_half_life_days={recency}", res.evaluated,
-                          round(res.hit_rate, 4), round(p50, 1), round(p99, 1)))
-            print(table[-1], file=sys.stderr)
+        for engine in args.engine.split(","):
+            for recency in args.recency.split(","):
+                start = time.perf_counter()
+                res = evaluate.prequential(con, limit=limit, refresh_every=args.refresh_every,
+                                           overrides={"recency_half_life_days": recency},
+                                           engine=engine)
+                wall = time.perf_counter() - start
+                p50, p99 = evaluate.summarize_latencies(res.latencies)
+                table.append((f"rtsql {engine}, recency_half_life_days={recency}", res.evaluated,
+                              round(res.hit_rate, 4), round(p50, 2), round(p99, 2),
+                              round(wall, 1)))
+                print(table[-1], file=sys.stderr)
         con.close()
-    hr, evaluated, latencies = peer(events, args.limit)
+    start = time.perf_counter()
+    hr, evaluated, latencies = peer(events, limit if limit is not None else len(events))
+    wall = time.perf_counter() - start
     p50, p99 = evaluate.summarize_latencies(latencies)
     table.append(("implicit Cosine K=20, frozen, current history", evaluated, round(hr, 4),
-                  round(p50, 1), round(p99, 1)))
-    print(render(["model", "evaluated", "HR@10", "step p50 ms", "step p99 ms"], table), end="")
+                  round(p50, 2), round(p99, 2), round(wall, 1)))
+    print(render(["model", "evaluated", "HR@10", "step p50 ms", "step p99 ms", "protocol s"],
+                 table), end="")
 
 
 if __name__ == "__main__":

@@ -588,11 +588,18 @@ def _group(part):
     cand, src, s = part
     if not len(cand):
         return np.empty(0, np.int64), np.empty(0), None if src is None else np.empty(0, np.int64)
-    order = np.lexsort((src, -s, cand)) if src is not None else np.argsort(cand, kind="stable")
+    order = np.argsort(cand)  # within a candidate the order is irrelevant: sums are exact
     cand, s = cand[order], s[order]
     starts = np.flatnonzero(np.diff(cand, prepend=-1))
     sums = _exact_sums(s, starts)
-    return cand[starts], sums, (src[order][starts] if src is not None else None)
+    if src is None:
+        return cand[starts], sums, None
+    src = src[order]
+    best = np.maximum.reduceat(s, starts)
+    lengths = np.diff(starts, append=len(s))
+    at_best = s == np.repeat(best, lengths)
+    because = np.minimum.reduceat(np.where(at_best, src, np.iinfo(np.int64).max), starts)
+    return cand[starts], sums, because
 
 
 def _exact_sums(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
