@@ -463,8 +463,27 @@ def refresh(con, *, full: bool = False, progress: Progress | None = None) -> Ref
                       or state.get("model_config") != _model_config(values))
         with transaction(con):
             result = _full(con, values, progress) if needs_full else _incremental(con, values, state)
+            _materialize_if_on(con, values, result, progress)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _materialize_if_on(con, values: dict, result: RefreshResult,
+                       progress: Progress | None = None) -> None:
+    """user_recommendations from the new models, in the refresh's transaction (readers see
+    lists and models of the same refresh); skipped when nothing changed since the last one."""
+    from . import serving
+
+    if not values["materialize_recommendations"]:
+        return
+    config = json.dumps([values["materialize_k"], values["materialize_strategy"],
+                         {name: values[name] for name in settings.SERVING_SETTINGS},
+                         _state(con).get("watermark")])
+    if result.mode == "none" and _state(con).get("materialized") == config:
+        return
+    serving.materialize(con, values["materialize_k"], values["materialize_strategy"],
+                        _stage(progress, "recommendations"))
+    _set_state(con, materialized=config)
 
 
 def forget(con, user_id: str) -> RefreshResult:
@@ -488,6 +507,8 @@ def forget(con, user_id: str) -> RefreshResult:
             con.execute("delete from user_neighbors where neighbor_key = ? or user_key = ?",
                         [user_key, user_key])
             con.execute("delete from users where user_key = ?", [user_key])
+            con.execute("delete from user_recommendations where user_key = ?", [user_key])
+            _materialize_if_on(con, values, result)
     result.mode = "forget"
     result.seconds = time.perf_counter() - start
     return result

@@ -635,3 +635,32 @@ def _flat(column, dtype=np.int64) -> np.ndarray:
 def _list_lengths(column) -> np.ndarray:
     chunks = [np.diff(c.offsets.to_numpy()) for c in column.chunks]
     return np.concatenate(chunks).astype(np.int64) if chunks else np.empty(0, np.int64)
+
+
+def materialize(con, k: int, strategy: str, progress=None) -> int:
+    """Write every user's top-k into ``user_recommendations`` (emptied first), from the state
+    as ``con`` sees it (inside a refresh's transaction: the new models). Returns the rows."""
+    import pyarrow as pa
+
+    from .sqlutil import recreate_empty, registered
+
+    state = ServingState._load(con)
+    recreate_empty(con, "user_recommendations")
+    users = sorted(state.user_keys.items(), key=lambda kv: kv[1])
+    keys, ids, ranks, items, scores, reasons = [], [], [], [], [], []
+    for done, (user_id, user_key) in enumerate(users, start=1):
+        for rank, item_id, score, reason in state.recommend(user_id, k, strategy=strategy).rows:
+            keys.append(user_key)
+            ids.append(user_id)
+            ranks.append(rank)
+            items.append(item_id)
+            scores.append(score)
+            reasons.append(reason)
+        if progress and (done % 1000 == 0 or done == len(users)):
+            progress(done, len(users))
+    with registered(con, "_rtsql_user_recs", {
+            "user_key": pa.array(keys, pa.int32()), "user_id": pa.array(ids, pa.string()),
+            "rank": pa.array(ranks, pa.int32()), "item_id": pa.array(items, pa.string()),
+            "score": pa.array(scores, pa.float64()), "reason": pa.array(reasons, pa.string())}):
+        con.execute("insert into user_recommendations select * from _rtsql_user_recs")
+    return len(keys)

@@ -93,6 +93,16 @@ SETTINGS: dict[str, Setting] = {
         Setting("recency_half_life_days", float, 0.0,
                 "At query time, a history item counts 2^(-age/half-life) relative to the "
                 "user's latest event (0: off).", _non_negative),
+        # --- batch output of each refresh
+        Setting("materialize_recommendations", bool, False,
+                "Each refresh writes user_recommendations: every user's top materialize_k "
+                "(rank, item, score, reason; the rows recommend() returns), for dashboards. "
+                "Costs about a millisecond per user on each refresh."),
+        Setting("materialize_k", int, 10, "Rows per user in user_recommendations.",
+                lambda v: 0 < v <= 1000),
+        Setting("materialize_strategy", str, "hybrid",
+                "Strategy of user_recommendations (see recommend --strategy).",
+                choices=("hybrid", "item", "user", "content", "trending")),
         Setting("attribution_window_hours", float, 24.0,
                 "A click or purchase within this many hours after an impression of the same "
                 "item for the same user is credited to it.", _positive),

@@ -23,7 +23,7 @@ STORAGE_VERSION = "v1.4.0"
 SERVING_TABLES = ("users", "items", "item_catalog", "event_types", "interactions",
                   "item_neighbors", "item_neighbor_lists", "user_neighbors", "content_neighbors", "item_trending",
                   "model_state", "rtsql_settings", "ab_variants", "impressions",
-                  "_rtsql_migrations")
+                  "user_recommendations", "_rtsql_migrations")
 
 
 def default_path(db_path: str | os.PathLike) -> Path:

@@ -150,3 +150,29 @@ def test_random_databases_equal_the_macros(tmp_path_factory, events, refreshed, 
     items = [r[0] for r in con.execute("select item_id from items order by 1").fetchall()]
     compare_everything(con, users, items, random.Random(seed), calls=12)
     con.close()
+
+
+def test_materialized_recommendations_equal_the_macro_for_every_user(db_path):
+    con = rtsql.connect(db_path)
+    ingest.ingest(con, sorted((SAMPLE / "events").iterdir()))
+    catalog.load_items(con, SAMPLE / "items.csv")
+    settings.set_value(con, "materialize_recommendations", "true")
+    settings.set_value(con, "materialize_k", "7")
+    settings.set_value(con, "materialize_strategy", "hybrid")
+    refresh.refresh(con)
+    users = [r[0] for r in con.execute("select user_id from users order by 1").fetchall()]
+    got = con.execute("select user_id, rank, item_id, score, reason from user_recommendations "
+                      "order by user_id, rank").fetchall()
+    assert len({r[0] for r in got}) == len(users) > 200
+    want = con.execute("select u.user_id, r.rank, r.item_id, r.score, r.reason from users u, "
+                       "lateral recommend(u.user_id, 7) r order by u.user_id, r.rank").fetchall()
+    assert [(r[0], r[1], r[2], r[4]) for r in got] == [(r[0], r[1], r[2], r[4]) for r in want]
+    assert all(abs(g[3] - w[3]) <= 1e-9 for g, w in zip(got, want))
+    # forget removes the user's rows; an unchanged refresh keeps the table as it is
+    refresh.forget(con, users[0])
+    assert con.execute("select count(*) from user_recommendations where user_id = ?",
+                       [users[0]]).fetchall() == [(0,)]
+    before = con.execute("select count(*) from user_recommendations").fetchall()
+    assert refresh.refresh(con).mode == "none"
+    assert con.execute("select count(*) from user_recommendations").fetchall() == before
+    con.close()
