@@ -51,6 +51,9 @@ def _open(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
 
 def configure(con: duckdb.DuckDBPyConnection) -> None:
     """Session settings every rtsql connection shares: UTC timestamps, engine limits."""
+    # SQL never reaches Python objects by name (DuckDB's replacement scans would let
+    # `select * from os` read a module of the calling program); rtsql registers what it uses
+    con.execute("set python_enable_replacements = false")
     con.execute("set TimeZone = 'UTC'")
     con.execute("set enable_progress_bar = false")  # rtsql draws its own progress
     values = settings.get_all(con)

@@ -236,3 +236,16 @@ def test_cli_reads_from_the_snapshot_while_serve_runs(server):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "snapshot" in proc.stderr and len(json.loads(proc.stdout)) == 2
+
+
+def test_sql_never_reaches_python_objects():
+    """DuckDB's replacement scans are off on rtsql's connections (the server's too): a name
+    that is not a table is an error, not a Python variable of the caller."""
+    from rtsql import db
+    import duckdb
+
+    con = db.connect_memory()
+    secret = {"token": ["s3cret"]}  # noqa: F841 (a local the query must not see)
+    with pytest.raises(duckdb.CatalogException):
+        con.execute("select * from secret")
+    con.close()
