@@ -35,10 +35,12 @@ class Pool:
             if not reused:
                 raise
             self.open -= 1
-            return await asyncio.wait_for(self._request(method, path, body), TIMEOUT)
+            return await asyncio.wait_for(self._request(method, path, body, fresh=True),
+                                          TIMEOUT)
 
-    async def _request(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
-        if self.idle:
+    async def _request(self, method: str, path: str, body: bytes, fresh: bool = False
+                       ) -> tuple[int, bytes]:
+        if self.idle and not fresh:
             reader, writer = self.idle.pop()
         else:
             if self.open >= self.limit:
