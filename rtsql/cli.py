@@ -598,6 +598,10 @@ def _overrides(assignments) -> dict[str, str]:
 @click.option("--set", "assignments", multiple=True, metavar="NAME=VALUE",
               help="Evaluate with this setting changed (repeatable); the live one stays.")
 @click.option("--limit", type=int, help="Prequential: replay at most this many events.")
+@click.option("--engine", type=click.Choice(["memory", "sql"]), default="memory",
+              show_default=True,
+              help="Prequential: memory scores with rtsql serve's in-memory scorer; sql asks "
+                   "the recommend macro per event (the same lists, about 30x slower).")
 @click.option("--refresh-every", default=100, show_default=True,
               help="Prequential: incremental refresh after this many events.")
 @click.option("--events", "events_file", metavar="FILE",
@@ -609,7 +613,7 @@ def _overrides(assignments) -> dict[str, str]:
 @click.option("--event-type", help="Event type of --events rows that have none.")
 @FORMAT_OPTION
 @click.pass_obj
-def evaluate(state: State, protocol, k, strategies, assignments, limit, refresh_every,
+def evaluate(state: State, protocol, k, strategies, assignments, limit, engine, refresh_every,
              events_file, in_format, maps, event_type, fmt):
     """Offline accuracy of the recommendations, in a scratch database (live tables untouched).
 
@@ -644,7 +648,7 @@ def evaluate(state: State, protocol, k, strategies, assignments, limit, refresh_
         rows = []
         for strategy in strategies or ("hybrid",):
             res = ev.prequential(source, k=k, limit=limit, refresh_every=refresh_every,
-                                 overrides=overrides, strategy=strategy)
+                                 overrides=overrides, strategy=strategy, engine=engine)
             p50, p99 = ev.summarize_latencies(res.latencies)
             rows.append((strategy, res.evaluated, res.hits, round(res.hit_rate, 4),
                          round(p50, 1), round(p99, 1)))

@@ -447,5 +447,6 @@ def acquire_lock(db_path: str) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise DatabaseLocked(f"another `rtsql tail` is running on {db_path}") from None
+        raise DatabaseLocked(f"another `rtsql tail` or `rtsql serve` is running on {db_path}; "
+                             "stop it first (one writer per database)") from None
     return fd
