@@ -3,10 +3,10 @@ fixed schedule whatever the server's speed, and each latency is measured from th
 scheduled time to the end of its response, so a slow server cannot hide queueing
 (no coordinated omission). Run by bench_serve.py in its own process:
 
-    python benchmarks/loadgen.py PORT SPEC_JSON  ->  one JSON line of results on stdout
+    python benchmarks/loadgen.py PORT < SPEC_JSON  ->  one JSON line of results on stdout
 
 SPEC: {"seconds": 30, "get_rate": 200, "users": [...], "post_rate": 0, "post_size": 100,
-       "items": [...], "k": 10}
+       "items": [...], "k": 10, "probe_every": 10}
 Bounded in count and time; talks to 127.0.0.1 only.
 """
 
@@ -92,7 +92,10 @@ async def main(port: int, spec: dict) -> dict:
             statuses_seen.append(status)
             return
         posted[0] += json.loads(data)["accepted"]
-        # freshness: the probe user's purchase must show in the next read
+        if n % spec.get("probe_every", 10):
+            return
+        # freshness, on every probe_every-th POST (probing each one would double the read
+        # load): the probe user's purchase must show in the next read
         while True:
             status, data = await pool.request("GET", f"/recommend/{probe}?k=1&strategy=item")
             if b"because you bought" in data or now() - answered > 5:
@@ -134,4 +137,4 @@ if __name__ == "__main__":
         uvloop.install()
     except ImportError:
         pass
-    print(json.dumps(asyncio.run(main(int(sys.argv[1]), json.loads(sys.argv[2])))))
+    print(json.dumps(asyncio.run(main(int(sys.argv[1]), json.loads(sys.stdin.read())))))

@@ -350,34 +350,32 @@ def _csv_chunk_sql(positions: dict[str, int | None], n_fields: int, mapping: Col
 
 
 def _json_chunk_sql(mapping: ColumnMapping) -> tuple[str, list]:
-    params: list = []
-
-    def field_expr(canonical: str) -> str:
-        params.append('$."' + mapping.source(canonical).replace('"', '\\"') + '"')
-        return "json_extract_string(txt, ?)"
-
-    user, item = field_expr("user_id"), field_expr("item_id")
-    et_expr, et_params = _event_type_expr(field_expr("event_type"), mapping)
-    params.extend(et_params)
-    ts, value = field_expr("ts"), field_expr("value")
+    """Each line is parsed once: one json_extract_string call takes every field's path."""
+    paths = ['$."' + mapping.source(c).replace('"', '\\"') + '"'
+             for c in ("user_id", "item_id", "event_type", "ts", "value")]
+    et_expr, params = _event_type_expr("f[3]", mapping)
     inner = f"""
         select line, raw_text, coalesce(trim(txt) = '', false) as blank,
                case when txt is null then 'invalid UTF-8'
                     when not ok then 'malformed JSON'
-                    when json_type(txt) <> 'OBJECT' then 'JSON line is not an object'
+                    when f is null then 'JSON line is not an object'
                end as early_reason,
-               case when ok then trim({user}) end as user_id,
-               case when ok then trim({item}) end as item_id,
-               case when ok then {et_expr} end as event_type,
-               case when ok then {ts} end as ts_text,
-               case when ok then {value} end as value_text
+               trim(f[1]) as user_id, trim(f[2]) as item_id,
+               case when f is not null then {et_expr} end as event_type,
+               f[4] as ts_text, f[5] as value_text
         from (
-            select line, txt, coalesce(txt, raw_escaped) as raw_text,
-                   coalesce(json_valid(txt), false) as ok
-            from {{lines}}
+            select line, txt, raw_text, ok,
+                   case when ok and json_type(txt) = 'OBJECT'
+                        then json_extract_string(txt, ?::VARCHAR[]) end as f
+            from (
+                select line, txt, coalesce(txt, raw_escaped) as raw_text,
+                       coalesce(json_valid(txt), false) as ok
+                from {{lines}}
+            )
         )
     """
-    return _TYPED_SELECT.format(source=_text_source(inner.format(lines=_DECODED_LINES))), params
+    return (_TYPED_SELECT.format(source=_text_source(inner.format(lines=_DECODED_LINES))),
+            params + [paths])
 
 
 # Lines as Arrow binary (newline included) -> text without the line break. Invalid UTF-8 leaves
@@ -707,6 +705,16 @@ class BodyResult:
     skipped: int = 0
 
 
+def _last_event_id(con, hint: int | None) -> int:
+    """The largest event id: with a hint, read from the row groups at or above it (zone maps
+    skip the rest); a hint above every id falls back to the whole column."""
+    if hint is not None:
+        found = scalar(con, "select max(event_id) from events where event_id >= ?", [hint])
+        if found is not None:
+            return found
+    return scalar(con, "select coalesce(max(event_id), 0) from events")
+
+
 def json_array_as_lines(body: bytes) -> bytes:
     """A JSON array body becomes one JSON line per element (each then validated, and rejected
     with its reason, like a line of a file); any other body is taken as JSON lines."""
@@ -724,14 +732,17 @@ def json_array_as_lines(body: bytes) -> bytes:
 
 
 def ingest_bodies(con, bodies: list[tuple[str, bytes]], *, fmt: str = "jsonl",
-                  mapping: ColumnMapping | None = None) -> list[BodyResult]:
+                  mapping: ColumnMapping | None = None,
+                  last_event_id: int | None = None) -> list[BodyResult]:
     """Load several in-memory batches of CSV/JSON-lines text in one transaction (group commit:
     the HTTP server hands over every request that arrived while the last batch committed).
 
     Each body keeps its own identity: ``source`` names it (e.g. ``http:POST /events#17``) and
     lines count from 1 within it, so every line ends in ``events`` or in ``rejects`` with its
     reason, source and line, exactly as from a file. The same parse, validation and weights as
-    ``ingest_file``; no ledger row (a body is not a file that can grow)."""
+    ``ingest_file``; no ledger row (a body is not a file that can grow). ``last_event_id``, a
+    hint from a caller that tracks it (the server), lets the next event id be found from the
+    last row groups instead of a scan of every event id (9 ms at 10M events)."""
     mapping = mapping or ColumnMapping()
     if fmt not in ("csv", "jsonl"):
         raise InputPathError(f"a request body is csv or jsonl, not {fmt!r}")
@@ -759,12 +770,12 @@ def ingest_bodies(con, bodies: list[tuple[str, bytes]], *, fmt: str = "jsonl",
     else:
         sql, params = _json_chunk_sql(mapping)
     part_of = np.array(parts, np.int64)
-    local = np.arange(1, len(lines) + 1, dtype=np.int64) - np.array(firsts, np.int64)[part_of]
-    chunk = pa.table({"line": np.arange(1, len(lines) + 1, dtype=np.int64),
-                      "raw": pa.array(lines, pa.large_binary())})
-    sources = pa.table({"part": np.arange(len(bodies), dtype=np.int64),
-                        "source": pa.array([s for s, _ in bodies], pa.string()),
-                        "first": np.array(firsts, np.int64)})
+    numbers = np.arange(1, len(lines) + 1, dtype=np.int64)
+    chunk = pa.table({"line": numbers, "raw": pa.array(lines, pa.large_binary())})
+    # each batch line's body and its line number within the body
+    sources = pa.table({"line": numbers, "part": part_of,
+                        "local": numbers - np.array(firsts, np.int64)[part_of],
+                        "source": pa.array([bodies[i][0] for i in parts], pa.string())})
     con.execute("begin transaction")
     try:
         con.execute(_PARSED_TABLE)
@@ -774,23 +785,22 @@ def ingest_bodies(con, bodies: list[tuple[str, bytes]], *, fmt: str = "jsonl",
         con.unregister("_rtsql_chunk")
         for column in ("user_id", "item_id"):
             add_new_ids(con, "_rtsql_parsed", column, "reason is null")
-        event_base = scalar(con, "select coalesce(max(event_id), 0) from events")
-        # global line n of the batch is local line n - first of its body
+        event_base = _last_event_id(con, last_event_id)
         con.execute("""
             insert into events
             select $event_base + row_number() over (order by p.line), u.user_key, i.item_key,
-                   p.event_type, p.value, p.ts, NULL, p.line - s.first
-            from _rtsql_parsed p asof join _rtsql_sources s on p.line > s.first
+                   p.event_type, p.value, p.ts, NULL, s.local
+            from _rtsql_parsed p join _rtsql_sources s using (line)
             join users u using (user_id) join items i using (item_id)
             where p.reason is null""", {"event_base": event_base})
         con.execute("""
             insert into rejects
-            select NULL, s.source, p.line - s.first, p.raw_text, p.reason, now()::TIMESTAMP
-            from _rtsql_parsed p asof join _rtsql_sources s on p.line > s.first
+            select NULL, s.source, s.local, p.raw_text, p.reason, now()::TIMESTAMP
+            from _rtsql_parsed p join _rtsql_sources s using (line)
             where p.reason <> $blank""", {"blank": BLANK})
         counted = con.execute("""
-            select s.part, p.line - s.first, p.reason
-            from _rtsql_parsed p asof join _rtsql_sources s on p.line > s.first
+            select s.part, s.local, p.reason
+            from _rtsql_parsed p join _rtsql_sources s using (line)
             where p.reason is not null order by p.line""").fetchall()
         con.unregister("_rtsql_sources")
         con.execute("drop table if exists _rtsql_parsed")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import sys
 import time
 from enum import Enum
 from typing import Annotated
@@ -252,6 +253,9 @@ def run(service: Service, *, host: str = "127.0.0.1", port: int = 8000,
             super().handle_exit(sig, frame)
             self._captured_signals.clear()
 
+    # the event loop answers reads; hand it the GIL back sooner when the writer or the
+    # refresh runs Python code (the default switch interval is 5 ms, a visible p99 step)
+    sys.setswitchinterval(0.0005)
     service.start()
     try:
         config = uvicorn.Config(create_app(service, token=token, max_body_bytes=max_body_bytes),

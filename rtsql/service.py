@@ -190,7 +190,8 @@ class Service:
                 kept.append(job)
             except InvalidSetting as exc:
                 job.future.set_exception(exc)
-        results = ingest_mod.ingest_bodies(self.con, bodies, fmt=jobs[0].payload[0]) \
+        results = ingest_mod.ingest_bodies(self.con, bodies, fmt=jobs[0].payload[0],
+                                           last_event_id=self.state.seen["event_id"]) \
             if bodies else []
         return kept, results
 

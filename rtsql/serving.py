@@ -254,8 +254,14 @@ class ServingState:
         Returns the number of new events. Called by the one writer, after each commit."""
         items, users, events = self.read_new(con)
         self.add_ids(items, users)
-        for event in events:
-            self.add_event(event)
+        pending = self.pending
+        for event_id, user, item, event_type, ts, weight in events:  # add_event, inlined
+            rows = pending.get(user)
+            if rows is None:
+                rows = pending[user] = []
+            rows.append((item, weight, event_type, ts, event_id))
+        if events:
+            self.seen["event_id"] = max(self.seen["event_id"], events[-1][0])
         return len(events)
 
     def read_new(self, con) -> tuple[list, list, list]:
