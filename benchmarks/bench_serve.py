@@ -139,6 +139,10 @@ def main() -> None:
                                        "limit 5000").fetchall()]
     items = [r[0] for r in con.execute("select item_id from items order by hash(item_id) "
                                        "limit 5000").fetchall()]
+    # a probe purchase shows as "because you bought" only for an item with an item-cf list
+    probe_items = [r[0] for r in con.execute(
+        "select i.item_id from items i join item_neighbor_lists l using (item_key) "
+        "order by hash(i.item_id) limit 1000").fetchall()]
     events = con.execute("select count(*) from events").fetchall()[0][0]
     con.close()
 
@@ -166,7 +170,8 @@ def main() -> None:
     rows.append(("serve: start to ready; resident / peak memory", f"{ready:.1f} s",
                  f"{rss:.0f} / {peak:.0f} MiB"))
 
-    base = {"users": users, "items": items, "post_rate": 0, "post_size": 100}
+    base = {"users": users, "items": items, "probe_items": probe_items, "post_rate": 0,
+            "post_size": 100}
     got = load(port, {**base, "seconds": args.seconds, "get_rate": 200})
     rows.append((f"GET /recommend at 200/s open loop, {args.seconds:.0f} s (ms p50/p99/max)",
                  percentiles(got["get_ms"]), f"{got['errors']} errors"))

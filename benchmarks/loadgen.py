@@ -6,7 +6,7 @@ scheduled time to the end of its response, so a slow server cannot hide queueing
     python benchmarks/loadgen.py PORT < SPEC_JSON  ->  one JSON line of results on stdout
 
 SPEC: {"seconds": 30, "get_rate": 200, "users": [...], "post_rate": 0, "post_size": 100,
-       "items": [...], "k": 10, "probe_every": 10}
+       "items": [...], "probe_items": [...], "k": 10, "probe_every": 10}
 Bounded in count and time; talks to 127.0.0.1 only.
 """
 
@@ -78,7 +78,7 @@ async def main(port: int, spec: dict) -> dict:
 
     async def post(scheduled: float, n: int):
         probe = f"probe-{n}-{rng.random():.6f}"
-        item = rng.choice(spec["items"])
+        item = rng.choice(spec.get("probe_items") or spec["items"])
         events = [{"user_id": probe, "item_id": item, "event_type": "purchase",
                    "ts": "2026-11-30T12:00:00"}]
         events += [{"user_id": rng.choice(spec["users"]), "item_id": rng.choice(spec["items"]),

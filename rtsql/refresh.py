@@ -450,12 +450,16 @@ def _refresh_content(con, values: dict, progress: Progress | None) -> None:
 
 # --------------------------------------------------------------------------- entry points
 
-def refresh(con, *, full: bool = False, progress: Progress | None = None) -> RefreshResult:
+def refresh(con, *, full: bool = False, progress: Progress | None = None,
+            threads: int | None = None) -> RefreshResult:
     """Bring the derived tables up to date. Incremental unless ``full``, the database was never
-    refreshed, or a model setting changed since the last full refresh."""
+    refreshed, or a model setting changed since the last full refresh. ``threads`` overrides
+    the setting for the similarity engine (the server keeps a core for requests)."""
     start = time.perf_counter()
     with _refresh_lock(con):
         values = settings.get_all(con)
+        if threads is not None:
+            values["threads"] = threads
         state = _state(con)
         # a full refresh that saw no events fixed no decay landmark worth keeping (t0 = 0
         # would overflow every later event's forward-decayed weight): the next one is full too

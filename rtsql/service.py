@@ -37,6 +37,7 @@ from .serving import ServingState
 # snapshot file (120 MB at 10M events), and applications read from memory anyway; the publish
 # after a refresh is never held back
 PUBLISH_INTERVAL_SECONDS = 30.0
+REFRESH_NICE = 10  # scheduling priority of the background refresh's threads (0: normal)
 FORGET_WAIT_SECONDS = 120.0  # how long forget waits for a background refresh to finish
 
 
@@ -84,6 +85,10 @@ class Service:
             options = self.opt.tail
             options.publish = self.opt.publish or snapshot.default_path(self.db_path)
             options.publish_interval = max(options.publish_interval, PUBLISH_INTERVAL_SECONDS)
+            # the background refresh leaves a core to the requests and yields the CPU to them
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2
+            options.refresh_threads = options.refresh_threads or max(1, cores - 1)
+            options.refresh_nice = options.refresh_nice or REFRESH_NICE
             self.follower = tail_mod.Tail(self.con.cursor(), self.opt.tail_dir, options,
                                           log=self.log, lock=self.lock,
                                           on_ingest=self._caught_up, on_refresh=self._reload)

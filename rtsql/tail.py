@@ -34,6 +34,7 @@ from .errors import BadEventFile, DatabaseLocked, InputPathError
 from .ingest import ColumnMapping, Segment
 
 ROTATED_GRACE_SECONDS = 5.0  # a renamed-away file still written to is followed this long
+REFRESH_DUTY = 3.0  # a background refresh starts no sooner than 3x the last one's duration
 # logrotate-style names of older generations: app.csv.1, app.jsonl-20261128
 _ROTATED = re.compile(r"^(?P<base>.+)(\.\d{1,4}|-\d{8,14})$")
 
@@ -59,6 +60,10 @@ class TailOptions:
     # least seconds between two per-batch publishes (0: after every batch); the publish
     # after a refresh is never held back
     publish_interval: float = 0.0
+    # the background refresh: similarity threads (None: the `threads` setting) and a lower
+    # scheduling priority (nice, Linux: per thread, inherited by the threads it starts)
+    refresh_threads: int | None = None
+    refresh_nice: int = 0
 
 
 @dataclass
@@ -339,7 +344,13 @@ class Tail:
         self.last_refresh = (time.time(), done.seconds)
 
     def _refresh_due(self) -> bool:
-        return time.monotonic() - self._refresh_started >= self.refresh_interval
+        """tail_refresh_seconds after the last start, and at least REFRESH_DUTY times the last
+        refresh's duration: under a heavy write load (each refresh folds in more events and
+        takes longer) background refreshes take at most 1/REFRESH_DUTY of the time instead
+        of running back to back and starving ingest and requests."""
+        last = self.last_refresh[1] if self.last_refresh else 0.0
+        wait = max(self.refresh_interval, REFRESH_DUTY * last)
+        return time.monotonic() - self._refresh_started >= wait
 
     def _start_refresh(self) -> None:
         self._refresh_pending = False
@@ -348,7 +359,11 @@ class Tail:
 
         def work():
             try:
-                self._record_refresh(refresh_mod.refresh(cursor))
+                if self.opt.refresh_nice and hasattr(os, "setpriority"):
+                    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
+                                   self.opt.refresh_nice)
+                self._record_refresh(refresh_mod.refresh(cursor,
+                                                         threads=self.opt.refresh_threads))
             except Exception as exc:  # reported by the loop; the next batch tries again
                 self._refresh_error = exc
             finally:
