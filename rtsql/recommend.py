@@ -23,9 +23,16 @@ def _rows(con, sql: str, params) -> Rows:
 
 
 def _check_k(k: int) -> int:
-    if not isinstance(k, int) or k <= 0:
+    if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
         raise InvalidSetting(f"k must be a positive whole number, got {k!r}")
     return k
+
+
+def check_request(k: int, strategy: str = "hybrid") -> None:
+    """The checks every recommend path makes (the macro's callers and the in-memory scorer)."""
+    _check_k(k)
+    if strategy not in STRATEGIES:
+        raise InvalidSetting(f"strategy must be one of {', '.join(STRATEGIES)}")
 
 
 def recommend(con, user_id: str, k: int = 10, *, strategy: str = "hybrid",
@@ -34,9 +41,7 @@ def recommend(con, user_id: str, k: int = 10, *, strategy: str = "hybrid",
     """Top-k items for a user with a reason each (unknown users get trending/popular items).
     ``strategy`` other than 'hybrid' scores with that strategy alone (popularity still
     backfills). ``variant`` applies an A/B variant's serving settings ('auto': the user's)."""
-    _check_k(k)
-    if strategy not in STRATEGIES:
-        raise InvalidSetting(f"strategy must be one of {', '.join(STRATEGIES)}")
+    check_request(k, strategy)
     return _rows(con, "select * from recommend(?, k := ?, exclude := ?, category := ?, "
                       "strategy := ?, variant := ?)", [user_id, k, exclude, category, strategy,
                                                        variant])

@@ -31,7 +31,7 @@ import numpy as np
 
 from . import settings as settings_mod
 from .errors import InvalidSetting, UnknownItem, UnknownUser
-from .recommend import STRATEGIES, Rows
+from .recommend import Rows, check_request
 from .sqlutil import arrow_table
 
 COLUMNS = ["rank", "item_id", "score", "reason"]
@@ -386,7 +386,7 @@ class ServingState:
     def recommend(self, user_id: str, k: int = 10, *, exclude: list[str] | None = None,
                   category: str | None = None, strategy: str = "hybrid",
                   variant: str | None = None) -> Rows:
-        _check(k, strategy)
+        check_request(k, strategy)
         if variant == "auto":
             variant = self.ab_variant(user_id)
         user_key = self.user_key(user_id)
@@ -396,14 +396,14 @@ class ServingState:
     def recommend_for_items(self, item_ids: list[str], k: int = 10, *,
                             exclude: list[str] | None = None, category: str | None = None,
                             strategy: str = "hybrid", variant: str | None = None) -> Rows:
-        _check(k, strategy)
+        check_request(k, strategy)
         return self._recommend(None, self.basket(item_ids), k, exclude, category,
                                self.config(strategy, variant))
 
     def similar_items(self, item_id: str, k: int = 10, by: str = "cf") -> Rows:
         if by not in ("cf", "content"):
             raise InvalidSetting("by must be 'cf' or 'content'")
-        _check(k)
+        check_request(k)
         key = self.item_keys.get(item_id)
         if key is None:
             raise UnknownItem(f"no item {item_id!r} in the events or the catalog")
@@ -414,7 +414,7 @@ class ServingState:
                      enumerate(zip(lists.keys[pos].tolist(), lists.values[pos].tolist()))])
 
     def similar_users(self, user_id: str, k: int = 10) -> Rows:
-        _check(k)
+        check_request(k)
         key = self.user_key(user_id)
         if key is None:
             raise UnknownUser(f"no user {user_id!r} in the events")
@@ -427,7 +427,7 @@ class ServingState:
                      if n in self.user_ids])
 
     def trending(self, k: int = 10) -> Rows:
-        _check(k)
+        check_request(k)
         m = self.model
         top = m.order_trending[:k]
         top = top[m.popularity[top] > 0]
@@ -556,13 +556,6 @@ class ServingState:
 
     def _title(self, key: int) -> str:
         return self.model.titles.get(key) or self.item_ids[key]
-
-
-def _check(k, strategy: str = "hybrid") -> None:
-    if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
-        raise InvalidSetting(f"k must be a positive whole number, got {k!r}")
-    if strategy not in STRATEGIES:
-        raise InvalidSetting(f"strategy must be one of {', '.join(STRATEGIES)}")
 
 
 def _union(parts: list) -> np.ndarray:

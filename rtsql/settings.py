@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .errors import InvalidSetting, UnknownSetting
+from .recommend import STRATEGIES
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ SETTINGS: dict[str, Setting] = {
                 lambda v: 0 < v <= 1000),
         Setting("materialize_strategy", str, "hybrid",
                 "Strategy of user_recommendations (see recommend --strategy).",
-                choices=("hybrid", "item", "user", "content", "trending")),
+                choices=STRATEGIES),
         Setting("attribution_window_hours", float, 24.0,
                 "A click or purchase within this many hours after an impression of the same "
                 "item for the same user is credited to it.", _positive),
