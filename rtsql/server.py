@@ -20,7 +20,7 @@ from typing import Annotated
 
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from .errors import InvalidSetting, RtsqlError, UnknownItem, UnknownUser
 from .recommend import STRATEGIES
