@@ -498,7 +498,12 @@ class ServingState:
         trend = _at(m.share, pool, 0.0) * cfg.w_trend
         popularity = _at(m.popularity, pool, 0)
         final = base + trend
-        order = np.lexsort((pool, -popularity, -final))[:k]
+        # the k best by (score desc, popularity desc, key): only candidates scoring at least
+        # the k-th best score (ties included) need the three-key sort
+        top = np.arange(len(pool))
+        if len(pool) > k:
+            top = np.flatnonzero(final >= np.partition(final, len(final) - k)[len(final) - k])
+        order = top[np.lexsort((pool[top], -popularity[top], -final[top]))][:k]
         kept = np.flatnonzero(keep)
         rows = []
         for rank, at in enumerate(order.tolist(), start=1):
@@ -607,21 +612,26 @@ def _exact_sums(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
     the few whose error bound straddles a double rounding boundary."""
     out = np.add.reduceat(values, starts)
     lengths = np.diff(starts, append=len(values))
-    if lengths.max(initial=0) <= 2:
+    long = np.flatnonzero(lengths > 2)
+    if not len(long):
         return out
-    wide = values.astype(np.longdouble)
-    sums = np.add.reduceat(wide, starts)
-    long = lengths > 2
+    # the entries of the long segments only, and where each segment starts among them
+    inside = np.repeat(lengths > 2, lengths)
+    part, n = values[inside], lengths[long]
+    part_starts = np.concatenate(([0], np.cumsum(n)[:-1]))
+    sums = np.add.reduceat(part.astype(np.longdouble), part_starts)
     if np.finfo(np.longdouble).nmant >= 100:  # a quad-precision long double: exact enough
-        out[long] = sums[long].astype(np.float64)
+        out[long] = sums.astype(np.float64)
         return out
-    # an extended sum of n terms is within n * eps * sum(|x|) of the exact one
-    err = np.add.reduceat(np.abs(wide), starts) * lengths * np.finfo(np.longdouble).eps
+    # an extended sum of n terms is within n * eps * sum(|x|) of the exact one (sum(|x|)
+    # taken in double, with a margin for its own rounding)
+    err = np.add.reduceat(np.abs(part), part_starts) * (n * 1.01) \
+        * float(np.finfo(np.longdouble).eps)
     lo, hi = (sums - err).astype(np.float64), (sums + err).astype(np.float64)
-    out[long] = lo[long]
-    ends = starts + lengths
-    for j in np.flatnonzero(long & (lo != hi)).tolist():
-        out[j] = math.fsum(values[starts[j]:ends[j]].tolist())
+    out[long] = lo
+    for j in np.flatnonzero(lo != hi).tolist():
+        start = starts[long[j]]
+        out[long[j]] = math.fsum(values[start:start + n[j]].tolist())
     return out
 
 
