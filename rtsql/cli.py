@@ -289,9 +289,11 @@ def serve(state: State, host, port, token, tail_dir, patterns, recursive, poll, 
             mapping=ingest_mod.ColumnMapping.parse(maps, event_type), refresh=not no_refresh),
         publish=Path(publish_path) if publish_path else snapshot.default_path(state.db_path))
     service = service_mod.Service(state.db_path, options, log=lambda line: click.echo(line, err=True))
-    click.echo(f"rtsql serve: http://{host}:{port} (docs at /docs), database {state.db_path}, "
-               f"snapshot {options.publish}" + (", token required" if token else ""), err=True)
-    server.run(service, host=host, port=port, token=token, max_body_bytes=max_body_mb << 20)
+    sock = server.bind(host, port)
+    click.echo(f"rtsql serve: http://{host}:{sock.getsockname()[1]} (docs at /docs), database "
+               f"{state.db_path}, snapshot {options.publish}"
+               + (", token required" if token else ""), err=True)
+    server.run(service, sock, token=token, max_body_bytes=max_body_mb << 20)
     click.echo("rtsql serve: stopped", err=True)
 
 

@@ -238,11 +238,27 @@ def create_app(service: Service, *, token: str | None = None,
     return app
 
 
-def run(service: Service, *, host: str = "127.0.0.1", port: int = 8000,
-        token: str | None = None, max_body_bytes: int = MAX_BODY_BYTES,
-        log_level: str = "warning") -> None:
-    """Serve until SIGINT/SIGTERM: in-flight requests finish, queued writes commit, the
-    follower stops, then the process exits 0."""
+def bind(host: str = "127.0.0.1", port: int = 8000):
+    """The listening socket, bound before the database is opened, so an address in use is a
+    clear error (InvalidSetting) and nothing else happens."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise InvalidSetting(f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose "
+                             "another --port or --host, or stop what uses it") from None
+    return sock
+
+
+def run(service: Service, sock, *, token: str | None = None,
+        max_body_bytes: int = MAX_BODY_BYTES, log_level: str = "warning") -> None:
+    """Serve on ``sock`` (from ``bind``) until SIGINT/SIGTERM: in-flight requests finish,
+    queued writes commit, the follower stops, then the process exits 0."""
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -259,8 +275,8 @@ def run(service: Service, *, host: str = "127.0.0.1", port: int = 8000,
     service.start()
     try:
         config = uvicorn.Config(create_app(service, token=token, max_body_bytes=max_body_bytes),
-                                host=host, port=port, log_level=log_level, access_log=False,
-                                lifespan="off", timeout_graceful_shutdown=30)
-        Server(config).run()
+                                log_level=log_level, access_log=False, lifespan="off",
+                                timeout_graceful_shutdown=30)
+        Server(config).run(sockets=[sock])
     finally:
         service.stop()

@@ -249,3 +249,17 @@ def test_sql_never_reaches_python_objects():
     with pytest.raises(duckdb.CatalogException):
         con.execute("select * from secret")
     con.close()
+
+
+def test_an_address_in_use_is_a_clear_error(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "rtsql.cli", "--db",
+                               str(tmp_path / "x.duckdb"), "serve", "--port", str(port)],
+                              capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr and "--port" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "x.duckdb").exists()  # nothing opened
