@@ -31,7 +31,8 @@ import scipy.sparse as sp
 
 from . import settings, similarity
 from .errors import DatabaseLocked
-from .sqlutil import arrow_column, keys_column, recreate_empty, registered, scalar, transaction
+from .sqlutil import (arrow_column, database_path, keys_column, recreate_empty, registered,
+                      scalar, transaction)
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -108,7 +109,7 @@ def _catalog_version(con) -> str:
 @contextmanager
 def _refresh_lock(con):
     """One refresh at a time per database file (cron and timers may overlap)."""
-    path = scalar(con, "select path from duckdb_databases() where database_name = current_database()")
+    path = database_path(con)
     if not path:
         yield
         return

@@ -17,13 +17,49 @@ from pathlib import Path
 import duckdb
 
 from . import migrate
-from .sqlutil import quote_identifier, scalar, table_ddl
+from .errors import InputPathError
+from .sqlutil import database_path, quote_identifier, scalar, table_ddl
 
 STORAGE_VERSION = "v1.4.0"
 SERVING_TABLES = ("users", "items", "item_catalog", "event_types", "interactions",
                   "item_neighbors", "item_neighbor_lists", "user_neighbors", "content_neighbors", "item_trending",
                   "model_state", "rtsql_settings", "ab_variants", "impressions",
                   "user_recommendations", "_rtsql_migrations")
+
+
+def check_target(target: str | os.PathLike, database: str | os.PathLike | None) -> Path:
+    """A path a snapshot may be published to, else InputPathError before anything is written:
+    not the database itself, not a folder, in a folder that exists, and not an existing file
+    other than an rtsql snapshot (publishing replaces the file)."""
+    target = Path(target).expanduser()
+    if target.is_dir():
+        raise InputPathError(f"--publish {target} is a folder; give a file name, e.g. "
+                             f"{target / 'shop.snapshot.duckdb'}")
+    if not target.parent.is_dir():
+        raise InputPathError(f"--publish {target}: the folder {target.parent} does not exist")
+    if database is not None and (target.resolve() == Path(database).resolve() or (
+            target.exists() and os.path.samefile(target, database))):
+        raise InputPathError(f"--publish {target} is the database itself; a snapshot needs a "
+                             f"file of its own (default: {default_path(database)})")
+    if target.exists() and not is_snapshot(target):
+        raise InputPathError(f"--publish {target} exists and is not an rtsql snapshot; it "
+                             "would be replaced: remove it or choose another path")
+    return target
+
+
+def is_snapshot(path: Path) -> bool:
+    """An rtsql snapshot: a DuckDB file with rtsql's migration ledger and no ingest ledger
+    (a live rtsql database has both)."""
+    try:
+        con = duckdb.connect(str(path), read_only=True)
+    except duckdb.Error:
+        return False
+    try:
+        tables = {r[0] for r in con.execute(
+            "select table_name from information_schema.tables").fetchall()}
+    finally:
+        con.close()
+    return "_rtsql_migrations" in tables and "source_files" not in tables
 
 
 def default_path(db_path: str | os.PathLike) -> Path:
@@ -34,7 +70,7 @@ def default_path(db_path: str | os.PathLike) -> Path:
 
 def publish(con, target: str | os.PathLike) -> float:
     """Write a full snapshot of ``con``'s serving state to ``target``; returns seconds."""
-    return Publisher(target).full(con)
+    return Publisher(target, database_path(con)).full(con)
 
 
 class Publisher:
@@ -47,8 +83,8 @@ class Publisher:
     publish after each batch to a file copy plus the batch's own rows.
     """
 
-    def __init__(self, target: str | os.PathLike):
-        self.target = Path(target)
+    def __init__(self, target: str | os.PathLike, database: str | os.PathLike | None = None):
+        self.target = check_target(target, database)
         self.base = self.target.with_name("." + self.target.name + ".base")
         self.tmp = self.target.with_name("." + self.target.name + ".tmp")
 

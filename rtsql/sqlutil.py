@@ -20,6 +20,12 @@ def scalar(con, sql: str, params=None):
     return rows[0][0] if rows else None
 
 
+def database_path(con) -> str | None:
+    """The file behind a connection's current database (None: in memory)."""
+    return scalar(con, "select path from duckdb_databases() "
+                       "where database_name = current_database()") or None
+
+
 def one(con, sql: str, params=None):
     """The first row (or None), fetching the whole result."""
     rows = con.execute(sql, params or []).fetchall()

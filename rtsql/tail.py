@@ -32,6 +32,7 @@ from typing import Callable
 from . import ingest as ingest_mod, refresh as refresh_mod, snapshot
 from .errors import BadEventFile, DatabaseLocked, InputPathError
 from .ingest import ColumnMapping, Segment
+from .sqlutil import database_path
 
 ROTATED_GRACE_SECONDS = 5.0  # a renamed-away file still written to is followed this long
 REFRESH_DUTY = 3.0  # a background refresh starts no sooner than 3x the last one's duration
@@ -118,7 +119,8 @@ class Tail:
         self._refresh_finished = threading.Event()
         self._refresh_pending = False
         self._refresh_error: Exception | None = None
-        self.publisher = snapshot.Publisher(self.opt.publish) if self.opt.publish else None
+        self.publisher = (snapshot.Publisher(self.opt.publish, database_path(con))
+                          if self.opt.publish else None)
         from . import settings
 
         self.refresh_interval = settings.get(con, "tail_refresh_seconds")

@@ -1,0 +1,72 @@
+"""--publish refuses targets that would destroy something: the database itself, a file that is
+not an rtsql snapshot, a folder, a folder that does not exist; and leaves nothing behind."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from rtsql.cli import main
+
+from conftest import HEADER, count
+
+
+@pytest.fixture
+def shop(tmp_path, write):
+    """A database with events, and a followed folder."""
+    write("in/a.csv", HEADER + "u1,i1,view,2026-10-01T00:00:00,\nu2,i1,view,2026-10-01T00:01:00,\n")
+    db = tmp_path / "shop.duckdb"
+    runner = CliRunner()
+    result = runner.invoke(main, ["--db", str(db), "tail", str(tmp_path / "in"), "--once"])
+    assert result.exit_code == 0, result.output
+    return db
+
+
+def tail_once(db, folder, publish):
+    return CliRunner().invoke(main, ["--db", str(db), "tail", str(folder), "--once",
+                                     "--publish", str(publish)])
+
+
+def events_in(db):
+    import rtsql
+
+    con = rtsql.connect(db)
+    try:
+        return count(con, "select count(*) from events"), count(con, "select count(*) from source_files")
+    finally:
+        con.close()
+
+
+def test_publish_refuses_the_database_itself(shop, tmp_path):
+    before = events_in(shop)
+    result = tail_once(shop, tmp_path / "in", shop)
+    assert result.exit_code == 1 and "is the database itself" in result.output
+    assert events_in(shop) == before == (2, 1)
+
+
+def test_publish_refuses_a_file_that_is_not_a_snapshot(shop, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep me\n")
+    result = tail_once(shop, tmp_path / "in", notes)
+    assert result.exit_code == 1 and "not an rtsql snapshot" in result.output
+    assert notes.read_text() == "keep me\n"
+    other = tmp_path / "other.duckdb"  # another live rtsql database is not a snapshot either
+    CliRunner().invoke(main, ["--db", str(other), "migrate"])
+    result = tail_once(shop, tmp_path / "in", other)
+    assert result.exit_code == 1 and "not an rtsql snapshot" in result.output
+
+
+def test_publish_refuses_folders_and_leaves_nothing_behind(shop, tmp_path):
+    listing = sorted(p.name for p in tmp_path.iterdir())
+    result = tail_once(shop, tmp_path / "in", tmp_path / "missing" / "s.duckdb")
+    assert result.exit_code == 1 and "does not exist" in result.output
+    result = tail_once(shop, tmp_path / "in", tmp_path / "in")
+    assert result.exit_code == 1 and "is a folder" in result.output
+    assert "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == listing
+
+
+def test_publish_replaces_an_earlier_snapshot(shop, tmp_path):
+    target = tmp_path / "s.duckdb"
+    assert tail_once(shop, tmp_path / "in", target).exit_code == 0
+    assert tail_once(shop, tmp_path / "in", target).exit_code == 0  # a snapshot: replaced
