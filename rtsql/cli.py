@@ -417,22 +417,28 @@ def status(state: State, fmt):
 
 @main.command()
 @click.argument("query")
+@click.option("--write", is_flag=True,
+              help="Open the database for writing (default: read-only).")
 @FORMAT_OPTION
 @click.pass_obj
-def sql(state: State, query, fmt):
-    """Run one SQL query with rtsql's UDFs registered, and print its rows.
+def sql(state: State, query, write, fmt):
+    """Run one SQL statement against the database and print its rows.
+
+    Read-only by default: the database (or, while `rtsql tail` or `rtsql serve` holds it, its
+    snapshot) is opened read-only, one statement runs, and reading or writing other files
+    (read_csv, COPY TO, ATTACH) is refused. --write opens it for writing: deleting or
+    changing rows of rtsql's tables can break the models and the ingest ledger (a `refresh
+    --full` rebuilds the models; lost events do not come back).
 
     \b
     Example:
         rtsql sql "select event_type, count(*) from events group by all"
+        rtsql sql --write "delete from rejects where source like '%test%'"
     """
-    con = state.connect_reader()
-    try:
-        cur = con.execute(query)
-        columns = [d[0] for d in cur.description] if cur.description else []
-        rows = cur.fetchall() if columns else []
-    except duckdb.Error as exc:
-        raise click.ClickException(f"query failed: {str(exc).strip()}") from None
+    columns, rows, snap = db.run_sql(state.db_path, query, write=write)
+    if snap is not None:
+        click.echo(f"(answered from the snapshot {snap}: another process holds the database)",
+                   err=True)
     if columns:
         _emit(columns, rows, fmt)
 

@@ -117,16 +117,49 @@ def connect_memory() -> duckdb.DuckDBPyConnection:
 
 
 
-def connect_for_reading(path: str | os.PathLike | None = None):
-    """(connection, snapshot path or None). When another process (``rtsql tail``) holds the
-    database for writing, answer from its published snapshot, read-only."""
+def connect_for_reading(path: str | os.PathLike | None = None, *, read_only: bool = False):
+    """(connection, snapshot path or None). When another process (``rtsql tail`` or ``rtsql
+    serve``) holds the database for writing, answer from its published snapshot, read-only.
+    ``read_only`` opens the database itself read-only too."""
     from . import snapshot
 
     path = path or default_path()
     try:
-        return connect(path), None
+        return connect(path, read_only=read_only), None
     except DatabaseLocked:
         snap = snapshot.default_path(path)
         if not snap.exists():
             raise
         return connect(snap, read_only=True), snap
+
+
+def run_sql(path: str | os.PathLike | None, query: str, *, write: bool = False):
+    """``rtsql sql``: exactly one statement, on a read-only connection unless ``write``, with
+    DuckDB's external access off (no file-reading functions, COPY TO, ATTACH or extension
+    loading): SQL given on a command line reads the database and nothing else, and writes it
+    only when asked to. Returns (columns, rows, snapshot path or None); raises InvalidSetting
+    with DuckDB's reason when the statement is refused or fails."""
+    import duckdb
+
+    from .errors import InvalidSetting
+
+    con, snap = (connect(path), None) if write else connect_for_reading(path, read_only=True)
+    try:
+        con.execute("set enable_external_access = false")
+        try:
+            statements = con.extract_statements(query)
+        except duckdb.Error as exc:
+            raise InvalidSetting(f"query failed: {str(exc).strip()}") from None
+        if len(statements) != 1:
+            raise InvalidSetting(f"rtsql sql runs exactly one statement; got {len(statements)}")
+        try:
+            cur = con.execute(query)
+            columns = [d[0] for d in cur.description] if cur.description else []
+            rows = cur.fetchall() if columns else []
+        except duckdb.Error as exc:
+            hint = ("" if write or "read-only" not in str(exc) else
+                    " (rtsql sql reads only; pass --write to change the database)")
+            raise InvalidSetting(f"query failed: {str(exc).strip()}{hint}") from None
+    finally:
+        con.close()
+    return columns, rows, snap
