@@ -21,8 +21,8 @@ def set_event_type(con, name: str, weight, uses_value: bool | None = None) -> No
         weight = float(weight)
     except (TypeError, ValueError):
         raise InvalidSetting(f"weight of {name!r} must be a number, got {weight!r}") from None
-    if not weight >= 0:
-        raise InvalidSetting(f"weight of {name!r} must be >= 0, got {weight}")
+    if not (0 <= weight < float("inf")):
+        raise InvalidSetting(f"weight of {name!r} must be a finite number >= 0, got {weight}")
     con.execute(
         "insert into event_types values (?, ?, coalesce(?, false)) on conflict (event_type) "
         "do update set weight = excluded.weight, "

@@ -97,8 +97,13 @@ def _set_state(con, **values) -> None:
                     [[k, str(v)] for k, v in values.items()])
 
 
-def _model_config(values: dict) -> str:
-    return json.dumps({k: values[k] for k in settings.MODEL_SETTINGS}, sort_keys=True)
+def _model_config(con, values: dict) -> str:
+    """What the stored models depend on: the model settings and the event-type weights (a
+    change of either makes the next refresh a full one)."""
+    types = con.execute("select event_type, weight, uses_value from event_types "
+                        "order by event_type").fetchall()
+    return json.dumps({**{k: values[k] for k in settings.MODEL_SETTINGS},
+                       "event_types": [list(t) for t in types]}, sort_keys=True)
 
 
 def _catalog_version(con) -> str:
@@ -231,7 +236,7 @@ def _full(con, values: dict, progress: Progress | None) -> RefreshResult:
     _refresh_content(con, values, progress)
     _refresh_trending(con, values)
     _set_state(con, watermark=scalar(con, "select coalesce(max(event_id), 0) from events"),
-               t0=t0, decay_rate=lam, idf_n=idf_n, model_config=_model_config(values),
+               t0=t0, decay_rate=lam, idf_n=idf_n, model_config=_model_config(con, values),
                catalog_version=_catalog_version(con), full_refresh_at=time.time())
     return RefreshResult("full", scalar(con, "select count(*) from events"),
                          scalar(con, "select count(*) from users"), x.shape[1], recomputed)
@@ -465,7 +470,7 @@ def refresh(con, *, full: bool = False, progress: Progress | None = None,
         # a full refresh that saw no events fixed no decay landmark worth keeping (t0 = 0
         # would overflow every later event's forward-decayed weight): the next one is full too
         needs_full = (full or state.get("watermark", "0") == "0"
-                      or state.get("model_config") != _model_config(values))
+                      or state.get("model_config") != _model_config(con, values))
         with transaction(con):
             result = _full(con, values, progress) if needs_full else _incremental(con, values, state)
             _materialize_if_on(con, values, result, progress)

@@ -7,6 +7,9 @@ time; callers pass a connection.
 
 from __future__ import annotations
 
+import math
+import os
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -41,13 +44,37 @@ def _non_negative(v):
     return v >= 0
 
 
+MIN_MEMORY_BYTES = 16 << 20  # DuckDB cannot run its own queries below this
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*", re.I)
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def size_bytes(text: str) -> int | None:
+    """'4GB' -> 4e9 bytes; None when the text is not a size."""
+    m = _SIZE.fullmatch(str(text))
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()]) if m else None
+
+
+def _memory(v: str) -> bool:
+    return v == "" or (size_bytes(v) or 0) >= MIN_MEMORY_BYTES
+
+
+def max_threads() -> int:
+    """A sane bound for thread settings: 8 per core this process may use."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return 8 * (cores or 1)
+
+
 SETTINGS: dict[str, Setting] = {
     s.name: s
     for s in [
         Setting("threads", int, 0,
-                "Worker threads of DuckDB and of the refresh's similarity engine (0: every core).",
-                _non_negative),
-        Setting("memory_limit", str, "", "DuckDB memory_limit, e.g. '4GB' (empty: DuckDB's default)."),
+                "Worker threads of DuckDB and of the refresh's similarity engine (0: every core; "
+                "at most 8 per core).", lambda v: 0 <= v <= max_threads()),
+        Setting("memory_limit", str, "",
+                "DuckDB memory_limit, a size of at least 16MB such as '4GB' (empty: DuckDB's "
+                "default).", _memory),
         Setting("ingest_chunk_mb", int, 64,
                 "CSV/JSON-lines are read in chunks of this many MiB, bounding ingest memory.",
                 _positive),
@@ -128,6 +155,8 @@ def parse(name: str, text: str) -> Any:
         value = _bool(text) if s.type is bool else s.type(text)
     except (TypeError, ValueError):
         raise InvalidSetting(f"setting {name} takes a {s.type.__name__}, got {text!r}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidSetting(f"setting {name} must be a finite number, got {text!r}")
     if s.choices and value not in s.choices:
         raise InvalidSetting(f"setting {name} must be one of {', '.join(s.choices)}, got {text!r}")
     if not s.check(value):
@@ -155,11 +184,16 @@ def seed_defaults(con) -> None:
 
 
 def get_all(con) -> dict[str, Any]:
-    """Every setting's effective value: the stored one, else the default."""
+    """Every setting's effective value: the stored one, else the default. A stored value that
+    is not valid (written by an older version) counts as the default, so every command still
+    runs and `rtsql settings NAME VALUE` or `--reset` can fix it."""
     values = {name: s.default for name, s in SETTINGS.items()}
     for name, text in con.execute("select name, value from rtsql_settings").fetchall():
         if name in SETTINGS:
-            values[name] = parse(name, text)
+            try:
+                values[name] = parse(name, text)
+            except InvalidSetting:
+                pass
     return values
 
 

@@ -57,3 +57,54 @@ def test_sql_write_changes_the_database_only_when_asked(shop):
     assert result.exit_code == 0, result.output
     result = sql(shop, "--write", "copy users to '/tmp/rtsql-never.csv'")
     assert result.exit_code == 1 and "file system operations are disabled" in result.output
+
+
+def settings_cmd(db, *args):
+    return CliRunner().invoke(main, ["--db", str(db), "settings", *args])
+
+
+@pytest.mark.parametrize("name,value,named", [
+    ("memory_limit", "lots", "at least 16MB"), ("memory_limit", "1KB", "at least 16MB"),
+    ("threads", "100000", "at most 8 per core"), ("weight_item_cf", "inf", "finite"),
+    ("weight_user_cf", "nan", "finite"), ("recency_half_life_days", "-inf", "finite"),
+])
+def test_settings_refuse_values_that_break_commands_or_poison_models(shop, name, value, named):
+    """(Finding 4.) Refused when set, with the valid range named; every command still runs."""
+    result = settings_cmd(shop, "--", name, value)
+    assert result.exit_code == 1 and named in result.output, result.output
+    assert CliRunner().invoke(main, ["--db", str(shop), "status"]).exit_code == 0
+
+
+def test_a_bad_stored_value_can_always_be_fixed(shop):
+    """A database that already holds a bad value (an older version accepted it) still opens,
+    and `settings NAME VALUE` and `settings --reset` fix it."""
+    import duckdb
+
+    raw = duckdb.connect(str(shop))
+    raw.execute("update rtsql_settings set value = 'lots' where name = 'memory_limit'")
+    raw.execute("update rtsql_settings set value = '1e999' where name = 'weight_item_cf'")
+    raw.close()
+    assert CliRunner().invoke(main, ["--db", str(shop), "status"]).exit_code == 0
+    assert settings_cmd(shop, "memory_limit", "4GB").exit_code == 0
+    assert settings_cmd(shop, "weight_item_cf", "--reset").exit_code == 0
+    listing = settings_cmd(shop, "--format", "csv").output
+    assert "memory_limit,4GB" in listing.replace(" ", "")
+
+
+def test_event_type_weights_must_be_finite_and_a_change_rebuilds_the_model(shop):
+    """(Findings 4 and 6.) view=inf is refused; after view=50 the next refresh is a full one,
+    never 'up to date' on a model built with the old weight."""
+    from rtsql import refresh
+
+    result = CliRunner().invoke(main, ["--db", str(shop), "event-types", "--set", "view=inf"])
+    assert result.exit_code == 1 and "finite" in result.output
+    con = rtsql.connect(shop)
+    assert refresh.refresh(con).mode == "full"
+    assert refresh.refresh(con).mode == "none"
+    con.close()
+    assert CliRunner().invoke(main, ["--db", str(shop), "event-types", "--set",
+                                     "view=50"]).exit_code == 0
+    con = rtsql.connect(shop)
+    assert refresh.refresh(con).mode == "full"
+    assert count(con, "select max(weight) from interactions") == 50
+    con.close()
