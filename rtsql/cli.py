@@ -16,6 +16,7 @@ import duckdb
 
 from . import catalog, db, ingest as ingest_mod, migrate as migrate_mod, output, settings
 from .errors import RtsqlError
+from .recommend import MAX_K
 
 FORMAT_OPTION = click.option(
     "--format", "fmt", type=click.Choice(output.FORMATS), default="table", show_default=True,
@@ -382,7 +383,8 @@ def settings_cmd(state: State, name, value, reset, fmt):
 
 
 @main.command()
-@click.option("--limit", default=20, show_default=True, help="How many rows to show.")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(0, None),
+              help="How many rows to show.")
 @click.option("--source", help="Only rejects from this file (path as ingested).")
 @FORMAT_OPTION
 @click.pass_obj
@@ -397,7 +399,8 @@ def rejects(state: State, limit, source, fmt):
 
     _emit(["source", "line", "reason", "raw"],
           [(_short(s), line, reason, raw)
-           for s, line, reason, raw in events.rejects(state.connect(), limit, source)], fmt)
+           for s, line, reason, raw in events.rejects(
+               state.connect(), limit, str(Path(source).resolve()) if source else None)], fmt)
 
 
 @main.command()
@@ -486,7 +489,7 @@ def refresh(state: State, full):
 
 @main.command()
 @click.argument("user_id")
-@click.option("-k", default=10, show_default=True, help="How many items.")
+@click.option("-k", default=10, show_default=True, type=click.IntRange(1, MAX_K), help="How many items.")
 @click.option("--strategy", type=click.Choice(["hybrid", "item", "user", "content", "trending"]),
               default="hybrid", show_default=True)
 @click.option("--exclude", multiple=True, help="Item id to leave out (repeatable).")
@@ -511,7 +514,7 @@ def recommend(state: State, user_id, k, strategy, exclude, category, variant, fm
 
 @main.command()
 @click.argument("item_id")
-@click.option("-k", default=10, show_default=True, help="How many items.")
+@click.option("-k", default=10, show_default=True, type=click.IntRange(1, MAX_K), help="How many items.")
 @click.option("--by", type=click.Choice(["cf", "content"]), default="cf", show_default=True,
               help="cf: people who interacted with it also did; content: catalog similarity.")
 @FORMAT_OPTION
@@ -531,7 +534,7 @@ def similar(state: State, item_id, k, by, fmt):
 
 @main.command("similar-users")
 @click.argument("user_id")
-@click.option("-k", default=10, show_default=True, help="How many users.")
+@click.option("-k", default=10, show_default=True, type=click.IntRange(1, MAX_K), help="How many users.")
 @FORMAT_OPTION
 @click.pass_obj
 def similar_users(state: State, user_id, k, fmt):
@@ -548,7 +551,7 @@ def similar_users(state: State, user_id, k, fmt):
 
 
 @main.command("trending")
-@click.option("-k", default=10, show_default=True, help="How many items.")
+@click.option("-k", default=10, show_default=True, type=click.IntRange(1, MAX_K), help="How many items.")
 @FORMAT_OPTION
 @click.pass_obj
 def trending_cmd(state: State, k, fmt):
@@ -599,13 +602,14 @@ def _overrides(assignments) -> dict[str, str]:
 @main.command()
 @click.option("--protocol", type=click.Choice(["holdout", "prequential"]), default="holdout",
               show_default=True, help="EVAL.md protocol 1 (holdout) or 2 (prequential).")
-@click.option("-k", default=10, show_default=True, help="List length.")
+@click.option("-k", default=10, show_default=True, type=click.IntRange(1, MAX_K), help="List length.")
 @click.option("--strategy", "strategies", multiple=True,
               type=click.Choice(["hybrid", "item", "user", "content", "trending"]),
               help="Strategies to score (repeatable; default hybrid).")
 @click.option("--set", "assignments", multiple=True, metavar="NAME=VALUE",
               help="Evaluate with this setting changed (repeatable); the live one stays.")
-@click.option("--limit", type=int, help="Prequential: replay at most this many events.")
+@click.option("--limit", type=click.IntRange(1, None),
+              help="Prequential: replay at most this many events.")
 @click.option("--engine", type=click.Choice(["memory", "sql"]), default="memory",
               show_default=True,
               help="Prequential: memory scores with rtsql serve's in-memory scorer; sql asks "
@@ -668,8 +672,8 @@ def evaluate(state: State, protocol, k, strategies, assignments, limit, engine, 
 @click.option("--budget", default=8, show_default=True, help="Trials, the current settings first.")
 @click.option("--protocol", type=click.Choice(["holdout", "prequential"]), default="holdout",
               show_default=True)
-@click.option("-k", default=10, show_default=True)
-@click.option("--limit", default=1000, show_default=True,
+@click.option("-k", default=10, show_default=True, type=click.IntRange(1, MAX_K))
+@click.option("--limit", default=1000, show_default=True, type=click.IntRange(1, None),
               help="Prequential: events replayed per trial.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--apply", "apply_best", is_flag=True,

@@ -159,6 +159,9 @@ def set_variants(con, shares: dict[str, float], variant_settings: dict[str, dict
     """Replace the A/B variants: name -> share (summing to 1) and serving-setting overrides."""
     from . import settings as settings_mod
 
+    for name, share in shares.items():
+        if not (0 < share <= 1):  # also refuses nan and inf
+            raise InvalidSetting(f"variant {name}: share must be a number in (0, 1], got {share}")
     total = sum(shares.values())
     if shares and abs(total - 1.0) > 1e-9:
         raise InvalidSetting(f"variant shares must add up to 1, they add up to {total}")

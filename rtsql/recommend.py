@@ -9,6 +9,7 @@ from .errors import InvalidSetting, UnknownItem, UnknownUser
 from .sqlutil import scalar
 
 STRATEGIES = ("hybrid", "item", "user", "content", "trending")
+MAX_K = 1000  # the longest list the CLI and the HTTP API return
 
 
 @dataclass
@@ -35,6 +36,17 @@ def check_request(k: int, strategy: str = "hybrid") -> None:
         raise InvalidSetting(f"strategy must be one of {', '.join(STRATEGIES)}")
 
 
+def check_variant(known, variant: str | None, allow_auto: bool = True) -> None:
+    """An unknown variant is refused (the SQL macro would quietly serve the default settings);
+    ``known``: the defined variant names."""
+    if variant is None or (allow_auto and variant == "auto"):
+        return
+    known = sorted(known)
+    if variant not in known:
+        raise InvalidSetting(f"unknown variant {variant!r}; defined: {', '.join(known) or 'none'}"
+                             + (", or auto" if allow_auto else ""))
+
+
 def recommend(con, user_id: str, k: int = 10, *, strategy: str = "hybrid",
               exclude: list[str] | None = None, category: str | None = None,
               variant: str | None = None) -> Rows:
@@ -42,6 +54,8 @@ def recommend(con, user_id: str, k: int = 10, *, strategy: str = "hybrid",
     ``strategy`` other than 'hybrid' scores with that strategy alone (popularity still
     backfills). ``variant`` applies an A/B variant's serving settings ('auto': the user's)."""
     check_request(k, strategy)
+    check_variant([r[0] for r in con.execute("select name from ab_variants").fetchall()],
+                  variant)
     return _rows(con, "select * from recommend(?, k := ?, exclude := ?, category := ?, "
                       "strategy := ?, variant := ?)", [user_id, k, exclude, category, strategy,
                                                        variant])

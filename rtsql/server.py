@@ -23,10 +23,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
 from .errors import InvalidSetting, RtsqlError, UnknownItem, UnknownUser
-from .recommend import STRATEGIES
+from .recommend import MAX_K, STRATEGIES, check_variant as _check_variant
 from .service import Service
 
-MAX_K = 1000
 MAX_BODY_BYTES = 16 << 20
 TOKEN_ENV = "RTSQL_TOKEN"
 
@@ -140,11 +139,7 @@ def create_app(service: Service, *, token: str | None = None,
         return _error(status, str(exc), getattr(exc, "field", None))
 
     def check_variant(variant: str | None, allow_auto: bool = True) -> None:
-        known = service.state.model.variants
-        if variant is not None and variant not in known and not (allow_auto and variant == "auto"):
-            raise InvalidSetting(f"unknown variant {variant!r}; defined: "
-                                 f"{', '.join(known) or 'none'}" + (", or auto" if allow_auto
-                                                                    else ""))
+        _check_variant(service.state.model.variants, variant, allow_auto)
 
     @app.get("/recommend/{user_id}", summary="Top-k items for a user, with reasons "
              "(recommend() in SQL)")

@@ -108,3 +108,36 @@ def test_event_type_weights_must_be_finite_and_a_change_rebuilds_the_model(shop)
     assert refresh.refresh(con).mode == "full"
     assert count(con, "select max(weight) from interactions") == 50
     con.close()
+
+
+def run(db, *args):
+    return CliRunner().invoke(main, ["--db", str(db), *args])
+
+
+def test_out_of_range_numbers_are_usage_errors_not_tracebacks(shop):
+    """(Finding 6.)"""
+    for args in (["recommend", "u1", "-k", "99999999999999999999"], ["recommend", "u1", "-k", "0"],
+                 ["rejects", "--limit", "-1"], ["similar", "i1", "-k", "-3"]):
+        result = run(shop, *args)
+        assert result.exit_code == 2 and "Traceback" not in result.output, (args, result.output)
+
+
+def test_unknown_variants_and_bad_shares_are_refused(shop):
+    """(Finding 6.) An unknown --variant used to serve the default settings silently; a share
+    of nan was stored."""
+    result = run(shop, "recommend", "u1", "--variant", "nope")
+    assert result.exit_code == 1 and "unknown variant 'nope'" in result.output
+    assert run(shop, "recommend", "u1", "--variant", "auto").exit_code == 0
+    for share in ("nan", "inf", "0", "-0.5"):
+        result = run(shop, "variants", "--set", f"x={share}")
+        assert result.exit_code == 1 and "share" in result.output, (share, result.output)
+
+
+def test_rejects_source_matches_a_relative_path(tmp_path, write, monkeypatch):
+    """(Finding 6.) Sources are stored as absolute paths; the path as typed finds them."""
+    path = write("in/a.csv", HEADER + "u1,i1,teleport,2026-10-01T00:00:00,\n")
+    db = tmp_path / "r.duckdb"
+    assert run(db, "ingest", str(path)).exit_code == 0
+    monkeypatch.chdir(tmp_path)
+    result = run(db, "rejects", "--source", "in/a.csv", "--format", "csv")
+    assert result.exit_code == 0 and "unknown event type" in result.output
