@@ -151,8 +151,7 @@ def engine_options(values: dict) -> dict:
     """Memory and threads of the similarity engine, from the settings: ``refresh_block_mb`` per
     thread (a product entry costs about 24 bytes with its temporaries) and ``threads`` (0: every
     core this process may use)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    threads = values["threads"] or cores or 1
+    threads = values["threads"] or settings.usable_cores()
     return {"block_cells": max((values["refresh_block_mb"] << 20) // 24, 1), "threads": threads}
 
 

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import db, feedback, ingest as ingest_mod, refresh as refresh_mod, snapshot, tail as tail_mod
+from . import (db, feedback, ingest as ingest_mod, refresh as refresh_mod, settings,
+               snapshot, tail as tail_mod)
 from .errors import DatabaseLocked, InvalidSetting
 from .serving import ServingState
 
@@ -86,8 +87,8 @@ class Service:
             options.publish = self.opt.publish or snapshot.default_path(self.db_path)
             options.publish_interval = max(options.publish_interval, PUBLISH_INTERVAL_SECONDS)
             # the background refresh leaves a core to the requests and yields the CPU to them
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2
-            options.refresh_threads = options.refresh_threads or max(1, cores - 1)
+            options.refresh_threads = (options.refresh_threads
+                                       or max(1, settings.usable_cores() - 1))
             options.refresh_nice = options.refresh_nice or REFRESH_NICE
             self.follower = tail_mod.Tail(self.con.cursor(), self.opt.tail_dir, options,
                                           log=self.log, lock=self.lock,

@@ -60,10 +60,15 @@ def _memory(v: str) -> bool:
     return v == "" or (size_bytes(v) or 0) >= MIN_MEMORY_BYTES
 
 
+def usable_cores() -> int:
+    """The cores this process may use (its CPU affinity where the platform has one)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return cores or 1
+
+
 def max_threads() -> int:
     """A sane bound for thread settings: 8 per core this process may use."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return 8 * (cores or 1)
+    return 8 * usable_cores()
 
 
 SETTINGS: dict[str, Setting] = {
