@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from itertools import accumulate
 
 import numpy as np
@@ -139,7 +140,7 @@ class Model:
     categories: dict  # category -> sorted item keys
     category_masks: dict = field(default_factory=dict)
 
-    @property
+    @cached_property
     def type_codes(self) -> dict:
         return {name: code for code, name in enumerate(self.event_types, start=1)}
 
@@ -298,21 +299,10 @@ class ServingState:
         self.pending.setdefault(user, []).append((item, weight, event_type, ts, event_id))
         self.seen["event_id"] = max(self.seen["event_id"], event_id)
 
-    def forget_user(self, user_id: str) -> None:
-        """Drop a forgotten user from the id maps and the overlay (the writer reloads the
-        model after the forget's refresh)."""
-        key = self.user_keys.pop(user_id, None)
-        if key is not None:
-            self.user_ids.pop(key, None)
-            self.pending.pop(key, None)
-
     # ------------------------------------------------------------------ lookups
 
     def user_key(self, user_id: str) -> int | None:
         return self.user_keys.get(user_id)
-
-    def item_id(self, key: int) -> str:
-        return self.item_ids[key]
 
     def history(self, user_key: int | None) -> History:
         """``rtsql_user_history``: the refreshed row plus the pending events, per item: weights
