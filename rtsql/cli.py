@@ -574,15 +574,19 @@ def trending_cmd(state: State, k, fmt):
 def forget(state: State, user_id, yes):
     """Delete a user's events and everything derived from them (right to be forgotten).
 
+    Also removes the user's impressions and the id from rejected rows, retires the user's key,
+    republishes every snapshot, and rewrites the database file so no byte of the id is left
+    (costs one copy of the database). See README "Safety".
+
     \b
     Example:
         rtsql forget user-42 --yes
     """
-    from . import refresh as refresh_mod
+    from . import privacy
 
     if not yes and not click.confirm(f"Delete every event of {user_id} and what was derived?"):
         raise click.Abort()
-    result = refresh_mod.forget(state.connect(), user_id)
+    result = privacy.forget_user(state.db_path, user_id)
     click.echo(f"forgot {user_id}: {result.summary()}")
 
 

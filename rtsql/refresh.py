@@ -496,10 +496,15 @@ def _materialize_if_on(con, values: dict, result: RefreshResult,
 
 
 def forget(con, user_id: str) -> RefreshResult:
-    """Delete a user's events and everything derived from them (right to be forgotten).
+    """Delete a user's rows and everything derived from them (right to be forgotten), in one
+    transaction: events, interaction rows, neighbour lists, materialized recommendations,
+    impressions, the user's id in rejected rows' text, and the id itself. The key is retired
+    (``forgotten_users``), never given to a later user.
 
     Pending events are folded in first, then the user's rows leave the interaction matrix as an
     incremental change set (new weights 0), so the result equals a full rebuild without them.
+    This is the database's part; ``rtsql.privacy.forget_user`` also rewrites the file and
+    republishes snapshots, so no byte of the id is left behind.
     """
     from .errors import UnknownUser
 
@@ -515,9 +520,28 @@ def forget(con, user_id: str) -> RefreshResult:
             result = _incremental(con, values, state, np.array([user_key], np.int64))
             con.execute("delete from user_neighbors where neighbor_key = ? or user_key = ?",
                         [user_key, user_key])
-            con.execute("delete from users where user_key = ?", [user_key])
-            con.execute("delete from user_recommendations where user_key = ?", [user_key])
+            for table in ("users", "user_recommendations", "impressions"):
+                con.execute(f"delete from {table} where user_key = ?", [user_key])
+            _redact_rejects(con, user_id)
+            con.execute("insert into forgotten_users values (?, now())", [user_key])
             _materialize_if_on(con, values, result)
     result.mode = "forget"
     result.seconds = time.perf_counter() - start
     return result
+
+
+REDACTED = "<forgotten>"
+
+
+def _redact_rejects(con, user_id: str) -> None:
+    """Replace the id in rejected rows' raw text and reason where it stands as a whole token
+    (between characters that cannot be part of an id: quotes, commas, spaces, brackets), so
+    ``u-4`` leaves ``u-42``'s rows alone. The rows stay (rows in = events + rejects)."""
+    literal = "".join(c if c.isascii() and c.isalnum() else f"\\x{{{ord(c):x}}}" for c in user_id)
+    token = r"(^|[^A-Za-z0-9_\-.@])" + literal + r"($|[^A-Za-z0-9_\-.@])"
+    # twice: two occurrences one separator apart share that separator
+    redact = "regexp_replace(regexp_replace({col}, $1, $3, 'g'), $1, $3, 'g')"
+    con.execute(f"""update rejects set raw = {redact.format(col='raw')},
+                                       reason = {redact.format(col='reason')}
+                    where contains(raw, $2) or contains(reason, $2)""",
+                [token, user_id, "\\1" + REDACTED + "\\2"])

@@ -220,7 +220,9 @@ def create_app(service: Service, *, token: str | None = None,
     @app.post("/users/{user_id}/forget", summary="Delete a user and everything derived")
     async def forget(user_id: Annotated[str, Path()]):
         result = await asyncio.wrap_future(service.submit_forget(user_id))
-        return _json({"forgotten": user_id, "seconds": round(result.seconds, 3)})
+        return _json({"forgotten": user_id, "seconds": round(result.refresh.seconds, 3),
+                      "snapshots_republished": [str(p) for p in result.republished],
+                      "compact_seconds": round(result.compact_seconds, 3)})
 
     @app.get("/health", summary="Liveness and counts (no token needed)")
     async def health():

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import (db, feedback, ingest as ingest_mod, refresh as refresh_mod, settings,
-               snapshot, tail as tail_mod)
+from . import (db, feedback, ingest as ingest_mod, privacy, refresh as refresh_mod,
+               settings, snapshot, tail as tail_mod)
 from .errors import DatabaseLocked, InvalidSetting
 from .serving import ServingState
 
@@ -176,6 +176,10 @@ class Service:
                     results = [self._forget(j.payload) for j in jobs]
                 self.state.catch_up(self.con)
                 self.pending_since = self.pending_since or time.time()
+            if kind == "forget":  # answered once no byte of the user is left anywhere
+                republished, seconds = self.follower.between_batches(self._scrub).result()
+                for result in results:
+                    result.republished, result.compact_seconds = republished, seconds
         except BaseException as exc:  # every waiting request gets the error
             for job in jobs:
                 job.future.set_exception(exc)
@@ -201,13 +205,13 @@ class Service:
             if bodies else []
         return kept, results
 
-    def _forget(self, user_id: str) -> refresh_mod.RefreshResult:
+    def _forget(self, user_id: str) -> privacy.ForgetResult:
         """Forget under the writer lock, waiting for a background refresh to finish first;
         then the state is reloaded without the user."""
         deadline = time.monotonic() + FORGET_WAIT_SECONDS
         while True:
             try:
-                result = refresh_mod.forget(self.con, user_id)
+                result = privacy.ForgetResult(refresh_mod.forget(self.con, user_id))
                 break
             except DatabaseLocked:
                 if time.monotonic() > deadline:
@@ -216,6 +220,21 @@ class Service:
         self.state = ServingState.load(self.con)
         self._generation += 1  # a reload that began before this must not swap its state in
         return result
+
+    def _scrub(self) -> tuple[list, float]:
+        """After a forget, in the follower's thread with no refresh running and the writer
+        lock held: republish every snapshot, then rewrite the database file (privacy), which
+        needs every connection closed and opened again."""
+        republished = snapshot.republish_all(self.follower.con)
+        for connection in (self._loader, self.follower.con, self.con):
+            connection.close()
+        try:
+            seconds = db.compact(self.db_path)
+        finally:
+            self.con = db.connect(self.db_path)
+            self._loader = self.con.cursor()
+            self.follower.con = self.con.cursor()
+        return republished, seconds
 
     # ------------------------------------------------------------------ follower hooks
 

@@ -113,6 +113,9 @@ class Publisher:
             snap.close()
         shutil.copyfile(self.tmp, self.base)
         self._install()
+        # remembered, so that forget can republish every copy of the data (privacy.forget_user)
+        con.execute("insert or ignore into snapshot_targets values (?, now())",
+                    [str(self.target.resolve())])
         return time.perf_counter() - start
 
     def events(self, con) -> float:
@@ -153,6 +156,24 @@ class Publisher:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def republish_all(con) -> list[Path]:
+    """Publish every snapshot this database was ever published to again, in full, from its
+    current state (after a forget: no copy keeps what the database no longer has). A target
+    that is gone, or that is no longer an rtsql snapshot, is dropped from the list (and left
+    alone). Returns the paths republished."""
+    done = []
+    for (path,) in con.execute("select path from snapshot_targets order by path").fetchall():
+        target = Path(path)
+        if target.exists() and is_snapshot(target):
+            Publisher(target, database_path(con)).full(con)
+            done.append(target)
+        else:
+            for stale in (target.with_name("." + target.name + ".base"),):
+                stale.unlink(missing_ok=True)
+            con.execute("delete from snapshot_targets where path = ?", [path])
+    return done
 
 
 def _in_database(con, database: str, statements: list[str], back: str) -> None:

@@ -114,17 +114,21 @@ def recreate_empty(con, table: str) -> None:
         con.execute(index)
 
 
-_DICTIONARIES = {"user_id": ("users", "user_key"), "item_id": ("items", "item_key")}
+# (table, key, the highest key ever given out besides the table's own: forgotten users' keys
+# are never given again)
+_DICTIONARIES = {"user_id": ("users", "user_key", "(select max(user_key) from forgotten_users)"),
+                 "item_id": ("items", "item_key", "0")}
 
 
 def add_new_ids(con, source: str, column: str, where: str = "true") -> None:
     """Give the ids in ``source.column`` that the users/items dictionary lacks the next integer
     keys, in order of first appearance (``source.line``), so a file ingested whole gives the
-    same keys as its lines arriving one by one (the tail, a prequential replay). ``source``
-    and ``where`` are rtsql's own SQL, never user input."""
-    table, key = _DICTIONARIES[column]
+    same keys as its lines arriving one by one (the tail, a prequential replay); a key once
+    given is never given again. ``source`` and ``where`` are rtsql's own SQL, never user input."""
+    table, key, retired = _DICTIONARIES[column]
     con.execute(f"""insert into {table}
-                    select coalesce((select max({key}) from {table}), 0)
+                    select greatest(coalesce((select max({key}) from {table}), 0),
+                                    coalesce({retired}, 0))
                            + row_number() over (order by first_line, {column}), {column}
                     from (select {column}, min(line) as first_line from {source}
                           where {where} and {column} is not null and {column} <> ''

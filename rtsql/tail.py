@@ -17,19 +17,23 @@ is stable (or when renamed in from a temporary name).
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import fcntl
+import fnmatch
 import hashlib
 import os
+import queue
 import re
 import signal
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import ingest as ingest_mod, refresh as refresh_mod, snapshot
+from . import ingest as ingest_mod
+from . import refresh as refresh_mod
+from . import snapshot
 from .errors import BadEventFile, DatabaseLocked, InputPathError
 from .ingest import ColumnMapping, Segment
 from .sqlutil import database_path
@@ -119,6 +123,7 @@ class Tail:
         self._refresh_finished = threading.Event()
         self._refresh_pending = False
         self._refresh_error: Exception | None = None
+        self._tasks: queue.SimpleQueue = queue.SimpleQueue()
         self.publisher = (snapshot.Publisher(self.opt.publish, database_path(con))
                           if self.opt.publish else None)
         from . import settings
@@ -324,6 +329,28 @@ class Tail:
             self.on_refresh()
         self._publish(full=True)
 
+    def between_batches(self, task: Callable[[], object]) -> Future:
+        """Run ``task()`` in the loop's thread, after the refresh under way has finished, under
+        the lock: nothing else uses the database meanwhile (serve's forget rewrites the file).
+        The future gives its result."""
+        future: Future = Future()
+        self._tasks.put((task, future))
+        self.wake.set()
+        return future
+
+    def _run_tasks(self) -> None:
+        while not self._tasks.empty():
+            task, future = self._tasks.get()
+            self._join_refresh()
+            if self._refresh_finished.is_set():
+                self._refresh_finished.clear()
+                self._refreshed()
+            try:
+                with self.lock:
+                    future.set_result(task())
+            except BaseException as exc:  # the caller gets it; the loop goes on
+                future.set_exception(exc)
+
     def _publish_batch(self) -> None:
         """The per-batch publish, at most every ``publish_interval`` seconds (held back, it
         happens on a later pass of the loop)."""
@@ -407,6 +434,7 @@ class Tail:
                 self.pending_since = self.pending_since or time.monotonic()
                 self.batch(background_refresh=True)
                 self.pending_since = None
+                self._run_tasks()
                 now = time.monotonic()
                 if now - last_status >= self.opt.status_seconds:
                     rate = (self.totals.events - events_at_status) / (now - last_status)
@@ -417,6 +445,7 @@ class Tail:
             if self._refresh_finished.is_set():
                 self._refresh_finished.clear()
                 self._refreshed()
+            self._run_tasks()
             if observer is not None:
                 observer.stop()
                 observer.join()

@@ -187,14 +187,29 @@ def test_health_metrics_docs_and_forget(server):
     assert b"rtsql_events_ingested" in text and b"rtsql_refresh_lag_seconds" in text
     assert server.call("GET", "/docs")[0] == 200
     assert b"/recommend/{user_id}" in server.call("GET", "/openapi.json")[1]
-    server.json("POST", "/events", json.dumps([{"user_id": "leaving", "item_id": "sku-3",
+    leaving = "zq-leaving-9931"
+    server.json("POST", "/events", json.dumps([{"user_id": leaving, "item_id": "sku-3",
                                                 "event_type": "view",
                                                 "ts": "2026-11-30T11:00:00"}]).encode())
-    status, got = server.json("POST", "/users/leaving/forget")
+    server.json("POST", "/events", f'{{"user_id": "{leaving}", "item_id": "sku-3", '
+                                   '"event_type": "warp", "ts": "2026-11-30"}'.encode())
+    server.json("POST", "/impressions", json.dumps([{"user_id": leaving, "item_id": "sku-4",
+                                                     "ts": "2026-11-30", "strategy": "hybrid"}]
+                                                   ).encode())
+    status, got = server.json("POST", f"/users/{leaving}/forget")
     assert status == 200, got
-    assert server.json("POST", "/users/leaving/forget")[0] == 404
-    status, got = server.json("GET", "/recommend/leaving?k=2")
+    snap = snapshot.default_path(server.db_path)
+    assert got["snapshots_republished"] == [str(snap.resolve())]
+    # no byte of the user in the live file or the snapshot, and the server goes on serving
+    wal = Path(str(server.db_path) + ".wal")  # the events were there before any checkpoint
+    for path in (server.db_path, wal, snap):
+        assert not path.exists() or leaving.encode() not in path.read_bytes(), path
+    assert server.json("POST", f"/users/{leaving}/forget")[0] == 404
+    status, got = server.json("GET", f"/recommend/{leaving}?k=2")
     assert all(r["reason"].startswith(("trending", "popular")) for r in got["items"])
+    status, got = server.json("POST", "/events", b'{"user_id": "after", "item_id": "sku-3", '
+                                                 b'"event_type": "view", "ts": "2026-11-30"}')
+    assert status == 200 and got["accepted"] == 1
 
 
 def test_token_guards_every_route_but_health(tmp_path):

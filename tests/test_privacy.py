@@ -1,0 +1,133 @@
+"""Finding 3 of the Reliability issue: `rtsql forget` leaves nothing of the user behind, in
+any table, in the database file's bytes, or in a published snapshot (and its base copy)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import HEADER, count
+
+import rtsql
+from rtsql import snapshot
+from rtsql.cli import main
+
+SECRET = "zq-secret-user-7781"
+
+
+def cli(db, *args):
+    result = CliRunner().invoke(main, ["--db", str(db), *args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def occurrences(path: Path) -> int:
+    return path.read_bytes().count(SECRET.encode())
+
+
+def everywhere(db: Path) -> dict[str, int]:
+    """Rows of every table whose text mentions SECRET (all columns cast to text)."""
+    con = rtsql.connect(db)
+    try:
+        names = [r[0] for r in con.execute("select table_name from duckdb_tables()").fetchall()]
+        return {name: count(con, f"select count(*) from {name} t where t::VARCHAR like ?",
+                            [f"%{SECRET}%"]) for name in names}
+    finally:
+        con.close()
+
+
+@pytest.fixture
+def shop(tmp_path, write):
+    events = HEADER + "".join(f"u{u},i{(u * 7 + j) % 13},view,2026-10-0{1 + j % 9}T00:00:00,\n"
+                              for u in range(40) for j in range(5))
+    events += "".join(f"{SECRET},i{j},purchase,2026-10-02T00:00:00,\n" for j in range(6))
+    events += f"{SECRET},i1,teleport,2026-10-02T00:00:00,\n"  # rejected: unknown event type
+    db = tmp_path / "shop.duckdb"
+    cli(db, "ingest", str(write("ev.csv", events)))
+    cli(db, "impressions", str(write("shown.csv", "user_id,item_id,ts,strategy\n"
+                                     f"{SECRET},i3,2026-10-03T00:00:00,hybrid\n"
+                                     f"{SECRET},,2026-10-03T00:00:00,hybrid\n"  # rejected
+                                     "u1,i3,2026-10-03T00:00:00,hybrid\n")))
+    cli(db, "refresh")
+    return db
+
+
+def test_forget_leaves_no_byte_of_the_user(shop, tmp_path):
+    target = tmp_path / "shop.snapshot.duckdb"
+    con = rtsql.connect(shop)
+    snapshot.publish(con, target)
+    con.execute("checkpoint")
+    con.close()
+    base = target.with_name("." + target.name + ".base")
+    seen = everywhere(shop)
+    # the id is where the test says it is, so its absence afterwards means something
+    assert seen["users"] == 1 and seen["impressions"] == 0 and seen["rejects"] == 2
+    assert occurrences(shop) > 0 and occurrences(target) > 0 and occurrences(base) > 0
+
+    result = cli(shop, "forget", SECRET, "--yes")
+    assert "snapshots republished: " + str(target) in result.output
+
+    assert {name: n for name, n in everywhere(shop).items() if n} == {}
+    assert occurrences(shop) == 0 and occurrences(target) == 0 and occurrences(base) == 0
+    con = rtsql.connect(shop)
+    try:
+        # nothing else was lost: every input row is still an event or a reject
+        assert count(con, "select count(*) from events") == 40 * 5
+        assert count(con, "select count(*) from rejects") == 2
+        assert count(con, "select count(*) from rejects where raw like '%<forgotten>%'") == 2
+        assert count(con, "select count(*) from impressions") == 1  # u1's
+    finally:
+        con.close()
+
+
+def test_forgotten_keys_are_never_given_again(shop, write):
+    con = rtsql.connect(shop)
+    key = count(con, "select user_key from users where user_id = ?", [SECRET])
+    top = count(con, "select max(user_key) from users")
+    con.close()
+    cli(shop, "forget", SECRET, "--yes")
+    # the forgotten key was the highest one handed out: the next users must not get it
+    cli(shop, "ingest", str(write("later.csv", HEADER + "newcomer,i1,view,2026-10-05T00:00:00,\n")))
+    con = rtsql.connect(shop)
+    try:
+        assert key == top
+        assert count(con, "select user_key from users where user_id = 'newcomer'") == top + 1
+        assert count(con, "select count(*) from impressions where user_key = ?", [key]) == 0
+    finally:
+        con.close()
+
+
+def test_a_gone_snapshot_is_dropped_not_recreated(shop, tmp_path):
+    target = tmp_path / "gone.duckdb"
+    con = rtsql.connect(shop)
+    snapshot.publish(con, target)
+    con.close()
+    target.unlink()
+    result = cli(shop, "forget", SECRET, "--yes")
+    assert "snapshots republished: none" in result.output
+    assert not target.exists()
+    assert not target.with_name("." + target.name + ".base").exists()
+    con = rtsql.connect(shop)
+    try:
+        assert count(con, "select count(*) from snapshot_targets") == 0
+    finally:
+        con.close()
+
+
+def test_rejects_lose_the_id_only_where_it_stands_whole(tmp_path, write):
+    db = tmp_path / "shop.duckdb"
+    rows = ["u-4,i1,view,2026-10-01T00:00:00,", "u-4,i1,teleport,2026-10-01T00:00:00,",
+            "u-42,i1,teleport,2026-10-01T00:00:00,", "xu-4,i1,teleport,2026-10-01T00:00:00,",
+            '"u-4",i2,fly,2026-10-01T00:00:00,']
+    cli(db, "ingest", str(write("ev.csv", HEADER + "\n".join(rows) + "\n")))
+    cli(db, "forget", "u-4", "--yes")
+    con = rtsql.connect(db)
+    try:
+        raw = sorted(r[0] for r in con.execute("select raw from rejects").fetchall())
+    finally:
+        con.close()
+    assert raw == ['"<forgotten>",i2,fly,2026-10-01T00:00:00,',
+                   "<forgotten>,i1,teleport,2026-10-01T00:00:00,",
+                   "u-42,i1,teleport,2026-10-01T00:00:00,",
+                   "xu-4,i1,teleport,2026-10-01T00:00:00,"]
