@@ -336,9 +336,12 @@ def catalog_mapping(maps) -> ingest_mod.ColumnMapping:
               help="Add or change an event type's weight (repeatable).")
 @click.option("--uses-value/--ignores-value", default=None,
               help="With --set: multiply the weight by the event's value (like ratings).")
+@click.option("--negative-values/--no-negative-values", default=None,
+              help="With --set: accept negative values for this type (refunds, thumbs-down); "
+                   "ingest rejects them otherwise.")
 @FORMAT_OPTION
 @click.pass_obj
-def event_types(state: State, assignments, uses_value, fmt):
+def event_types(state: State, assignments, uses_value, negative_values, fmt):
     """List event types and their weights, or change them.
 
     \b
@@ -350,8 +353,8 @@ def event_types(state: State, assignments, uses_value, fmt):
     con = state.connect()
     for assignment in assignments:
         name, _, weight = assignment.partition("=")
-        events.set_event_type(con, name, weight, uses_value)
-    _emit(["event_type", "weight", "uses_value"], events.event_types(con), fmt)
+        events.set_event_type(con, name, weight, uses_value, negative_values)
+    _emit(events.COLUMNS, events.event_types(con), fmt)
 
 
 @main.command("settings")

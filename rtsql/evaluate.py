@@ -109,7 +109,7 @@ def _scratch(source, overrides: dict[str, str]):
     """An in-memory rtsql database with the source's event types, settings and catalog."""
     scratch = db.connect_memory()
     scratch.execute("delete from event_types")
-    scratch.executemany("insert into event_types values (?, ?, ?)",
+    scratch.executemany("insert into event_types values (?, ?, ?, ?)",
                         source.execute("select * from event_types").fetchall())
     for name, value in source.execute("select name, value from rtsql_settings").fetchall():
         if name in settings.SETTINGS:
@@ -346,8 +346,8 @@ def tune(source, *, budget: int = 8, protocol: str = "holdout", k: int = 10,
     if space is None:  # the default: settings and the weights of the event types that occur
         space = {**SEARCH_SPACE, **_event_type_space(source)}
     current = dict(source.execute("select name, value from rtsql_settings").fetchall())
-    current.update({f"{EVENT_TYPE_PREFIX}{t}": str(w) for t, w, _ in source.execute(
-        "select * from event_types").fetchall()})
+    current.update({f"{EVENT_TYPE_PREFIX}{t}": str(w) for t, w in source.execute(
+        "select event_type, weight from event_types").fetchall()})
     candidates = [{}]
     seen = {tuple(sorted({n: current.get(n) for n in space}.items()))}
     attempts = 0

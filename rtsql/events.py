@@ -6,14 +6,20 @@ from .errors import InvalidSetting
 from .sqlutil import scalar
 
 
+COLUMNS = ["event_type", "weight", "uses_value", "negative_values"]
+
+
 def event_types(con) -> list[tuple]:
     return con.execute(
-        "select event_type, weight, uses_value from event_types order by event_type").fetchall()
+        f"select {', '.join(COLUMNS)} from event_types order by event_type").fetchall()
 
 
-def set_event_type(con, name: str, weight, uses_value: bool | None = None) -> None:
+def set_event_type(con, name: str, weight, uses_value: bool | None = None,
+                   negative_values: bool | None = None) -> None:
     """Add or change an event type. Its weight applies to every event of that type from the
-    next refresh on (the interaction matrix is derived, never stored per event)."""
+    next refresh on (the interaction matrix is derived, never stored per event);
+    ``negative_values`` lets ingest accept its events' negative values (refunds, thumbs-down)
+    from now on."""
     name = (name or "").strip().lower()
     if not name:
         raise InvalidSetting("an event type needs a name, e.g. --set wishlist=3")
@@ -24,10 +30,11 @@ def set_event_type(con, name: str, weight, uses_value: bool | None = None) -> No
     if not (0 <= weight < float("inf")):
         raise InvalidSetting(f"weight of {name!r} must be a finite number >= 0, got {weight}")
     con.execute(
-        "insert into event_types values (?, ?, coalesce(?, false)) on conflict (event_type) "
-        "do update set weight = excluded.weight, "
-        "uses_value = coalesce(?, event_types.uses_value)",
-        [name, weight, uses_value, uses_value])
+        "insert into event_types values ($1, $2, coalesce($3, false), coalesce($4, false)) "
+        "on conflict (event_type) do update set weight = excluded.weight, "
+        "uses_value = coalesce($3, event_types.uses_value), "
+        "negative_values = coalesce($4, event_types.negative_values)",
+        [name, weight, uses_value, negative_values])
 
 
 def rejects(con, limit: int = 20, source: str | None = None) -> list[tuple]:

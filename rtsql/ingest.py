@@ -236,9 +236,20 @@ select line, raw_text, user_id, item_id, event_type, ts, value,
                then 'non-numeric value ''' || value_text || ''''
            when et.uses_value and value is null
                then 'missing value for event type ''' || event_type || ''''
+           when ts < b.ts_min or ts > b.ts_max
+               then 'timestamp ' || ts || ' outside [' || b.ts_min || ', ' || b.ts_max
+                    || '] (settings ingest_min_ts, ingest_max_ahead_hours)'
+           when abs(value) > b.max_value
+               then 'value ' || value || ' exceeds ' || b.max_value
+                    || ' in absolute value (setting ingest_max_abs_value)'
+           when value < 0 and not et.negative_values
+               then 'negative value ' || value || ' for event type ''' || event_type
+                    || ''' (allow: rtsql event-types --set ' || event_type || '=WEIGHT '
+                    || '--negative-values)'
        end as reason
 from ({source}) s
 left join event_types et using (event_type)
+cross join _rtsql_bounds b
 """
 
 
@@ -500,11 +511,20 @@ def _seek(f: BinaryIO, offset: int) -> None:
         f.seek(offset, os.SEEK_SET)  # also rewinds a stream the header was read from
 
 
-_PARSED_TABLE = """
-create or replace temp table _rtsql_parsed (
-    line BIGINT, raw_text VARCHAR, user_id VARCHAR, item_id VARCHAR, event_type VARCHAR,
-    ts TIMESTAMP, value DOUBLE, reason VARCHAR)
-"""
+def _start_parse(con) -> None:
+    """The temp tables a parse fills and reads: _rtsql_parsed, and this load's accepted
+    ranges (read by _TYPED_SELECT), from the settings and the clock at the load's start."""
+    con.execute("""
+        create or replace temp table _rtsql_parsed (
+            line BIGINT, raw_text VARCHAR, user_id VARCHAR, item_id VARCHAR, event_type VARCHAR,
+            ts TIMESTAMP, value DOUBLE, reason VARCHAR)""")
+    values = settings.get_all(con)
+    con.execute("""create or replace temp table _rtsql_bounds as
+                   select ?::TIMESTAMP as ts_min,
+                          now()::TIMESTAMP + to_microseconds(?::BIGINT) as ts_max,
+                          ?::DOUBLE as max_value""",
+                [values["ingest_min_ts"], round(values["ingest_max_ahead_hours"] * 3600e6),
+                 values["ingest_max_abs_value"]])
 
 
 @dataclass
@@ -588,7 +608,7 @@ def _load_segment(con, path, fmt, compression, mapping, segment, progress, strea
     try:
         file_id = segment.file_id or scalar(
             con, "select coalesce(max(file_id), 0) + 1 from source_files")
-        con.execute(_PARSED_TABLE)
+        _start_parse(con)
         if fmt == "parquet":
             sql, params = _parquet_sql(path, con, mapping)
             con.execute(f"insert into _rtsql_parsed {_keep_raw_of_rejects(sql)}", params)
@@ -778,7 +798,7 @@ def ingest_bodies(con, bodies: list[tuple[str, bytes]], *, fmt: str = "jsonl",
                         "source": pa.array([bodies[i][0] for i in parts], pa.string())})
     con.execute("begin transaction")
     try:
-        con.execute(_PARSED_TABLE)
+        _start_parse(con)
         con.register("_rtsql_chunk", chunk)
         con.register("_rtsql_sources", sources)
         con.execute(f"insert into _rtsql_parsed {_keep_raw_of_rejects(sql)}", params)

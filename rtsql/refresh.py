@@ -241,6 +241,21 @@ def _full(con, values: dict, progress: Progress | None) -> RefreshResult:
                          scalar(con, "select count(*) from users"), x.shape[1], recomputed)
 
 
+# forward decay multiplies an event after the landmark t0 by e^(rate * (ts - t0)); past this
+# exponent (e^100 ~ 1e43, whose square still leaves a wide margin in the norms) the refresh is
+# a full one, which moves the landmark to the newest event
+MAX_DECAY_EXPONENT = 100.0
+
+
+def _landmark_too_old(con, state: dict) -> bool:
+    rate = float(state.get("decay_rate", 0))
+    if not rate:
+        return False
+    newest = scalar(con, "select epoch(max(ts)) from events where event_id > ?",
+                    [int(state.get("watermark", 0))])
+    return newest is not None and rate * (newest - float(state["t0"])) > MAX_DECAY_EXPONENT
+
+
 def _decay_rate(half_life_days: float) -> float:
     return math.log(2) / (half_life_days * 86400) if half_life_days > 0 else 0.0
 
@@ -469,7 +484,8 @@ def refresh(con, *, full: bool = False, progress: Progress | None = None,
         # a full refresh that saw no events fixed no decay landmark worth keeping (t0 = 0
         # would overflow every later event's forward-decayed weight): the next one is full too
         needs_full = (full or state.get("watermark", "0") == "0"
-                      or state.get("model_config") != _model_config(con, values))
+                      or state.get("model_config") != _model_config(con, values)
+                      or _landmark_too_old(con, state))
         with transaction(con):
             result = _full(con, values, progress) if needs_full else _incremental(con, values, state)
             _materialize_if_on(con, values, result, progress)

@@ -11,6 +11,7 @@ import math
 import os
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Callable
 
 from .errors import InvalidSetting, UnknownSetting
@@ -56,6 +57,11 @@ def size_bytes(text: str) -> int | None:
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()]) if m else None
 
 
+def timestamp(text: str) -> str:
+    """An ISO date or timestamp, e.g. '1970-01-01' (stored normalized)."""
+    return datetime.fromisoformat(str(text).strip()).isoformat(sep=" ")
+
+
 def _memory(v: str) -> bool:
     return v == "" or (size_bytes(v) or 0) >= MIN_MEMORY_BYTES
 
@@ -82,6 +88,16 @@ SETTINGS: dict[str, Setting] = {
                 "default).", _memory),
         Setting("ingest_chunk_mb", int, 64,
                 "CSV/JSON-lines are read in chunks of this many MiB, bounding ingest memory.",
+                _positive),
+        # --- what ingest accepts (rows outside go to rejects with the reason)
+        Setting("ingest_min_ts", timestamp, "1970-01-01 00:00:00",
+                "Events before this time (UTC) are rejected."),
+        Setting("ingest_max_ahead_hours", float, 24.0,
+                "Events more than this many hours after the wall clock are rejected.",
+                lambda v: 0 <= v <= 24 * 366),
+        Setting("ingest_max_abs_value", float, 1e9,
+                "Events whose value exceeds this in absolute value are rejected (negative "
+                "values only for event types that declare them: event-types --negative-values).",
                 _positive),
         # --- models (a change makes the next refresh a full one)
         Setting("neighbors", int, 50, "Top-K neighbours kept per item and per user.", _positive),

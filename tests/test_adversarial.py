@@ -141,3 +141,98 @@ def test_rejects_source_matches_a_relative_path(tmp_path, write, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = run(db, "rejects", "--source", "in/a.csv", "--format", "csv")
     assert result.exit_code == 0 and "unknown event type" in result.output
+
+
+def reasons(db) -> list[str]:
+    con = rtsql.connect(db)
+    try:
+        return [r[0] for r in con.execute("select reason from rejects order by line").fetchall()]
+    finally:
+        con.close()
+
+
+def test_ingest_rejects_times_and_values_outside_the_ranges(tmp_path, write):
+    """(Finding 5.) Year 9999, year 1, epoch -1, a value of 1e308 and a negative rating used to
+    be stored; each poisons decay, trending or the neighbour lists."""
+    rows = ["u1,i1,view,2026-10-01T00:00:00,", "u1,i2,view,9999-12-31T00:00:00,",
+            "u1,i3,view,0001-01-01T00:00:00,", "u1,i4,view,-1,",
+            "u1,i5,rating,2026-10-01T00:00:00,1e308", "u1,i6,rating,2026-10-01T00:00:00,-2"]
+    db = tmp_path / "r.duckdb"
+    assert run(db, "ingest", str(write("ev.csv", HEADER + "\n".join(rows) + "\n"))).exit_code == 0
+    got = reasons(db)
+    assert len(got) == 5, got
+    assert all("outside [1970-01-01 00:00:00, " in r for r in got[:3]), got
+    assert "exceeds 1000000000.0 in absolute value" in got[3]
+    assert "negative value -2.0 for event type 'rating'" in got[4] and "--negative-values" in got[4]
+
+
+def test_the_ranges_are_settings_and_negative_values_a_property_of_the_type(tmp_path, write):
+    db = tmp_path / "r.duckdb"
+    assert run(db, "settings", "ingest_min_ts", "1900-01-01").exit_code == 0
+    assert run(db, "settings", "ingest_max_abs_value", "1e400").exit_code == 1  # not finite
+    result = run(db, "event-types", "--set", "rating=1", "--negative-values")
+    assert result.exit_code == 0 and "rating,1.0,True,True" in run(
+        db, "event-types", "--format", "csv").output
+    rows = ["u1,i1,view,1950-06-01T00:00:00,", "u1,i2,rating,2026-10-01T00:00:00,-2",
+            "u1,i3,view,1899-12-31T00:00:00,"]
+    assert run(db, "ingest", str(write("ev.csv", HEADER + "\n".join(rows) + "\n"))).exit_code == 0
+    assert len(reasons(db)) == 1 and "1899-12-31" in reasons(db)[0]
+
+
+def test_decay_never_zeroes_weights_of_in_range_events(tmp_path, write):
+    """(Finding 5.) With a one-day half-life, an event a day ahead (inside the window) and one
+    from 1971 used to leave the others, or itself, at weight 0."""
+    import datetime as dt
+
+    from rtsql import refresh
+
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    ahead = (now + dt.timedelta(hours=23)).isoformat(timespec="seconds")
+    rows = [f"u{u},i{(u + j) % 6},view,{(now - dt.timedelta(days=j)).isoformat()}," for u in range(8)
+            for j in range(4)]
+    rows += [f"u1,i9,view,{ahead},", "u2,i7,view,1971-01-01T00:00:00,",
+             "u3,i7,view,1971-01-02T00:00:00,"]
+    db = tmp_path / "d.duckdb"
+    assert run(db, "settings", "half_life_days", "1").exit_code == 0
+    assert run(db, "ingest", str(write("ev.csv", HEADER + "\n".join(rows) + "\n"))).exit_code == 0
+    con = rtsql.connect(db)
+    try:
+        refresh.refresh(con)
+        assert count(con, "select count(*) from rejects") == 0
+        low, high = con.execute("select min(weight), max(weight) from interactions").fetchone()
+        assert 0 < low and high < float("inf")
+        # the 1971 item still has neighbours (its weights did not vanish)
+        assert count(con, "select count(*) from item_neighbors n join items i using (item_key) "
+                          "where i.item_id = 'i7'") > 0
+    finally:
+        con.close()
+
+
+def test_a_landmark_too_far_behind_moves_with_a_full_refresh(tmp_path, write):
+    """Forward decay grows e^(rate * (ts - t0)) for events after the landmark: past e^100 the
+    refresh is a full one (new landmark), equal to a refresh from scratch."""
+    import datetime as dt
+
+    from rtsql import refresh
+
+    old = dt.datetime(2025, 1, 1)
+    rows = [f"u{u},i{(u + j) % 5},view,{(old + dt.timedelta(hours=j)).isoformat()},"
+            for u in range(6) for j in range(3)]
+    db = tmp_path / "l.duckdb"
+    assert run(db, "settings", "half_life_days", "1").exit_code == 0
+    assert run(db, "ingest", str(write("a.csv", HEADER + "\n".join(rows) + "\n"))).exit_code == 0
+    con = rtsql.connect(db)
+    try:
+        assert refresh.refresh(con).mode == "full"
+        later = (old + dt.timedelta(days=300)).isoformat()
+        con.close()
+        assert run(db, "ingest", str(write("b.csv", HEADER + f"u1,i2,view,{later},\n"))).exit_code == 0
+        con = rtsql.connect(db)
+        assert refresh.refresh(con).mode == "full"
+        assert count(con, "select count(*) from interactions where not isfinite(weight)") == 0
+        got = con.execute("select user_key, item_key, weight from interactions order by all").fetchall()
+        refresh.refresh(con, full=True)
+        want = con.execute("select user_key, item_key, weight from interactions order by all").fetchall()
+        assert got == want
+    finally:
+        con.close()
