@@ -17,9 +17,15 @@ from .sqlutil import add_new_ids, quote_identifier, scalar, transaction
 CATALOG_COLUMNS = ("item_id", "title", "category", "tags", "description", "embedding")
 
 
+_CSV_ERRORS, _CSV_SCANS = "_rtsql_csv_errors", "_rtsql_csv_scans"
+
+
 def _reader(path: Path, fmt: str) -> tuple[str, list]:
     if fmt == "csv":
-        return "read_csv(?, header = true, all_varchar = true)", [str(path)]
+        # rows with too few or too many fields are set aside (DuckDB's reject tables), not
+        # allowed to make the sniffer give up on the whole file
+        return ("read_csv(?, header = true, all_varchar = true, store_rejects = true, "
+                f"rejects_table = '{_CSV_ERRORS}', rejects_scan = '{_CSV_SCANS}')"), [str(path)]
     if fmt == "jsonl":
         return "read_json(?, format = 'newline_delimited')", [str(path)]
     return "read_parquet(?)", [str(path)]
@@ -79,6 +85,14 @@ def load_items(con, path: str | os.PathLike, *, fmt: str | None = None,
             from _rtsql_catalog_raw r""")
         rejected = scalar(con, """
             select count(*) from _rtsql_catalog where item_id is null or item_id = ''""")
+        if fmt == "csv":  # the rows the CSV reader set aside, with its reason
+            rejected += scalar(con, f"select count(*) from {_CSV_ERRORS}")
+            con.execute(f"""
+                insert into rejects select NULL, ?, line, csv_line,
+                       'catalog row: ' || error_message, now()::TIMESTAMP
+                from {_CSV_ERRORS} order by line""", [str(path)])
+            con.execute(f"drop table {_CSV_ERRORS}")
+            con.execute(f"drop table {_CSV_SCANS}")
         con.execute("""
             insert into rejects
             select NULL, ?, line + ?, raw, 'catalog row without item_id', now()::TIMESTAMP

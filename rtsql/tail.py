@@ -192,7 +192,7 @@ class Tail:
             "end_offset, end_line, tail_sha256 from source_files where status = 'active' "
             "and device is not null order by file_id").fetchall()
         claimed = set()
-        for row in followed:
+        for row in filter(lambda row: self._owns(row[1]), followed):
             key = (row[4], row[5])
             claimed.add(key)
             self._follow(row, files.get(key), result)
@@ -203,6 +203,14 @@ class Tail:
         self.totals.rejects += result.rejects
         self.totals.files += result.files
         return result
+
+    def _owns(self, path: str) -> bool:
+        """A ledger row this tail follows: a file in its folder (or below, when recursive).
+        Files that `rtsql ingest` loaded from elsewhere are not this tail's to mark gone."""
+        if self.dir is None:
+            return False
+        p = Path(path)
+        return p.is_relative_to(self.dir) if self.opt.recursive else p.parent == self.dir
 
     def _follow(self, row, path: Path | None, result: ScanResult) -> None:
         file_id, old_path, fmt, compression, dev, ino, head, head_len, offset, line, tail = row

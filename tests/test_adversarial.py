@@ -236,3 +236,62 @@ def test_a_landmark_too_far_behind_moves_with_a_full_refresh(tmp_path, write):
         assert got == want
     finally:
         con.close()
+
+
+def test_ids_lose_surrounding_whitespace_in_every_format(tmp_path, write):
+    """(Finding 6.) One rule: an id's surrounding whitespace is not part of it, in CSV (quoted
+    or not), JSON lines and Parquet alike, so the same person is one user whatever the file."""
+    import duckdb
+
+    parquet = tmp_path / "c.parquet"
+    duckdb.sql(f"copy (select '  lead' as user_id, 'i1' as item_id, 'view' as event_type, "
+               f"timestamp '2026-10-01' as ts) to '{parquet}'")
+    files = [write("a.csv", HEADER + '"  lead",i1,view,2026-10-01T00:00:00,\n'
+                   + " lead ,i2,view,2026-10-01T00:00:00,\n"),
+             write("b.jsonl", '{"user_id": "  lead", "item_id": "i3", "event_type": "view", '
+                              '"ts": "2026-10-01T00:00:00"}\n'), parquet]
+    db = tmp_path / "w.duckdb"
+    assert run(db, "ingest", *map(str, files)).exit_code == 0
+    con = rtsql.connect(db)
+    try:
+        assert con.execute("select user_id from users").fetchall() == [("lead",)]
+        assert count(con, "select count(*) from events") == 4
+    finally:
+        con.close()
+
+
+def test_a_short_catalog_row_is_rejected_alone(tmp_path, write):
+    """(Finding 6.) One row with a missing field used to fail the whole file with "has no
+    column 'item_id' (columns: item_id,...)"."""
+    path = write("items.csv", "item_id,title,category\ni1,Shoe,run\ni2,Sock\ni3,Hat,wear\n")
+    db = tmp_path / "c.duckdb"
+    result = run(db, "items", str(path))
+    assert result.exit_code == 0 and "2 catalog rows upserted (2 new items), 1 rejected" \
+        in result.output, result.output
+    con = rtsql.connect(db)
+    try:
+        assert con.execute("select line, raw, reason from rejects").fetchall() == [
+            (3, "i2,Sock", "catalog row: Expected Number of Columns: 3 Found: 2")]
+        assert count(con, "select count(*) from item_catalog") == 2
+    finally:
+        con.close()
+
+
+def test_tail_leaves_files_outside_its_folder_alone(tmp_path, write):
+    """(Finding 6.) A file `rtsql ingest` loaded from elsewhere was marked gone by the first
+    scan of a tail on another folder."""
+    from rtsql import tail
+
+    elsewhere = write("elsewhere/a.csv", HEADER + "u1,i1,view,2026-10-01T00:00:00,\n")
+    nested = write("watched/sub/b.csv", HEADER + "u2,i1,view,2026-10-01T00:00:00,\n")
+    (tmp_path / "watched").mkdir(exist_ok=True)
+    db = tmp_path / "t.duckdb"
+    assert run(db, "ingest", str(elsewhere), str(nested)).exit_code == 0
+    con = rtsql.connect(db)
+    try:
+        for folder in (tmp_path / "watched", None):  # tail on a folder; serve without one
+            tail.Tail(con, folder, tail.TailOptions(refresh=False, publish=None)).scan()
+            assert con.execute("select distinct status from source_files").fetchall() == [
+                ("active",)]
+    finally:
+        con.close()
