@@ -61,10 +61,17 @@ def test_reason_names_the_contributing_item(checkerboard):
     assert row[3].startswith("item-cf: because you viewed Item a")
 
 
-def test_settings_are_untouched_by_single_strategy_queries(checkerboard):
+def test_single_strategy_queries_use_only_that_strategy_and_change_nothing(checkerboard):
+    """A single-strategy query serves that strategy's reasons (then backfill), and leaves the
+    settings and the next hybrid answer as they were."""
     before = settings.get_all(checkerboard)
-    recommend.recommend(checkerboard, "au0", 3, strategy="content")
+    hybrid = recommend.recommend(checkerboard, "au0", 6).rows
+    for strategy, reason in (("content", "content"), ("user", "user-cf"), ("item", "item-cf")):
+        rows = recommend.recommend(checkerboard, "au0", 6, strategy=strategy).rows
+        reasons = [r[3].split(":")[0] for r in rows]
+        assert reasons[0] == reason and set(reasons) <= {reason, "trending", "popular"}, rows
     assert settings.get_all(checkerboard) == before
+    assert recommend.recommend(checkerboard, "au0", 6).rows == hybrid
 
 
 def test_unknown_user_gets_trending_and_k_rows(checkerboard):

@@ -106,16 +106,30 @@ def test_copytruncate_starts_again_at_zero(follow, con):
 
 
 def test_deleted_and_inode_reused_files(follow, con):
+    """A followed file's inode holding another file (deleted, then its inode given to a new
+    file) must not be read on from the old offset. The reuse is forced: the same inode gets
+    new content under a new name, as a filesystem that reuses inodes would do."""
     folder, t = follow
     a = folder / "a.csv"
-    a.write_text(HEADER + line(1))
+    a.write_text(HEADER + line(1) + line(2))
     t.scan()
-    a.unlink()
+    inode = a.stat().st_ino
+    a.write_text(HEADER + line(5, user="w") + line(6, user="w") + line(7, user="w"))
     b = folder / "b.csv"
-    b.write_text(HEADER.replace("value", "value") + line(5, user="w") + line(6, user="w"))
+    a.rename(b)
+    assert b.stat().st_ino == inode
     t.scan()
-    assert events(con) == 3
-    assert "gone" in [r[0] for r in con.execute("select status from source_files").fetchall()]
+    # the new file is read from its start (3 events), not from a's old offset (1 event)
+    assert events(con) == 5
+    assert count(con, "select count(*) from events e join users u using (user_key) "
+                      "where u.user_id like 'w%'") == 3
+    statuses = con.execute("select path, status from source_files order by file_id").fetchall()
+    assert [s for _, s in statuses] == ["gone", "active"] and statuses[1][0].endswith("b.csv")
+
+    b.unlink()
+    t.scan()
+    assert con.execute("select status from source_files order by file_id").fetchall() == [
+        ("gone",), ("gone",)]
 
 
 def test_moved_in_files_many_small_files_and_rejects(follow, con, tmp_path):
@@ -265,7 +279,7 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(tmp_path):
     con.close()
     assert kills >= 20
     if ingested != distinct:
-        Path("/tmp/crash_diag.txt").write_text("\n".join(map(str, dups + files)))
+        (tmp_path / "crash_diag.txt").write_text("\n".join(map(str, dups + files)))
     assert ingested == distinct  # every line at most once (value = its number)
     assert ingested + rejected == n_lines
 
