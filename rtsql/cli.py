@@ -12,9 +12,8 @@ import sys
 from pathlib import Path
 
 import click
-import duckdb
 
-from . import catalog, db, ingest as ingest_mod, migrate as migrate_mod, output, settings
+from . import catalog, db, ingest as ingest_mod, output, settings
 from .errors import RtsqlError
 from .recommend import MAX_K
 
@@ -121,25 +120,11 @@ def migrate(state: State, list_only, fmt):
     """
     path = Path(state.db_path)
     if list_only:
-        if path.exists():
-            con = db._open(db.validate_db_path(path), read_only=True)
-            try:
-                states = migrate_mod.status(con)
-            finally:
-                con.close()
-        else:
-            con = duckdb.connect(":memory:")
-            states = migrate_mod.status(con)
-            con.close()
+        states = db.migration_status(path)
         _emit(["version", "name", "state", "applied_at"],
               [(s.version, s.name, s.state, s.applied_at) for s in states], fmt)
         return
-    db.validate_db_path(path)
-    con = db._open(path, read_only=False)
-    try:
-        applied = db.upgrade(con)
-    finally:
-        con.close()
+    applied = db.migrate_file(path)
     click.echo(f"{len(applied)} migration(s) applied; {path} is up to date", err=True)
 
 

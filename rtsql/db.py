@@ -49,6 +49,33 @@ def _open(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
         raise InputPathError(f"cannot open {path} as a DuckDB database: {exc}") from None
 
 
+def open_file(path: str | os.PathLike, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """A plain DuckDB connection to a file, schema untouched: snapshots, `migrate --list`.
+    ``:memory:`` gives an empty in-memory database."""
+    if str(path) == ":memory:":
+        return duckdb.connect(":memory:")
+    return _open(validate_db_path(path, must_exist=read_only), read_only)
+
+
+def migration_status(path: str | os.PathLike) -> list:
+    """Applied and pending migrations of the database at ``path``, without changing (or
+    creating) the file; a file that does not exist has every migration pending."""
+    con = open_file(path if Path(path).exists() else ":memory:", read_only=Path(path).exists())
+    try:
+        return migrate.status(con)
+    finally:
+        con.close()
+
+
+def migrate_file(path: str | os.PathLike) -> list:
+    """Bring the database at ``path`` (created if needed) up to date; the migrations applied."""
+    con = open_file(path)
+    try:
+        return upgrade(con)
+    finally:
+        con.close()
+
+
 def configure(con: duckdb.DuckDBPyConnection) -> None:
     """Session settings every rtsql connection shares: UTC timestamps, engine limits."""
     # SQL never reaches Python objects by name (DuckDB's replacement scans would let
@@ -100,22 +127,22 @@ def connect(path: str | os.PathLike | None = None, *, read_only: bool = False
 
 def connect_memory() -> duckdb.DuckDBPyConnection:
     """An in-memory rtsql database (tests, scratch evaluation)."""
-    con = duckdb.connect(":memory:")
+    con = open_file(":memory:")
     upgrade(con)
     configure(con)
     return con
 
 
 
-def connect_for_reading(path: str | os.PathLike | None = None, *, read_only: bool = False):
-    """(connection, snapshot path or None). When another process (``rtsql tail`` or ``rtsql
-    serve``) holds the database for writing, answer from its published snapshot, read-only.
-    ``read_only`` opens the database itself read-only too."""
+def connect_for_reading(path: str | os.PathLike | None = None):
+    """(connection, snapshot path or None): the database opened read-only, or, while another
+    process (``rtsql tail`` or ``rtsql serve``) holds it for writing, its published snapshot.
+    A database that needs migrating says so (``rtsql migrate`` once)."""
     from . import snapshot
 
     path = path or default_path()
     try:
-        return connect(path, read_only=read_only), None
+        return connect(path, read_only=True), None
     except DatabaseLocked:
         snap = snapshot.default_path(path)
         if not snap.exists():
@@ -133,7 +160,7 @@ def run_sql(path: str | os.PathLike | None, query: str, *, write: bool = False):
 
     from .errors import InvalidSetting
 
-    con, snap = (connect(path), None) if write else connect_for_reading(path, read_only=True)
+    con, snap = (connect(path), None) if write else connect_for_reading(path)
     try:
         con.execute("set enable_external_access = false")
         try:

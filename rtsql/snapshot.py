@@ -16,8 +16,8 @@ from pathlib import Path
 
 import duckdb
 
-from . import migrate
-from .errors import InputPathError
+from . import db, migrate
+from .errors import InputPathError, RtsqlError
 from .sqlutil import database_path, quote_identifier, scalar, table_ddl
 
 STORAGE_VERSION = "v1.4.0"
@@ -51,8 +51,8 @@ def is_snapshot(path: Path) -> bool:
     """An rtsql snapshot: a DuckDB file with rtsql's migration ledger and no ingest ledger
     (a live rtsql database has both)."""
     try:
-        con = duckdb.connect(str(path), read_only=True)
-    except duckdb.Error:
+        con = db.open_file(path, read_only=True)
+    except (duckdb.Error, RtsqlError):
         return False
     try:
         tables = {r[0] for r in con.execute(
@@ -105,7 +105,7 @@ class Publisher:
             con.execute(f"create table rtsql_snapshot.events as {_PENDING}", [None])
         finally:
             con.execute("detach rtsql_snapshot")
-        snap = duckdb.connect(str(self.tmp))
+        snap = db.open_file(self.tmp)
         try:
             migrate.install_definitions(snap)
             snap.execute("checkpoint")
