@@ -1,4 +1,4 @@
-"""Offline evaluation with the protocols of ../shared/EVAL.md, in a scratch database.
+"""Offline evaluation with the protocols of docs/design.md ("Evaluation"), in a scratch database.
 
 The events come from the live database (or a file); models are built in an in-memory rtsql
 database through the product's own path (ingest, refresh, the ``recommend`` macro), so the live

@@ -4,7 +4,7 @@ Derived tables (migrations/0002_models.sql): ``interactions`` (the user-item mat
 ``item_neighbors``, ``user_neighbors``, ``content_neighbors``, ``item_trending``, and the
 bookkeeping in ``model_state``.
 
-The incremental path follows ../shared/DESIGN_NOTES.md: the events after the watermark change
+The incremental path follows docs/design.md ("Exactness of the incremental refresh"): the events after the watermark change
 some users' rows of the interaction matrix; the items (and users) whose capped weights changed are
 the change set; similarity.incremental updates exactly the lists that can move. Forward decay
 (weight * exp(lambda * (t - t0)) with the landmark t0 fixed at the last full refresh) means old

@@ -8,7 +8,7 @@ per-row partition and sort of padded 2-D arrays (numpy's C code). Both release t
 run on ``threads`` threads. Cost grows with the multiply-adds, sum over features of
 (rows having the feature)^2, and with the entries the products produce, not with n^2.
 
-Similarity of rows a and b (see ../shared/DESIGN_NOTES.md):
+Similarity of rows a and b (docs/design.md, "Exactness of the incremental refresh"):
     sim(a, b) = dot(a, b) / (|a| |b|) * support / (support + shrinkage)
 kept when sim > 0 and support >= min_support, where support is the number of features both rows
 have. Shrinkage multiplies by a support factor (as in Koren's neighbourhood models) instead of
@@ -299,7 +299,7 @@ class IncrementalResult:
 
 def incremental(matrix: sp.csr_matrix, changed: np.ndarray, stored: StoredLists,
                 measure: Measure) -> IncrementalResult:
-    """Exact update after the rows ``changed`` of ``matrix`` changed (DESIGN_NOTES.md).
+    """Exact update after the rows ``changed`` of ``matrix`` changed (docs/design.md).
 
     A stored list holds a row's top entries, up to ``measure.stored`` (a buffer beyond the k that
     are served); every entry it lacks ranks below its last one, or it is complete (it holds every
