@@ -9,7 +9,8 @@ run on ``threads`` threads. Cost grows with the multiply-adds, sum over features
 (rows having the feature)^2, and with the entries the products produce, not with n^2.
 
 Similarity of rows a and b (docs/design.md, "Exactness of the incremental refresh"):
-    sim(a, b) = dot(a, b) / (|a| |b|) * support / (support + shrinkage)
+    sim(a, b) = dot(a, b) * (1 / |a|) * (1 / |b|) * support / (support + shrinkage)
+(in that order of floating-point operations, which the Spark job repeats)
 kept when sim > 0 and support >= min_support, where support is the number of features both rows
 have. Shrinkage multiplies by a support factor (as in Koren's neighbourhood models) instead of
 adding to the denominator: that keeps sim unchanged when all weights are scaled by one factor,
@@ -122,8 +123,10 @@ class RowSimilarity:
             self.norms = np.sqrt(np.asarray(self.m.multiply(self.m).sum(axis=1)).ravel())
             with np.errstate(divide="ignore"):
                 self.scale = np.where(self.norms > 0, 1.0 / self.norms, 0.0)
-        # scale the rows once, so a product of rows is the similarity itself
-        self.m.data *= np.repeat(self.scale, np.diff(self.m.indptr))
+        # the products are of the raw weights, scaled afterwards (dot * scale_a * scale_b):
+        # weights that are multiples of a power of two (event-type weights, ratings, no decay)
+        # then give exact dot products in any order of summation, so every engine (this one,
+        # the Spark job) computes the same bits and exact ties stay ties
         self.mt = self.m.T.tocsr()
         self.needs_support = measure.min_support > 1 or measure.shrinkage > 0
         if self.needs_support:
@@ -149,14 +152,15 @@ class RowSimilarity:
     def block(self, rows: np.ndarray) -> Block:
         """Similarities of ``rows`` against every row, the row itself excluded."""
         product = self.m[rows] @ self.mt  # sparse dot products (scipy releases the GIL)
-        sims = product.data
+        entry_rows = np.repeat(rows, np.diff(product.indptr))
+        sims = product.data * self.scale[entry_rows] * self.scale[product.indices]
         if self.needs_support:
             support = _values_at(self.binary[rows] @ self.binary_t, product)
             if self.measure.shrinkage > 0:
                 sims *= support / (support + self.measure.shrinkage)
             sims[support < self.measure.min_support] = 0.0
         block = Block(rows, product.indptr, product.indices, sims)
-        sims[product.indices == block.entry_rows()] = 0.0  # a row is not its own neighbour
+        sims[product.indices == entry_rows] = 0.0  # a row is not its own neighbour
         return block
 
     def map_blocks(self, rows: np.ndarray, work: Callable[[Block], object],
