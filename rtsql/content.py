@@ -18,6 +18,8 @@ from .sqlutil import arrow_column, registered
 
 GROUP_WEIGHTS = {"category": 1.0, "tag": 1.0, "term": 0.5, "numeric": 0.5, "embedding": 1.0}
 
+# correctly rounded sums (fsum) wherever floats are added up: the order DuckDB adds rows in
+# varies between runs, and a last-bit difference would reorder tied content neighbours
 _FEATURES = """
 with cat as (select item_key, 'category' as grp, 'c:' || lower(trim(category)) as f, 1.0 as v
              from item_catalog where category is not null and trim(category) <> ''),
@@ -38,9 +40,12 @@ attrs as (select item_key, unnest(json_keys(attributes)) as k, attributes
           from item_catalog where attributes is not null),
 num_raw as (select item_key, k, try_cast(json_extract_string(attributes, '$."' || k || '"')
                                           as DOUBLE) as x from attrs),
+num_mean as (select item_key, k, x, fsum(x) over (partition by k) / count(x) over (partition by k)
+                    as mean from num_raw where x is not null and isfinite(x)),
 num as (select item_key, 'numeric' as grp, 'n:' || k as f,
-               (x - avg(x) over (partition by k)) / nullif(stddev_pop(x) over (partition by k), 0) as v
-        from num_raw where x is not null and isfinite(x)),
+               (x - mean) / nullif(sqrt(fsum((x - mean) * (x - mean)) over (partition by k)
+                                        / count(x) over (partition by k)), 0) as v
+        from num_mean),
 emb as (select item_key, 'embedding' as grp, 'e:' || (pos - 1) as f, x::DOUBLE as v
         from (select item_key, unnest(embedding) as x,
                      generate_subscripts(embedding, 1) as pos
@@ -48,7 +53,7 @@ emb as (select item_key, 'embedding' as grp, 'e:' || (pos - 1) as f, x::DOUBLE a
 all_f as (select * from sparse union all select * from num where v is not null and v <> 0
           union all select * from emb where v <> 0),
 normed as (select item_key, grp, f,
-                  v / sqrt(sum(v * v) over (partition by item_key, grp)) as v from all_f)
+                  v / sqrt(fsum(v * v) over (partition by item_key, grp)) as v from all_f)
 select item_key, dense_rank() over (order by f) - 1 as feature, v * w.weight as v
 from normed join (select unnest($groups) as grp, unnest($weights) as weight) w using (grp)
 """

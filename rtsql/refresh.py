@@ -39,8 +39,10 @@ Progress = Callable[[str, int, int], None]  # (stage, done, total)
 # weight of one event, forward-decayed against the landmark $t0 (seconds) with rate $lambda
 _EVENT_WEIGHT = "rtsql_event_weight(et.weight, et.uses_value, e.value, e.ts, $lambda, $t0)"
 
+# fsum: correctly rounded, so the weights do not depend on the order DuckDB's threads add
+# decayed (inexact) terms in, and a full refresh gives the same bits every time
 _AGGREGATE_EVENTS = f"""
-select e.user_key, e.item_key, sum({_EVENT_WEIGHT}) as weight, count(*)::INTEGER as events,
+select e.user_key, e.item_key, fsum({_EVENT_WEIGHT}) as weight, count(*)::INTEGER as events,
        max(e.ts) as last_ts,
        -- the latest event's type, ties on ts broken by event_id (one HUGEINT compares faster
        -- than a struct: 0.9 s instead of 1.6 s at 10M events)
@@ -241,6 +243,62 @@ def _full(con, values: dict, progress: Progress | None) -> RefreshResult:
                          scalar(con, "select count(*) from users"), x.shape[1], recomputed)
 
 
+def _load_full(con, values: dict, folder: Path, progress: Progress | None) -> RefreshResult:
+    """A full refresh whose heavy part was built elsewhere (the Spark job, rtsql/spark.py):
+    its interactions, neighbour lists and trending counts replace the derived tables; content
+    lists are built here from the catalog. Runs inside the caller's transaction."""
+    def parquet(name: str) -> str:
+        return f"read_parquet('{(folder / name).as_posix()}/*.parquet')"
+
+    model = json.loads(next((folder / "model").glob("*.json")).read_text().splitlines()[0])
+    recreate_empty(con, "interactions")
+    con.execute(f"""insert into interactions select user_key, item_key, weight, events, last_ts,
+                           last_event_type from {parquet('interactions')}
+                    order by user_key, item_key""")
+    recomputed = 0
+    for table, key in (("item_neighbors", "item_key"), ("user_neighbors", "user_key")):
+        recreate_empty(con, table)
+        con.execute(f"""insert into {table} select {key}, neighbor_key, score, rank, complete
+                        from {parquet(table)} order by {key}, rank""")
+        recomputed += scalar(con, f"select count(distinct {key}) from {table}")
+    recreate_empty(con, "item_neighbor_lists")
+    con.execute("""insert into item_neighbor_lists
+                   select item_key, list(neighbor_key order by rank), list(score order by rank)
+                   from item_neighbors where rank <= $k group by item_key order by item_key""",
+                {"k": values["neighbors"]})
+    _refresh_content(con, values, progress)
+    _refresh_trending(con, values, f"select item_key, recent, previous, popularity "
+                                   f"from {parquet('item_counts')}")
+    _set_state(con, watermark=model["watermark"], t0=model["t0"],
+               decay_rate=model["decay_rate"], idf_n=model["idf_n"],
+               model_config=_model_config(con, values), catalog_version=_catalog_version(con),
+               full_refresh_at=time.time())
+    return RefreshResult("full", model["events"], scalar(con, "select count(*) from users"),
+                         _shape(con)[1], recomputed)
+
+
+def load_model(con, folder: str | os.PathLike, progress: Progress | None = None) -> RefreshResult:
+    """Install a model built by the Spark job (``rtsql load-model``): one transaction, so
+    readers see the old model or the new one, never a mix; the watermark is the job's, so the
+    next incremental refresh (and tail) folds in exactly the events after it."""
+    start = time.perf_counter()
+    folder = Path(folder).expanduser()
+    missing = [name for name in ("interactions", "item_neighbors", "user_neighbors",
+                                 "item_counts", "model") if not (folder / name).is_dir()]
+    if missing:
+        from .errors import InputPathError
+
+        raise InputPathError(f"{folder} is not a model built by the Spark job (no "
+                             f"{', '.join(missing)}); see docs/spark.md for the layout")
+    with _refresh_lock(con):
+        values = settings.get_all(con)
+        with transaction(con):
+            result = _load_full(con, values, folder, progress)
+            _materialize_if_on(con, values, result, progress)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
 # forward decay multiplies an event after the landmark t0 by e^(rate * (ts - t0)); past this
 # exponent (e^100 ~ 1e43, whose square still leaves a wide margin in the norms) the refresh is
 # a full one, which moves the landmark to the newest event
@@ -423,22 +481,26 @@ def _incremental(con, values: dict, state: dict, forget_users: np.ndarray | None
 
 # --------------------------------------------------------------------------- trending, content
 
-def _refresh_trending(con, values: dict) -> None:
-    """Counts in the latest window and the one before it, against the latest event time, for
-    every item (zeros without events), with the share of the top score and the two backfill
-    orders recommend() reads; stored in backfill order so its first rows are the ones read."""
+# per item: events in the latest trending window and the one before it, against the latest
+# event time, and all events (the Spark job computes the same counts: rtsql/spark_job.py)
+_TRENDING_COUNTS = """
+    with now as (select max(ts) as t from events)
+    select e.item_key,
+           count(*) filter (where e.ts > now.t - to_seconds($window)) as recent,
+           count(*) filter (where e.ts <= now.t - to_seconds($window)
+                            and e.ts > now.t - to_seconds(2 * $window)) as previous,
+           count(*) as popularity
+    from events e, now group by e.item_key"""
+
+
+def _refresh_trending(con, values: dict, counts: str = _TRENDING_COUNTS) -> None:
+    """Trending from the counts (every item, zeros without events), with the share of the top
+    score and the two backfill orders recommend() reads; stored in backfill order so its first
+    rows are the ones read. ``counts`` is a query with item_key, recent, previous, popularity."""
     con.execute("delete from item_trending")
-    con.execute("""
+    con.execute(f"""
         insert into item_trending
-        with now as (select max(ts) as t from events),
-        counts as (
-            select e.item_key,
-                   count(*) filter (where e.ts > now.t - to_seconds($window)) as recent,
-                   count(*) filter (where e.ts <= now.t - to_seconds($window)
-                                    and e.ts > now.t - to_seconds(2 * $window)) as previous,
-                   count(*) as popularity
-            from events e, now group by e.item_key
-        ),
+        with counts as ({counts}),
         scored as (
             select i.item_key, coalesce(c.recent, 0) as recent,
                    coalesce(c.previous, 0) as previous, coalesce(c.popularity, 0) as popularity,
@@ -453,7 +515,8 @@ def _refresh_trending(con, values: dict) -> None:
                row_number() over (order by share desc, popularity desc, item_key) as rank_trending,
                row_number() over (order by popularity desc, item_key) as rank_popular
         from shared order by rank_trending""",
-                {"window": values["trending_window_days"] * 86400.0})
+                {"window": values["trending_window_days"] * 86400.0} if "$window" in counts
+                else {})
 
 
 def _refresh_content_if_changed(con, values: dict, state: dict) -> None:
