@@ -306,14 +306,8 @@ def items(state: State, path, maps, in_format):
 
 
 def catalog_mapping(maps) -> ingest_mod.ColumnMapping:
-    columns = {}
-    for item in maps:
-        key, sep, value = item.partition("=")
-        if not sep or key.strip() not in catalog.CATALOG_COLUMNS or not value.strip():
-            raise click.BadParameter(f"{item!r}: use NAME=COLUMN with NAME one of "
-                                     f"{', '.join(catalog.CATALOG_COLUMNS)}", param_hint="--map")
-        columns[key.strip()] = value.strip()
-    return ingest_mod.ColumnMapping(columns)
+    return ingest_mod.ColumnMapping(dict(settings.assignments(
+        maps, "--map", "NAME=COLUMN", catalog.CATALOG_COLUMNS)))
 
 
 @main.command("event-types")
@@ -336,8 +330,7 @@ def event_types(state: State, assignments, uses_value, negative_values, fmt):
     from . import events
 
     con = state.connect()
-    for assignment in assignments:
-        name, _, weight = assignment.partition("=")
+    for name, weight in settings.assignments(assignments, "--set", "TYPE=WEIGHT"):
         events.set_event_type(con, name, weight, uses_value, negative_values)
     _emit(events.COLUMNS, events.event_types(con), fmt)
 
@@ -581,13 +574,9 @@ def forget(state: State, user_id, yes):
 # --------------------------------------------------------------------------- evaluation
 
 def _overrides(assignments) -> dict[str, str]:
-    out = {}
-    for item in assignments:
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise click.BadParameter(f"{item!r}: use NAME=VALUE", param_hint="--set")
-        settings.parse(name.strip(), value.strip())  # unknown names and bad values fail here
-        out[name.strip()] = value.strip()
+    out = dict(settings.assignments(assignments, "--set"))
+    for name, value in out.items():
+        settings.parse(name, value)  # unknown names and bad values fail here
     return out
 
 
@@ -775,34 +764,14 @@ def variants(state: State, assignments, variant_settings, clear, fmt):
             --setting recent.recency_half_life_days=1
         rtsql recommend user-42 --variant auto
     """
-    import json
-
     from . import feedback
 
     con = state.connect()
     if clear:
         feedback.set_variants(con, {}, {})
     elif assignments:
-        shares = {}
-        for item in assignments:
-            name, sep, share = item.partition("=")
-            try:
-                shares[name.strip()] = float(share)
-            except ValueError:
-                raise click.BadParameter(f"{item!r}: use NAME=SHARE", param_hint="--set") from None
-        overrides: dict[str, dict] = {}
-        for item in variant_settings:
-            key, sep, value = item.partition("=")
-            name, dot, setting = key.partition(".")
-            if not (sep and dot) or name not in shares:
-                raise click.BadParameter(f"{item!r}: use NAME.SETTING=VALUE for a variant given "
-                                         "with --set", param_hint="--setting")
-            overrides.setdefault(name, {})[setting] = value
-        feedback.set_variants(con, shares, overrides)
-    _emit(["variant", "share", "settings"],
-          [(n, sh, json.dumps(json.loads(st))) for n, sh, st in
-           con.execute("select name, share, settings from ab_variants order by name").fetchall()],
-          fmt)
+        feedback.set_variants_from_options(con, assignments, variant_settings)
+    _emit(["variant", "share", "settings"], feedback.variants(con), fmt)
 
 
 # --------------------------------------------------------------------------- data

@@ -177,3 +177,29 @@ def set_variants(con, shares: dict[str, float], variant_settings: dict[str, dict
             con.executemany("insert into ab_variants values (?, ?, ?)",
                             [[n, s, json.dumps(variant_settings.get(n, {}))]
                              for n, s in shares.items()])
+
+
+def set_variants_from_options(con, shares: list[str], overrides: list[str]) -> None:
+    """``rtsql variants --set NAME=SHARE ... --setting NAME.SETTING=VALUE ...``."""
+    from . import settings as settings_mod
+
+    parsed: dict[str, float] = {}
+    for name, share in settings_mod.assignments(shares, "--set", "NAME=SHARE"):
+        try:
+            parsed[name] = float(share)
+        except ValueError:
+            raise InvalidSetting(f"--set {name}={share}: a share is a number in (0, 1]") from None
+    by_variant: dict[str, dict] = {}
+    for key, value in settings_mod.assignments(overrides, "--setting", "NAME.SETTING=VALUE"):
+        name, dot, setting = key.partition(".")
+        if not dot or name not in parsed:
+            raise InvalidSetting(f"--setting {key}={value}: use NAME.SETTING=VALUE for a variant "
+                                 "given with --set")
+        by_variant.setdefault(name, {})[setting] = value
+    set_variants(con, parsed, by_variant)
+
+
+def variants(con) -> list[tuple]:
+    """(name, share, settings JSON) of every variant, by name."""
+    return [(n, share, json.dumps(json.loads(st))) for n, share, st in con.execute(
+        "select name, share, settings from ab_variants order by name").fetchall()]

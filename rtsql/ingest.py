@@ -57,16 +57,8 @@ class ColumnMapping:
 
     @classmethod
     def parse(cls, items: Iterable[str], event_type: str | None = None) -> "ColumnMapping":
-        columns = {}
-        for item in items:
-            canonical, sep, source = item.partition("=")
-            canonical, source = canonical.strip(), source.strip()
-            if not sep or not source:
-                raise InputPathError(f"--map takes CANONICAL=SOURCE (e.g. user_id=userId), got {item!r}")
-            if canonical not in CANONICAL_COLUMNS:
-                raise InputPathError(f"--map {item!r}: {canonical!r} is not one of "
-                                     f"{', '.join(CANONICAL_COLUMNS)}")
-            columns[canonical] = source
+        columns = dict(settings.assignments(items, "--map", "CANONICAL=SOURCE (e.g. "
+                                            "user_id=userId)", CANONICAL_COLUMNS))
         return cls(columns, event_type.strip().lower() if event_type else None)
 
     def source(self, canonical: str) -> str:

@@ -161,6 +161,23 @@ SETTINGS: dict[str, Setting] = {
 }
 
 
+def assignments(items, option: str, form: str = "NAME=VALUE",
+                names: tuple[str, ...] | None = None) -> list[tuple[str, str]]:
+    """The one parser of repeated ``NAME=VALUE`` options (--set, --map, --setting,
+    --spark-conf): (name, value) pairs, both stripped. ``names`` restricts the names. Raises
+    InvalidSetting naming the option and the expected form."""
+    pairs = []
+    for item in items:
+        name, sep, value = str(item).partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or not name or not value:
+            raise InvalidSetting(f"{option} takes {form}, got {item!r}")
+        if names is not None and name not in names:
+            raise InvalidSetting(f"{option} {item!r}: {name!r} is not one of {', '.join(names)}")
+        pairs.append((name, value))
+    return pairs
+
+
 def setting(name: str) -> Setting:
     try:
         return SETTINGS[name]

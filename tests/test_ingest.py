@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from rtsql import ingest
 from rtsql import settings as rtsql_settings
-from rtsql.errors import BadEventFile, InputPathError
+from rtsql.errors import BadEventFile, InputPathError, InvalidSetting
 from rtsql.ingest import ColumnMapping
 
 from conftest import HEADER, count
@@ -205,9 +205,9 @@ def test_directory_walk_skips_temporary_and_unknown_files(con, write, tmp_path):
 
 
 def test_bad_map_option():
-    with pytest.raises(InputPathError, match="not one of"):
+    with pytest.raises(InvalidSetting, match="not one of"):
         ColumnMapping.parse(["userid=x"])
-    with pytest.raises(InputPathError, match="CANONICAL=SOURCE"):
+    with pytest.raises(InvalidSetting, match="CANONICAL=SOURCE"):
         ColumnMapping.parse(["user_id"])
 
 
