@@ -450,8 +450,18 @@ def _refresh_progress():
 
 @main.command()
 @click.option("--full", is_flag=True, help="Rebuild everything instead of the incremental update.")
+@click.option("--engine", type=click.Choice(["local", "spark"]), default="local",
+              show_default=True,
+              help="Who builds a full refresh: this process, or an Apache Spark job "
+                   "(pip install 'rtsql[spark]'; see docs/spark.md).")
+@click.option("--master", help="With --engine spark: the Spark master URL [default: local[2]].")
+@click.option("--spark-conf", "spark_conf", multiple=True, metavar="KEY=VALUE",
+              help="With --engine spark: a Spark configuration entry (repeatable).")
+@click.option("--work", type=click.Path(file_okay=False),
+              help="With --engine spark: keep the exported events and the job's output here "
+                   "[default: a temporary folder, removed afterwards].")
 @click.pass_obj
-def refresh(state: State, full):
+def refresh(state: State, full, engine, master, spark_conf, work):
     """Bring interaction matrix, neighbour lists, content and trending up to date.
 
     Incremental by default (exactly equal to a full rebuild); safe for cron: a second refresh
@@ -461,11 +471,72 @@ def refresh(state: State, full):
     Example:
         rtsql refresh
         rtsql refresh --full
+        rtsql refresh --full --engine spark --master spark://head:7077
     """
     from . import refresh as refresh_mod
 
-    result = refresh_mod.refresh(state.connect(), full=full, progress=_refresh_progress())
+    if engine == "spark":
+        from . import spark
+
+        if not full:
+            raise click.UsageError("--engine spark builds full refreshes; add --full "
+                                   "(incremental refreshes run locally)")
+        conf = dict(settings.assignments(spark_conf, "--spark-conf", "KEY=VALUE"))
+        result = spark.refresh(state.connect(), master=master, conf=conf, work=work,
+                               log=lambda line: click.echo(line, err=True))
+    else:
+        if master or spark_conf or work:
+            raise click.UsageError("--master, --spark-conf and --work go with --engine spark")
+        result = refresh_mod.refresh(state.connect(), full=full, progress=_refresh_progress())
     click.echo(result.summary())
+
+
+@main.command("load-model")
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.pass_obj
+def load_model(state: State, path):
+    """Install a model built by the Spark job (spark-submit on a cluster) into the database.
+
+    One transaction: readers see the old model or the new one. The job's last event becomes
+    the watermark, so `rtsql refresh` and `rtsql tail` continue from it. See docs/spark.md.
+
+    \b
+    Example:
+        rtsql load-model /data/model
+    """
+    from . import refresh as refresh_mod
+
+    click.echo(refresh_mod.load_model(state.connect(), path).summary())
+
+
+@main.command("spark-job")
+@click.option("--config", "config_path", type=click.Path(), required=True,
+              help="Where to write the job config (from this database's settings).")
+@click.option("--export", type=click.Path(file_okay=False),
+              help="Also export the events as Parquet into this folder.")
+@click.pass_obj
+def spark_job_cmd(state: State, config_path, export):
+    """Prepare a cluster build: the job config (and optionally the events) for spark-submit.
+
+    \b
+    Example:
+        rtsql spark-job --config job.json --export /data/export
+        spark-submit --master yarn $(python -c 'import rtsql.spark_job as j; print(j.__file__)') \\
+            --events /data/export/events --config job.json --out /data/model
+        rtsql load-model /data/model
+    """
+    import json
+
+    from . import spark
+
+    con = state.connect()
+    config = spark.job_config(con)
+    Path(config_path).write_text(json.dumps(config, indent=1))
+    click.echo(f"job config written to {config_path} (events up to event_id "
+               f"{config['watermark']})")
+    if export:
+        folder = spark.export_events(con, Path(export), config["watermark"])
+        click.echo(f"events exported to {folder}")
 
 
 @main.command()

@@ -1,0 +1,120 @@
+"""``rtsql refresh --full --engine spark``: the full model build on Apache Spark.
+
+DuckDB stays the serving layer; the heavy, embarrassingly parallel part of a full refresh
+(interactions, item-item and user-user co-occurrence, top-K, trending counts) runs as a PySpark
+job (rtsql/spark_job.py). This module is the rtsql side:
+
+1. write the job's config from the database's settings and event-type weights;
+2. export the events up to the current last event_id as Parquet into a work folder;
+3. run the job (in this process, ``local[2]`` unless ``master`` names a cluster);
+4. load its output in one transaction (``refresh.load_model``), with the exported last event_id
+   as the watermark, so a later incremental refresh or ``rtsql tail`` continues exactly where
+   the job stopped.
+
+PySpark is an optional extra (``pip install 'rtsql[spark]'``) and needs Java; without either,
+``EngineUnavailable`` says what to install.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from . import refresh as refresh_mod
+from . import settings
+from .errors import InvalidSetting, RtsqlError
+from .sqlutil import scalar
+
+EXTRA = "pip install 'rtsql[spark]'"
+
+
+class EngineUnavailable(RtsqlError):
+    """PySpark or Java is missing."""
+
+
+def check_available() -> None:
+    try:
+        import pyspark  # noqa: F401
+    except ImportError:
+        raise EngineUnavailable(f"--engine spark needs PySpark: {EXTRA}") from None
+    java_home = os.environ.get("JAVA_HOME")
+    if shutil.which("java") is None and not (java_home and Path(java_home, "bin", "java").exists()):
+        raise EngineUnavailable("--engine spark needs Java 17 or newer: install a JDK and put "
+                                "`java` on PATH or set JAVA_HOME")
+
+
+def job_config(con, values: dict | None = None) -> dict:
+    """What the job reads, from the database: the model settings, event-type weights, the key
+    ranges and the last event_id to include (the watermark the loaded model will carry)."""
+    values = values or settings.get_all(con)
+    if values["similarity"] != "cosine":
+        raise InvalidSetting(f"the Spark engine builds cosine lists; the setting similarity is "
+                             f"{values['similarity']!r} (use the local engine, or "
+                             "`rtsql settings similarity cosine`)")
+    n_users, n_items = refresh_mod._shape(con)
+    measure = refresh_mod._measure(values)
+    return {
+        "event_types": [{"event_type": t, "weight": w, "uses_value": u} for t, w, u in
+                        con.execute("select event_type, weight, uses_value from event_types "
+                                    "order by event_type").fetchall()],
+        "decay_rate": refresh_mod._decay_rate(values["half_life_days"]),
+        "max_history": values["max_history"],
+        "neighbors": values["neighbors"],
+        "store": measure.stored,
+        "shrinkage": values["shrinkage"],
+        "min_support": values["min_support"],
+        "user_cf": values["user_cf"],
+        "trending_window_seconds": values["trending_window_days"] * 86400.0,
+        "n_users": n_users,
+        "n_items": n_items,
+        "watermark": scalar(con, "select coalesce(max(event_id), 0) from events"),
+        "now": time.time(),
+    }
+
+
+def export_events(con, folder: Path, watermark: int) -> Path:
+    """The events up to ``watermark`` as Parquet files in ``folder/events``."""
+    target = folder / "events"
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    literal = str(target / "part.parquet").replace("'", "''")
+    con.execute(f"""copy (select event_id, user_key, item_key, event_type, value, ts
+                          from events where event_id <= {int(watermark)})
+                    to '{literal}' (format parquet)""")
+    return target
+
+
+def refresh(con, *, master: str | None = None, conf: dict | None = None,
+            work: str | os.PathLike | None = None, keep: bool = False, session=None,
+            log=lambda line: None) -> refresh_mod.RefreshResult:
+    """A full refresh built by Spark and loaded into ``con``'s database. ``session``: a
+    SparkSession to use (and leave running); else one is started for the job and stopped."""
+    from . import spark_job
+
+    check_available()
+    start = time.perf_counter()
+    config = job_config(con)
+    folder = Path(work).expanduser() if work else Path(tempfile.mkdtemp(prefix="rtsql-spark-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        events = export_events(con, folder, config["watermark"])
+        (folder / "job.json").write_text(json.dumps(config, indent=1))
+        log(f"spark: exported events to {events}; running the job "
+            f"({master or 'local[2]'})")
+        spark = session or spark_job.session(master, conf)
+        try:
+            spark_job.build(spark, str(events), config, str(folder / "model"))
+        finally:
+            if session is None:
+                spark.stop()
+        log("spark: loading the model")
+        result = refresh_mod.load_model(con, folder / "model")
+    finally:
+        if not keep and not work:
+            shutil.rmtree(folder, ignore_errors=True)
+    result.seconds = time.perf_counter() - start
+    return result

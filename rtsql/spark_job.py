@@ -1,0 +1,185 @@
+"""The full model build as an Apache Spark job: interactions, neighbour lists, trending counts.
+
+This file depends on PySpark and the standard library only, so a cluster runs it without
+rtsql installed::
+
+    spark-submit --master yarn rtsql/spark_job.py --events s3a://shop/events/ \\
+        --config job.json --out s3a://shop/model/
+
+(``python -m rtsql.spark_job`` is the same.) ``rtsql refresh --full --engine spark`` writes the
+config from the database's settings, runs this job (in-process, ``local[2]`` unless
+``--master`` says otherwise) and loads its output (``rtsql load-model``); docs/spark.md
+describes the layouts in and out.
+
+Everything runs as DataFrame operations: no Python UDFs, and nothing large is collected to the
+driver (a few scalars: the newest event time, the user count). Each step repeats the local
+engine's floating-point operations in the same order (rtsql/refresh.py, rtsql/similarity.py):
+the event weight ``type weight * value * exp(max(rate * (epoch(ts) - t0), -200))``, per-pair dot
+products of raw weights scaled afterwards, ``dot * (1/|a|) * (1/|b|)``, then the shrinkage
+factor. Where the sums are exact (weights that are multiples of a power of two: event-type
+weights, ratings, no decay) both engines compute the same bits, so ties break the same way
+(score descending, neighbour key ascending). Elsewhere they agree to rounding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+# input columns (rtsql's events table, exported as Parquet)
+EVENT_COLUMNS = ("event_id", "user_key", "item_key", "event_type", "value", "ts")
+OUTPUTS = ("interactions", "item_neighbors", "user_neighbors", "item_counts", "model")
+
+
+def build(spark, events_uri: str, config: dict, out_uri: str) -> dict:
+    """Run the job; returns the model scalars it also writes to ``out_uri/model``."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    events = spark.read.parquet(events_uri).select(*EVENT_COLUMNS)
+    if config.get("watermark") is not None:
+        events = events.where(F.col("event_id") <= F.lit(int(config["watermark"])))
+    types = spark.createDataFrame(
+        [(t["event_type"], float(t["weight"]), bool(t["uses_value"]))
+         for t in config["event_types"]],
+        "event_type string, type_weight double, uses_value boolean")
+    epoch = F.unix_micros("ts").cast("double") / F.lit(1e6)
+
+    newest = events.agg(F.max(F.unix_micros("ts")).alias("t"), F.max("event_id").alias("w"),
+                        F.count(F.lit(1)).alias("n")).first()
+    # the decay landmark: the newest event (the local full refresh's rule)
+    t0 = newest["t"] / 1e6 if newest["t"] is not None else float(config["now"])
+    rate = float(config["decay_rate"])
+
+    # ---- the interaction matrix: one row per (user, item)
+    weighted = events.join(F.broadcast(types), "event_type").withColumn(
+        "w", F.col("type_weight")
+        * F.when(F.col("uses_value"), F.col("value")).otherwise(F.lit(1.0))
+        * F.exp(F.greatest(F.lit(rate) * (epoch - F.lit(t0)), F.lit(-200.0))))
+    interactions = weighted.groupBy("user_key", "item_key").agg(
+        F.sum("w").alias("weight"), F.count(F.lit(1)).cast("int").alias("events"),
+        F.max("ts").alias("last_ts"),
+        F.max_by("event_type", F.struct("ts", "event_id")).alias("last_event_type"))
+    interactions.write.mode("overwrite").parquet(f"{out_uri}/interactions")
+    interactions = spark.read.parquet(f"{out_uri}/interactions")
+
+    # ---- the capped history used for co-occurrence: each user's max_history latest items
+    cap = int(config["max_history"])
+    latest = Window.partitionBy("user_key").orderBy(F.col("last_ts").desc(),
+                                                     F.col("item_key").desc())
+    capped = interactions
+    if cap > 0:
+        capped = capped.withColumn("rn", F.row_number().over(latest)).where(F.col("rn") <= cap)
+    capped = capped.where(F.col("weight") > 0).select("user_key", "item_key", "weight")
+    capped = capped.persist()
+    users_with_history = capped.select("user_key").distinct().count()
+
+    stored = int(config["store"])
+    _lists(capped, "item_key", "user_key", config, stored, int(config["n_items"])) \
+        .write.mode("overwrite").parquet(f"{out_uri}/item_neighbors")
+    if config["user_cf"]:
+        _lists(capped, "user_key", "item_key", config, stored, int(config["n_users"])) \
+            .write.mode("overwrite").parquet(f"{out_uri}/user_neighbors")
+    else:
+        spark.createDataFrame([], "user_key int, neighbor_key int, score double, rank int, "
+                                  "complete boolean") \
+            .write.mode("overwrite").parquet(f"{out_uri}/user_neighbors")
+    capped.unpersist()
+
+    # ---- trending counts per item against the newest event (the ranking is done on load)
+    window_us = round(float(config["trending_window_seconds"]) * 1e6)
+    now_us = F.lit(newest["t"] if newest["t"] is not None else 0)
+    ts_us = F.unix_micros("ts")
+    events.groupBy("item_key").agg(
+        F.count(F.when(ts_us > now_us - window_us, 1)).alias("recent"),
+        F.count(F.when((ts_us <= now_us - window_us) & (ts_us > now_us - 2 * window_us), 1))
+        .alias("previous"),
+        F.count(F.lit(1)).alias("popularity")) \
+        .write.mode("overwrite").parquet(f"{out_uri}/item_counts")
+
+    model = {"t0": t0, "decay_rate": rate, "idf_n": float(users_with_history),
+             "watermark": int(newest["w"] or 0), "events": int(newest["n"])}
+    spark.createDataFrame([model]).coalesce(1).write.mode("overwrite").json(f"{out_uri}/model")
+    return model
+
+
+def _lists(capped, row: str, feature: str, config: dict, stored: int, n_rows: int):
+    """Top-``stored`` cosine neighbours of each ``row`` over the shared ``feature``s: (row,
+    neighbor_key, score, rank, complete). ``complete``: the list holds every neighbour with a
+    positive score (fewer than ``stored`` exist), as the local engine flags it."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    x = capped.select(F.col(row).alias("r"), F.col(feature).alias("f"), F.col("weight").alias("w"))
+    scale = x.groupBy("r").agg(F.sum(F.col("w") * F.col("w")).alias("n2")).select(
+        "r", (F.lit(1.0) / F.sqrt("n2")).alias("s"))
+    a, b = x.alias("a"), x.alias("b")
+    pairs = a.join(b, (F.col("a.f") == F.col("b.f")) & (F.col("a.r") != F.col("b.r"))) \
+        .groupBy(F.col("a.r").alias("r"), F.col("b.r").alias("nb")) \
+        .agg(F.sum(F.col("a.w") * F.col("b.w")).alias("dot"),
+             F.count(F.lit(1)).alias("support"))
+    sa = scale.select(F.col("r").alias("ra"), F.col("s").alias("s_a"))
+    sb = scale.select(F.col("r").alias("rb"), F.col("s").alias("s_b"))
+    sims = pairs.join(sa, pairs["r"] == sa["ra"]).join(sb, pairs["nb"] == sb["rb"]) \
+        .select(F.col("r").alias("row"), "nb", "support",
+                (F.col("dot") * F.col("s_a") * F.col("s_b")).alias("score"))
+    shrinkage = float(config["shrinkage"])
+    if shrinkage > 0:
+        sims = sims.withColumn("score", F.col("score") * (
+            F.col("support").cast("double") / (F.col("support").cast("double")
+                                               + F.lit(shrinkage))))
+    sims = sims.where((F.col("support") >= int(config["min_support"])) & (F.col("score") > 0))
+    ranked = Window.partitionBy("row").orderBy(F.col("score").desc(), F.col("nb").asc())
+    per_row = Window.partitionBy("row")
+    return sims.withColumn("rank", F.row_number().over(ranked)) \
+        .withColumn("positive", F.count(F.lit(1)).over(per_row)) \
+        .where(F.col("rank") <= stored) \
+        .select(F.col("row").cast("int").alias(row), F.col("nb").cast("int").alias("neighbor_key"),
+                "score", F.col("rank").cast("int").alias("rank"),
+                ((F.col("positive") < stored) | F.lit(stored >= n_rows)).alias("complete"))
+
+
+def session(master: str | None = None, conf: dict | None = None, app: str = "rtsql-build"):
+    """A SparkSession: ``master`` (default: the environment's, else local[2]) and extra conf."""
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.appName(app)
+    if master:
+        builder = builder.master(master)
+    elif not _has_master():
+        builder = builder.master("local[2]")
+    settings = {"spark.ui.enabled": "false", "spark.sql.session.timeZone": "UTC",
+                "spark.sql.shuffle.partitions": "8", **(conf or {})}
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()
+
+
+def _has_master() -> bool:
+    import os
+
+    return "--master" in os.environ.get("PYSPARK_SUBMIT_ARGS", "") or \
+        "SPARK_MASTER" in os.environ or "spark.master" in os.environ.get("SPARK_CONF", "")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rtsql-spark-job", description=__doc__.split("\n")[0])
+    parser.add_argument("--events", required=True, help="events Parquet (folder, glob or URI)")
+    parser.add_argument("--config", required=True, help="job config JSON written by rtsql")
+    parser.add_argument("--out", required=True, help="output folder or URI")
+    parser.add_argument("--master", help="Spark master (spark-submit sets it)")
+    args = parser.parse_args(argv)
+    with open(args.config) as f:
+        config = json.load(f)
+    spark = session(args.master)
+    try:
+        model = build(spark, args.events, config, args.out)
+    finally:
+        spark.stop()
+    print(json.dumps(model))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
