@@ -13,9 +13,10 @@ from pathlib import Path
 
 import click
 
-from . import catalog, db, ingest as ingest_mod, output, settings
+from . import catalog, db, output, settings
+from . import ingest as ingest_mod
 from .errors import RtsqlError
-from .recommend import MAX_K
+from .recommend import MAX_K, STRATEGIES
 
 FORMAT_OPTION = click.option(
     "--format", "fmt", type=click.Choice(output.FORMATS), default="table", show_default=True,
@@ -208,23 +209,16 @@ def tail(state: State, directory, patterns, recursive, poll, once, publish_path,
         rtsql tail /var/log/shop --pattern '*.jsonl'
         rtsql tail incoming/ --once
     """
-    from . import snapshot, tail as tail_mod
+    from . import snapshot
+    from . import tail as tail_mod
 
-    if not Path(directory).expanduser().is_dir():
-        raise click.ClickException(f"{directory} is not a directory")
-    db.validate_db_path(state.db_path)
-    lock = tail_mod.acquire_lock(state.db_path)
-    try:
-        options = tail_mod.TailOptions(
-            patterns=tuple(patterns) or ("*",), recursive=recursive, poll=poll, fmt=in_format,
-            mapping=ingest_mod.ColumnMapping.parse(maps, event_type),
-            publish=Path(publish_path) if publish_path else snapshot.default_path(state.db_path),
-            refresh=not no_refresh)
-        runner = tail_mod.Tail(state.connect(), directory, options,
-                               log=lambda line: click.echo(line, err=True))
-        totals = runner.run(once=once)
-    finally:
-        os.close(lock)
+    options = tail_mod.TailOptions(
+        patterns=tuple(patterns) or ("*",), recursive=recursive, poll=poll, fmt=in_format,
+        mapping=ingest_mod.ColumnMapping.parse(maps, event_type),
+        publish=Path(publish_path) if publish_path else snapshot.default_path(state.db_path),
+        refresh=not no_refresh)
+    totals = tail_mod.follow(state.db_path, directory, options, once=once,
+                             log=lambda line: click.echo(line, err=True))
     click.echo(f"tail: {totals.events} events, {totals.rejects} rejects from {totals.files} "
                f"file batch(es); snapshot {options.publish}", err=True)
 
@@ -264,7 +258,9 @@ def serve(state: State, host, port, token, tail_dir, patterns, recursive, poll, 
         curl 'localhost:8000/recommend/user-42?k=5'
         rtsql serve --tail incoming/ --token "$SECRET"
     """
-    from . import server, service as service_mod, snapshot, tail as tail_mod
+    from . import server, snapshot
+    from . import service as service_mod
+    from . import tail as tail_mod
 
     if tail_dir is not None and not Path(tail_dir).expanduser().is_dir():
         raise click.ClickException(f"{tail_dir} is not a directory")
@@ -460,8 +456,14 @@ def _refresh_progress():
 @click.option("--work", type=click.Path(file_okay=False),
               help="With --engine spark: keep the exported events and the job's output here "
                    "[default: a temporary folder, removed afterwards].")
+@click.option("--events", "event_uris", multiple=True, metavar="PARQUET",
+              help="With --engine spark: also build from these Parquet files (a path, glob or "
+                   "s3a:// / hdfs:// URI; repeatable), read by Spark directly.")
+@click.option("--map", "maps", multiple=True, metavar="CANONICAL=SOURCE",
+              help="With --events: column mapping, as for ingest (repeatable).")
+@click.option("--event-type", help="With --events: the event type of files without one.")
 @click.pass_obj
-def refresh(state: State, full, engine, master, spark_conf, work):
+def refresh(state: State, full, engine, master, spark_conf, work, event_uris, maps, event_type):
     """Bring interaction matrix, neighbour lists, content and trending up to date.
 
     Incremental by default (exactly equal to a full rebuild); safe for cron: a second refresh
@@ -483,10 +485,13 @@ def refresh(state: State, full, engine, master, spark_conf, work):
                                    "(incremental refreshes run locally)")
         conf = dict(settings.assignments(spark_conf, "--spark-conf", "KEY=VALUE"))
         result = spark.refresh(state.connect(), master=master, conf=conf, work=work,
+                               events=list(event_uris),
+                               mapping=ingest_mod.ColumnMapping.parse(maps, event_type),
                                log=lambda line: click.echo(line, err=True))
     else:
-        if master or spark_conf or work:
-            raise click.UsageError("--master, --spark-conf and --work go with --engine spark")
+        if master or spark_conf or work or event_uris or maps or event_type:
+            raise click.UsageError("--master, --spark-conf, --work, --events, --map and "
+                                   "--event-type go with --engine spark")
         result = refresh_mod.refresh(state.connect(), full=full, progress=_refresh_progress())
     click.echo(result.summary())
 
@@ -542,7 +547,7 @@ def spark_job_cmd(state: State, config_path, export):
 @main.command()
 @click.argument("user_id")
 @click.option("-k", default=10, show_default=True, type=click.IntRange(1, MAX_K), help="How many items.")
-@click.option("--strategy", type=click.Choice(["hybrid", "item", "user", "content", "trending"]),
+@click.option("--strategy", type=click.Choice(STRATEGIES),
               default="hybrid", show_default=True)
 @click.option("--exclude", multiple=True, help="Item id to leave out (repeatable).")
 @click.option("--category", help="Only items of this catalog category.")
@@ -656,7 +661,7 @@ def _overrides(assignments) -> dict[str, str]:
               show_default=True, help="EVAL.md protocol 1 (holdout) or 2 (prequential).")
 @click.option("-k", default=10, show_default=True, type=click.IntRange(1, MAX_K), help="List length.")
 @click.option("--strategy", "strategies", multiple=True,
-              type=click.Choice(["hybrid", "item", "user", "content", "trending"]),
+              type=click.Choice(STRATEGIES),
               help="Strategies to score (repeatable; default hybrid).")
 @click.option("--set", "assignments", multiple=True, metavar="NAME=VALUE",
               help="Evaluate with this setting changed (repeatable); the live one stays.")

@@ -88,7 +88,9 @@ def configure(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"set threads = {int(values['threads'])}")
     if values["memory_limit"]:  # a valid size: settings.parse checked it
         con.execute(f"set memory_limit = '{values['memory_limit'].strip()}'")
-    from . import udf  # late import: udf needs numpy/pyarrow, not needed for `migrate --list`
+    from . import (
+        udf,  # late import: udf needs numpy/pyarrow, not needed for `migrate --list`
+    )
 
     udf.register(con)
 

@@ -26,8 +26,6 @@ import pyarrow.parquet as pq
 from . import db, ingest, refresh, settings
 from .sqlutil import arrow_table, transaction
 
-STRATEGIES = ("hybrid", "item", "user", "content", "trending")
-
 # Events with string ids, each user's events ordered by (ts, item id; numerically when the ids
 # are numbers) and numbered, with the user's event count: the protocol 1 split.
 _EVENTS = """

@@ -5,7 +5,6 @@ from __future__ import annotations
 from .errors import InvalidSetting
 from .sqlutil import scalar
 
-
 COLUMNS = ["event_type", "weight", "uses_value", "negative_values"]
 
 

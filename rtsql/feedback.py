@@ -16,6 +16,7 @@ from .errors import BadEventFile, InputPathError, InvalidSetting
 from .ingest import detect_format
 from .sqlutil import add_new_ids, quote_identifier, scalar, transaction
 
+
 def load_impressions(con, path: str | os.PathLike) -> dict[str, int]:
     """Load an impressions file (CSV, JSON-lines, Parquet) with user_id, item_id, ts, strategy
     and optional variant, rec_id, rank. Rows without user, item, time or strategy go to

@@ -23,14 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
 
-import numpy as np
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import settings
-from .sqlutil import add_new_ids, one, quote_identifier, scalar
 from .errors import BadEventFile, InputPathError, InvalidSetting
+from .sqlutil import add_new_ids, one, quote_identifier, scalar
 
 CANONICAL_COLUMNS = ("user_id", "item_id", "event_type", "ts", "value")
 REQUIRED_COLUMNS = ("user_id", "item_id", "ts")  # event_type too, unless --event-type is given

@@ -7,6 +7,7 @@ never needs a migration.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -112,5 +113,20 @@ def install_definitions(con) -> int:
     """(Re)create every view and macro under sql/, in file order. Returns how many."""
     objs = resources.sql_objects("views") + resources.sql_objects("macros")
     for obj in objs:
-        con.execute(obj.sql)
+        con.execute(with_defaults(obj.sql))
     return len(objs)
+
+
+_DEFAULT = re.compile(r"\{\{default:(\w+)\}\}")
+
+
+def with_defaults(sql: str) -> str:
+    """``{{default:NAME}}`` in a view or macro becomes the setting's default from the registry
+    (a quoted literal, as stored in rtsql_settings): SQL falls back on the one definition of
+    each default instead of a copy."""
+    from .settings import SETTINGS, text_of
+
+    def literal(match: re.Match) -> str:
+        return "'" + text_of(SETTINGS[match.group(1)].default).replace("'", "''") + "'"
+
+    return _DEFAULT.sub(literal, sql)

@@ -31,8 +31,15 @@ import scipy.sparse as sp
 
 from . import settings, similarity
 from .errors import DatabaseLocked
-from .sqlutil import (arrow_column, database_path, keys_column, recreate_empty, registered,
-                      scalar, transaction)
+from .sqlutil import (
+    arrow_column,
+    database_path,
+    keys_column,
+    recreate_empty,
+    registered,
+    scalar,
+    transaction,
+)
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -251,6 +258,10 @@ def _load_full(con, values: dict, folder: Path, progress: Progress | None) -> Re
         return f"read_parquet('{(folder / name).as_posix()}/*.parquet')"
 
     model = json.loads(next((folder / "model").glob("*.json")).read_text().splitlines()[0])
+    for table, columns in (("users", "user_key, user_id"), ("items", "item_key, item_id")):
+        if (folder / f"new_{table}").is_dir():  # ids first seen in the job's --events files
+            con.execute(f"insert into {table} select {columns} from {parquet('new_' + table)} "
+                        f"order by 1")
     recreate_empty(con, "interactions")
     con.execute(f"""insert into interactions select user_key, item_key, weight, events, last_ts,
                            last_event_type from {parquet('interactions')}

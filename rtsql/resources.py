@@ -75,8 +75,3 @@ def sql_objects(kind: str) -> list[SqlObject]:
             name = re.sub(r"^\d+_", "", entry.name[: -len(".sql")])
             objs.append(SqlObject(kind, name, entry.read_text("utf-8")))
     return objs
-
-
-def query(name: str) -> str:
-    """A named query file from ``sql/`` (shared SQL used by several modules)."""
-    return _files("rtsql.sql").joinpath(f"{name}.sql").read_text("utf-8")

@@ -23,7 +23,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
 from .errors import InvalidSetting, RtsqlError, UnknownItem, UnknownUser
-from .recommend import MAX_K, STRATEGIES, check_variant as _check_variant
+from .recommend import MAX_K, STRATEGIES
+from .recommend import check_variant as _check_variant
 from .service import Service
 
 MAX_BODY_BYTES = 16 << 20
@@ -57,7 +58,13 @@ def _rows(rows) -> list[dict]:
 def create_app(service: Service, *, token: str | None = None,
                max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     """The ASGI app over a started ``Service``."""
-    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+    from prometheus_client import (
+        CollectorRegistry,
+        Counter,
+        Gauge,
+        Histogram,
+        generate_latest,
+    )
 
     app = FastAPI(title="rtsql", version="1",
                   description="Real-time recommendations from an rtsql database. Answers equal "

@@ -29,8 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import (db, feedback, ingest as ingest_mod, privacy, refresh as refresh_mod,
-               settings, snapshot, tail as tail_mod)
+from . import db, feedback, privacy, settings, snapshot
+from . import ingest as ingest_mod
+from . import refresh as refresh_mod
+from . import tail as tail_mod
 from .errors import DatabaseLocked, InvalidSetting
 from .serving import ServingState
 

@@ -58,9 +58,10 @@ def job_config(con, values: dict | None = None) -> dict:
     n_users, n_items = refresh_mod._shape(con)
     measure = refresh_mod._measure(values)
     return {
-        "event_types": [{"event_type": t, "weight": w, "uses_value": u} for t, w, u in
-                        con.execute("select event_type, weight, uses_value from event_types "
-                                    "order by event_type").fetchall()],
+        "event_types": [{"event_type": t, "weight": w, "uses_value": u, "negative_values": n}
+                        for t, w, u, n in con.execute(
+                            "select event_type, weight, uses_value, negative_values "
+                            "from event_types order by event_type").fetchall()],
         "decay_rate": refresh_mod._decay_rate(values["half_life_days"]),
         "max_history": values["max_history"],
         "neighbors": values["neighbors"],
@@ -88,12 +89,37 @@ def export_events(con, folder: Path, watermark: int) -> Path:
     return target
 
 
+def external_config(con, folder: Path, uris: list[str], mapping) -> dict:
+    """The job's ``external`` part for ``--events``: where the files are, the column mapping,
+    ingest's accepted ranges, and the id dictionaries (exported to ``folder/ids``) with the
+    keys new ids start after (forgotten users' keys are never given again)."""
+    values = settings.get_all(con)
+    ids = folder / "ids"
+    for table, columns in (("users", "user_id, user_key"), ("items", "item_id, item_key")):
+        (ids / table).mkdir(parents=True, exist_ok=True)
+        literal = str(ids / table / "part.parquet").replace("'", "''")
+        con.execute(f"copy (select {columns} from {table}) to '{literal}' (format parquet)")
+    ahead = values["ingest_max_ahead_hours"] * 3600
+    return {
+        "uris": list(uris), "columns": dict(mapping.columns), "event_type": mapping.event_type,
+        "ids": str(ids), "ts_min": values["ingest_min_ts"],
+        "ts_max": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(time.time() + ahead)),
+        "max_abs_value": values["ingest_max_abs_value"],
+        "user_key_floor": scalar(con, "select greatest(coalesce(max(user_key), 0), coalesce("
+                                      "(select max(user_key) from forgotten_users), 0)) from users"),
+        "item_key_floor": scalar(con, "select coalesce(max(item_key), 0) from items"),
+    }
+
+
 def refresh(con, *, master: str | None = None, conf: dict | None = None,
             work: str | os.PathLike | None = None, keep: bool = False, session=None,
+            events: list[str] | None = None, mapping=None,
             log=lambda line: None) -> refresh_mod.RefreshResult:
     """A full refresh built by Spark and loaded into ``con``'s database. ``session``: a
-    SparkSession to use (and leave running); else one is started for the job and stopped."""
-    from . import spark_job
+    SparkSession to use (and leave running); else one is started for the job and stopped.
+    ``events``: Parquet files, globs or URIs the user already has (mapped with ``mapping``, an
+    ingest.ColumnMapping), read by Spark together with the database's own events."""
+    from . import ingest, spark_job
 
     check_available()
     start = time.perf_counter()
@@ -101,6 +127,9 @@ def refresh(con, *, master: str | None = None, conf: dict | None = None,
     folder = Path(work).expanduser() if work else Path(tempfile.mkdtemp(prefix="rtsql-spark-"))
     folder.mkdir(parents=True, exist_ok=True)
     try:
+        if events:
+            config["external"] = external_config(con, folder, events,
+                                                 mapping or ingest.ColumnMapping())
         events = export_events(con, folder, config["watermark"])
         (folder / "job.json").write_text(json.dumps(config, indent=1))
         log(f"spark: exported events to {events}; running the job "
@@ -111,6 +140,12 @@ def refresh(con, *, master: str | None = None, conf: dict | None = None,
         finally:
             if session is None:
                 spark.stop()
+        rejected = folder / "model" / "rejected"
+        if rejected.is_dir():
+            for reason, n in con.execute(
+                    f"select reason, count from read_parquet('{rejected.as_posix()}/*.parquet') "
+                    "order by reason").fetchall():
+                log(f"spark: {n} rows of --events skipped: {reason}")
         log("spark: loading the model")
         result = refresh_mod.load_model(con, folder / "model")
     finally:

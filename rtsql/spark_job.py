@@ -41,9 +41,13 @@ def build(spark, events_uri: str, config: dict, out_uri: str) -> dict:
     if config.get("watermark") is not None:
         events = events.where(F.col("event_id") <= F.lit(int(config["watermark"])))
     types = spark.createDataFrame(
-        [(t["event_type"], float(t["weight"]), bool(t["uses_value"]))
-         for t in config["event_types"]],
-        "event_type string, type_weight double, uses_value boolean")
+        [(t["event_type"], float(t["weight"]), bool(t["uses_value"]),
+          bool(t.get("negative_values", False))) for t in config["event_types"]],
+        "event_type string, type_weight double, uses_value boolean, negative_values boolean")
+    if config.get("external"):
+        events = events.unionByName(_external_events(spark, config, types, out_uri))
+        config = {**config, **_key_ranges(spark, out_uri, config)}
+    types = types.drop("negative_values")
     epoch = F.unix_micros("ts").cast("double") / F.lit(1e6)
 
     newest = events.agg(F.max(F.unix_micros("ts")).alias("t"), F.max("event_id").alias("w"),
@@ -61,10 +65,13 @@ def build(spark, events_uri: str, config: dict, out_uri: str) -> dict:
         F.sum("w").alias("weight"), F.count(F.lit(1)).cast("int").alias("events"),
         F.max("ts").alias("last_ts"),
         F.max_by("event_type", F.struct("ts", "event_id")).alias("last_event_type"))
+    describe = spark.sparkContext.setJobDescription  # names the stages in Spark's event log
+    describe("rtsql: interactions")
     interactions.write.mode("overwrite").parquet(f"{out_uri}/interactions")
     interactions = spark.read.parquet(f"{out_uri}/interactions")
 
     # ---- the capped history used for co-occurrence: each user's max_history latest items
+    describe("rtsql: history cap")
     cap = int(config["max_history"])
     latest = Window.partitionBy("user_key").orderBy(F.col("last_ts").desc(),
                                                      F.col("item_key").desc())
@@ -76,8 +83,10 @@ def build(spark, events_uri: str, config: dict, out_uri: str) -> dict:
     users_with_history = capped.select("user_key").distinct().count()
 
     stored = int(config["store"])
+    describe("rtsql: item-item lists")
     _lists(capped, "item_key", "user_key", config, stored, int(config["n_items"])) \
         .write.mode("overwrite").parquet(f"{out_uri}/item_neighbors")
+    describe("rtsql: user-user lists")
     if config["user_cf"]:
         _lists(capped, "user_key", "item_key", config, stored, int(config["n_users"])) \
             .write.mode("overwrite").parquet(f"{out_uri}/user_neighbors")
@@ -88,6 +97,7 @@ def build(spark, events_uri: str, config: dict, out_uri: str) -> dict:
     capped.unpersist()
 
     # ---- trending counts per item against the newest event (the ranking is done on load)
+    describe("rtsql: trending counts")
     window_us = round(float(config["trending_window_seconds"]) * 1e6)
     now_us = F.lit(newest["t"] if newest["t"] is not None else 0)
     ts_us = F.unix_micros("ts")
@@ -98,10 +108,91 @@ def build(spark, events_uri: str, config: dict, out_uri: str) -> dict:
         F.count(F.lit(1)).alias("popularity")) \
         .write.mode("overwrite").parquet(f"{out_uri}/item_counts")
 
+    describe(None)
     model = {"t0": t0, "decay_rate": rate, "idf_n": float(users_with_history),
              "watermark": int(newest["w"] or 0), "events": int(newest["n"])}
     spark.createDataFrame([model]).coalesce(1).write.mode("overwrite").json(f"{out_uri}/model")
     return model
+
+
+def _external_events(spark, config: dict, types, out_uri: str):
+    """Events from Parquet the user already has (``config.external``): columns mapped as
+    ``rtsql ingest --map`` does, the same checks as ingest (rows that fail are counted by
+    reason in ``out/rejected``; they stay where they are), and string ids turned into rtsql's
+    keys: known ids keep theirs (``ids/users``, ``ids/items`` exported by rtsql), new ones get
+    the next keys in order of first appearance (time, then id), written to ``out/new_users``
+    and ``out/new_items`` for the load. They come before the database's own events (event_id
+    -1: the later event wins a tie on time)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    ext = config["external"]
+    raw = spark.read.parquet(*ext["uris"])
+    names = set(raw.columns)
+
+    def col(canonical: str):
+        name = ext["columns"].get(canonical, canonical)
+        return F.col(f"`{name}`") if name in names else None
+
+    missing = [c for c in ("user_id", "item_id", "ts") if col(c) is None]
+    if missing or (col("event_type") is None and not ext.get("event_type")):
+        raise SystemExit(f"--events: no column for {', '.join(missing or ['event_type'])} "
+                         f"(columns: {', '.join(sorted(names))}); map it with --map")
+    ts_type = dict(raw.dtypes)[ext["columns"].get("ts", "ts")]
+    if ts_type.startswith("timestamp") or ts_type == "date":
+        ts = col("ts").cast("timestamp")
+    elif ts_type in ("int", "bigint", "double", "float", "smallint"):
+        ts = F.timestamp_micros((col("ts").cast("double") * 1e6).cast("long"))
+    else:
+        ts = F.to_timestamp(F.trim(col("ts").cast("string")))
+    event_type = (F.lower(F.trim(col("event_type").cast("string"))) if col("event_type")
+                  is not None else F.lit(ext["event_type"]))
+    value = col("value").cast("double") if col("value") is not None else F.lit(None).cast("double")
+    rows = raw.select(F.trim(col("user_id").cast("string")).alias("user_id"),
+                      F.trim(col("item_id").cast("string")).alias("item_id"),
+                      event_type.alias("event_type"), ts.alias("ts"), value.alias("value"))
+    rows = rows.join(F.broadcast(types), "event_type", "left")
+    reason = (F.when(F.coalesce(F.col("user_id"), F.lit("")) == "", "missing user_id")
+              .when(F.coalesce(F.col("item_id"), F.lit("")) == "", "missing item_id")
+              .when(F.col("type_weight").isNull(), "unknown event type")
+              .when(F.col("ts").isNull(), "missing or unparseable timestamp")
+              .when(F.col("value").isNotNull() & (F.isnan("value") | (F.abs("value") == float("inf"))),
+                    "non-numeric value")
+              .when(F.col("uses_value") & F.col("value").isNull(), "missing value")
+              .when((F.col("ts") < F.lit(ext["ts_min"]).cast("timestamp"))
+                    | (F.col("ts") > F.lit(ext["ts_max"]).cast("timestamp")),
+                    "timestamp outside the accepted window")
+              .when(F.abs("value") > float(ext["max_abs_value"]), "value out of range")
+              .when((F.col("value") < 0) & ~F.col("negative_values"), "negative value"))
+    rows = rows.withColumn("reason", reason).persist()
+    rows.where(F.col("reason").isNotNull()).groupBy("reason").count() \
+        .write.mode("overwrite").parquet(f"{out_uri}/rejected")
+    good = rows.where(F.col("reason").isNull())
+    keyed = good
+    for column, table, key in (("user_id", "users", "user_key"), ("item_id", "items", "item_key")):
+        known = spark.read.parquet(f"{ext['ids']}/{table}")
+        first = good.groupBy(column).agg(F.min("ts").alias("first_ts")) \
+            .join(known, column, "left_anti")
+        # one ordered numbering of the new ids (a single partition: new ids only)
+        ranked = first.withColumn("n", F.row_number().over(Window.orderBy("first_ts", column)))
+        new = ranked.select(column, (F.col("n") + F.lit(int(ext[f"{key}_floor"])))
+                            .cast("int").alias(key))
+        new.write.mode("overwrite").parquet(f"{out_uri}/new_{table}")
+        ids = known.unionByName(spark.read.parquet(f"{out_uri}/new_{table}"))
+        keyed = keyed.join(ids, column)
+    return keyed.select(F.lit(-1).cast("long").alias("event_id"), "user_key", "item_key",
+                        "event_type", "ts", "value").select(*EVENT_COLUMNS)
+
+
+def _key_ranges(spark, out_uri: str, config: dict) -> dict:
+    """n_users / n_items after the new ids: the lists' 'complete' flag compares with them."""
+    from pyspark.sql import functions as F
+
+    out = {}
+    for table, key, name in (("users", "user_key", "n_users"), ("items", "item_key", "n_items")):
+        top = spark.read.parquet(f"{out_uri}/new_{table}").agg(F.max(key)).first()[0]
+        out[name] = max(int(config[name]), int(top) + 1 if top is not None else 0)
+    return out
 
 
 def _lists(capped, row: str, feature: str, config: dict, stored: int, n_rows: int):
@@ -149,11 +240,14 @@ def session(master: str | None = None, conf: dict | None = None, app: str = "rts
         builder = builder.master(master)
     elif not _has_master():
         builder = builder.master("local[2]")
-    settings = {"spark.ui.enabled": "false", "spark.sql.session.timeZone": "UTC",
-                "spark.sql.shuffle.partitions": "8", **(conf or {})}
+    settings = {"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
+                "spark.sql.session.timeZone": "UTC", "spark.sql.shuffle.partitions": "8",
+                **(conf or {})}
     for key, value in settings.items():
         builder = builder.config(key, value)
-    return builder.getOrCreate()
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
 
 
 def _has_master() -> bool:

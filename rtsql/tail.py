@@ -504,3 +504,23 @@ def acquire_lock(db_path: str) -> int:
         raise DatabaseLocked(f"another `rtsql tail` or `rtsql serve` is running on {db_path}; "
                              "stop it first (one writer per database)") from None
     return fd
+
+
+def follow(db_path: str | os.PathLike, directory: str | os.PathLike, options: TailOptions,
+           *, once: bool = False, log: Callable[[str], None] = lambda line: None) -> ScanResult:
+    """``rtsql tail``: hold the database (one tail or serve per file), follow ``directory``
+    until SIGINT/SIGTERM (or, with ``once``, until caught up); returns the totals."""
+    from . import db
+
+    if not Path(directory).expanduser().is_dir():
+        raise InputPathError(f"{directory} is not a directory")
+    db.validate_db_path(db_path)
+    lock = acquire_lock(str(db_path))
+    try:
+        con = db.connect(db_path)
+        try:
+            return Tail(con, directory, options, log=log).run(once=once)
+        finally:
+            con.close()
+    finally:
+        os.close(lock)

@@ -200,3 +200,64 @@ def test_load_model_refuses_a_folder_that_is_not_a_model(tmp_path):
     (tmp_path / "notamodel").mkdir()
     result = run(tmp_path / "x.duckdb", "load-model", str(tmp_path / "notamodel"))
     assert result.exit_code == 1 and "is not a model built by the Spark job" in result.output
+
+
+def by_ids(con) -> dict:
+    """The Spark-built tables with ids instead of keys (two databases number ids differently)."""
+    inter = {(u, i): (w, n, last) for u, i, w, n, last in con.execute(
+        "select u.user_id, i.item_id, weight, events, last_ts from interactions "
+        "join users u using (user_key) join items i using (item_key)").fetchall()}
+    lists = {}
+    for table, key, ids in (("item_neighbors", "item_key", "items"),
+                            ("user_neighbors", "user_key", "users")):
+        column = ids[:-1] + "_id"
+        rows = con.execute(f"""select a.{column}, b.{column}, n.score, n.rank from {table} n
+                               join {ids} a on a.{key} = n.{key}
+                               join {ids} b on b.{key} = n.neighbor_key""").fetchall()
+        lists[table] = lists_from_rows(rows)
+    return {"interactions": inter, **lists}
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_events_from_parquet_with_string_ids_equal_ingesting_them(spark_session, tmp_path):
+    """--events: Parquet the user already has (string ids, mapped columns, one bad row) read by
+    Spark with the database's own events; the model equals ingesting everything locally, and
+    new ids get keys after every key ever given (a forgotten user's too)."""
+    import duckdb
+
+    from rtsql import spark
+
+    week1, week2 = SAMPLE / "events" / "week1.csv", SAMPLE / "events" / "week2.jsonl"
+    lake = tmp_path / "lake.parquet"
+    duckdb.sql(f"""copy (select user_id as uid, item_id as sku, event_type, ts, value
+                         from read_csv('{week1}', all_varchar = true)
+                         union all select '', 'sku-1', 'view', '2026-10-30T10:00:00', NULL)
+                   to '{lake}'""")
+    local = rtsql.connect(tmp_path / "local.duckdb")
+    ingest.ingest(local, [week1, week2])
+    refresh.refresh(local, full=True)
+    want = by_ids(local)
+    local.close()
+
+    con = rtsql.connect(tmp_path / "spark.duckdb")
+    ingest.ingest(con, [week2])
+    top = con.execute("select max(user_key) from users").fetchone()[0]
+    con.execute("insert into forgotten_users values (?, now())", [top + 100])  # retired key
+    log = []
+    spark.refresh(con, session=spark_session, events=[str(lake)],
+                  mapping=ingest.ColumnMapping.parse(["user_id=uid", "item_id=sku"]),
+                  log=log.append)
+    got = by_ids(con)
+    assert any("1 rows of --events skipped: missing user_id" in line for line in log), log
+    assert got["interactions"].keys() == want["interactions"].keys()
+    for key, (w, n, last) in want["interactions"].items():
+        assert got["interactions"][key] == (pytest.approx(w, rel=1e-12), n, last), key
+    for table in ("item_neighbors", "user_neighbors"):
+        assert_same_lists(got[table], want[table])
+    # ids new to the database got keys after every key ever handed out
+    assert con.execute("select min(user_key) from users where user_key > ?", [top]).fetchone()[0] \
+        == top + 101
+    # and the database's own events after the build are folded in by the local refresh
+    assert refresh.refresh(con).mode == "none"
+    con.close()

@@ -5,5 +5,5 @@ from user_neighbors n
 join users u on u.user_key = n.user_key
 join users v on v.user_key = n.neighbor_key
 where u.user_id = p_user_id
-  and n.rank <= least(k, coalesce(rtsql_setting('neighbors'), '50')::INTEGER)
+  and n.rank <= least(k, coalesce(rtsql_setting('neighbors'), {{default:neighbors}})::INTEGER)
 order by n.rank;

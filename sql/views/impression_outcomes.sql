@@ -3,7 +3,7 @@
 -- each event credited to the latest impression before it (last touch).
 create or replace view impression_outcomes as
 with window_hours as (
-    select coalesce(max(value) filter (where name = 'attribution_window_hours'), '24')::DOUBLE as h
+    select coalesce(max(value) filter (where name = 'attribution_window_hours'), {{default:attribution_window_hours}})::DOUBLE as h
     from rtsql_settings
 ),
 credited as (
