@@ -131,23 +131,35 @@ def migrate(state: State, list_only, fmt):
 
 # --------------------------------------------------------------------------- ingest
 
-def _mapping_options(f):
+def _input_format_option(f, old_spelling: str | None = "--format"):
+    """--input-format (the old spelling stays accepted, hidden, where it means nothing else)."""
+    f = click.option("--input-format", "in_format", type=click.Choice(ingest_mod.FORMATS),
+                     help="Input format (default: from the file extension).")(f)
+    if old_spelling:
+        f = click.option(old_spelling, "in_format_alias", hidden=True,
+                         type=click.Choice(ingest_mod.FORMATS))(f)
+    return f
+
+
+def _input_format(in_format, alias):
+    return in_format or alias
+
+
+def _mapping_options(f, old_spelling: str | None = "--format"):
     f = click.option("--event-type", help="Event type for files that have no event_type column.")(f)
     f = click.option("--map", "maps", multiple=True, metavar="CANONICAL=SOURCE",
                      help="Column mapping, e.g. --map user_id=userId (repeatable).")(f)
-    f = click.option("--format", "in_format", type=click.Choice(ingest_mod.FORMATS),
-                     help="Input format (default: from the file extension).")(f)
-    return f
+    return _input_format_option(f, old_spelling)
 
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True)
-@_mapping_options
+@(lambda f: _mapping_options(f, None))
 @click.option("--force", is_flag=True, help="Ingest even content that was ingested before.")
-@click.option("--output-format", "fmt", type=click.Choice(output.FORMATS), default="table",
-              show_default=True, help="Format of the per-file summary.")
+@FORMAT_OPTION
+@click.option("--output-format", "fmt_alias", hidden=True, type=click.Choice(output.FORMATS))
 @click.pass_obj
-def ingest(state: State, paths, in_format, maps, event_type, force, fmt):
+def ingest(state: State, paths, in_format, maps, event_type, force, fmt, fmt_alias):
     """Load event files (CSV, JSON-lines, Parquet; .gz too) and directories.
 
     Bad rows go to the rejects table with their reason, file and line; the exit code is 0 when
@@ -159,6 +171,7 @@ def ingest(state: State, paths, in_format, maps, event_type, force, fmt):
         rtsql ingest ratings.csv --map user_id=userId --map item_id=movieId \\
             --map value=rating --map ts=timestamp --event-type rating
     """
+    fmt = fmt_alias or fmt
     mapping = ingest_mod.ColumnMapping.parse(maps, event_type)
     files = ingest_mod.expand_paths(paths, in_format)  # every path checked before opening the db
     con = state.connect()
@@ -197,7 +210,7 @@ def _short(path: str) -> str:
 @_mapping_options
 @click.pass_obj
 def tail(state: State, directory, patterns, recursive, poll, once, publish_path, no_refresh,
-         in_format, maps, event_type):
+         in_format, in_format_alias, maps, event_type):
     """Follow a folder of event files: ingest new lines as they arrive, refresh, publish.
 
     Exactly once across crashes: offsets commit with the events. Rotated, truncated, deleted
@@ -213,8 +226,8 @@ def tail(state: State, directory, patterns, recursive, poll, once, publish_path,
     from . import tail as tail_mod
 
     options = tail_mod.TailOptions(
-        patterns=tuple(patterns) or ("*",), recursive=recursive, poll=poll, fmt=in_format,
-        mapping=ingest_mod.ColumnMapping.parse(maps, event_type),
+        patterns=tuple(patterns) or ("*",), recursive=recursive, poll=poll,
+        fmt=in_format or in_format_alias, mapping=ingest_mod.ColumnMapping.parse(maps, event_type),
         publish=Path(publish_path) if publish_path else snapshot.default_path(state.db_path),
         refresh=not no_refresh)
     totals = tail_mod.follow(state.db_path, directory, options, once=once,
@@ -244,7 +257,7 @@ def tail(state: State, directory, patterns, recursive, poll, once, publish_path,
 @_mapping_options
 @click.pass_obj
 def serve(state: State, host, port, token, tail_dir, patterns, recursive, poll, publish_path,
-          no_refresh, max_body_mb, in_format, maps, event_type):
+          no_refresh, max_body_mb, in_format, in_format_alias, maps, event_type):
     """Serve recommendations and take events over HTTP (the process that owns the database).
 
     Reads come from memory (the same rows as the SQL macros) in about a millisecond; POST
@@ -267,7 +280,8 @@ def serve(state: State, host, port, token, tail_dir, patterns, recursive, poll, 
     options = service_mod.ServiceOptions(
         tail_dir=tail_dir,
         tail=tail_mod.TailOptions(
-            patterns=tuple(patterns) or ("*",), recursive=recursive, poll=poll, fmt=in_format,
+            patterns=tuple(patterns) or ("*",), recursive=recursive, poll=poll,
+            fmt=in_format or in_format_alias,
             mapping=ingest_mod.ColumnMapping.parse(maps, event_type), refresh=not no_refresh),
         publish=Path(publish_path) if publish_path else snapshot.default_path(state.db_path))
     service = service_mod.Service(state.db_path, options, log=lambda line: click.echo(line, err=True))
@@ -283,10 +297,9 @@ def serve(state: State, host, port, token, tail_dir, patterns, recursive, poll, 
 @click.argument("path")
 @click.option("--map", "maps", multiple=True, metavar="CANONICAL=SOURCE",
               help="Column mapping, e.g. --map item_id=movieId --map tags=genres.")
-@click.option("--format", "in_format", type=click.Choice(ingest_mod.FORMATS),
-              help="Input format (default: from the file extension).")
+@_input_format_option
 @click.pass_obj
-def items(state: State, path, maps, in_format):
+def items(state: State, path, maps, in_format, in_format_alias):
     """Upsert the item catalog (title, category, tags, description, embedding, other columns).
 
     Tags may be a list or a '|'-separated string; other columns are kept as attributes.
@@ -296,7 +309,8 @@ def items(state: State, path, maps, in_format):
         rtsql items sample_events/items.csv
     """
     mapping = catalog_mapping(maps)
-    counts = catalog.load_items(state.connect(), path, fmt=in_format, mapping=mapping)
+    counts = catalog.load_items(state.connect(), path, fmt=in_format or in_format_alias,
+                                mapping=mapping)
     click.echo(f"{counts['upserted']} catalog rows upserted ({counts['new_items']} new items), "
                f"{counts['rejected']} rejected")
 
@@ -675,15 +689,14 @@ def _overrides(assignments) -> dict[str, str]:
               help="Prequential: incremental refresh after this many events.")
 @click.option("--events", "events_file", metavar="FILE",
               help="Evaluate on this events file instead of the database's events.")
-@click.option("--events-format", "in_format", type=click.Choice(ingest_mod.FORMATS),
-              help="Format of --events (default: from its extension).")
+@(lambda f: _input_format_option(f, "--events-format"))
 @click.option("--map", "maps", multiple=True, metavar="CANONICAL=SOURCE",
               help="Column mapping of --events, as for ingest (repeatable).")
 @click.option("--event-type", help="Event type of --events rows that have none.")
 @FORMAT_OPTION
 @click.pass_obj
 def evaluate(state: State, protocol, k, strategies, assignments, limit, engine, refresh_every,
-             events_file, in_format, maps, event_type, fmt):
+             events_file, in_format, in_format_alias, maps, event_type, fmt):
     """Offline accuracy of the recommendations, in a scratch database (live tables untouched).
 
     \b
@@ -698,7 +711,7 @@ def evaluate(state: State, protocol, k, strategies, assignments, limit, engine, 
     overrides = _overrides(assignments)
     if events_file:
         source = db.connect_memory()
-        results = ingest_mod.ingest(source, [events_file], fmt=in_format,
+        results = ingest_mod.ingest(source, [events_file], fmt=in_format or in_format_alias,
                                     mapping=ingest_mod.ColumnMapping.parse(maps, event_type))
         if any(r.status == "failed" for r in results):
             raise click.ClickException(results[0].message)

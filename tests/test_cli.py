@@ -27,7 +27,7 @@ def small(write):
 
 
 def test_ingest_summary_and_status_formats(run, small):
-    res = run("ingest", str(small), "--output-format", "csv")
+    res = run("ingest", str(small), "--format", "csv")
     assert res.exit_code == 0, res.output
     assert res.stdout.splitlines()[1].endswith(",csv,ingested,2,1,0,")
     assert "1 file(s): 2 events ingested, 1 rejected, 0 skipped" in res.stderr
@@ -181,3 +181,20 @@ def test_feedback_commands(refreshed, write, tmp_path):
     bad = run("variants", "--set", "A=0.7")
     assert bad.exit_code == 1 and "add up to 1" in bad.stderr
     assert run("variants", "--clear", "--format", "csv").stdout == "variant,share,settings\n"
+
+
+def test_format_is_output_everywhere_input_format_names_the_input(run, write):
+    """--format is the output format on every command; files' format is --input-format. The
+    old spellings (ingest --output-format, items/tail --format, evaluate --events-format) still
+    work, hidden from the help."""
+    data = write("e.txt", HEADER + "u1,i1,view,2024-01-01,\n")  # no extension to detect from
+    res = run("ingest", str(data), "--input-format", "csv", "--format", "json")
+    assert res.exit_code == 0 and '"status": "ingested"' in res.stdout, res.output
+    again = write("f.txt", HEADER + "u2,i1,view,2024-01-01,\n")
+    res = run("ingest", str(again), "--input-format", "csv", "--output-format", "csv")
+    assert res.exit_code == 0 and res.stdout.startswith("file,format,status"), res.output
+    catalog = write("items.txt", "item_id,title\ni1,Shoe\n")
+    assert run("items", str(catalog), "--format", "csv").exit_code == 0
+    helps = run("ingest", "--help").stdout
+    assert "--input-format" in helps and "--output-format" not in helps
+    assert "--input-format" in run("items", "--help").stdout
