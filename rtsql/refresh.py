@@ -167,7 +167,7 @@ def engine_options(values: dict) -> dict:
 def _measure(values: dict, kind: str = "cosine", idf_n: float = 0.0) -> similarity.Measure:
     return similarity.Measure(k=values["neighbors"], shrinkage=values["shrinkage"],
                               min_support=values["min_support"], kind=kind, idf_n=idf_n,
-                              store=math.ceil(values["list_buffer"] * values["neighbors"]),
+                              buffer_length=math.ceil(values["list_buffer"] * values["neighbors"]),
                               **engine_options(values))
 
 
@@ -402,7 +402,7 @@ def _apply_incremental(con, table: str, key: str, matrix: sp.csr_matrix, changed
                                order by t.{key}, t.rank""").fetchnumpy()
     truncated = np.flatnonzero(np.isfinite(stored.kth_score))
     merged, kept_stays, merged_stays = similarity.merge_lists(
-        kept, result.candidates, result.merge_rows, truncated, measure.stored)
+        kept, result.candidates, result.merge_rows, truncated, measure.list_length)
     # a row whose `complete` flag flips is rewritten whole (every entry carries the flag)
     rows = result.merge_rows
     flipped = rows[np.isin(rows, truncated, invert=True)

@@ -44,11 +44,12 @@ class Measure:
     threads: int = 1  # blocks computed in parallel
     kind: str = "cosine"
     idf_n: float = 0.0
-    store: int = 0  # entries stored per row (>= k; 0: k): a buffer that refills lists
+    buffer_length: int = 0  # entries kept per row (>= k; 0: k): a buffer that refills lists
 
     @property
-    def stored(self) -> int:
-        return max(self.store, self.k)
+    def list_length(self) -> int:
+        """The entries a row's list holds: max(buffer_length, k)."""
+        return max(self.buffer_length, self.k)
 
 
 @dataclass
@@ -277,8 +278,8 @@ def full(matrix: sp.csr_matrix, measure: Measure, progress: Progress | None = No
 
 def _lists_for(sim: RowSimilarity, rows: np.ndarray, progress: Progress | None = None
                ) -> Neighbors:
-    stored = sim.measure.stored
-    return Neighbors.concat(sim.map_blocks(rows, lambda b: top_k(b, stored, sim.n), progress))
+    length = sim.measure.list_length
+    return Neighbors.concat(sim.map_blocks(rows, lambda b: top_k(b, length, sim.n), progress))
 
 
 @dataclass
@@ -305,7 +306,7 @@ def incremental(matrix: sp.csr_matrix, changed: np.ndarray, stored: StoredLists,
                 measure: Measure) -> IncrementalResult:
     """Exact update after the rows ``changed`` of ``matrix`` changed (docs/design.md).
 
-    A stored list holds a row's top entries, up to ``measure.stored`` (a buffer beyond the k that
+    A stored list holds a row's top entries, up to ``measure.list_length`` (a buffer beyond the k that
     are served); every entry it lacks ranks below its last one, or it is complete (it holds every
     positive neighbour). Changed rows get new lists. Another row j can only see sim(j, i) move for
     changed i; its new list is top-L(its entries not pointing at changed rows + the changed
@@ -323,7 +324,7 @@ def incremental(matrix: sp.csr_matrix, changed: np.ndarray, stored: StoredLists,
         i, j, s = block.entry_rows(), block.cols, block.sims
         above = (s > kth_score[j]) | ((s == kth_score[j]) & (i < kth_nb[j]))
         above &= s > 0
-        return (top_k(block, measure.stored, sim.n),
+        return (top_k(block, measure.list_length, sim.n),
                 Neighbors(j[above], i[above], s[above], np.zeros(int(above.sum()), np.int64)))
 
     results = sim.map_blocks(changed, lists_and_candidates)

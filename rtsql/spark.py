@@ -65,7 +65,7 @@ def job_config(con, values: dict | None = None) -> dict:
         "decay_rate": refresh_mod._decay_rate(values["half_life_days"]),
         "max_history": values["max_history"],
         "neighbors": values["neighbors"],
-        "store": measure.stored,
+        "list_length": measure.list_length,
         "shrinkage": values["shrinkage"],
         "min_support": values["min_support"],
         "user_cf": values["user_cf"],

@@ -82,7 +82,7 @@ def build(spark, events_uri: str, config: dict, out_uri: str) -> dict:
     capped = capped.persist()
     users_with_history = capped.select("user_key").distinct().count()
 
-    stored = int(config["store"])
+    stored = int(config["list_length"])
     describe("rtsql: item-item lists")
     _lists(capped, "item_key", "user_key", config, stored, int(config["n_items"])) \
         .write.mode("overwrite").parquet(f"{out_uri}/item_neighbors")
