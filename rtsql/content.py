@@ -70,15 +70,13 @@ def feature_matrix(con, embedding_weight: float = 1.0) -> sp.csr_matrix:
                          shape=(n_items, n_features))
 
 
-def refresh(con, values: dict, progress=None) -> int:
-    """Recompute content_neighbors from the catalog; returns the number of items with lists."""
+def refresh(con, measure: similarity.Measure, progress=None) -> int:
+    """Recompute content_neighbors from the catalog with ``measure`` (the refresh passes the
+    top-K and the engine's memory and threads); returns the number of items with lists."""
     con.execute("delete from content_neighbors")
     matrix = feature_matrix(con)
     if matrix.nnz == 0:
         return 0
-    from .refresh import engine_options
-
-    measure = similarity.Measure(k=values["neighbors"], **engine_options(values))
     lists = similarity.full(matrix, measure, progress)
     with registered(con, "_rtsql_lists", {
             "item_key": arrow_column(lists.row, pa.int32()),

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
-from . import settings, similarity
+from . import content, settings, similarity
 from .errors import DatabaseLocked
 from .sqlutil import (
     arrow_column,
@@ -537,9 +537,8 @@ def _refresh_content_if_changed(con, values: dict, state: dict) -> None:
 
 
 def _refresh_content(con, values: dict, progress: Progress | None) -> None:
-    from . import content
-
-    content.refresh(con, values, _stage(progress, "content"))
+    content.refresh(con, similarity.Measure(k=values["neighbors"], **engine_options(values)),
+                    _stage(progress, "content"))
 
 
 # --------------------------------------------------------------------------- entry points
