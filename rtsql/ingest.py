@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import settings
+from . import ledger, settings
 from .errors import BadEventFile, InputPathError, InvalidSetting
 from .sqlutil import add_new_ids, one, quote_identifier, scalar
 
@@ -551,18 +551,13 @@ def ingest_file(con, path: str | os.PathLike, *, fmt: str | None = None,
     check_event_type(con, mapping)
     head = _fingerprint_head(path, compression)
     # Which earlier ingest of this file (same path, or same first bytes) is a prefix of it now?
-    known = con.execute(
-        "select file_id, end_offset, end_line, content_sha256, path from source_files "
-        "where format = ? and (path = ? or head_sha256 = ?)",
-        [fmt, str(path), head],
-    ).fetchall() if fmt != "parquet" else []
+    known = ledger.earlier_reads(con, fmt, path, head) if fmt != "parquet" else []
     fp = _fingerprint(path, compression, [row[1] for row in known])
     if not force:
-        same = one(con, "select path from source_files where content_sha256 = ? limit 1",
-                   [fp.content_sha256])
+        same = ledger.ingested_as(con, fp.content_sha256)
         if same:
             return FileResult(str(path), fmt, "unchanged",
-                              message=f"already ingested (as {same[0]})")
+                              message=f"already ingested (as {same})")
     segment = Segment(head_sha256=fp.head_sha256, head_len=min(fp.size, HEAD_BYTES))
     if not force:
         matches = [r for r in known if fp.prefix_sha256.get(r[1]) == r[3] and r[1] < fp.size]
@@ -598,8 +593,7 @@ def _load_segment(con, path, fmt, compression, mapping, segment, progress, strea
     size = stat.st_size
     con.execute("begin transaction")
     try:
-        file_id = segment.file_id or scalar(
-            con, "select coalesce(max(file_id), 0) + 1 from source_files")
+        file_id = segment.file_id or ledger.next_file_id(con)
         _start_parse(con)
         if fmt == "parquet":
             sql, params = _parquet_sql(path, con, mapping)
@@ -626,24 +620,11 @@ def _load_segment(con, path, fmt, compression, mapping, segment, progress, strea
             "from _rtsql_parsed", {"blank": BLANK})
         content_sha = segment.content_sha256 or f"unhashed:{segment.head_sha256}:{end_offset}"
         tail_sha = range_sha(stream, end_offset) if stream else None
-        if segment.file_id:
-            con.execute(
-                "update source_files set end_offset = ?, end_line = ?, content_sha256 = ?, "
-                "rows_ingested = rows_ingested + ?, rows_rejected = rows_rejected + ?, "
-                "rows_skipped = rows_skipped + ?, path = ?, device = ?, inode = ?, "
-                "tail_sha256 = ?, last_ingested_at = now()::TIMESTAMP where file_id = ?",
-                [end_offset, end_line, content_sha, ingested, rejected, blanks, str(path),
-                 stat.st_dev, stat.st_ino, tail_sha, file_id])
-        else:
-            con.execute(
-                "insert into source_files (file_id, path, format, compression, head_sha256, "
-                "content_sha256, end_offset, end_line, rows_ingested, rows_rejected, "
-                "rows_skipped, device, inode, first_ingested_at, last_ingested_at, head_len, "
-                "status, tail_sha256) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-                "now()::TIMESTAMP, now()::TIMESTAMP, ?, 'active', ?)",
-                [file_id, str(path), fmt, compression, segment.head_sha256, content_sha,
-                 end_offset, end_line, ingested, rejected, blanks, stat.st_dev, stat.st_ino,
-                 segment.head_len, tail_sha])
+        ledger.record(con, file_id, bool(segment.file_id), path=path, fmt=fmt,
+                      compression=compression, head_sha256=segment.head_sha256,
+                      head_len=segment.head_len, content_sha256=content_sha,
+                      end_offset=end_offset, end_line=end_line,
+                      counts=(ingested, rejected, blanks), stat=stat, tail_sha256=tail_sha)
         con.execute("drop table if exists _rtsql_parsed")
         con.execute("commit")
     except BaseException as exc:

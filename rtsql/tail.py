@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import ingest as ingest_mod
+from . import ledger
 from . import refresh as refresh_mod
 from . import snapshot
 from .errors import BadEventFile, DatabaseLocked, InputPathError
@@ -187,10 +188,7 @@ class Tail:
     def _scan(self) -> ScanResult:
         result = ScanResult()
         files = self._files()
-        followed = self.con.execute(
-            "select file_id, path, format, compression, device, inode, head_sha256, head_len, "
-            "end_offset, end_line, tail_sha256 from source_files where status = 'active' "
-            "and device is not null order by file_id").fetchall()
+        followed = ledger.followed(self.con)
         claimed = set()
         for row in filter(lambda row: self._owns(row[1]), followed):
             key = (row[4], row[5])
@@ -262,8 +260,7 @@ class Tail:
                 result.warnings.append(str(exc))
                 return
             if res.file_id:
-                self.con.execute("update source_files set status = 'drained' where file_id = ?",
-                                 [res.file_id])
+                ledger.set_status(self.con, res.file_id, "drained")
             result.events += res.ingested
             result.rejects += res.rejected
             result.files += 1
@@ -273,22 +270,11 @@ class Tail:
         head_len = min(size, ingest_mod.HEAD_BYTES)
         seg = Segment(complete_lines_only=True, head_sha256=_head_sha(path, head_len),
                       head_len=head_len, identity=key)
-        copy_of = self._copy_of(path, seg.head_sha256, size)
+        copy_of = ledger.repeated_prefix(self.con, seg.head_sha256, size,
+                                         lambda offset: ingest_mod.range_sha(path, offset))
         if copy_of:  # e.g. copytruncate's copy: its first part is already in the database
             seg.start_offset, seg.start_line = copy_of
         self._load(path, fmt, compression, seg, result)
-
-    def _copy_of(self, path: Path, head: str, size: int):
-        """(offset, line) up to which this new file repeats a file read before: same first
-        bytes and the same bytes before that file's offset."""
-        rows = self.con.execute(
-            "select end_offset, end_line, tail_sha256 from source_files where head_sha256 = ? "
-            "and end_offset <= ? and tail_sha256 is not null order by end_offset desc",
-            [head, size]).fetchall()
-        for offset, line, tail in rows:
-            if offset and ingest_mod.range_sha(path, offset) == tail:
-                return offset, line
-        return None
 
     def _load(self, path: Path, fmt: str, compression, seg: Segment, result: ScanResult) -> None:
         try:
@@ -301,7 +287,7 @@ class Tail:
         result.files += 1 if (res.ingested or res.rejected) else 0
 
     def _end(self, file_id: int, status: str, message: str) -> None:
-        self.con.execute("update source_files set status = ? where file_id = ?", [status, file_id])
+        ledger.set_status(self.con, file_id, status)
         self.log(f"tail: {message}")
 
     # ------------------------------------------------------------------ batch and loop
