@@ -476,8 +476,12 @@ def _refresh_progress():
 @click.option("--map", "maps", multiple=True, metavar="CANONICAL=SOURCE",
               help="With --events: column mapping, as for ingest (repeatable).")
 @click.option("--event-type", help="With --events: the event type of files without one.")
+@click.option("--drop-external", is_flag=True,
+              help="Let a local full refresh drop the events a Spark --events build read "
+                   "from outside the database.")
 @click.pass_obj
-def refresh(state: State, full, engine, master, spark_conf, work, event_uris, maps, event_type):
+def refresh(state: State, full, engine, master, spark_conf, work, event_uris, maps, event_type,
+            drop_external):
     """Bring interaction matrix, neighbour lists, content and trending up to date.
 
     Incremental by default (exactly equal to a full rebuild); safe for cron: a second refresh
@@ -506,7 +510,8 @@ def refresh(state: State, full, engine, master, spark_conf, work, event_uris, ma
         if master or spark_conf or work or event_uris or maps or event_type:
             raise click.UsageError("--master, --spark-conf, --work, --events, --map and "
                                    "--event-type go with --engine spark")
-        result = refresh_mod.refresh(state.connect(), full=full, progress=_refresh_progress())
+        result = refresh_mod.refresh(state.connect(), full=full, progress=_refresh_progress(),
+                                     drop_external=drop_external)
     click.echo(result.summary())
 
 

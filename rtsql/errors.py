@@ -39,3 +39,7 @@ class UnknownUser(RtsqlError):
 
 class UnknownItem(RtsqlError):
     """An item id that is neither in the events nor in the catalog."""
+
+
+class ExternalModel(RtsqlError):
+    """A local full refresh would drop events a Spark build read from outside the database."""

@@ -30,7 +30,7 @@ import pyarrow as pa
 import scipy.sparse as sp
 
 from . import content, settings, similarity
-from .errors import DatabaseLocked
+from .errors import DatabaseLocked, ExternalModel
 from .sqlutil import (
     arrow_column,
     database_path,
@@ -280,6 +280,12 @@ def _load_full(con, values: dict, folder: Path, progress: Progress | None) -> Re
     _refresh_content(con, values, progress)
     _refresh_trending(con, values, f"select item_key, recent, previous, popularity "
                                    f"from {parquet('item_counts')}")
+    for table, source in (("external_item_counts", "external_counts"),
+                          ("external_recent_events", "external_recent")):
+        con.execute(f"delete from {table}")
+        if (folder / source).is_dir():
+            con.execute(f"insert into {table} select * from {parquet(source)}")
+    _set_state(con, external_events=str(bool(model.get("external"))).lower())
     _set_state(con, watermark=model["watermark"], t0=model["t0"],
                decay_rate=model["decay_rate"], idf_n=model["idf_n"],
                model_config=_model_config(con, values), catalog_version=_catalog_version(con),
@@ -494,14 +500,23 @@ def _incremental(con, values: dict, state: dict, forget_users: np.ndarray | None
 
 # per item: events in the latest trending window and the one before it, against the latest
 # event time, and all events (the Spark job computes the same counts: rtsql/spark_job.py)
+# Events a Spark build read from files outside the database (--events) count too: their
+# per-item totals, and those recent enough for a window (external_* tables, migration 0011).
 _TRENDING_COUNTS = """
-    with now as (select max(ts) as t from events)
+    with all_events as (select item_key, ts, true as local from events
+                        union all
+                        select item_key, ts, false from external_recent_events),
+    now as (select max(ts) as t from all_events)
     select e.item_key,
            count(*) filter (where e.ts > now.t - to_seconds($window)) as recent,
            count(*) filter (where e.ts <= now.t - to_seconds($window)
                             and e.ts > now.t - to_seconds(2 * $window)) as previous,
-           count(*) as popularity
-    from events e, now group by e.item_key"""
+           count(*) filter (where e.local) + coalesce(any_value(x.events), 0) as popularity
+    from all_events e cross join now left join external_item_counts x using (item_key)
+    group by e.item_key
+    union all  -- items whose external events are all older than the windows
+    select x.item_key, 0, 0, x.events from external_item_counts x
+    where x.item_key not in (select item_key from all_events)"""
 
 
 def _refresh_trending(con, values: dict, counts: str = _TRENDING_COUNTS) -> None:
@@ -544,10 +559,14 @@ def _refresh_content(con, values: dict, progress: Progress | None) -> None:
 # --------------------------------------------------------------------------- entry points
 
 def refresh(con, *, full: bool = False, progress: Progress | None = None,
-            threads: int | None = None) -> RefreshResult:
+            threads: int | None = None, drop_external: bool = False) -> RefreshResult:
     """Bring the derived tables up to date. Incremental unless ``full``, the database was never
     refreshed, or a model setting changed since the last full refresh. ``threads`` overrides
-    the setting for the similarity engine (the server keeps a core for requests)."""
+    the setting for the similarity engine (the server keeps a core for requests).
+
+    A model built by Spark from files outside the database (``--events``) holds events this
+    process cannot read: a full refresh here would drop them, so it is refused (ExternalModel)
+    unless ``drop_external``."""
     start = time.perf_counter()
     with _refresh_lock(con):
         values = settings.get_all(con)
@@ -559,7 +578,20 @@ def refresh(con, *, full: bool = False, progress: Progress | None = None,
         needs_full = (full or state.get("watermark", "0") == "0"
                       or state.get("model_config") != _model_config(con, values)
                       or _landmark_too_old(con, state))
+        if needs_full and state.get("external_events") == "true":
+            if not drop_external:
+                raise ExternalModel(
+                    "the model includes events from files outside the database (built by "
+                    "`rtsql refresh --full --engine spark --events ...`); a full refresh here "
+                    "would drop them" + ("" if full else " (a model setting or the decay "
+                                         "landmark needs one)") + ": run the Spark build "
+                    "again, or `rtsql refresh --full --drop-external` to rebuild from the "
+                    "database's own events")
         with transaction(con):
+            if needs_full and state.get("external_events") == "true":  # drop_external
+                con.execute("delete from external_item_counts")
+                con.execute("delete from external_recent_events")
+                _set_state(con, external_events="false")
             result = _full(con, values, progress) if needs_full else _incremental(con, values, state)
             _materialize_if_on(con, values, result, progress)
     result.seconds = time.perf_counter() - start

@@ -108,9 +108,17 @@ def build(spark, events_uri: str, config: dict, out_uri: str) -> dict:
         F.count(F.lit(1)).alias("popularity")) \
         .write.mode("overwrite").parquet(f"{out_uri}/item_counts")
 
+    if config.get("external"):
+        # what later local refreshes need to count these events in trending and popularity
+        external = events.where(F.col("event_id") < 0)
+        external.groupBy("item_key").agg(F.count(F.lit(1)).alias("events")) \
+            .write.mode("overwrite").parquet(f"{out_uri}/external_counts")
+        external.where(ts_us > now_us - 2 * window_us).select("item_key", "ts") \
+            .write.mode("overwrite").parquet(f"{out_uri}/external_recent")
     describe(None)
     model = {"t0": t0, "decay_rate": rate, "idf_n": float(users_with_history),
-             "watermark": int(newest["w"] or 0), "events": int(newest["n"])}
+             "watermark": int(newest["w"] or 0), "events": int(newest["n"]),
+             "external": bool(config.get("external"))}
     spark.createDataFrame([model]).coalesce(1).write.mode("overwrite").json(f"{out_uri}/model")
     return model
 

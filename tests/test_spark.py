@@ -207,6 +207,9 @@ def by_ids(con) -> dict:
     inter = {(u, i): (w, n, last) for u, i, w, n, last in con.execute(
         "select u.user_id, i.item_id, weight, events, last_ts from interactions "
         "join users u using (user_key) join items i using (item_key)").fetchall()}
+    trending = dict((i, rest) for i, *rest in con.execute(
+        "select i.item_id, recent, previous, popularity, score from item_trending "
+        "join items i using (item_key)").fetchall())
     lists = {}
     for table, key, ids in (("item_neighbors", "item_key", "items"),
                             ("user_neighbors", "user_key", "users")):
@@ -215,7 +218,7 @@ def by_ids(con) -> dict:
                                join {ids} a on a.{key} = n.{key}
                                join {ids} b on b.{key} = n.neighbor_key""").fetchall()
         lists[table] = lists_from_rows(rows)
-    return {"interactions": inter, **lists}
+    return {"interactions": inter, "trending": trending, **lists}
 
 
 @pytest.mark.spark
@@ -258,6 +261,25 @@ def test_events_from_parquet_with_string_ids_equal_ingesting_them(spark_session,
     # ids new to the database got keys after every key ever handed out
     assert con.execute("select min(user_key) from users where user_key > ?", [top]).fetchone()[0] \
         == top + 101
-    # and the database's own events after the build are folded in by the local refresh
-    assert refresh.refresh(con).mode == "none"
+    assert got["trending"] == want["trending"]
+
+    # later events are folded in by the local refresh, and trending keeps counting the files'
+    later = write_events(tmp_path / "later.csv", [(3, 1, "cart", 24 * 40, 1.0),
+                                                 (900, 2, "view", 24 * 40, 1.0)])
+    for database in (tmp_path / "local.duckdb", None):
+        other = rtsql.connect(database) if database else con
+        ingest.ingest(other, [later])
+        assert refresh.refresh(other).mode == "incremental"
+        if database:
+            want = by_ids(other)
+            other.close()
+    got = by_ids(con)
+    assert got["trending"] == want["trending"]
+    assert got["interactions"].keys() == want["interactions"].keys()
+
+    # a local full refresh would drop the files' events: refused unless asked for
+    with pytest.raises(rtsql.RtsqlError, match="outside the database"):
+        refresh.refresh(con, full=True)
+    assert refresh.refresh(con, full=True, drop_external=True).mode == "full"
+    assert con.execute("select count(*) from external_item_counts").fetchone() == (0,)
     con.close()
