@@ -537,9 +537,16 @@ def load_model(state: State, path):
 @click.option("--config", "config_path", type=click.Path(), required=True,
               help="Where to write the job config (from this database's settings).")
 @click.option("--export", type=click.Path(file_okay=False),
-              help="Also export the events as Parquet into this folder.")
+              help="Also export the events (and, with --events, the id dictionaries) as "
+                   "Parquet into this folder.")
+@click.option("--events", "event_uris", multiple=True, metavar="PARQUET",
+              help="Event Parquet outside the database for the job to read too (repeatable; "
+                   "needs --export for the id dictionaries).")
+@click.option("--map", "maps", multiple=True, metavar="CANONICAL=SOURCE",
+              help="With --events: column mapping, as for ingest (repeatable).")
+@click.option("--event-type", help="With --events: the event type of files without one.")
 @click.pass_obj
-def spark_job_cmd(state: State, config_path, export):
+def spark_job_cmd(state: State, config_path, export, event_uris, maps, event_type):
     """Prepare a cluster build: the job config (and optionally the events) for spark-submit.
 
     \b
@@ -555,6 +562,12 @@ def spark_job_cmd(state: State, config_path, export):
 
     con = state.connect()
     config = spark.job_config(con)
+    if event_uris:
+        if not export:
+            raise click.UsageError("--events needs --export (the job reads the database's id "
+                                   "dictionaries from there)")
+        config["external"] = spark.external_config(
+            con, Path(export), list(event_uris), ingest_mod.ColumnMapping.parse(maps, event_type))
     Path(config_path).write_text(json.dumps(config, indent=1))
     click.echo(f"job config written to {config_path} (events up to event_id "
                f"{config['watermark']})")

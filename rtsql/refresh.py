@@ -258,10 +258,21 @@ def _load_full(con, values: dict, folder: Path, progress: Progress | None) -> Re
         return f"read_parquet('{(folder / name).as_posix()}/*.parquet')"
 
     model = json.loads(next((folder / "model").glob("*.json")).read_text().splitlines()[0])
-    for table, columns in (("users", "user_key, user_id"), ("items", "item_key, item_id")):
-        if (folder / f"new_{table}").is_dir():  # ids first seen in the job's --events files
-            con.execute(f"insert into {table} select {columns} from {parquet('new_' + table)} "
-                        f"order by 1")
+    for table, key, column in (("users", "user_key", "user_id"), ("items", "item_key", "item_id")):
+        if not (folder / f"new_{table}").is_dir():
+            continue
+        # ids first seen in the job's --events files; loading the same model twice adds
+        # nothing, and keys given meanwhile to other ids mean the model is out of date
+        new = parquet("new_" + table)
+        if scalar(con, f"select count(*) from {new} n join {table} t using ({key}) "
+                       f"where t.{column} <> n.{column}"):
+            from .errors import InputPathError
+
+            raise InputPathError(f"{folder}: the database gave some of the job's new "
+                                 f"{table[:-1]} keys to other ids since the job's config was "
+                                 "written; write the config and run the job again")
+        con.execute(f"insert into {table} select {key}, {column} from {new} "
+                    f"where {column} not in (select {column} from {table}) order by 1")
     recreate_empty(con, "interactions")
     con.execute(f"""insert into interactions select user_key, item_key, weight, events, last_ts,
                            last_event_type from {parquet('interactions')}
@@ -285,7 +296,10 @@ def _load_full(con, values: dict, folder: Path, progress: Progress | None) -> Re
         con.execute(f"delete from {table}")
         if (folder / source).is_dir():
             con.execute(f"insert into {table} select * from {parquet(source)}")
-    _set_state(con, external_events=str(bool(model.get("external"))).lower())
+    if model.get("external"):
+        _set_state(con, external_events="true")
+    else:
+        con.execute("delete from model_state where name = 'external_events'")
     _set_state(con, watermark=model["watermark"], t0=model["t0"],
                decay_rate=model["decay_rate"], idf_n=model["idf_n"],
                model_config=_model_config(con, values), catalog_version=_catalog_version(con),
@@ -575,7 +589,8 @@ def refresh(con, *, full: bool = False, progress: Progress | None = None,
         state = _state(con)
         # a full refresh that saw no events fixed no decay landmark worth keeping (t0 = 0
         # would overflow every later event's forward-decayed weight): the next one is full too
-        needs_full = (full or state.get("watermark", "0") == "0"
+        never = state.get("watermark", "0") == "0" and state.get("external_events") != "true"
+        needs_full = (full or never
                       or state.get("model_config") != _model_config(con, values)
                       or _landmark_too_old(con, state))
         if needs_full and state.get("external_events") == "true":
@@ -591,7 +606,7 @@ def refresh(con, *, full: bool = False, progress: Progress | None = None,
             if needs_full and state.get("external_events") == "true":  # drop_external
                 con.execute("delete from external_item_counts")
                 con.execute("delete from external_recent_events")
-                _set_state(con, external_events="false")
+                con.execute("delete from model_state where name = 'external_events'")
             result = _full(con, values, progress) if needs_full else _incremental(con, values, state)
             _materialize_if_on(con, values, result, progress)
     result.seconds = time.perf_counter() - start

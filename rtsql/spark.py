@@ -102,7 +102,7 @@ def external_config(con, folder: Path, uris: list[str], mapping) -> dict:
     ahead = values["ingest_max_ahead_hours"] * 3600
     return {
         "uris": list(uris), "columns": dict(mapping.columns), "event_type": mapping.event_type,
-        "ids": str(ids), "ts_min": values["ingest_min_ts"],
+        "ids": str(ids.resolve()), "ts_min": values["ingest_min_ts"],
         "ts_max": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(time.time() + ahead)),
         "max_abs_value": values["ingest_max_abs_value"],
         "user_key_floor": scalar(con, "select greatest(coalesce(max(user_key), 0), coalesce("

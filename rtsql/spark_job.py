@@ -117,7 +117,9 @@ def build(spark, events_uri: str, config: dict, out_uri: str) -> dict:
             .write.mode("overwrite").parquet(f"{out_uri}/external_recent")
     describe(None)
     model = {"t0": t0, "decay_rate": rate, "idf_n": float(users_with_history),
-             "watermark": int(newest["w"] or 0), "events": int(newest["n"]),
+             # the database's last event id: file events (-1) are not in its events table
+             "watermark": int(config["watermark"]) if config.get("watermark") is not None
+             else max(int(newest["w"] or 0), 0), "events": int(newest["n"]),
              "external": bool(config.get("external"))}
     spark.createDataFrame([model]).coalesce(1).write.mode("overwrite").json(f"{out_uri}/model")
     return model

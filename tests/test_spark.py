@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -128,8 +129,7 @@ def test_random_streams_equal_the_local_engine_and_hand_over_exactly(spark_sessi
     refresh of all events."""
 
     events, config, cut = case
-    folder = tmp_path / f"case{abs(hash(str(case)))}"
-    folder.mkdir()
+    folder = Path(tempfile.mkdtemp(dir=tmp_path))  # examples may repeat: a fresh folder each
     con = rtsql.connect(folder / "r.duckdb")
     for name, value in config.items():
         settings.set_value(con, name, str(value))
@@ -142,11 +142,13 @@ def test_random_streams_equal_the_local_engine_and_hand_over_exactly(spark_sessi
     refresh.refresh(con)
     handed = tables(con)
     refresh.refresh(con, full=True)
-    compare(handed, tables(con), exact=False)
+    # the served lists (rank <= neighbors) are what the incremental refresh keeps exact; the
+    # buffer beyond them may hold fewer entries (docs/design.md, rule 4)
+    compare(handed, tables(con), exact=False, served=config["neighbors"])
     con.close()
 
 
-def compare(got: dict, want: dict, exact: bool) -> None:
+def compare(got: dict, want: dict, exact: bool, served: int | None = None) -> None:
     if exact:
         for name in want:
             assert got[name] == want[name], name
@@ -161,8 +163,9 @@ def compare(got: dict, want: dict, exact: bool) -> None:
         assert g[key][0] == pytest.approx(w[key][0], rel=1e-12), key
         assert g[key][1:] == w[key][1:], key
     for table in ("item_neighbors", "user_neighbors"):
-        assert_same_lists(lists_from_rows([r[:4] for r in got[table]]),
-                          lists_from_rows([r[:4] for r in want[table]]))
+        def rows(t):
+            return [r[:4] for r in t[table] if served is None or r[3] <= served]
+        assert_same_lists(lists_from_rows(rows(got)), lists_from_rows(rows(want)))
     assert got["item_trending"] == want["item_trending"]
 
 
