@@ -113,20 +113,31 @@ def install_definitions(con) -> int:
     """(Re)create every view and macro under sql/, in file order. Returns how many."""
     objs = resources.sql_objects("views") + resources.sql_objects("macros")
     for obj in objs:
-        con.execute(with_defaults(obj.sql))
+        con.execute(render(obj.sql))
     return len(objs)
 
 
 _DEFAULT = re.compile(r"\{\{default:(\w+)\}\}")
 
 
-def with_defaults(sql: str) -> str:
-    """``{{default:NAME}}`` in a view or macro becomes the setting's default from the registry
-    (a quoted literal, as stored in rtsql_settings): SQL falls back on the one definition of
-    each default instead of a copy."""
+def render(sql: str) -> str:
+    """Fill in what a view or macro takes from the Python definitions, so SQL never keeps a
+    second copy: ``{{default:NAME}}``, the setting's default from the registry (a quoted
+    literal, as stored in rtsql_settings); ``{{blend_settings}}`` and ``{{blend_weights}}``,
+    the recommend macro's per-strategy columns from rtsql.recommend.BLENDED."""
+    from .recommend import BLENDED
     from .settings import SETTINGS, text_of
 
-    def literal(match: re.Match) -> str:
-        return "'" + text_of(SETTINGS[match.group(1)].default).replace("'", "''") + "'"
+    def literal(name: str) -> str:
+        return "'" + text_of(SETTINGS[name].default).replace("'", "''") + "'"
 
-    return _DEFAULT.sub(literal, sql)
+    settings_scan = "".join(f"max(value) filter (where name = '{setting}') as {column},\n"
+                            "               " for setting, column in BLENDED.values())
+    weights = "".join(
+        f"case when p_strategy = 'hybrid'\n"
+        f"                then coalesce(json_extract_string(o, '$.{setting}'), {column}, "
+        f"{literal(setting)})::DOUBLE\n"
+        f"                else (p_strategy = '{name}')::DOUBLE end as {column},\n           "
+        for name, (setting, column) in BLENDED.items())
+    sql = sql.replace("{{blend_settings}}", settings_scan).replace("{{blend_weights}}", weights)
+    return _DEFAULT.sub(lambda m: literal(m.group(1)), sql)

@@ -8,7 +8,21 @@ from dataclasses import dataclass
 from .errors import InvalidSetting, UnknownItem, UnknownUser
 from .sqlutil import scalar
 
-STRATEGIES = ("hybrid", "item", "user", "content", "trending")
+# The strategies recommend() blends: name -> (the setting holding its blend weight, its column
+# in the macro's cfg). 'hybrid' blends them all with those weights; any other strategy scores
+# alone (weight 1, the others 0). The one definition: the settings' choices, the macro's cfg
+# (generated from this at install: migrate.render), the in-memory scorer, evaluate, tune and
+# the CLI's --strategy all read it.
+BLENDED = {"item": ("weight_item_cf", "w_item"), "user": ("weight_user_cf", "w_user"),
+           "content": ("weight_content", "w_content"), "trending": ("weight_trending", "w_trend")}
+STRATEGIES = ("hybrid", *BLENDED)
+
+
+def blend_weights(strategy: str, weight_of) -> dict[str, float]:
+    """The blend weight of each strategy (by its cfg column) when ``strategy`` is asked for;
+    ``weight_of(setting)`` gives a weight setting's value."""
+    return {column: float(weight_of(setting)) if strategy == "hybrid" else float(strategy == name)
+            for name, (setting, column) in BLENDED.items()}
 MAX_K = 1000  # the longest list the CLI and the HTTP API return
 
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from . import settings as settings_mod
 from .errors import InvalidSetting, UnknownItem, UnknownUser
-from .recommend import Rows, check_request
+from .recommend import Rows, blend_weights, check_request
 from .sqlutil import arrow_table
 
 COLUMNS = ["rank", "item_id", "score", "reason"]
@@ -354,11 +354,8 @@ class ServingState:
             raw = overrides.get(name)
             return settings_mod.parse(name, str(raw)) if raw is not None else m.settings[name]
 
-        def weight(name, alone):
-            return float(value(name)) if strategy == "hybrid" else float(strategy == alone)
-
-        return Config(weight("weight_item_cf", "item"), weight("weight_user_cf", "user"),
-                      weight("weight_content", "content"), weight("weight_trending", "trending"),
+        w = blend_weights(strategy, value)
+        return Config(w["w_item"], w["w_user"], w["w_content"], w["w_trend"],
                       bool(value("exclude_seen")), float(value("recency_half_life_days")),
                       int(m.settings["neighbors"]))
 

@@ -9,18 +9,9 @@
 create or replace macro rtsql_recommend_core(p_user_key, p_hist, k, p_exclude, p_category,
                                              p_strategy, p_variant) as table
 with cfg as (
-    select case when p_strategy = 'hybrid'
-                then coalesce(json_extract_string(o, '$.weight_item_cf'), w_item, {{default:weight_item_cf}})::DOUBLE
-                else (p_strategy = 'item')::DOUBLE end as w_item,
-           case when p_strategy = 'hybrid'
-                then coalesce(json_extract_string(o, '$.weight_user_cf'), w_user, {{default:weight_user_cf}})::DOUBLE
-                else (p_strategy = 'user')::DOUBLE end as w_user,
-           case when p_strategy = 'hybrid'
-                then coalesce(json_extract_string(o, '$.weight_content'), w_content, {{default:weight_content}})::DOUBLE
-                else (p_strategy = 'content')::DOUBLE end as w_content,
-           case when p_strategy = 'hybrid'
-                then coalesce(json_extract_string(o, '$.weight_trending'), w_trend, {{default:weight_trending}})::DOUBLE
-                else (p_strategy = 'trending')::DOUBLE end as w_trend,
+    -- per strategy (rtsql.recommend.BLENDED): its weight setting under 'hybrid', else 1 for
+    -- the strategy asked for and 0 for the others
+    select {{blend_weights}}
            coalesce(json_extract_string(o, '$.exclude_seen'), exclude_seen, {{default:exclude_seen}})::BOOLEAN
                as exclude_seen,
            coalesce(json_extract_string(o, '$.recency_half_life_days'), recency, {{default:recency_half_life_days}})::DOUBLE
@@ -28,10 +19,7 @@ with cfg as (
            coalesce(served, {{default:neighbors}})::INTEGER as served  -- lists store a buffer beyond K
     from (
         -- every setting in one scan; the variant's JSON overrides them
-        select max(value) filter (where name = 'weight_item_cf') as w_item,
-               max(value) filter (where name = 'weight_user_cf') as w_user,
-               max(value) filter (where name = 'weight_content') as w_content,
-               max(value) filter (where name = 'weight_trending') as w_trend,
+        select {{blend_settings}}
                max(value) filter (where name = 'exclude_seen') as exclude_seen,
                max(value) filter (where name = 'recency_half_life_days') as recency,
                max(value) filter (where name = 'neighbors') as served,
