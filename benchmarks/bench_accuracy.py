@@ -35,6 +35,11 @@ VARIANTS = {
     "shrink5": {"shrinkage": "5"},
     "tfidf": {"similarity": "tfidf", "neighbors": "100"},
     "nocap": {"max_history": "0"},
+    "rp3beta": {"similarity": "rp3beta"},
+    "rp3b25": {"similarity": "rp3beta", "rp3_beta": "0.25"},
+    "rp3a75b25k100": {"similarity": "rp3beta", "rp3_alpha": "0.75", "rp3_beta": "0.25",
+                      "neighbors": "100"},
+    "rp3b25k100": {"similarity": "rp3beta", "rp3_beta": "0.25", "neighbors": "100"},
     "binary": {"_binary": True},
 }
 

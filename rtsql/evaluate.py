@@ -304,7 +304,9 @@ def metric_names(k: int) -> list[str]:
 
 SEARCH_SPACE = {
     "neighbors": ["20", "50", "100"],
-    "similarity": ["cosine", "tfidf"],
+    "similarity": ["cosine", "tfidf", "rp3beta"],
+    "rp3_alpha": ["0.6", "1"],
+    "rp3_beta": ["0.3", "0.5"],
     "shrinkage": ["0", "5"],
     "max_history": ["0", "500"],
     "half_life_days": ["0", "180"],

@@ -167,6 +167,7 @@ def engine_options(values: dict) -> dict:
 def _measure(values: dict, kind: str = "cosine", idf_n: float = 0.0) -> similarity.Measure:
     return similarity.Measure(k=values["neighbors"], shrinkage=values["shrinkage"],
                               min_support=values["min_support"], kind=kind, idf_n=idf_n,
+                              alpha=values["rp3_alpha"], beta=values["rp3_beta"],
                               buffer_length=math.ceil(values["list_buffer"] * values["neighbors"]),
                               **engine_options(values))
 
@@ -334,6 +335,11 @@ def load_model(con, folder: str | os.PathLike, progress: Progress | None = None)
 # exponent (e^100 ~ 1e43, whose square still leaves a wide margin in the norms) the refresh is
 # a full one, which moves the landmark to the newest event
 MAX_DECAY_EXPONENT = 100.0
+
+
+def _has_new_events(con, state: dict) -> bool:
+    return bool(scalar(con, "select count(*) from events where event_id > ?",
+                       [int(state.get("watermark", 0))]))
 
 
 def _landmark_too_old(con, state: dict) -> bool:
@@ -590,7 +596,10 @@ def refresh(con, *, full: bool = False, progress: Progress | None = None,
         # a full refresh that saw no events fixed no decay landmark worth keeping (t0 = 0
         # would overflow every later event's forward-decayed weight): the next one is full too
         never = state.get("watermark", "0") == "0" and state.get("external_events") != "true"
-        needs_full = (full or never
+        # an asymmetric measure (rp3beta) has no exact incremental update: new events mean a
+        # full refresh, and the result says so (mode "full")
+        rebuild = not _item_measure(values, 0.0).symmetric and _has_new_events(con, state)
+        needs_full = (full or never or rebuild
                       or state.get("model_config") != _model_config(con, values)
                       or _landmark_too_old(con, state))
         if needs_full and state.get("external_events") == "true":

@@ -102,8 +102,16 @@ SETTINGS: dict[str, Setting] = {
         # --- models (a change makes the next refresh a full one)
         Setting("neighbors", int, 50, "Top-K neighbours kept per item and per user.", _positive),
         Setting("similarity", str, "cosine",
-                "Item-item measure: cosine, or tfidf (implicit's TF-IDF weighting; its user count "
-                "is frozen at the last full refresh).", choices=("cosine", "tfidf")),
+                "Item-item measure: cosine; tfidf (implicit's TF-IDF weighting; its user count "
+                "is frozen at the last full refresh); or rp3beta (a random walk item -> user -> "
+                "item, damped by popularity: rp3_alpha, rp3_beta; not incremental: every "
+                "refresh with new events rebuilds the lists in full).",
+                choices=("cosine", "tfidf", "rp3beta")),
+        Setting("rp3_alpha", float, 1.0,
+                "rp3beta: transition probabilities are raised to this power.", _positive),
+        Setting("rp3_beta", float, 0.5,
+                "rp3beta: a neighbour's score is divided by its popularity to this power.",
+                _non_negative),
         Setting("shrinkage", float, 0.0,
                 "Cosine is multiplied by support / (support + shrinkage): damps neighbours that "
                 "share few users.",
@@ -204,7 +212,8 @@ def parse(name: str, text: str) -> Any:
 
 SERVING_SETTINGS = ("weight_item_cf", "weight_user_cf", "weight_content", "weight_trending",
                     "exclude_seen", "recency_half_life_days")
-MODEL_SETTINGS = ("neighbors", "similarity", "shrinkage", "min_support", "max_history", "half_life_days",
+MODEL_SETTINGS = ("neighbors", "similarity", "rp3_alpha", "rp3_beta", "shrinkage", "min_support",
+                  "max_history", "half_life_days",
                   "user_cf", "list_buffer")
 
 

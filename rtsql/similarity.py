@@ -35,7 +35,11 @@ class Measure:
     """``cosine``: dot / (|a| |b|). ``tfidf`` (as implicit's TFIDFRecommender): dot of the
     square-rooted weights times idf(a) * idf(b), idf(r) = ln(idf_n) - ln(1 + features of r),
     which damps rows present everywhere; ``idf_n`` is frozen at the last full refresh so that
-    incremental refresh stays exact."""
+    incremental refresh stays exact. ``rp3beta`` (Paudel et al. 2017, as in Dacrema et al.'s
+    baselines): a two-step random walk row -> feature -> row, the sum over shared features f
+    of (1 / features of a)^alpha * (w(f, b) / total weight of f)^alpha, divided by
+    (features of b)^beta, which damps popular rows. It is asymmetric, so its lists are rebuilt
+    by full refreshes only (``symmetric``)."""
 
     k: int = 50
     shrinkage: float = 0.0
@@ -44,7 +48,14 @@ class Measure:
     threads: int = 1  # blocks computed in parallel
     kind: str = "cosine"
     idf_n: float = 0.0
+    alpha: float = 1.0  # rp3beta: transition probabilities raised to alpha
+    beta: float = 0.5  # rp3beta: a neighbour's score divided by its popularity^beta
     buffer_length: int = 0  # entries kept per row (>= k; 0: k): a buffer that refills lists
+
+    @property
+    def symmetric(self) -> bool:
+        """sim(a, b) == sim(b, a): what the exact incremental update relies on."""
+        return self.kind != "rp3beta"
 
     @property
     def list_length(self) -> int:
@@ -114,7 +125,9 @@ class RowSimilarity:
         self.m.sum_duplicates()
         self.m.eliminate_zeros()
         self.measure = measure
-        if measure.kind == "tfidf":
+        if measure.kind == "rp3beta":
+            self._rp3beta(measure)
+        elif measure.kind == "tfidf":
             self.m.data = np.sqrt(self.m.data)
             present = np.diff(self.m.indptr)
             idf = np.log(max(measure.idf_n, 1.0)) - np.log1p(present)
@@ -128,7 +141,8 @@ class RowSimilarity:
         # weights that are multiples of a power of two (event-type weights, ratings, no decay)
         # then give exact dot products in any order of summation, so every engine (this one,
         # the Spark job) computes the same bits and exact ties stay ties
-        self.mt = self.m.T.tocsr()
+        if measure.kind != "rp3beta":
+            self.mt = self.m.T.tocsr()
         self.needs_support = measure.min_support > 1 or measure.shrinkage > 0
         if self.needs_support:
             binary = self.m.copy()
@@ -138,6 +152,23 @@ class RowSimilarity:
         per_feature = np.diff(self.mt.indptr).astype(np.float64)
         row_of = np.repeat(np.arange(self.n), np.diff(self.m.indptr))
         self.cost = np.minimum(np.bincount(row_of, per_feature[self.m.indices], self.n), self.n)
+
+    def _rp3beta(self, measure: Measure) -> None:
+        """Left: P(row -> feature) = 1 / (features of the row), to the alpha; right:
+        P(feature -> row) = w / (the feature's total weight), to the alpha, times
+        (rows' popularity: features having it)^-beta. The product is the score itself."""
+        present = np.diff(self.m.indptr)
+        self.norms = present.astype(np.float64)
+        self.scale = np.ones(self.m.shape[0])
+        left = self.m.copy()
+        left.data = np.repeat(np.where(present > 0, 1.0 / np.maximum(present, 1), 0.0),
+                              present) ** measure.alpha
+        right = self.m.T.tocsr()
+        totals = np.asarray(right.sum(axis=1)).ravel()
+        right.data = (right.data / np.repeat(totals, np.diff(right.indptr))) ** measure.alpha
+        popularity = np.maximum(present, 1).astype(np.float64) ** measure.beta
+        right.data /= popularity[right.indices]
+        self.m, self.mt = left, right
 
     @property
     def n(self) -> int:

@@ -63,3 +63,38 @@ def test_support_is_read_at_the_products_positions_when_patterns_differ():
     got = similarity._values_at(support, weighted)
     rows = np.repeat(np.arange(3), np.diff(weighted.indptr))
     assert np.array_equal(got, support.toarray()[rows, weighted.indices])
+
+
+def brute_force_rp3beta(x: np.ndarray, k: int, alpha: float, beta: float):
+    """RP3beta by its definition (Paudel et al. 2017; Dacrema et al. 2019's baseline): rows a,
+    b; sum over features f of both of (1 / features of a)^alpha * (x[b, f] / sum_r x[r, f])^alpha,
+    divided by (features of b)^beta; top-k by (score desc, neighbour asc)."""
+    present = (x > 0).sum(axis=1)
+    totals = x.sum(axis=0)
+    out = {}
+    for a in range(x.shape[0]):
+        cands = []
+        for b in range(x.shape[0]):
+            if a == b:
+                continue
+            s = sum((1.0 / present[a]) ** alpha * (x[b, f] / totals[f]) ** alpha
+                    for f in range(x.shape[1]) if x[a, f] > 0 and x[b, f] > 0)
+            if s > 0:
+                cands.append((b, s / present[b] ** beta))
+        cands.sort(key=lambda t: (-t[1], t[0]))
+        if cands:
+            out[a] = cands[:k]
+    return out
+
+
+@settings(deadline=None)
+@given(matrices, st.integers(1, 6), st.sampled_from([0.5, 1.0]), st.sampled_from([0.0, 0.5]),
+       st.sampled_from([1 << 24, 7]))
+def test_rp3beta_equals_its_definition(rng, k, alpha, beta, block_cells):
+    n, f = rng.integers(1, 15), rng.integers(1, 12)
+    x = (rng.integers(1, 4, size=(n, f)) * (rng.random((n, f)) < 0.5)).astype(float)
+    measure = similarity.Measure(k=k, kind="rp3beta", alpha=alpha, beta=beta,
+                                 block_cells=block_cells)
+    assert not measure.symmetric
+    got = _as_dict(similarity.full(sp.csr_matrix(x), measure))
+    assert_same_lists(got, brute_force_rp3beta(x, k, alpha, beta))
