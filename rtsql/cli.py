@@ -458,6 +458,17 @@ def _refresh_progress():
     return update
 
 
+def _external_events_options(f):
+    """--events, --map, --event-type: event Parquet outside the database for the Spark job."""
+    f = click.option("--event-type", help="With --events: the event type of files without one.")(f)
+    f = click.option("--map", "maps", multiple=True, metavar="CANONICAL=SOURCE",
+                     help="With --events: column mapping, as for ingest (repeatable).")(f)
+    return click.option("--events", "event_uris", multiple=True, metavar="PARQUET",
+                        help="Event Parquet files the database does not hold, for the Spark "
+                             "job to read too (a path, glob or s3a:// / hdfs:// URI; "
+                             "repeatable).")(f)
+
+
 @main.command()
 @click.option("--full", is_flag=True, help="Rebuild everything instead of the incremental update.")
 @click.option("--engine", type=click.Choice(["local", "spark"]), default="local",
@@ -470,12 +481,7 @@ def _refresh_progress():
 @click.option("--work", type=click.Path(file_okay=False),
               help="With --engine spark: keep the exported events and the job's output here "
                    "[default: a temporary folder, removed afterwards].")
-@click.option("--events", "event_uris", multiple=True, metavar="PARQUET",
-              help="With --engine spark: also build from these Parquet files (a path, glob or "
-                   "s3a:// / hdfs:// URI; repeatable), read by Spark directly.")
-@click.option("--map", "maps", multiple=True, metavar="CANONICAL=SOURCE",
-              help="With --events: column mapping, as for ingest (repeatable).")
-@click.option("--event-type", help="With --events: the event type of files without one.")
+@_external_events_options
 @click.option("--drop-external", is_flag=True,
               help="Let a local full refresh drop the events a Spark --events build read "
                    "from outside the database.")
@@ -539,12 +545,7 @@ def load_model(state: State, path):
 @click.option("--export", type=click.Path(file_okay=False),
               help="Also export the events (and, with --events, the id dictionaries) as "
                    "Parquet into this folder.")
-@click.option("--events", "event_uris", multiple=True, metavar="PARQUET",
-              help="Event Parquet outside the database for the job to read too (repeatable; "
-                   "needs --export for the id dictionaries).")
-@click.option("--map", "maps", multiple=True, metavar="CANONICAL=SOURCE",
-              help="With --events: column mapping, as for ingest (repeatable).")
-@click.option("--event-type", help="With --events: the event type of files without one.")
+@_external_events_options
 @click.pass_obj
 def spark_job_cmd(state: State, config_path, export, event_uris, maps, event_type):
     """Prepare a cluster build: the job config (and optionally the events) for spark-submit.
