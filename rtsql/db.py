@@ -52,9 +52,10 @@ def _open(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
 def open_file(path: str | os.PathLike, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """A plain DuckDB connection to a file, schema untouched: snapshots, `migrate --list`.
     ``:memory:`` gives an empty in-memory database."""
-    if str(path) == ":memory:":
-        return duckdb.connect(":memory:")
-    return _open(validate_db_path(path, must_exist=read_only), read_only)
+    con = (duckdb.connect(":memory:") if str(path) == ":memory:"
+           else _open(validate_db_path(path, must_exist=read_only), read_only))
+    con.execute("set python_enable_replacements = false")  # as in configure: no Python objects
+    return con
 
 
 def migration_status(path: str | os.PathLike) -> list:
