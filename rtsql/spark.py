@@ -36,6 +36,11 @@ class EngineUnavailable(RtsqlError):
     """PySpark or Java is missing."""
 
 
+class SparkJobFailed(RtsqlError):
+    """The job could not run on its input (a path that does not exist, a column that is not
+    there): Spark's first line of the reason."""
+
+
 def check_available() -> None:
     try:
         import pyspark  # noqa: F401
@@ -134,9 +139,14 @@ def refresh(con, *, master: str | None = None, conf: dict | None = None,
         (folder / "job.json").write_text(json.dumps(config, indent=1))
         log(f"spark: exported events to {events}; running the job "
             f"({master or 'local[2]'})")
+        from pyspark.errors import PySparkException
+
         spark = session or spark_job.session(master, conf)
         try:
             spark_job.build(spark, str(events), config, str(folder / "model"))
+        except (PySparkException, ValueError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SparkJobFailed(f"the Spark job failed: {reason}") from None
         finally:
             if session is None:
                 spark.stop()

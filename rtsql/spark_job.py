@@ -146,7 +146,7 @@ def _external_events(spark, config: dict, types, out_uri: str):
 
     missing = [c for c in ("user_id", "item_id", "ts") if col(c) is None]
     if missing or (col("event_type") is None and not ext.get("event_type")):
-        raise SystemExit(f"--events: no column for {', '.join(missing or ['event_type'])} "
+        raise ValueError(f"--events: no column for {', '.join(missing or ['event_type'])} "
                          f"(columns: {', '.join(sorted(names))}); map it with --map")
     ts_type = dict(raw.dtypes)[ext["columns"].get("ts", "ts")]
     if ts_type.startswith("timestamp") or ts_type == "date":
@@ -279,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     spark = session(args.master)
     try:
         model = build(spark, args.events, config, args.out)
+    except ValueError as exc:  # the input does not fit the config: say so, no traceback
+        print(f"rtsql-spark-job: {exc}", file=sys.stderr)
+        return 2
     finally:
         spark.stop()
     print(json.dumps(model))

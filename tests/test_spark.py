@@ -292,3 +292,24 @@ def test_events_from_parquet_with_string_ids_equal_ingesting_them(spark_session,
     assert refresh.refresh(con, full=True, drop_external=True).mode == "full"
     assert con.execute("select count(*) from external_item_counts").fetchone() == (0,)
     con.close()
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_events_that_do_not_fit_are_a_clear_error(spark_session, tmp_path):
+    """A path that does not exist, or files without the mapped columns: a message, nothing
+    loaded, no traceback."""
+    import duckdb
+
+    from rtsql import spark
+
+    lake = tmp_path / "lake.parquet"
+    duckdb.sql(f"copy (select 'u1' as who, 'i1' as item_id, 'view' as event_type, "
+               f"timestamp '2026-10-01' as ts) to '{lake}'")
+    con = rtsql.connect(tmp_path / "x.duckdb")
+    for uri, reason in ((tmp_path / "missing.parquet", "PATH_NOT_FOUND"),
+                        (lake, "no column for user_id (columns: event_type, item_id, ts, who)")):
+        with pytest.raises(spark.SparkJobFailed, match=reason.replace("(", r"\(").replace(")", r"\)")):
+            spark.refresh(con, session=spark_session, events=[str(uri)])
+    assert con.execute("select count(*) from model_state").fetchone() == (0,)
+    con.close()
