@@ -214,10 +214,16 @@ def compact(path: str | os.PathLike) -> float:
     if Path(str(p) + ".wal").exists():  # a clean close checkpoints; never drop a WAL's rows
         fresh.unlink(missing_ok=True)
         raise InputPathError(f"{p} kept a write-ahead log after closing; not compacted")
-    _sync(fresh)
-    os.replace(fresh, p)
-    _sync(p.parent)
+    replace_atomically(fresh, p)
     return time.perf_counter() - start
+
+
+def replace_atomically(source: Path, target: Path) -> None:
+    """fsync ``source``, rename it over ``target``, fsync the folder: after a crash the target
+    is the old file or the new one, whole (compaction, snapshot publishing)."""
+    _sync(source)
+    os.replace(source, target)
+    _sync(target.parent)
 
 
 def _sync(path: Path) -> None:

@@ -30,7 +30,7 @@ import pyarrow as pa
 import scipy.sparse as sp
 
 from . import content, settings, similarity
-from .errors import DatabaseLocked, ExternalModel
+from .errors import DatabaseLocked, ExternalModel, InputPathError, UnknownUser
 from .sqlutil import (
     arrow_column,
     database_path,
@@ -267,8 +267,6 @@ def _load_full(con, values: dict, folder: Path, progress: Progress | None) -> Re
         new = parquet("new_" + table)
         if scalar(con, f"select count(*) from {new} n join {table} t using ({key}) "
                        f"where t.{column} <> n.{column}"):
-            from .errors import InputPathError
-
             raise InputPathError(f"{folder}: the database gave some of the job's new "
                                  f"{table[:-1]} keys to other ids since the job's config was "
                                  "written; write the config and run the job again")
@@ -318,8 +316,6 @@ def load_model(con, folder: str | os.PathLike, progress: Progress | None = None)
     missing = [name for name in ("interactions", "item_neighbors", "user_neighbors",
                                  "item_counts", "model") if not (folder / name).is_dir()]
     if missing:
-        from .errors import InputPathError
-
         raise InputPathError(f"{folder} is not a model built by the Spark job (no "
                              f"{', '.join(missing)}); see docs/spark.md for the layout")
     with _refresh_lock(con):
@@ -518,8 +514,8 @@ def _incremental(con, values: dict, state: dict, forget_users: np.ndarray | None
 
 # --------------------------------------------------------------------------- trending, content
 
-# per item: events in the latest trending window and the one before it, against the latest
-# event time, and all events (the Spark job computes the same counts: rtsql/spark_job.py)
+# Per item: events in the latest trending window and the one before it, against the latest
+# event time, and all events (the Spark job computes the same counts: rtsql/spark_job.py).
 # Events a Spark build read from files outside the database (--events) count too: their
 # per-item totals, and those recent enough for a window (external_* tables, migration 0011).
 _TRENDING_COUNTS = """
@@ -651,8 +647,6 @@ def forget(con, user_id: str) -> RefreshResult:
     This is the database's part; ``rtsql.privacy.forget_user`` also rewrites the file and
     republishes snapshots, so no byte of the id is left behind.
     """
-    from .errors import UnknownUser
-
     user_key = scalar(con, "select user_key from users where user_id = ?", [user_id])
     if user_key is None:
         raise UnknownUser(f"no user {user_id!r}; nothing to forget")

@@ -144,18 +144,7 @@ class Publisher:
             leftover.unlink(missing_ok=True)
 
     def _install(self) -> None:
-        """fsync the new file, rename it over the target, fsync the folder."""
-        fd = os.open(self.tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(self.tmp, self.target)
-        dir_fd = os.open(self.target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        db.replace_atomically(self.tmp, self.target)
 
 
 def republish_all(con) -> list[Path]:

@@ -85,13 +85,17 @@ def job_config(con, values: dict | None = None) -> dict:
 def export_events(con, folder: Path, watermark: int) -> Path:
     """The events up to ``watermark`` as Parquet files in ``folder/events``."""
     target = folder / "events"
-    shutil.rmtree(target, ignore_errors=True)
-    target.mkdir(parents=True)
-    literal = str(target / "part.parquet").replace("'", "''")
-    con.execute(f"""copy (select event_id, user_key, item_key, event_type, value, ts
-                          from events where event_id <= {int(watermark)})
-                    to '{literal}' (format parquet)""")
+    shutil.rmtree(target, ignore_errors=True)  # a previous export in a kept --work folder
+    _to_parquet(con, "select event_id, user_key, item_key, event_type, value, ts from events "
+                     f"where event_id <= {int(watermark)}", target)
     return target
+
+
+def _to_parquet(con, query: str, folder: Path) -> None:
+    """rtsql's own ``query`` as ``folder/part.parquet`` (the folder is what Spark reads)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    literal = str(folder / "part.parquet").replace("'", "''")
+    con.execute(f"copy ({query}) to '{literal}' (format parquet)")
 
 
 def external_config(con, folder: Path, uris: list[str], mapping) -> dict:
@@ -101,9 +105,7 @@ def external_config(con, folder: Path, uris: list[str], mapping) -> dict:
     values = settings.get_all(con)
     ids = folder / "ids"
     for table, columns in (("users", "user_id, user_key"), ("items", "item_id, item_key")):
-        (ids / table).mkdir(parents=True, exist_ok=True)
-        literal = str(ids / table / "part.parquet").replace("'", "''")
-        con.execute(f"copy (select {columns} from {table}) to '{literal}' (format parquet)")
+        _to_parquet(con, f"select {columns} from {table}", ids / table)
     ahead = values["ingest_max_ahead_hours"] * 3600
     return {
         "uris": list(uris), "columns": dict(mapping.columns), "event_type": mapping.event_type,
