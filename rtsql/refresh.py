@@ -632,7 +632,7 @@ def _materialize_if_on(con, values: dict, result: RefreshResult,
     if result.mode == "none" and _state(con).get("materialized") == config:
         return
     serving.materialize(con, values["materialize_k"], values["materialize_strategy"],
-                        _stage(progress, "recommendations"))
+                        _stage(progress, "recommendations"), engine_options(values)["threads"])
     _set_state(con, materialized=config)
 
 

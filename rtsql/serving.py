@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import threading
 from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import accumulate
@@ -62,6 +63,9 @@ class Csr:
     @property
     def n_rows(self) -> int:
         return len(self.indptr) - 1
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.indptr, self.keys, self.values
 
     def expand(self, rows: np.ndarray, limit: int | None = None
                ) -> tuple[np.ndarray, np.ndarray]:
@@ -426,100 +430,111 @@ class ServingState:
 
     def _recommend(self, user_key, hist: History, k: int, exclude, category,
                    cfg: Config) -> Rows:
+        """The macro's steps for one user, compiled (rtsql.scoring.score_user)."""
+        from . import scoring
+
         m = self.model
         n_items = len(self.item_ids)
-        # h: positive history weights, optionally weighted by recency at query time
-        positive = hist.weights > 0
-        h_items, w = hist.items[positive], hist.weights[positive]
-        if cfg.recency > 0 and len(w):
-            ts = hist.ts_us[positive] / 1e6
-            w = w * np.power(2.0, -(ts.max() - ts) / (86400 * cfg.recency))
-        # scored: (candidate, history item behind it, contribution) per strategy
-        item_part = user_part = content_part = None
-        if cfg.w_item > 0:
-            item_part = _contributions(m.item_lists, h_items, w, cfg.served)
-        if cfg.w_user > 0 and user_key is not None:
-            _, pos = m.user_lists.expand(np.array([user_key]), cfg.served)
-            owner, entries = m.inter.expand(m.user_lists.keys[pos])
-            user_part = (m.inter.keys[entries], None,
-                         m.user_lists.values[pos][owner] * m.inter.values[entries])
-        if cfg.w_content > 0:
-            content_part = _contributions(m.content, h_items, w, None)
-        parts = (item_part, user_part, content_part)
-        # per_part + scaled: each strategy's sum per candidate, scaled by its best candidate
-        sums = [_group(p) if p is not None else None for p in parts]
-        candidates = _union([s[0] for s in sums if s is not None])
-        scaled, because = [], []
-        for s, weight in zip(sums, (cfg.w_item, cfg.w_user, cfg.w_content)):
-            col = np.zeros(len(candidates))
-            src = np.full(len(candidates), -1, np.int64)
-            if s is not None and len(s[0]):
-                at = np.searchsorted(candidates, s[0])
-                col[at] = s[1] / s[1].max() * weight
-                if s[2] is not None:
-                    src[at] = s[2]
-            scaled.append(col)
-            because.append(src)
-        si, su, sc = scaled
-        # blend: candidates some strategy scored, and the strategy that added the most
-        in_blend = (si > 0) | (su > 0) | (sc > 0)
-        blend = candidates[in_blend]
-        score = (si + su + sc)[in_blend]
-        win_part = np.where((si >= su) & (si >= sc), 0, np.where(su >= sc, 1, 2))[in_blend]
-        win_s = np.choose(win_part, [si[in_blend], su[in_blend], sc[in_blend]])
-        win_because = np.choose(win_part, [because[0][in_blend], because[1][in_blend],
-                                           because[2][in_blend]])
-        # excluded, category
-        blocked = np.zeros(n_items + 1, bool)
-        if cfg.exclude_seen:
-            blocked[hist.items] = True
-        if exclude:
-            blocked[[self.item_keys[i] for i in exclude if i in self.item_keys]] = True
-        allowed = None if category is None else self._category_mask(category, n_items)
-        # pool: the blend's eligible items, then k backfill items no strategy scored
-        keep = ~blocked[blend] & (True if allowed is None else allowed[blend])
-        blocked[blend] = True
-        backfill = self._backfill(cfg, blocked, allowed, k, n_items)
-        pool = np.concatenate((blend[keep], backfill))
-        base = np.concatenate((score[keep], np.zeros(len(backfill))))
-        trend = _at(m.share, pool, 0.0) * cfg.w_trend
-        popularity = _at(m.popularity, pool, 0)
-        final = base + trend
-        # the k best by (score desc, popularity desc, key): only candidates scoring at least
-        # the k-th best score (ties included) need the three-key sort
-        top = np.arange(len(pool))
-        if len(pool) > k:
-            top = np.flatnonzero(final >= np.partition(final, len(final) - k)[len(final) - k])
-        order = top[np.lexsort((pool[top], -popularity[top], -final[top]))][:k]
-        kept = np.flatnonzero(keep)
-        rows = []
-        for rank, at in enumerate(order.tolist(), start=1):
-            part = source = None
-            if at < len(kept) and win_s[kept[at]] >= trend[at]:
-                part, source = int(win_part[kept[at]]), int(win_because[kept[at]])
-            rows.append((rank, self.item_ids[int(pool[at])], float(final[at]),
-                         self._reason(part, source, trend[at], hist)))
-        return Rows(COLUMNS, rows)
+        keys, scores, parts, because = (np.empty(k, np.int64), np.empty(k),
+                                        np.empty(k, np.int64), np.empty(k, np.int64))
+        excluded = np.array([self.item_keys[i] for i in exclude if i in self.item_keys]
+                            if exclude else [], np.int64)
+        allowed = _NO_MASK if category is None else self._category_mask(category, n_items)
+        scratch = scoring.Scratch.per_thread(_LOCAL, n_items + 1)
+        rows = scoring.score_user(
+            -1 if user_key is None else user_key, hist.items, _query_weights(hist, cfg),
+            excluded, allowed, k, *self._kernel_args(cfg), n_items, *scratch.arrays(), keys,
+            scores, parts, because)
+        return Rows(COLUMNS, [
+            (rank, self.item_ids[key], score, self._reason(part, source, hist))
+            for rank, (key, score, part, source) in enumerate(zip(
+                keys[:rows].tolist(), scores[:rows].tolist(), parts[:rows].tolist(),
+                because[:rows].tolist()), start=1)])
 
-    def _backfill(self, cfg: Config, blocked: np.ndarray, allowed, k: int, n_items: int
-                  ) -> np.ndarray:
-        """The first k eligible items of the stored order (trending when trending is blended
-        in, else popularity), then items new since the refresh by key."""
+    def _kernel_args(self, cfg: Config) -> tuple:
+        """The settings and model arrays score_user takes, after the request's own."""
         m = self.model
-        ranked = m.order_trending if cfg.w_trend > 0 else m.order_popular
-        new_items = np.arange(m.max_ranked_item + 1, n_items, dtype=np.int64)
-        found, count = [], 0
-        for source in (ranked, new_items):
-            start, step = 0, max(4 * k, 64)
-            while count < k and start < len(source):
-                chunk = source[start:start + step]
-                ok = ~blocked[chunk]
-                if allowed is not None:
-                    ok &= allowed[chunk]
-                found.append(chunk[ok])
-                count += len(found[-1])
-                start, step = start + step, step * 2
-        return np.concatenate(found)[:k] if found else np.empty(0, np.int64)
+        return (cfg.w_item, cfg.w_user, cfg.w_content, cfg.w_trend, cfg.exclude_seen,
+                cfg.served, *m.item_lists.arrays(), *m.user_lists.arrays(),
+                *m.content.arrays(), *m.inter.arrays(), m.share, m.popularity,
+                m.order_trending if cfg.w_trend > 0 else m.order_popular,
+                m.max_ranked_item + 1)
+
+    def recommend_all(self, k: int, strategy: str, threads: int = 1,
+                      progress=None) -> dict[str, np.ndarray]:
+        """Every user's top-k (``recommend(user, k, strategy=strategy)`` for each) as flat
+        arrays: user_key, rank, item_key, score, part (rtsql.scoring.PART_*), because (item
+        key or -1) and because_type (event type code, 0: none), on ``threads`` threads."""
+        from . import scoring
+
+        check_request(k, strategy)
+        m = self.model
+        cfg = self.config(strategy, None)
+        n_items = len(self.item_ids)
+        users = np.array(sorted(self.user_ids), np.int64)
+        # users with pending events, or none refreshed yet, go one by one (their history is
+        # not a row of the matrix)
+        fresh = np.union1d(np.array(sorted(u for u in self.pending if u in self.user_ids),
+                                    np.int64), users[users >= m.inter.n_rows])
+        users = np.setdiff1d(users, fresh)
+        weights = _row_weights(m, cfg)
+        out = {"keys": np.empty((len(users), k), np.int64), "score": np.empty((len(users), k)),
+               "part": np.empty((len(users), k), np.int64),
+               "because": np.empty((len(users), k), np.int64),
+               "rows": np.zeros(len(users), np.int64)}
+        args = self._kernel_args(cfg)
+        model_args = args[:6] + args[6:15] + args[18:]  # without the interaction matrix
+        chunks = [slice(lo, min(lo + 2048, len(users))) for lo in range(0, len(users), 2048)]
+        done = [0]
+
+        def run(part: slice) -> None:
+            scratch = scoring.Scratch.per_thread(_LOCAL, n_items + 1)
+            scoring.score_users(users[part], *m.inter.arrays(), weights, k, *model_args,
+                                n_items, *scratch.arrays(), *(out[name][part] for name in
+                                                 ("keys", "score", "part", "because", "rows")))
+            done[0] += part.stop - part.start
+            if progress:
+                progress(done[0], len(users) + len(fresh))
+
+        if threads > 1 and len(chunks) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(run, chunks))
+        else:
+            for part in chunks:
+                run(part)
+        used = np.arange(k)[None, :] < out["rows"][:, None]
+        result = {"user_key": np.repeat(users, out["rows"]),
+                  "rank": np.broadcast_to(np.arange(1, k + 1), used.shape)[used],
+                  "item_key": out["keys"][used], "score": out["score"][used],
+                  "part": out["part"][used], "because": out["because"][used]}
+        result["because_type"] = _types_at(m, result["user_key"], result["because"])
+        extra = [self._recommend_codes(int(u), k, cfg) for u in fresh.tolist()]
+        if extra:
+            for name in result:
+                result[name] = np.concatenate([result[name]] + [e[name] for e in extra])
+        if progress and len(fresh):
+            progress(len(users) + len(fresh), len(users) + len(fresh))
+        return result
+
+    def _recommend_codes(self, user_key: int, k: int, cfg: Config) -> dict[str, np.ndarray]:
+        """One user's rows as recommend_all gives them (for users with pending events)."""
+        from . import scoring
+
+        hist = self.history(user_key)
+        n_items = len(self.item_ids)
+        keys, scores, parts, because = (np.empty(k, np.int64), np.empty(k),
+                                        np.empty(k, np.int64), np.empty(k, np.int64))
+        scratch = scoring.Scratch.per_thread(_LOCAL, n_items + 1)
+        rows = scoring.score_user(user_key, hist.items, _query_weights(hist, cfg),
+                                  np.empty(0, np.int64), _NO_MASK, k, *self._kernel_args(cfg),
+                                  n_items, *scratch.arrays(), keys, scores, parts, because)
+        return {"user_key": np.full(rows, user_key, np.int64),
+                "rank": np.arange(1, rows + 1), "item_key": keys[:rows], "score": scores[:rows],
+                "part": parts[:rows], "because": because[:rows],
+                "because_type": np.array([hist.type_of(b) if b >= 0 else 0
+                                          for b in because[:rows].tolist()], np.int64)}
 
     def _category_mask(self, category: str, n_items: int) -> np.ndarray:
         masks = self.model.category_masks
@@ -530,17 +545,21 @@ class ServingState:
             masks[category] = mask
         return mask
 
-    def _reason(self, part, source, trend, hist: History) -> str:
-        """The macro's reason text: the strategy that added the most, and its history item."""
-        if part == 0:
+    def _reason(self, part: int, source: int, hist: History) -> str:
+        """The macro's reason text (``rtsql_reason``): the strategy that added the most, and
+        its history item."""
+        from .scoring import PART_CONTENT, PART_ITEM, PART_TRENDING, PART_USER
+
+        if part == PART_ITEM:
             return (f"item-cf: because you {self._verb(hist.type_of(source))} "
                     f"{self._title(source)}")
-        if part == 2:
+        if part == PART_CONTENT:
             return (f"content: similar to {self._title(source)}, which you "
                     f"{self._verb(hist.type_of(source))}")
-        if part == 1:
+        if part == PART_USER:
             return "user-cf: people with similar taste liked it"
-        return "trending: popular right now" if trend > 0 else "popular: most events overall"
+        return "trending: popular right now" if part == PART_TRENDING else \
+            "popular: most events overall"
 
     def _verb(self, code: int) -> str:
         m = self.model
@@ -550,76 +569,48 @@ class ServingState:
         return self.model.titles.get(key) or self.item_ids[key]
 
 
-def _union(parts: list) -> np.ndarray:
-    """Sorted distinct keys of several sorted key arrays (np.unique's hashing costs more at
-    this size)."""
-    if not parts:
-        return np.empty(0, np.int64)
-    keys = np.sort(np.concatenate(parts)) if len(parts) > 1 else parts[0]
-    return keys[np.diff(keys, prepend=-1) != 0]
+_LOCAL = threading.local()  # each thread's rtsql.scoring.Scratch
+_NO_MASK = np.empty(0, bool)  # "every item" for score_user's category mask
 
 
-def _at(values: np.ndarray, keys: np.ndarray, default) -> np.ndarray:
-    """values[keys], with ``default`` for keys past the end (items new since the refresh)."""
-    out = np.full(len(keys), default, values.dtype)
-    inside = keys < len(values)
-    out[inside] = values[keys[inside]]
-    return out
+def _query_weights(hist: History, cfg: Config) -> np.ndarray:
+    """The macro's ``h``: positive history weights, times 2^-(age / recency half-life) when
+    query-time recency is on (age against the newest positive entry); NaN marks the entries
+    that are not in h (weight <= 0: they only count as seen)."""
+    positive = hist.weights > 0
+    w = np.where(positive, hist.weights, np.nan)
+    if cfg.recency > 0 and positive.any():
+        ts = hist.ts_us[positive] / 1e6
+        w[positive] = hist.weights[positive] * np.power(
+            2.0, -(ts.max() - ts) / (86400 * cfg.recency))
+    return w
 
 
-def _contributions(lists: Csr, items: np.ndarray, w: np.ndarray, limit):
-    """Each history item's list entries: (candidate, history item, weight x score)."""
-    owner, pos = lists.expand(items, limit)
-    return lists.keys[pos], items[owner], w[owner] * lists.values[pos]
+def _row_weights(m: "Model", cfg: Config) -> np.ndarray:
+    """_query_weights for every refreshed row of the interaction matrix at once."""
+    values = m.inter.values
+    positive = values > 0
+    w = np.where(positive, values, np.nan)
+    if cfg.recency > 0 and positive.any():
+        ts = m.inter_ts / 1e6
+        rows = np.repeat(np.arange(m.inter.n_rows), np.diff(m.inter.indptr))
+        newest = np.full(m.inter.n_rows, -np.inf)
+        np.maximum.at(newest, rows[positive], ts[positive])
+        w[positive] = values[positive] * np.power(
+            2.0, -(newest[rows[positive]] - ts[positive]) / (86400 * cfg.recency))
+    return w
 
 
-def _group(part):
-    """Per candidate: the correctly rounded sum (as fsum) of its contributions, and the
-    history item of the largest contribution (ties: the smallest key)."""
-    cand, src, s = part
-    if not len(cand):
-        return np.empty(0, np.int64), np.empty(0), None if src is None else np.empty(0, np.int64)
-    order = np.argsort(cand)  # within a candidate the order is irrelevant: sums are exact
-    cand, s = cand[order], s[order]
-    starts = np.flatnonzero(np.diff(cand, prepend=-1))
-    sums = _exact_sums(s, starts)
-    if src is None:
-        return cand[starts], sums, None
-    src = src[order]
-    best = np.maximum.reduceat(s, starts)
-    lengths = np.diff(starts, append=len(s))
-    at_best = s == np.repeat(best, lengths)
-    because = np.minimum.reduceat(np.where(at_best, src, np.iinfo(np.int64).max), starts)
-    return cand[starts], sums, because
-
-
-def _exact_sums(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    """Segment sums, correctly rounded like fsum. One or two terms: a double addition is
-    already correctly rounded. Longer segments: an extended-precision sum, and math.fsum for
-    the few whose error bound straddles a double rounding boundary."""
-    out = np.add.reduceat(values, starts)
-    lengths = np.diff(starts, append=len(values))
-    long = np.flatnonzero(lengths > 2)
-    if not len(long):
-        return out
-    # the entries of the long segments only, and where each segment starts among them
-    inside = np.repeat(lengths > 2, lengths)
-    part, n = values[inside], lengths[long]
-    part_starts = np.concatenate(([0], np.cumsum(n)[:-1]))
-    sums = np.add.reduceat(part.astype(np.longdouble), part_starts)
-    if np.finfo(np.longdouble).nmant >= 100:  # a quad-precision long double: exact enough
-        out[long] = sums.astype(np.float64)
-        return out
-    # an extended sum of n terms is within n * eps * sum(|x|) of the exact one (sum(|x|)
-    # taken in double, with a margin for its own rounding)
-    err = np.add.reduceat(np.abs(part), part_starts) * (n * 1.01) \
-        * float(np.finfo(np.longdouble).eps)
-    lo, hi = (sums - err).astype(np.float64), (sums + err).astype(np.float64)
-    out[long] = lo
-    for j in np.flatnonzero(lo != hi).tolist():
-        start = starts[long[j]]
-        out[long[j]] = math.fsum(values[start:start + n[j]].tolist())
-    return out
+def _types_at(m: "Model", users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """The event type code of each (user, item) entry of the refreshed matrix (0: none)."""
+    rows = np.repeat(np.arange(m.inter.n_rows, dtype=np.int64), np.diff(m.inter.indptr))
+    n = np.int64(max(m.inter.keys.max(initial=0), items.max(initial=0)) + 1)
+    flat = rows * n + m.inter.keys  # sorted: rows by user, entries by item
+    want = users * n + items
+    at = np.minimum(np.searchsorted(flat, want), max(len(flat) - 1, 0))
+    found = (items >= 0) & (len(flat) > 0) & (flat[at] == want) if len(flat) else \
+        np.zeros(len(want), bool)
+    return np.where(found, m.inter_type[at] if len(flat) else 0, 0).astype(np.int64)
 
 
 def _flat(column, dtype=np.int64) -> np.ndarray:
@@ -633,30 +624,33 @@ def _list_lengths(column) -> np.ndarray:
     return np.concatenate(chunks).astype(np.int64) if chunks else np.empty(0, np.int64)
 
 
-def materialize(con, k: int, strategy: str, progress=None) -> int:
+def materialize(con, k: int, strategy: str, progress=None, threads: int = 1) -> int:
     """Write every user's top-k into ``user_recommendations`` (emptied first), from the state
-    as ``con`` sees it (inside a refresh's transaction: the new models). Returns the rows."""
+    as ``con`` sees it (inside a refresh's transaction: the new models), scored on
+    ``threads`` threads. Returns the rows. Ids and reasons are joined in SQL
+    (``rtsql_reason``, the macro's own text)."""
     import pyarrow as pa
 
+    from .scoring import PART_NAMES
     from .sqlutil import recreate_empty, registered
 
     state = ServingState._load(con)
     recreate_empty(con, "user_recommendations")
-    users = sorted(state.user_keys.items(), key=lambda kv: kv[1])
-    keys, ids, ranks, items, scores, reasons = [], [], [], [], [], []
-    for done, (user_id, user_key) in enumerate(users, start=1):
-        for rank, item_id, score, reason in state.recommend(user_id, k, strategy=strategy).rows:
-            keys.append(user_key)
-            ids.append(user_id)
-            ranks.append(rank)
-            items.append(item_id)
-            scores.append(score)
-            reasons.append(reason)
-        if progress and (done % 1000 == 0 or done == len(users)):
-            progress(done, len(users))
-    with registered(con, "_rtsql_user_recs", {
-            "user_key": pa.array(keys, pa.int32()), "user_id": pa.array(ids, pa.string()),
-            "rank": pa.array(ranks, pa.int32()), "item_id": pa.array(items, pa.string()),
-            "score": pa.array(scores, pa.float64()), "reason": pa.array(reasons, pa.string())}):
-        con.execute("insert into user_recommendations select * from _rtsql_user_recs")
-    return len(keys)
+    rows = state.recommend_all(k, strategy, threads, progress)
+    columns = {name: pa.array(values, pa.int64()) for name, values in rows.items()
+               if name != "score"}
+    columns["score"] = pa.array(rows["score"], pa.float64())
+    with registered(con, "_rtsql_user_recs", columns):
+        con.execute("""
+            insert into user_recommendations
+            select r.user_key, u.user_id, r.rank, i.item_id, r.score,
+                   rtsql_reason(list_extract(?::VARCHAR[], r.part + 1),
+                                list_extract(?::VARCHAR[], r.because_type),
+                                coalesce(c.title, b.item_id))
+            from _rtsql_user_recs r
+            join users u using (user_key)
+            join items i on i.item_key = r.item_key
+            left join items b on b.item_key = r.because
+            left join item_catalog c on c.item_key = r.because""",
+                    [list(PART_NAMES), state.model.event_types])
+    return len(rows["user_key"])

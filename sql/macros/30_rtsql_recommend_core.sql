@@ -123,15 +123,7 @@ ranked as (
     qualify rank <= k
 )
 select r.rank, i.item_id, r.score,
-       case r.part
-           when 'item-cf' then 'item-cf: because you ' || rtsql_verb(hh.event_type) || ' '
-                               || coalesce(bc.title, bi.item_id)
-           when 'content' then 'content: similar to ' || coalesce(bc.title, bi.item_id)
-                               || ', which you ' || rtsql_verb(hh.event_type)
-           when 'user-cf' then 'user-cf: people with similar taste liked it'
-           when 'trending' then 'trending: popular right now'
-           else 'popular: most events overall'
-       end as reason
+       rtsql_reason(r.part, hh.event_type, coalesce(bc.title, bi.item_id)) as reason
 from (
     -- the reason is the strategy that added the most (trending when nothing else did)
     select item_key, rank, score,

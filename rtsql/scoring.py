@@ -1,0 +1,598 @@
+"""The recommend formula as compiled loops: one user's hybrid top-k from in-memory lists.
+
+``sql/macros/30_rtsql_recommend_core.sql`` defines what a recommendation is; this module runs
+the same steps (the names in comments are the macro's CTEs) over the arrays of
+``rtsql.serving.Model`` with numba, so that scoring a user costs what its contributions cost
+(tens of microseconds at 10M events), not a SQL plan (20-35 ms) nor numpy's per-call overhead.
+Both the HTTP server (one user per request) and ``user_recommendations`` (every user, on
+``threads`` threads) call ``score_user``; nothing else in rtsql scores a user.
+
+Exactness. The macro sums each candidate's contributions with ``fsum``; here each sum is
+accumulated in double-double (TwoSum), which is exact while its low part adds without
+rounding, and otherwise correctly rounded unless the exact sum lies within a tiny error bound
+of a rounding boundary; those rare sums are recomputed term by term and rounded exactly
+(Shewchuk's partials, as CPython's math.fsum does). Every later step (scaling by the
+best candidate, the blend, the trending share) repeats the macro's floating-point operations
+in its order, so equal sums stay equal and ties rank the same way: by score, then popularity,
+then item key.
+
+numba (``cache=True``) compiles these functions on first use and caches the machine code next
+to this file; ``warm_up()`` does that ahead of the first request.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from numba import njit
+
+# what explains a row (the macro's reason): the strategy that added the most
+PART_ITEM, PART_USER, PART_CONTENT, PART_TRENDING, PART_POPULAR = 0, 1, 2, 3, 4
+PART_NAMES = ("item-cf", "user-cf", "content", "trending", "popular")  # as the macro names them
+NO_KEY = -1  # "no because item" in the output
+
+_EPS = 2.0 ** -53
+# accumulator columns per candidate: the sum as hi + lo (TwoSum carries each addition's
+# rounding error into lo), and for item-cf and content the largest term with its history item
+_HI, _LO, _BEST, _BECAUSE = range(4)
+# marks per item
+_CANDIDATE, _IN_BLEND, _EXCLUDED, _HAS = 1, 2, 4, 16  # _HAS << strategy: it scored the item
+_NOTHING = 2.0 ** 62  # "no history item" in the accumulators (above every key)
+
+
+class Scratch:
+    """Per-thread work arrays sized to the catalog: an accumulator table per strategy (kept
+    narrow: a call's cost is mostly the cache lines its candidates touch), marks per item
+    (_CANDIDATE, _IN_BLEND, _EXCLUDED, _HAS << strategy), the touched candidates, and room for
+    one sum's terms. A call resets only what it touched, so it costs its contributions, not
+    the catalog, and one Scratch serves a thread's calls in sequence."""
+
+    def __init__(self, n_items: int):
+        self.capacity = n_items
+        self.item = _table(n_items, 4)
+        self.user = _table(n_items, 2)
+        self.content = _table(n_items, 4)
+        self.magnitude = np.zeros(n_items)  # sums of |terms|, for the rare exactness check
+        self.mark = np.zeros(n_items, np.uint8)
+        self.touched = np.empty(n_items, np.int64)
+        self.terms = np.empty(1024)
+
+    def arrays(self) -> tuple:
+        return (self.item, self.user, self.content, self.magnitude, self.mark, self.touched,
+                self.terms)
+
+    @classmethod
+    def per_thread(cls, local: threading.local, n_items: int) -> "Scratch":
+        scratch = getattr(local, "scratch", None)
+        if scratch is None or scratch.capacity < n_items:
+            scratch = local.scratch = cls(max(n_items, int((scratch.capacity if scratch
+                                                            else 0) * 1.5)))
+        return scratch
+
+
+def _table(n: int, width: int) -> np.ndarray:
+    table = np.zeros((n, width))
+    if width > _BEST:
+        table[:, _BEST] = -np.inf
+        table[:, _BECAUSE] = _NOTHING
+    return table
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _fsum(terms, n):
+    """The correctly rounded sum of terms[:n]: CPython's math.fsum (Shewchuk's partials, with
+    its round-half-even correction)."""
+    partials = np.empty(n + 2)
+    count = 0
+    for t in range(n):
+        x = terms[t]
+        i = 0
+        for j in range(count):
+            y = partials[j]
+            if abs(x) < abs(y):
+                x, y = y, x
+            hi = x + y
+            lo = y - (hi - x)
+            if lo != 0.0:
+                partials[i] = lo
+                i += 1
+            x = hi
+        partials[i] = x
+        count = i + 1
+    if count == 0:
+        return 0.0
+    m = count - 1
+    hi = partials[m]
+    lo = 0.0
+    while m > 0:
+        x = hi
+        y = partials[m - 1]
+        m -= 1
+        hi = x + y
+        yr = hi - x
+        lo = y - yr
+        if lo != 0.0:
+            break
+    if m > 0 and ((lo < 0.0 and partials[m - 1] < 0.0) or (lo > 0.0 and partials[m - 1] > 0.0)):
+        y = lo * 2.0
+        x = hi + y
+        yr = x - hi
+        if y == yr:
+            hi = x
+    return hi
+
+
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _two_sum(a, b):
+    """(fl(a + b), its rounding error): a + b == s + e exactly."""
+    s = a + b
+    bb = s - a
+    return s, (a - (s - bb)) + (b - bb)
+
+
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _add(acc, c, t):
+    """Adds t to candidate c's hi + lo; returns whether lo's own addition rounded."""
+    acc[c, _HI], e = _two_sum(acc[c, _HI], t)
+    acc[c, _LO], e2 = _two_sum(acc[c, _LO], e)
+    return e2 != 0.0
+
+
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _certain(hi, lo, rounded, n, magnitude):
+    """(fl(hi + lo), whether it is the correctly rounded exact sum). Unless lo's additions
+    rounded (``rounded``: anywhere in this user's strategy), hi + lo is the exact sum and
+    rounds half to even as fsum does (sums of values with few significant bits often land
+    exactly on a midpoint). Otherwise the exact sum is within gamma(n-2) gamma(n-1)
+    sum|terms| of hi + lo (Ogita, Rump and Oishi 2005, Sum2), here 4 n^2 eps^2 ``magnitude``,
+    and only a sum that close to a rounding boundary is uncertain."""
+    r, e = _two_sum(hi, lo)  # hi + lo == r + e exactly
+    if not rounded:
+        return r, True
+    bound = 8.0 * (n * _EPS) * (n * _EPS) * magnitude  # twice over: e +- bound rounds too
+    # every value in [r + e - bound, r + e + bound] rounds to r iff both ends do
+    return r, r + (e + bound) == r and r + (e - bound) == r
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _from_lists(acc, mark, touched, nt, h_items, h_w, indptr, keys, values, limit, has):
+    """item-cf / content ``scored``: each history item's list entries, weight x score
+    (``limit`` entries of each list; < 0: all). Returns (touched count, whether some lo
+    rounded, whether some term was negative)."""
+    rows = len(indptr) - 1
+    rounded = negative = False
+    for p in range(len(h_items)):
+        w = h_w[p]
+        h = h_items[p]
+        if np.isnan(w) or h >= rows:
+            continue
+        lo = indptr[h]
+        hi = indptr[h + 1]
+        if limit >= 0 and hi - lo > limit:
+            hi = lo + limit
+        for q in range(lo, hi):
+            c = keys[q]
+            t = w * values[q]
+            flags = mark[c]  # marks are written only when they change (not per term)
+            if flags & has == 0:
+                if flags & _CANDIDATE == 0:
+                    touched[nt] = c
+                    nt += 1
+                mark[c] = flags | _CANDIDATE | has
+            rounded |= _add(acc, c, t)
+            negative |= t < 0.0
+            if t > acc[c, _BEST]:  # ties keep the earlier, smaller history key
+                acc[c, _BEST] = t
+                acc[c, _BECAUSE] = h
+    return nt, rounded, negative
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _from_neighbours(acc, mark, touched, nt, user, served, u_indptr, u_keys, u_values,
+                     x_indptr, x_keys, x_values):
+    """user-cf ``scored``: the user's first ``served`` neighbours' refreshed rows,
+    similarity x weight. Returns as _from_lists."""
+    rounded = negative = False
+    has = _HAS << PART_USER
+    if user < 0 or user >= len(u_indptr) - 1:
+        return nt, rounded, negative
+    lo = u_indptr[user]
+    hi = min(u_indptr[user + 1], lo + served)
+    rows = len(x_indptr) - 1
+    for p in range(lo, hi):
+        v = u_keys[p]
+        s = u_values[p]
+        if v >= rows:
+            continue
+        for q in range(x_indptr[v], x_indptr[v + 1]):
+            c = x_keys[q]
+            t = s * x_values[q]
+            flags = mark[c]
+            if flags & has == 0:
+                if flags & _CANDIDATE == 0:
+                    touched[nt] = c
+                    nt += 1
+                mark[c] = flags | _CANDIDATE | has
+            rounded |= _add(acc, c, t)
+            negative |= t < 0.0
+    return nt, rounded, negative
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _terms(part, c, terms, h_items, h_w, user, served, lists_indptr, lists_keys,
+           lists_values, limit, u_indptr, u_keys, u_values, x_indptr, x_keys, x_values):
+    """Candidate c's terms of one strategy, recomputed one by one: (terms, count)."""
+    n = 0
+    if part == PART_USER:
+        lo = u_indptr[user]
+        hi = min(u_indptr[user + 1], lo + served)
+        for p in range(lo, hi):
+            v = u_keys[p]
+            if v >= len(x_indptr) - 1:
+                continue
+            a = x_indptr[v]
+            b = x_indptr[v + 1]
+            at = a + np.searchsorted(x_keys[a:b], c)  # rows are sorted by item key
+            if at < b and x_keys[at] == c:
+                if n == len(terms):
+                    terms = np.concatenate((terms, np.empty(len(terms))))
+                terms[n] = u_values[p] * x_values[at]
+                n += 1
+    else:
+        rows = len(lists_indptr) - 1
+        for p in range(len(h_items)):
+            w = h_w[p]
+            h = h_items[p]
+            if np.isnan(w) or h >= rows:
+                continue
+            lo = lists_indptr[h]
+            hi = lists_indptr[h + 1]
+            if limit >= 0 and hi - lo > limit:
+                hi = lo + limit
+            for q in range(lo, hi):
+                if lists_keys[q] == c:
+                    if n == len(terms):
+                        terms = np.concatenate((terms, np.empty(len(terms))))
+                    terms[n] = w * lists_values[q]
+                    n += 1
+    return terms, n
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _exact_total(part, c, terms, h_items, h_w, user, served, item_indptr, item_keys,
+                 item_values, content_indptr, content_keys, content_values, u_indptr, u_keys,
+                 u_values, x_indptr, x_keys, x_values):
+    """Candidate c's sum of one strategy, correctly rounded from its terms (the rare sums
+    _certain cannot vouch for)."""
+    if part == PART_CONTENT:
+        terms, n = _terms(part, c, terms, h_items, h_w, user, served, content_indptr,
+                          content_keys, content_values, -1, u_indptr, u_keys, u_values,
+                          x_indptr, x_keys, x_values)
+    else:
+        terms, n = _terms(part, c, terms, h_items, h_w, user, served, item_indptr, item_keys,
+                          item_values, served, u_indptr, u_keys, u_values, x_indptr, x_keys,
+                          x_values)
+    return _fsum(terms, n)
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _magnitudes(magnitude, mark, touched, nt, terms, h_items, h_w, user, served, item_indptr,
+                item_keys, item_values, u_indptr, u_keys, u_values, x_indptr, x_keys,
+                x_values):
+    """sum|terms| of every user-cf candidate, for the error bound when some terms were
+    negative (a user whose neighbours have negative weights: rare)."""
+    for j in range(nt):
+        c = touched[j]
+        magnitude[c] = 0.0
+        if mark[c] & (_HAS << PART_USER):
+            terms, n = _terms(PART_USER, c, terms, h_items, h_w, user, served, item_indptr,
+                              item_keys, item_values, served, u_indptr, u_keys, u_values,
+                              x_indptr, x_keys, x_values)
+            magnitude[c] = np.sum(np.abs(terms[:n]))
+
+
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _before(f1, p1, k1, f2, p2, k2):
+    """Whether (score f1, popularity p1, key k1) ranks before (f2, p2, k2): score desc,
+    popularity desc, key asc."""
+    if f1 != f2:
+        return f1 > f2
+    if p1 != p2:
+        return p1 > p2
+    return k1 < k2
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _offer(heap, size, k, final, pop, key, part, because):
+    """Keeps the k best entries seen in ``heap`` (columns final, popularity, key, part,
+    because; the worst at the root). Returns the new size."""
+    if size < k:
+        at = size
+        size += 1
+        while at > 0:  # sift up: a parent ranks after its children
+            up = (at - 1) // 2
+            if not _before(heap[up, 0], heap[up, 1], heap[up, 2], final, pop, key):
+                break
+            heap[at] = heap[up]
+            at = up
+    elif _before(final, pop, key, heap[0, 0], heap[0, 1], heap[0, 2]):
+        at = 0
+        while True:  # sift down from the root
+            child = 2 * at + 1
+            if child >= size:
+                break
+            if child + 1 < size and _before(heap[child, 0], heap[child, 1], heap[child, 2],
+                                            heap[child + 1, 0], heap[child + 1, 1],
+                                            heap[child + 1, 2]):
+                child += 1  # the worse child
+            if _before(heap[child, 0], heap[child, 1], heap[child, 2], final, pop, key):
+                break
+            heap[at] = heap[child]
+            at = child
+    else:
+        return size
+    heap[at, 0] = final
+    heap[at, 1] = pop
+    heap[at, 2] = key
+    heap[at, 3] = part
+    heap[at, 4] = because
+    return size
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _sum(part, acc, c, rounded, negative, n_max, magnitude, terms, lists):
+    """Candidate c's sum of one strategy, correctly rounded (stored back, so asking again is
+    cheap): hi + lo when _certain vouches for it, else recomputed from its terms. List terms
+    are positive (lists keep positive scores), so there |sum| bounds sum|terms|; should one
+    be negative, every rounded sum of that strategy is recomputed."""
+    hi = acc[c, _HI]
+    lo = acc[c, _LO]
+    size = magnitude[c] if part == PART_USER and negative else 2.0 * (abs(hi) + abs(lo))
+    total, certain = _certain(hi, lo, rounded, n_max, size)
+    if not certain or (negative and rounded and part != PART_USER):
+        (h_items, h_w, user, served, item_indptr, item_keys, item_values, content_indptr,
+         content_keys, content_values, u_indptr, u_keys, u_values, x_indptr, x_keys,
+         x_values) = lists
+        total = _exact_total(part, c, terms, h_items, h_w, user, served, item_indptr,
+                             item_keys, item_values, content_indptr, content_keys,
+                             content_values, u_indptr, u_keys, u_values, x_indptr, x_keys,
+                             x_values)
+        acc[c, _HI] = total
+        acc[c, _LO] = 0.0
+    return total
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _best(part, acc, has, mark, touched, nt, rounded, negative, n_max, magnitude, terms,
+          lists):
+    """The strategy's best candidate sum (the macro's max(...) over ()), exactly: the largest
+    hi + lo, then the exact sums of every candidate within a hair of it (-inf: none)."""
+    top = -np.inf
+    for j in range(nt):
+        c = touched[j]
+        if mark[c] & has:
+            v = acc[c, _HI] + acc[c, _LO]
+            if v > top:
+                top = v
+    if top == -np.inf:
+        return top
+    near = top - 1e-12 * (abs(top) + 1e-300)  # hi + lo is within an ulp of the exact sum
+    best = -np.inf
+    for j in range(nt):
+        c = touched[j]
+        if mark[c] & has and acc[c, _HI] + acc[c, _LO] >= near:
+            best = max(best, _sum(part, acc, c, rounded, negative, n_max, magnitude, terms,
+                                  lists))
+    return best
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _scaled(c, flags, acc_item, acc_user, acc_content, has_item, has_user, has_content,
+            best_item, best_user, best_content, w_item, w_user, w_content, r_item, r_user,
+            r_content, neg_item, neg_user, neg_content, n_hist, magnitude, terms, lists):
+    """The macro's ``scaled``: each strategy's exact sum / its best * its weight (0 where
+    the strategy did not score c)."""
+    si = su = sc = 0.0
+    if flags & has_item:
+        si = _sum(PART_ITEM, acc_item, c, r_item, neg_item, n_hist, magnitude, terms,
+                  lists) / best_item * w_item
+    if flags & has_user:
+        su = _sum(PART_USER, acc_user, c, r_user, neg_user, lists[3], magnitude, terms,
+                  lists) / best_user * w_user
+    if flags & has_content:
+        sc = _sum(PART_CONTENT, acc_content, c, r_content, neg_content, n_hist, magnitude,
+                  terms, lists) / best_content * w_content
+    return si, su, sc
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def score_user(user, h_items, h_w, exclude, allowed, k,
+               w_item, w_user, w_content, w_trend, exclude_seen, served,
+               item_indptr, item_keys, item_values,
+               user_indptr, user_keys, user_values,
+               content_indptr, content_keys, content_values,
+               x_indptr, x_keys, x_values,
+               share, popularity, order, first_new, n_items,
+               acc_item, acc_user, acc_content, magnitude, mark, touched, terms,
+               out_keys, out_score, out_part, out_because):
+    """One user's top-k into out_* (returns how many rows). ``user``: its key, or -1 (a
+    basket, or a user with no refreshed row); ``h_items``/``h_w``: the current history sorted
+    by item key, weights after query-time recency (NaN: not in the macro's h, weight <= 0,
+    seen only); ``exclude``: more item keys to leave out; ``allowed``: the category's items as
+    a mask (empty: every item); ``order``: the stored backfill order; ``first_new``: the first
+    key newer than that order, up to ``n_items``. acc_item ... terms: a Scratch's arrays."""
+    has_item, has_user, has_content = (_HAS << PART_ITEM, _HAS << PART_USER,
+                                       _HAS << PART_CONTENT)
+    # scored: each strategy's contributions into its accumulator table
+    nt = 0
+    r_item = r_user = r_content = neg_item = neg_user = neg_content = False
+    if w_item > 0.0:
+        nt, r_item, neg_item = _from_lists(acc_item, mark, touched, nt, h_items, h_w,
+                                           item_indptr, item_keys, item_values, served,
+                                           has_item)
+    if w_user > 0.0:
+        nt, r_user, neg_user = _from_neighbours(acc_user, mark, touched, nt, user, served,
+                                                user_indptr, user_keys, user_values,
+                                                x_indptr, x_keys, x_values)
+        if r_user and neg_user:
+            _magnitudes(magnitude, mark, touched, nt, terms, h_items, h_w, user, served,
+                        item_indptr, item_keys, item_values, user_indptr, user_keys,
+                        user_values, x_indptr, x_keys, x_values)
+    if w_content > 0.0:
+        nt, r_content, neg_content = _from_lists(acc_content, mark, touched, nt, h_items, h_w,
+                                                 content_indptr, content_keys, content_values,
+                                                 -1, has_content)
+    # per_part: each strategy's best candidate; the sums near the best are rounded exactly
+    lists = (h_items, h_w, user, served, item_indptr, item_keys, item_values, content_indptr,
+             content_keys, content_values, user_indptr, user_keys, user_values, x_indptr,
+             x_keys, x_values)
+    n_hist = len(h_items)
+    best_item = _best(PART_ITEM, acc_item, has_item, mark, touched, nt, r_item, neg_item,
+                      n_hist, magnitude, terms, lists)
+    best_user = _best(PART_USER, acc_user, has_user, mark, touched, nt, r_user, neg_user,
+                      served, magnitude, terms, lists)
+    best_content = _best(PART_CONTENT, acc_content, has_content, mark, touched, nt, r_content,
+                         neg_content, n_hist, magnitude, terms, lists)
+    # excluded
+    if exclude_seen:
+        for p in range(len(h_items)):
+            mark[h_items[p]] |= _EXCLUDED
+    for p in range(len(exclude)):
+        mark[exclude[p]] |= _EXCLUDED
+    # scaled + blend + pool + ranked: the k best of the blend's eligible candidates and the
+    # backfill, by (score desc, popularity desc, key asc), kept in a heap. A candidate is
+    # first scored with hi + lo and reciprocals (cheap); only one that could enter the heap
+    # is scored exactly, with the macro's operations (exact sums, sum / best * weight).
+    rec_item, rec_user, rec_content = (w_item / best_item, w_user / best_user,
+                                       w_content / best_content)
+    heap = np.empty((k, 5))
+    size = 0
+    for j in range(nt):
+        c = touched[j]
+        flags = mark[c]
+        if flags & _EXCLUDED or (len(allowed) and not allowed[c]):
+            continue
+        trend = (share[c] if c < len(share) else 0.0) * w_trend
+        if size == k:
+            si = (acc_item[c, _HI] + acc_item[c, _LO]) * rec_item if flags & has_item else 0.0
+            su = (acc_user[c, _HI] + acc_user[c, _LO]) * rec_user if flags & has_user else 0.0
+            sc = (acc_content[c, _HI] + acc_content[c, _LO]) * rec_content \
+                if flags & has_content else 0.0
+            approx = si + su + sc + trend
+            # its error is a few ulps of the terms' magnitudes
+            if approx + 1e-12 * (1.0 + abs(si) + abs(su) + abs(sc) + trend) < heap[0, 0]:
+                continue
+        si, su, sc = _scaled(c, flags, acc_item, acc_user, acc_content, has_item, has_user,
+                             has_content, best_item, best_user, best_content, w_item, w_user,
+                             w_content, r_item, r_user, r_content, neg_item, neg_user,
+                             neg_content, n_hist, magnitude, terms, lists)
+        if not (si > 0.0 or su > 0.0 or sc > 0.0):
+            continue  # not in the blend
+        final = (si + su + sc) + trend
+        pop = popularity[c] if c < len(popularity) else 0
+        if si >= su and si >= sc:
+            win, win_s, because = PART_ITEM, si, acc_item[c, _BECAUSE]
+        elif su >= sc:
+            win, win_s, because = PART_USER, su, -1.0
+        else:
+            win, win_s, because = PART_CONTENT, sc, acc_content[c, _BECAUSE]
+        if win_s < trend:
+            win, because = (PART_TRENDING if trend > 0.0 else PART_POPULAR), -1.0
+        size = _offer(heap, size, k, final, pop, c, win, because)
+    # backfill: the first k eligible items of the stored order (none the blend scored),
+    # then new items by key
+    found = 0
+    for source in range(2):
+        count = len(order) if source == 0 else n_items - first_new
+        for p in range(count):
+            if found == k:
+                break
+            c = order[p] if source == 0 else first_new + p
+            if c < len(mark):
+                flags = mark[c]
+                if flags & _EXCLUDED:
+                    continue
+                if flags & _CANDIDATE:
+                    si, su, sc = _scaled(c, flags, acc_item, acc_user, acc_content, has_item,
+                                         has_user, has_content, best_item, best_user,
+                                         best_content, w_item, w_user, w_content, r_item,
+                                         r_user, r_content, neg_item, neg_user, neg_content,
+                                         n_hist, magnitude, terms, lists)
+                    if si > 0.0 or su > 0.0 or sc > 0.0:
+                        continue  # in the blend
+            if len(allowed) and (c >= len(allowed) or not allowed[c]):
+                continue
+            trend = (share[c] if c < len(share) else 0.0) * w_trend
+            size = _offer(heap, size, k, 0.0 + trend,
+                          popularity[c] if c < len(popularity) else 0, c,
+                          PART_TRENDING if trend > 0.0 else PART_POPULAR, -1.0)
+            found += 1
+    # the heap in rank order
+    ranked = np.arange(size)
+    for a in range(1, size):  # insertion sort: size is k
+        i = ranked[a]
+        b = a - 1
+        while b >= 0 and _before(heap[i, 0], heap[i, 1], heap[i, 2], heap[ranked[b], 0],
+                                 heap[ranked[b], 1], heap[ranked[b], 2]):
+            ranked[b + 1] = ranked[b]
+            b -= 1
+        ranked[b + 1] = i
+    for r in range(size):
+        i = ranked[r]
+        out_score[r] = heap[i, 0]
+        out_keys[r] = np.int64(heap[i, 2])
+        out_part[r] = np.int64(heap[i, 3])
+        out_because[r] = np.int64(heap[i, 4])
+    # leave the scratch as it was found
+    for j in range(nt):
+        c = touched[j]
+        flags = mark[c]
+        mark[c] = 0
+        if flags & has_item:
+            _clear(acc_item, c)
+        if flags & has_user:
+            acc_user[c, _HI] = 0.0
+            acc_user[c, _LO] = 0.0
+        if flags & has_content:
+            _clear(acc_content, c)
+    for p in range(len(h_items)):
+        mark[h_items[p]] = 0
+    for p in range(len(exclude)):
+        mark[exclude[p]] = 0
+    return size
+
+
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _clear(acc, c):
+    acc[c, _HI] = 0.0
+    acc[c, _LO] = 0.0
+    acc[c, _BEST] = -np.inf
+    acc[c, _BECAUSE] = _NOTHING
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def score_users(users, x_indptr, x_keys, x_values, weights, k,
+                w_item, w_user, w_content, w_trend, exclude_seen, served,
+                item_indptr, item_keys, item_values,
+                user_indptr, user_keys, user_values,
+                content_indptr, content_keys, content_values,
+                share, popularity, order, first_new, n_items,
+                acc_item, acc_user, acc_content, magnitude, mark, touched, terms,
+                out_keys, out_score, out_part, out_because, out_rows):
+    """``score_user`` for each of ``users`` over its refreshed row (``weights``: the row's
+    weights after recency, NaN where not positive), into row i of the out_* tables."""
+    no_exclude = np.empty(0, np.int64)
+    everything = np.empty(0, np.bool_)
+    for i in range(len(users)):
+        u = users[i]
+        lo = x_indptr[u]
+        hi = x_indptr[u + 1]
+        out_rows[i] = score_user(
+            u, x_keys[lo:hi], weights[lo:hi], no_exclude, everything, k,
+            w_item, w_user, w_content, w_trend, exclude_seen, served,
+            item_indptr, item_keys, item_values, user_indptr, user_keys, user_values,
+            content_indptr, content_keys, content_values, x_indptr, x_keys, x_values,
+            share, popularity, order, first_new, n_items, acc_item, acc_user, acc_content,
+            magnitude, mark, touched, terms, out_keys[i], out_score[i], out_part[i],
+            out_because[i])

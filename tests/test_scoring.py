@@ -1,0 +1,66 @@
+"""rtsql.scoring's exact sums: the compiled fsum equals math.fsum, and the double-double
+accumulator either proves its rounding correct or hands the sum to the exact path."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from hypothesis import given, settings as hyp_settings, strategies as st
+
+from rtsql import scoring
+
+finite = st.floats(min_value=-1e12, max_value=1e12, allow_nan=False, allow_infinity=False)
+# sums of these cancel and straddle rounding boundaries far more often than random data does
+tricky = st.lists(st.one_of(finite, st.sampled_from([1.0, -1.0, 2.0 ** -53, 2.0 ** -80,
+                                                    -2.0 ** -80, 1e16, -1e16, 3.0])),
+                  min_size=0, max_size=40)
+
+
+def accumulate(terms):
+    """A sum as score_user accumulates and rounds it: (result, certain)."""
+    acc = np.zeros((1, 2))
+    rounded = False
+    for t in terms:
+        rounded |= scoring._add(acc, 0, float(t))
+    return scoring._certain(acc[0, 0], acc[0, 1], rounded, len(terms),
+                            float(np.sum(np.abs(terms))))
+
+
+@hyp_settings(max_examples=400, deadline=None)
+@given(tricky)
+def test_compiled_fsum_equals_math_fsum(terms):
+    assert scoring._fsum(np.array(terms, dtype=np.float64), len(terms)) == math.fsum(terms)
+
+
+@hyp_settings(max_examples=400, deadline=None)
+@given(tricky)
+def test_a_certain_double_double_sum_is_the_correctly_rounded_one(terms):
+    total, certain = accumulate(terms)
+    if certain:
+        assert total == math.fsum(terms)
+
+
+def test_midpoints_round_half_even_and_near_misses_go_to_the_exact_path():
+    # exactly 1 + 2^-53, a midpoint, held exactly: rounds to even as fsum does
+    assert accumulate([1.0, 2.0 ** -53, 2.0 ** -80, -2.0 ** -80]) == (1.0, True)
+    # 1 + 2^-53 + 2^-300: just above the midpoint, so fsum rounds up; the low part cannot
+    # hold 2^-53 + 2^-300 exactly, so the sum is not certain
+    terms = [1.0, 2.0 ** -53, 2.0 ** -300]
+    total, certain = accumulate(terms)
+    assert not certain
+    assert scoring._fsum(np.array(terms), len(terms)) == math.fsum(terms) == 1.0 + 2.0 ** -52
+
+
+@hyp_settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0.0, 0.25, 0.5, 1.0]), st.integers(0, 3)),
+                max_size=60), st.integers(1, 12))
+def test_the_heap_keeps_the_k_best_by_score_popularity_and_key(entries, k):
+    heap = np.empty((k, 5))
+    size = 0
+    for key, (score, popularity) in enumerate(entries):
+        size = scoring._offer(heap, size, k, score, popularity, key, 0, -1.0)
+    got = sorted(((-heap[i, 0], -heap[i, 1], heap[i, 2]) for i in range(size)))
+    want = sorted((-score, -popularity, key) for key, (score, popularity) in
+                  enumerate(entries))[:k]
+    assert got == want
