@@ -702,8 +702,8 @@ def _overrides(assignments) -> dict[str, str]:
               help="Prequential: replay at most this many events.")
 @click.option("--engine", type=click.Choice(["memory", "sql"]), default="memory",
               show_default=True,
-              help="Prequential: memory scores with rtsql serve's in-memory scorer; sql asks "
-                   "the recommend macro per event (the same lists, about 30x slower).")
+              help="memory scores with rtsql serve's in-memory scorer; sql asks the recommend "
+                   "macro (the same lists, 30x slower or more).")
 @click.option("--refresh-every", default=100, show_default=True,
               help="Prequential: incremental refresh after this many events.")
 @click.option("--events", "events_file", metavar="FILE",
@@ -739,7 +739,7 @@ def evaluate(state: State, protocol, k, strategies, assignments, limit, engine, 
     if protocol == "holdout":
         rows = []
         for r in ev.holdout(source, k=k, strategies=strategies or ("hybrid",),
-                            overrides=overrides):
+                            overrides=overrides, engine=engine):
             m = r.metrics
             rows.append((r.strategy, m.users, round(m.precision, 4), round(m.recall, 4),
                          round(m.ndcg, 4), round(m.map, 4), round(m.coverage, 4),

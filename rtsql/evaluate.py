@@ -27,14 +27,19 @@ from . import db, ingest, refresh, settings
 from .sqlutil import arrow_table, transaction
 
 # Events with string ids, each user's events ordered by (ts, item id; numerically when the ids
-# are numbers) and numbered, with the user's event count: the protocol 1 split.
+# are numbers) and numbered, with the user's event count: the protocol 1 split. Events of one
+# item at one time (a view and a click in the same second) keep their ingest order, and the rows
+# come in ingest order (the scratch database gives keys in that order, and keys break ties), so
+# every run evaluates the same thing.
 _EVENTS = """
 select u.user_id, i.item_id, e.event_type, e.ts, e.value,
        row_number() over (partition by e.user_key
-                          order by e.ts, try_cast(i.item_id as BIGINT) nulls last, i.item_id) - 1
+                          order by e.ts, try_cast(i.item_id as BIGINT) nulls last, i.item_id,
+                                   e.event_id) - 1
            as pos,
        count(*) over (partition by e.user_key) as n
 from events e join users u using (user_key) join items i using (item_key)
+order by e.event_id
 """
 
 
@@ -70,10 +75,11 @@ class PrequentialResult:
 
 def ranking_metrics(recommended: dict[str, list[str]], truth: dict[str, set], k: int,
                     n_candidates: int) -> Metrics:
-    """Averages over the users in ``truth`` (EVAL.md protocol 1, step 5)."""
+    """Averages over the users in ``truth`` (EVAL.md protocol 1, step 5), added in user order
+    so that equal lists give bit-identical figures."""
     p = r = ndcg = ap = 0.0
     seen: set = set()
-    for user, items in truth.items():
+    for user, items in sorted(truth.items()):
         recs = recommended.get(user, [])[:k]
         seen.update(recs)
         hits = np.array([1.0 if i in items else 0.0 for i in recs])
@@ -137,24 +143,43 @@ def _copy_catalog(source, scratch, item_ids: list[str]) -> None:
     scratch.unregister("_rtsql_catalog_copy")
 
 
-def recommend_all(con, users: list[str], k: int, strategy: str) -> dict[str, list[str]]:
-    """Top-k for many users in one query (LATERAL over the recommend macro: the same rows as
-    calling it per user)."""
+ENGINES = ("memory", "sql")  # the in-memory scorer, or the SQL macro (the reference)
+
+
+def recommend_all(con, users: list[str], k: int, strategy: str, engine: str = "memory"
+                  ) -> dict[str, list[str]]:
+    """Top-k item ids for many users: ``memory``, the batched in-memory scorer (the rows of
+    user_recommendations, equal to the macro's); ``sql``, LATERAL over the recommend macro in
+    one query (the reference)."""
+    if engine == "memory":
+        from .serving import ServingState
+
+        state = ServingState.load(con)
+        rows = state.recommend_all(k, strategy, settings.usable_cores())
+        wanted = {state.user_keys[u] for u in users if u in state.user_keys}
+        out: dict[str, list[str]] = {}
+        for user_key, item_key in zip(rows["user_key"].tolist(), rows["item_key"].tolist()):
+            if user_key in wanted:  # rows come in rank order for each user
+                out.setdefault(state.user_ids[user_key], []).append(state.item_ids[item_key])
+        return out
+    if engine != "sql":
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}")
     con.execute("create or replace temp table _rtsql_eval_users as select unnest(?) as user_id",
                 [users])
     rows = con.execute(
         "select u.user_id, r.item_id from _rtsql_eval_users u, "
         "lateral recommend(u.user_id, ?, strategy := ?) r order by u.user_id, r.rank",
         [k, strategy]).fetchall()
-    out: dict[str, list[str]] = {}
+    out = {}
     for user, item in rows:
         out.setdefault(user, []).append(item)
     return out
 
 
-def holdout(source, *, k: int = 10, strategies=("hybrid",), overrides: dict | None = None
-            ) -> list[HoldoutResult]:
-    """Protocol 1 on the events of ``source``; one full refresh, every strategy scored on it."""
+def holdout(source, *, k: int = 10, strategies=("hybrid",), overrides: dict | None = None,
+            engine: str = "memory") -> list[HoldoutResult]:
+    """Protocol 1 on the events of ``source``; one full refresh, every strategy scored on it
+    (``engine``: see recommend_all)."""
     events = arrow_table(source, _EVENTS)
     is_test = pa.compute.greater_equal(
         events["pos"], pa.compute.ceil(pa.compute.multiply(events["n"].cast(pa.float64()), 0.8)))
@@ -176,7 +201,7 @@ def holdout(source, *, k: int = 10, strategies=("hybrid",), overrides: dict | No
         users = sorted(truth)
         for strategy in strategies:
             start = time.perf_counter()
-            recs = recommend_all(scratch, users, k, strategy)
+            recs = recommend_all(scratch, users, k, strategy, engine)
             per_user = (time.perf_counter() - start) * 1000 / max(len(users), 1)
             results.append(HoldoutResult(strategy, ranking_metrics(recs, truth, k,
                                                                    len(candidates)),
@@ -184,8 +209,6 @@ def holdout(source, *, k: int = 10, strategies=("hybrid",), overrides: dict | No
         scratch.close()
     return results
 
-
-ENGINES = ("memory", "sql")
 
 
 def prequential(source, *, k: int = 10, limit: int | None = None, refresh_every: int = 100,

@@ -55,6 +55,19 @@ def test_holdout_finds_the_withheld_items_and_leaves_live_tables_alone(groups):
     assert count(groups, "select count(*) from item_neighbors") == 0  # live: never refreshed
 
 
+def test_holdout_in_memory_equals_the_sql_macro_path():
+    """The batched scorer (the default engine) recommends the macro's lists: equal metrics
+    on the sample set, every strategy."""
+    source = rtsql.connect_memory()
+    ingest.ingest(source, sorted((SAMPLE / "events").iterdir()))
+    strategies = ("hybrid", "item", "user", "trending")
+    got = evaluate.holdout(source, k=10, strategies=strategies)
+    want = evaluate.holdout(source, k=10, strategies=strategies, engine="sql")
+    for g, w in zip(got, want):
+        assert g.metrics == w.metrics, g.strategy
+    assert got[0].metrics.users > 50 and got[0].metrics.ndcg > 0
+
+
 def test_prequential_counts_known_users_on_new_items(groups):
     """Every stream event of a known user is scored, with the hits of the reference (the SQL
     macro asked after each event); in two clean taste groups the one or two unseen items of
