@@ -120,7 +120,9 @@ SETTINGS: dict[str, Setting] = {
                 "Minimum number of users two items share (items a user shares) to be neighbours.",
                 _positive),
         Setting("max_history", int, 500,
-                "Per-user cap on the most recent items used for co-occurrence (0: no cap).",
+                "Each user counts with its this many most recent items (0: all): in the "
+                "co-occurrence, in the history recommend() scores, and in what it gives "
+                "its neighbours' user-cf.",
                 _non_negative),
         Setting("half_life_days", float, 0.0,
                 "Exponential time decay of interaction weights (0: off). Forward decay: exact "

@@ -34,7 +34,8 @@ cfg as (
            coalesce(json_extract_string(vs.o, '$.recency_half_life_days'),
                     rtsql_setting('recency_half_life_days'), '0')::DOUBLE as recency,
            -- lists store a buffer beyond the K that is served
-           coalesce(rtsql_setting('neighbors'), '50')::INTEGER as served
+           coalesce(rtsql_setting('neighbors'), '50')::INTEGER as served,
+           coalesce(rtsql_setting('max_history'), '500')::INTEGER as max_history
     from vs
 ),
 hist as (
@@ -47,7 +48,9 @@ h as (
            weight * case when cfg.recency > 0
                          then pow(2.0, -(epoch(latest.t) - epoch(ts)) / (86400 * cfg.recency))
                          else 1 end as w
-    from hist, latest, cfg where weight > 0
+    from (select *, row_number() over (order by ts desc, item_key desc) as recent from hist),
+         latest, cfg
+    where weight > 0 and (cfg.max_history = 0 or recent <= cfg.max_history)
 ),
 item_cf as (
     select n.neighbor_key as item_key, fsum(h.w * n.score) as score,
@@ -57,8 +60,13 @@ item_cf as (
 ),
 user_cf as (
     select i.item_key, fsum(s.score * i.weight) as score, NULL::INTEGER as because
-    from user_neighbors s join interactions i on i.user_key = s.neighbor_key, cfg
-    where s.user_key = p_user_key and s.rank <= cfg.served group by all
+    from user_neighbors s, cfg,
+         (select *, row_number() over (partition by user_key
+                                       order by last_ts desc, item_key desc) as recent
+          from interactions) i
+    where i.user_key = s.neighbor_key and s.user_key = p_user_key and s.rank <= cfg.served
+      and i.weight > 0 and (cfg.max_history = 0 or i.recent <= cfg.max_history)
+    group by all
 ),
 content as (
     select n.neighbor_key as item_key, fsum(h.w * n.score) as score,

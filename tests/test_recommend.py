@@ -184,14 +184,18 @@ def test_bi_client_gets_the_cli_rows_through_sqlalchemy_without_rtsql(checkerboa
 REFERENCE = Path(__file__).with_name("reference_recommend.sql")
 
 
-@pytest.mark.parametrize("options", [
-    "", ", exclude := ['sku-220', 'sku-2']", ", category := (select min(category) from item_catalog)",
+@pytest.mark.parametrize("options,max_history", [
+    ("", "500"), (", exclude := ['sku-220', 'sku-2']", "500"),
+    (", category := (select min(category) from item_catalog)", "500"),
+    ("", "4"),  # most rows capped: h and the neighbours' rows keep their 4 latest items
 ])
-def test_candidate_macro_equals_the_every_item_reference(tmp_path, db_path, options):
+def test_candidate_macro_equals_the_every_item_reference(tmp_path, db_path, options,
+                                                         max_history):
     """The served macro scores candidates only and backfills from stored orders; the reference
     scores every item in one pool. Same rows, bit for bit, for every strategy, on the sample
     set (catalog, content, trending) with half the users refreshed before the rest arrived."""
     con = rtsql.connect(db_path)
+    settings.set_value(con, "max_history", max_history)
     sample = Path(__file__).resolve().parents[1] / "sample_events"
     files = sorted((sample / "events").iterdir())
     ingest.ingest(con, files[:2])

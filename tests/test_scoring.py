@@ -64,3 +64,28 @@ def test_the_heap_keeps_the_k_best_by_score_popularity_and_key(entries, k):
     want = sorted((-score, -popularity, key) for key, (score, popularity) in
                   enumerate(entries))[:k]
     assert got == want
+
+
+@hyp_settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 6), st.sampled_from([1.0, 0.1, 0.2, 0.3, 8.0, -1.0]),
+                          st.integers(1, 4), st.integers(0, 3)), max_size=30),
+       st.integers(0, 5))
+def test_merge_history_is_the_history_macro(entries, refreshed):
+    """Per item: weights added as fsum, the latest entry's type (ties on time: the larger id,
+    the refreshed row (id -1) first), the latest time; items in key order."""
+    rows = [(item, w, code, ts, -1 if n < refreshed else n) for n, (item, w, code, ts) in
+            enumerate(entries)]
+    want = {}
+    for item, w, code, ts, ident in rows:
+        weights, latest = want.get(item, ([], None))
+        weights.append(w)
+        if latest is None or (ts, ident) > latest[:2]:
+            latest = (ts, ident, code)
+        want[item] = (weights, latest)
+    cols = [np.array([r[i] for r in rows], dtype) for i, dtype in
+            enumerate((np.int64, np.float64, np.int64, np.int64, np.int64))]
+    items, weights, codes, ts = scoring.merge_history(*cols)
+    assert items.tolist() == sorted(want)
+    assert weights.tolist() == [math.fsum(want[i][0]) for i in sorted(want)]
+    assert codes.tolist() == [want[i][1][2] for i in sorted(want)]
+    assert ts.tolist() == [want[i][1][0] for i in sorted(want)]

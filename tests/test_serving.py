@@ -88,6 +88,27 @@ def test_sample_set_with_pending_events_equals_the_macros(db_path):
     con.close()
 
 
+def test_capped_histories_equal_the_macros(db_path):
+    """max_history 3: most users count with their 3 latest items, as the refresh sees them
+    (the macro's h, and each neighbour's row in user-cf)."""
+    con = rtsql.connect(db_path)
+    settings.set_value(con, "max_history", "3")
+    files = sorted((SAMPLE / "events").iterdir())
+    ingest.ingest(con, files[:2])
+    catalog.load_items(con, SAMPLE / "items.csv")
+    refresh.refresh(con)
+    ingest.ingest(con, files[2:])
+    users = [r[0] for r in con.execute("select user_id from users order by user_id").fetchall()]
+    items = [r[0] for r in con.execute("select item_id from items order by item_id").fetchall()]
+    assert compare_everything(con, users, items, random.Random(5), calls=20) > 15
+    state = ServingState.load(con)
+    for user in users:  # user-cf alone shows each neighbour's capped row
+        assert_same_rows(state.recommend(user, 10, strategy="user"),
+                         recommend.recommend(con, user, 10, strategy="user"), user)
+    assert_materialized_equal_per_user(con, 8, "hybrid", threads=2)
+    con.close()
+
+
 def test_catch_up_reads_what_was_committed_after_loading(db_path, tmp_path):
     con = rtsql.connect(db_path)
     files = sorted((SAMPLE / "events").iterdir())
@@ -124,15 +145,17 @@ events_strategy = st.lists(
                                                      HealthCheck.too_slow])
 @given(events=events_strategy, refreshed=st.floats(0, 1), decay=st.sampled_from([0, 3]),
        recency=st.sampled_from(["0", "2"]), exclude_seen=st.booleans(),
-       neighbors=st.sampled_from(["2", "5", "50"]), seed=st.integers(0, 1000))
+       neighbors=st.sampled_from(["2", "5", "50"]), max_history=st.sampled_from(["0", "3", "500"]),
+       seed=st.integers(0, 1000))
 def test_random_databases_equal_the_macros(tmp_path_factory, events, refreshed, decay,
-                                           recency, exclude_seen, neighbors, seed):
+                                           recency, exclude_seen, neighbors, max_history, seed):
     """Random events (ties in time and score are common at this size), a random share of them
     refreshed, the rest pending; random serving settings, a catalog with categories, variants."""
     folder = tmp_path_factory.mktemp("db")
     con = rtsql.connect(folder / "r.duckdb")
     settings.set_value(con, "half_life_days", str(decay))
     settings.set_value(con, "neighbors", neighbors)
+    settings.set_value(con, "max_history", max_history)  # 3: most users' rows are capped
     settings.set_value(con, "recency_half_life_days", recency)
     settings.set_value(con, "exclude_seen", str(exclude_seen))
     lines = [f"u{u},i{i},{t},{(T0 + dt.timedelta(hours=h)).isoformat()},{v}\n"

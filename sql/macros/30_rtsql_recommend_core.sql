@@ -16,24 +16,29 @@ with cfg as (
                as exclude_seen,
            coalesce(json_extract_string(o, '$.recency_half_life_days'), recency, {{default:recency_half_life_days}})::DOUBLE
                as recency,
-           coalesce(served, {{default:neighbors}})::INTEGER as served  -- lists store a buffer beyond K
+           coalesce(served, {{default:neighbors}})::INTEGER as served,  -- lists store a buffer beyond K
+           coalesce(max_history, {{default:max_history}})::INTEGER as max_history
     from (
         -- every setting in one scan; the variant's JSON overrides them
         select {{blend_settings}}
                max(value) filter (where name = 'exclude_seen') as exclude_seen,
                max(value) filter (where name = 'recency_half_life_days') as recency,
                max(value) filter (where name = 'neighbors') as served,
+               max(value) filter (where name = 'max_history') as max_history,
                coalesce((select settings from ab_variants where name = p_variant), '{}') as o
         from rtsql_settings
     )
 ),
 hist as materialized (select unnest(p_hist, recursive := true)),
+-- h: the positive items among the user's max_history most recent (the row the refresh's
+-- similarities were computed on: rtsql/refresh.py _CAPPED), optionally weighted by recency
 h as (
     select item_key,
            weight * case when cfg.recency > 0
                          then pow(2.0, -(epoch(max(ts) over ()) - epoch(ts)) / (86400 * cfg.recency))
                          else 1 end as w
-    from hist, cfg where weight > 0
+    from (select *, row_number() over (order by ts desc, item_key desc) as recent from hist) r, cfg
+    where weight > 0 and (cfg.max_history = 0 or recent <= cfg.max_history)
 ),
 -- (candidate, strategy, history item behind it, score contribution)
 scored as (
@@ -42,9 +47,15 @@ scored as (
     from h join item_neighbor_lists l using (item_key), cfg
     where cfg.w_item > 0
     union all
-    select i.item_key, 'user-cf', NULL, s.score * i.weight
-    from user_neighbors s join interactions i on i.user_key = s.neighbor_key, cfg
-    where cfg.w_user > 0 and s.user_key = p_user_key and s.rank <= cfg.served
+    -- each neighbour's capped row, as its similarity saw it
+    select n.item_key, 'user-cf', NULL, n.s from (
+        select i.item_key, i.weight, s.score * i.weight as s,
+               row_number() over (partition by i.user_key
+                                  order by i.last_ts desc, i.item_key desc) as recent
+        from user_neighbors s join interactions i on i.user_key = s.neighbor_key, cfg
+        where cfg.w_user > 0 and s.user_key = p_user_key and s.rank <= cfg.served
+    ) n, cfg
+    where n.weight > 0 and (cfg.max_history = 0 or n.recent <= cfg.max_history)
     union all
     select n.neighbor_key, 'content', n.item_key, h.w * n.score
     from h join content_neighbors n using (item_key), cfg
