@@ -43,3 +43,7 @@ class UnknownItem(RtsqlError):
 
 class ExternalModel(RtsqlError):
     """A local full refresh would drop events a Spark build read from outside the database."""
+
+
+class ModelError(RtsqlError):
+    """The stored models break a rule rtsql keeps when it writes them (a full refresh fixes)."""

@@ -53,14 +53,12 @@ class Scratch:
         self.item = _table(n_items, 4)
         self.user = _table(n_items, 2)
         self.content = _table(n_items, 4)
-        self.magnitude = np.zeros(n_items)  # sums of |terms|, for the rare exactness check
         self.mark = np.zeros(n_items, np.uint8)
         self.touched = np.empty(n_items, np.int64)
         self.terms = np.empty(1024)
 
     def arrays(self) -> tuple:
-        return (self.item, self.user, self.content, self.magnitude, self.mark, self.touched,
-                self.terms)
+        return self.item, self.user, self.content, self.mark, self.touched, self.terms
 
     @classmethod
     def per_thread(cls, local: threading.local, n_items: int) -> "Scratch":
@@ -167,9 +165,9 @@ def _certain(hi, lo, rounded, n, magnitude):
 def _from_lists(acc, mark, touched, nt, h_items, h_w, indptr, keys, values, limit, has):
     """item-cf / content ``scored``: each history item's list entries, weight x score
     (``limit`` entries of each list; < 0: all). Returns (touched count, whether some lo
-    rounded, whether some term was negative)."""
+    rounded)."""
     rows = len(indptr) - 1
-    rounded = negative = False
+    rounded = False
     for p in range(len(h_items)):
         w = h_w[p]
         h = h_items[p]
@@ -189,11 +187,10 @@ def _from_lists(acc, mark, touched, nt, h_items, h_w, indptr, keys, values, limi
                     nt += 1
                 mark[c] = flags | _CANDIDATE | has
             rounded |= _add(acc, c, t)
-            negative |= t < 0.0
             if t > acc[c, _BEST]:  # ties keep the earlier, smaller history key
                 acc[c, _BEST] = t
                 acc[c, _BECAUSE] = h
-    return nt, rounded, negative
+    return nt, rounded
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -201,10 +198,10 @@ def _from_neighbours(acc, mark, touched, nt, user, served, u_indptr, u_keys, u_v
                      x_indptr, x_keys, x_values):
     """user-cf ``scored``: the user's first ``served`` neighbours' refreshed rows,
     similarity x weight. Returns as _from_lists."""
-    rounded = negative = False
+    rounded = False
     has = _HAS << PART_USER
     if user < 0 or user >= len(u_indptr) - 1:
-        return nt, rounded, negative
+        return nt, rounded
     lo = u_indptr[user]
     hi = min(u_indptr[user + 1], lo + served)
     rows = len(x_indptr) - 1
@@ -223,8 +220,7 @@ def _from_neighbours(acc, mark, touched, nt, user, served, u_indptr, u_keys, u_v
                     nt += 1
                 mark[c] = flags | _CANDIDATE | has
             rounded |= _add(acc, c, t)
-            negative |= t < 0.0
-    return nt, rounded, negative
+    return nt, rounded
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -285,22 +281,6 @@ def _exact_total(part, c, terms, h_items, h_w, user, served, item_indptr, item_k
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _magnitudes(magnitude, mark, touched, nt, terms, h_items, h_w, user, served, item_indptr,
-                item_keys, item_values, u_indptr, u_keys, u_values, x_indptr, x_keys,
-                x_values):
-    """sum|terms| of every user-cf candidate, for the error bound when some terms were
-    negative (a user whose neighbours have negative weights: rare)."""
-    for j in range(nt):
-        c = touched[j]
-        magnitude[c] = 0.0
-        if mark[c] & (_HAS << PART_USER):
-            terms, n = _terms(PART_USER, c, terms, h_items, h_w, user, served, item_indptr,
-                              item_keys, item_values, served, u_indptr, u_keys, u_values,
-                              x_indptr, x_keys, x_values)
-            magnitude[c] = np.sum(np.abs(terms[:n]))
-
-
-@njit(nogil=True, cache=True, error_model="numpy")
 def _before(f1, p1, k1, f2, p2, k2):
     """Whether (score f1, popularity p1, key k1) ranks before (f2, p2, k2): score desc,
     popularity desc, key asc."""
@@ -349,16 +329,15 @@ def _offer(heap, size, k, final, pop, key, part, because):
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _sum(part, acc, c, rounded, negative, n_max, magnitude, terms, lists):
+def _sum(part, acc, c, rounded, n_max, terms, lists):
     """Candidate c's sum of one strategy, correctly rounded (stored back, so asking again is
-    cheap): hi + lo when _certain vouches for it, else recomputed from its terms. List terms
-    are positive (lists keep positive scores), so there |sum| bounds sum|terms|; should one
-    be negative, every rounded sum of that strategy is recomputed."""
+    cheap): hi + lo when _certain vouches for it, else recomputed from its terms. Every term
+    is positive (lists keep positive scores, capped rows positive weights: ServingState
+    checks), so |hi| + |lo| bounds sum|terms|."""
     hi = acc[c, _HI]
     lo = acc[c, _LO]
-    size = magnitude[c] if part == PART_USER and negative else 2.0 * (abs(hi) + abs(lo))
-    total, certain = _certain(hi, lo, rounded, n_max, size)
-    if not certain or (negative and rounded and part != PART_USER):
+    total, certain = _certain(hi, lo, rounded, n_max, 2.0 * (abs(hi) + abs(lo)))
+    if not certain:
         (h_items, h_w, user, served, item_indptr, item_keys, item_values, content_indptr,
          content_keys, content_values, u_indptr, u_keys, u_values, x_indptr, x_keys,
          x_values) = lists
@@ -372,45 +351,56 @@ def _sum(part, acc, c, rounded, negative, n_max, magnitude, terms, lists):
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _best(part, acc, has, mark, touched, nt, rounded, negative, n_max, magnitude, terms,
-          lists):
-    """The strategy's best candidate sum (the macro's max(...) over ()), exactly: the largest
+def _bests(acc_item, acc_user, acc_content, mark, touched, nt, r_item, r_user, r_content,
+           n_hist, terms, lists):
+    """Each strategy's best candidate sum (the macro's max(...) over ()), exactly: the largest
     hi + lo, then the exact sums of every candidate within a hair of it (-inf: none)."""
-    top = -np.inf
+    has_item, has_user, has_content = (_HAS << PART_ITEM, _HAS << PART_USER,
+                                       _HAS << PART_CONTENT)
+    top_item = top_user = top_content = -np.inf
     for j in range(nt):
         c = touched[j]
-        if mark[c] & has:
-            v = acc[c, _HI] + acc[c, _LO]
-            if v > top:
-                top = v
-    if top == -np.inf:
-        return top
-    near = top - 1e-12 * (abs(top) + 1e-300)  # hi + lo is within an ulp of the exact sum
-    best = -np.inf
+        flags = mark[c]
+        if flags & has_item:
+            top_item = max(top_item, acc_item[c, _HI] + acc_item[c, _LO])
+        if flags & has_user:
+            top_user = max(top_user, acc_user[c, _HI] + acc_user[c, _LO])
+        if flags & has_content:
+            top_content = max(top_content, acc_content[c, _HI] + acc_content[c, _LO])
+    # hi + lo is within an ulp of the exact sum
+    near_item = top_item - 1e-12 * (abs(top_item) + 1e-300)
+    near_user = top_user - 1e-12 * (abs(top_user) + 1e-300)
+    near_content = top_content - 1e-12 * (abs(top_content) + 1e-300)
+    best_item = best_user = best_content = -np.inf
     for j in range(nt):
         c = touched[j]
-        if mark[c] & has and acc[c, _HI] + acc[c, _LO] >= near:
-            best = max(best, _sum(part, acc, c, rounded, negative, n_max, magnitude, terms,
-                                  lists))
-    return best
+        flags = mark[c]
+        if flags & has_item and acc_item[c, _HI] + acc_item[c, _LO] >= near_item:
+            best_item = max(best_item, _sum(PART_ITEM, acc_item, c, r_item, n_hist, terms,
+                                            lists))
+        if flags & has_user and acc_user[c, _HI] + acc_user[c, _LO] >= near_user:
+            best_user = max(best_user, _sum(PART_USER, acc_user, c, r_user, lists[3], terms,
+                                            lists))
+        if flags & has_content and acc_content[c, _HI] + acc_content[c, _LO] >= near_content:
+            best_content = max(best_content, _sum(PART_CONTENT, acc_content, c, r_content,
+                                                  n_hist, terms, lists))
+    return best_item, best_user, best_content
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
 def _scaled(c, flags, acc_item, acc_user, acc_content, has_item, has_user, has_content,
             best_item, best_user, best_content, w_item, w_user, w_content, r_item, r_user,
-            r_content, neg_item, neg_user, neg_content, n_hist, magnitude, terms, lists):
+            r_content, n_hist, terms, lists):
     """The macro's ``scaled``: each strategy's exact sum / its best * its weight (0 where
     the strategy did not score c)."""
     si = su = sc = 0.0
     if flags & has_item:
-        si = _sum(PART_ITEM, acc_item, c, r_item, neg_item, n_hist, magnitude, terms,
-                  lists) / best_item * w_item
+        si = _sum(PART_ITEM, acc_item, c, r_item, n_hist, terms, lists) / best_item * w_item
     if flags & has_user:
-        su = _sum(PART_USER, acc_user, c, r_user, neg_user, lists[3], magnitude, terms,
-                  lists) / best_user * w_user
+        su = _sum(PART_USER, acc_user, c, r_user, lists[3], terms, lists) / best_user * w_user
     if flags & has_content:
-        sc = _sum(PART_CONTENT, acc_content, c, r_content, neg_content, n_hist, magnitude,
-                  terms, lists) / best_content * w_content
+        sc = _sum(PART_CONTENT, acc_content, c, r_content, n_hist, terms,
+                  lists) / best_content * w_content
     return si, su, sc
 
 
@@ -422,46 +412,38 @@ def score_user(user, h_items, h_w, exclude, allowed, k,
                content_indptr, content_keys, content_values,
                x_indptr, x_keys, x_values,
                share, popularity, order, first_new, n_items,
-               acc_item, acc_user, acc_content, magnitude, mark, touched, terms,
+               acc_item, acc_user, acc_content, mark, touched, terms,
                out_keys, out_score, out_part, out_because):
     """One user's top-k into out_* (returns how many rows). ``user``: its key, or -1 (a
     basket, or a user with no refreshed row); ``h_items``/``h_w``: the current history sorted
     by item key, weights after query-time recency (NaN: not in the macro's h, weight <= 0,
     seen only); ``exclude``: more item keys to leave out; ``allowed``: the category's items as
     a mask (empty: every item); ``order``: the stored backfill order; ``first_new``: the first
-    key newer than that order, up to ``n_items``. acc_item ... terms: a Scratch's arrays."""
+    key newer than that order, up to ``n_items``. acc_item ... terms: a Scratch's arrays.
+    Every list score and neighbour-row weight must be positive (ServingState checks)."""
     has_item, has_user, has_content = (_HAS << PART_ITEM, _HAS << PART_USER,
                                        _HAS << PART_CONTENT)
     # scored: each strategy's contributions into its accumulator table
     nt = 0
-    r_item = r_user = r_content = neg_item = neg_user = neg_content = False
+    r_item = r_user = r_content = False
     if w_item > 0.0:
-        nt, r_item, neg_item = _from_lists(acc_item, mark, touched, nt, h_items, h_w,
-                                           item_indptr, item_keys, item_values, served,
-                                           has_item)
+        nt, r_item = _from_lists(acc_item, mark, touched, nt, h_items, h_w, item_indptr,
+                                 item_keys, item_values, served, has_item)
     if w_user > 0.0:
-        nt, r_user, neg_user = _from_neighbours(acc_user, mark, touched, nt, user, served,
-                                                user_indptr, user_keys, user_values,
-                                                x_indptr, x_keys, x_values)
-        if r_user and neg_user:
-            _magnitudes(magnitude, mark, touched, nt, terms, h_items, h_w, user, served,
-                        item_indptr, item_keys, item_values, user_indptr, user_keys,
-                        user_values, x_indptr, x_keys, x_values)
+        nt, r_user = _from_neighbours(acc_user, mark, touched, nt, user, served, user_indptr,
+                                      user_keys, user_values, x_indptr, x_keys, x_values)
     if w_content > 0.0:
-        nt, r_content, neg_content = _from_lists(acc_content, mark, touched, nt, h_items, h_w,
-                                                 content_indptr, content_keys, content_values,
-                                                 -1, has_content)
+        nt, r_content = _from_lists(acc_content, mark, touched, nt, h_items, h_w,
+                                    content_indptr, content_keys, content_values, -1,
+                                    has_content)
     # per_part: each strategy's best candidate; the sums near the best are rounded exactly
     lists = (h_items, h_w, user, served, item_indptr, item_keys, item_values, content_indptr,
              content_keys, content_values, user_indptr, user_keys, user_values, x_indptr,
              x_keys, x_values)
     n_hist = len(h_items)
-    best_item = _best(PART_ITEM, acc_item, has_item, mark, touched, nt, r_item, neg_item,
-                      n_hist, magnitude, terms, lists)
-    best_user = _best(PART_USER, acc_user, has_user, mark, touched, nt, r_user, neg_user,
-                      served, magnitude, terms, lists)
-    best_content = _best(PART_CONTENT, acc_content, has_content, mark, touched, nt, r_content,
-                         neg_content, n_hist, magnitude, terms, lists)
+    best_item, best_user, best_content = _bests(
+        acc_item, acc_user, acc_content, mark, touched, nt, r_item, r_user, r_content, n_hist,
+        terms, lists)
     # excluded
     if exclude_seen:
         for p in range(len(h_items)):
@@ -481,20 +463,25 @@ def score_user(user, h_items, h_w, exclude, allowed, k,
         flags = mark[c]
         if flags & _EXCLUDED or (len(allowed) and not allowed[c]):
             continue
-        trend = (share[c] if c < len(share) else 0.0) * w_trend
         if size == k:
             si = (acc_item[c, _HI] + acc_item[c, _LO]) * rec_item if flags & has_item else 0.0
             su = (acc_user[c, _HI] + acc_user[c, _LO]) * rec_user if flags & has_user else 0.0
             sc = (acc_content[c, _HI] + acc_content[c, _LO]) * rec_content \
                 if flags & has_content else 0.0
-            approx = si + su + sc + trend
-            # its error is a few ulps of the terms' magnitudes
-            if approx + 1e-12 * (1.0 + abs(si) + abs(su) + abs(sc) + trend) < heap[0, 0]:
+            base = si + su + sc
+            # the approximation is within a few ulps of the terms' magnitudes; a share is at
+            # most 1, so most candidates are dropped before their share is read
+            slack = 1e-12 * (1.0 + abs(si) + abs(su) + abs(sc) + w_trend)
+            if base + w_trend + slack < heap[0, 0]:
                 continue
+            trend = (share[c] if c < len(share) else 0.0) * w_trend
+            if base + trend + slack < heap[0, 0]:
+                continue
+        else:
+            trend = (share[c] if c < len(share) else 0.0) * w_trend
         si, su, sc = _scaled(c, flags, acc_item, acc_user, acc_content, has_item, has_user,
                              has_content, best_item, best_user, best_content, w_item, w_user,
-                             w_content, r_item, r_user, r_content, neg_item, neg_user,
-                             neg_content, n_hist, magnitude, terms, lists)
+                             w_content, r_item, r_user, r_content, n_hist, terms, lists)
         if not (si > 0.0 or su > 0.0 or sc > 0.0):
             continue  # not in the blend
         final = (si + su + sc) + trend
@@ -525,8 +512,7 @@ def score_user(user, h_items, h_w, exclude, allowed, k,
                     si, su, sc = _scaled(c, flags, acc_item, acc_user, acc_content, has_item,
                                          has_user, has_content, best_item, best_user,
                                          best_content, w_item, w_user, w_content, r_item,
-                                         r_user, r_content, neg_item, neg_user, neg_content,
-                                         n_hist, magnitude, terms, lists)
+                                         r_user, r_content, n_hist, terms, lists)
                     if si > 0.0 or su > 0.0 or sc > 0.0:
                         continue  # in the blend
             if len(allowed) and (c >= len(allowed) or not allowed[c]):
@@ -587,7 +573,7 @@ def score_users(users, h_indptr, h_keys, h_weights, k,
                 content_indptr, content_keys, content_values,
                 x_indptr, x_keys, x_values,
                 share, popularity, order, first_new, n_items,
-                acc_item, acc_user, acc_content, magnitude, mark, touched, terms,
+                acc_item, acc_user, acc_content, mark, touched, terms,
                 out_keys, out_score, out_part, out_because, out_rows):
     """``score_user`` for each of ``users`` over its refreshed row of the interaction matrix
     (h_*: every entry, with the weights of the macro's h, NaN elsewhere; x_*: the capped rows
@@ -604,8 +590,7 @@ def score_users(users, h_indptr, h_keys, h_weights, k,
             item_indptr, item_keys, item_values, user_indptr, user_keys, user_values,
             content_indptr, content_keys, content_values, x_indptr, x_keys, x_values,
             share, popularity, order, first_new, n_items, acc_item, acc_user, acc_content,
-            magnitude, mark, touched, terms, out_keys[i], out_score[i], out_part[i],
-            out_because[i])
+            mark, touched, terms, out_keys[i], out_score[i], out_part[i], out_because[i])
 
 
 @njit(nogil=True, cache=True, error_model="numpy")

@@ -31,7 +31,7 @@ from itertools import accumulate
 import numpy as np
 
 from . import settings as settings_mod
-from .errors import InvalidSetting, UnknownItem, UnknownUser
+from .errors import InvalidSetting, ModelError, UnknownItem, UnknownUser
 from .recommend import Rows, blend_weights, check_request
 from .sqlutil import arrow_table
 
@@ -222,6 +222,11 @@ class ServingState:
         neighbour_rows = Csr.from_sorted(it["user_key"][capped], inter.keys[capped],
                                          inter.values[capped], n_users)
 
+        for name, lists in (("item_neighbors", item_lists), ("user_neighbors", user_lists),
+                            ("content_neighbors", content)):
+            if len(lists.values) and not lists.values.min() > 0:  # rtsql.scoring relies on it
+                raise ModelError(f"{name} holds a score <= 0, which rtsql never writes: run "
+                                 "`rtsql refresh --full`")
         tr = con.execute("select item_key, share, popularity, score, rank_trending, rank_popular "
                          "from item_trending").fetchnumpy()
         share, popularity, trend_score = (np.zeros(n_items), np.zeros(n_items, np.int64),

@@ -223,3 +223,18 @@ def test_materialized_recommendations_equal_the_macro_for_every_user(db_path):
     assert refresh.refresh(con).mode == "none"
     assert con.execute("select count(*) from user_recommendations").fetchall() == before
     con.close()
+
+
+def test_a_list_score_that_is_not_positive_is_refused(db_path):
+    """The scorer's exact sums rely on positive terms; a score rtsql never writes (edited in
+    by hand) stops the load with a message instead of rounding sums wrongly."""
+    from rtsql.errors import ModelError
+
+    con = rtsql.connect(db_path)
+    ingest.ingest(con, sorted((SAMPLE / "events").iterdir()))
+    refresh.refresh(con)
+    ServingState.load(con)
+    con.execute("update user_neighbors set score = -score where rank = 1")
+    with pytest.raises(ModelError, match="refresh --full"):
+        ServingState.load(con)
+    con.close()
