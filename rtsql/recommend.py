@@ -24,6 +24,10 @@ def blend_weights(strategy: str, weight_of) -> dict[str, float]:
     return {column: float(weight_of(setting)) if strategy == "hybrid" else float(strategy == name)
             for name, (setting, column) in BLENDED.items()}
 MAX_K = 1000  # the longest list the CLI and the HTTP API return
+# What explains a recommended row (its reason): the strategy that added the most, or the
+# backfill; the names are the macro's (rtsql_reason), the codes the compiled scorer's.
+PART_NAMES = ("item-cf", "user-cf", "content", "trending", "popular")
+PART_ITEM, PART_USER, PART_CONTENT, PART_TRENDING, PART_POPULAR = range(len(PART_NAMES))
 
 
 @dataclass

@@ -27,9 +27,8 @@ import threading
 import numpy as np
 from numba import njit
 
-# what explains a row (the macro's reason): the strategy that added the most
-PART_ITEM, PART_USER, PART_CONTENT, PART_TRENDING, PART_POPULAR = 0, 1, 2, 3, 4
-PART_NAMES = ("item-cf", "user-cf", "content", "trending", "popular")  # as the macro names them
+from .recommend import PART_CONTENT, PART_ITEM, PART_POPULAR, PART_TRENDING, PART_USER
+
 NO_KEY = -1  # "no because item" in the output
 
 _EPS = 2.0 ** -53

@@ -84,6 +84,7 @@ class Service:
             self.con = db.connect(self.db_path)
             self._loader = self.con.cursor()
             self.state = ServingState.load(self._loader)
+            self.state.warm_up()
             _freeze()
             options = self.opt.tail
             options.publish = self.opt.publish or snapshot.default_path(self.db_path)

@@ -32,7 +32,8 @@ import numpy as np
 
 from . import settings as settings_mod
 from .errors import InvalidSetting, ModelError, UnknownItem, UnknownUser
-from .recommend import Rows, blend_weights, check_request
+from .recommend import (PART_CONTENT, PART_ITEM, PART_NAMES, PART_TRENDING, PART_USER, Rows,
+                        blend_weights, check_request)
 from .sqlutil import arrow_table
 
 COLUMNS = ["rank", "item_id", "score", "reason"]
@@ -111,9 +112,12 @@ class History:
         return cls(np.empty(0, np.int64), np.empty(0), np.empty(0, np.int64),
                    np.empty(0, np.int64))
 
-    def type_of(self, item: int) -> int:
-        at = int(np.searchsorted(self.items, item))
-        return int(self.types[at]) if at < len(self.items) and self.items[at] == item else 0
+    def types_of(self, items: np.ndarray) -> np.ndarray:
+        """The event type code of each of ``items`` in this history (0: not in it)."""
+        if not len(self.items):
+            return np.zeros(len(items), np.int64)
+        at = np.minimum(np.searchsorted(self.items, items), len(self.items) - 1)
+        return np.where(self.items[at] == items, self.types[at], 0)
 
 
 @dataclass
@@ -354,6 +358,19 @@ class ServingState:
             np.concatenate((ts, extra[:, 3].astype(np.int64))),
             np.concatenate((np.full(len(items), -1, np.int64), extra[:, 4].astype(np.int64)))))
 
+    def warm_up(self) -> None:
+        """Load the compiled scorer (rtsql.scoring) before the first request needs it: the
+        first call of each compiled function reads its machine code from numba's cache (or
+        compiles it, once per install), which a request must not wait for."""
+        from .scoring import merge_history
+
+        one = np.zeros(1, np.int64)
+        merge_history(one, np.ones(1), one, one, one)
+        some_user = next(iter(self.user_keys), None)
+        self.recommend(some_user if some_user is not None else "", 1)
+        if self.item_ids:
+            self.recommend_for_items([i for i in self.item_ids[:1] if i is not None], 1)
+
     def basket(self, item_ids: list[str]) -> History:
         """``recommend_for_items``: the known items, weight 1, type 'basket', one time."""
         keys = sorted({self.item_keys[i] for i in item_ids if i in self.item_keys})
@@ -457,11 +474,13 @@ class ServingState:
             -1 if user_key is None else user_key, hist.items, _query_weights(hist, cfg),
             excluded, allowed, k, *self._kernel_args(cfg), n_items, *scratch.arrays(), keys,
             scores, parts, because)
+        sources = because[:rows]
+        codes = hist.types_of(sources).tolist()  # the history item's event type, per row
         return Rows(COLUMNS, [
-            (rank, self.item_ids[key], score, self._reason(part, source, hist))
-            for rank, (key, score, part, source) in enumerate(zip(
+            (rank, self.item_ids[key], score, self._reason(part, source, code))
+            for rank, (key, score, part, source, code) in enumerate(zip(
                 keys[:rows].tolist(), scores[:rows].tolist(), parts[:rows].tolist(),
-                because[:rows].tolist()), start=1)])
+                sources.tolist(), codes), start=1)])
 
     def _kernel_args(self, cfg: Config) -> tuple:
         """The settings and model arrays score_user takes, after the request's own."""
@@ -544,8 +563,7 @@ class ServingState:
         return {"user_key": np.full(rows, user_key, np.int64),
                 "rank": np.arange(1, rows + 1), "item_key": keys[:rows], "score": scores[:rows],
                 "part": parts[:rows], "because": because[:rows],
-                "because_type": np.array([hist.type_of(b) if b >= 0 else 0
-                                          for b in because[:rows].tolist()], np.int64)}
+                "because_type": hist.types_of(because[:rows])}
 
     def _category_mask(self, category: str, n_items: int) -> np.ndarray:
         masks = self.model.category_masks
@@ -556,17 +574,13 @@ class ServingState:
             masks[category] = mask
         return mask
 
-    def _reason(self, part: int, source: int, hist: History) -> str:
+    def _reason(self, part: int, source: int, code: int) -> str:
         """The macro's reason text (``rtsql_reason``): the strategy that added the most, and
-        its history item."""
-        from .scoring import PART_CONTENT, PART_ITEM, PART_TRENDING, PART_USER
-
+        its history item ``source`` with that item's event type ``code``."""
         if part == PART_ITEM:
-            return (f"item-cf: because you {self._verb(hist.type_of(source))} "
-                    f"{self._title(source)}")
+            return f"item-cf: because you {self._verb(code)} {self._title(source)}"
         if part == PART_CONTENT:
-            return (f"content: similar to {self._title(source)}, which you "
-                    f"{self._verb(hist.type_of(source))}")
+            return f"content: similar to {self._title(source)}, which you {self._verb(code)}"
         if part == PART_USER:
             return "user-cf: people with similar taste liked it"
         return "trending: popular right now" if part == PART_TRENDING else \
@@ -671,7 +685,6 @@ def materialize(con, k: int, strategy: str, progress=None, threads: int = 1) -> 
     (``rtsql_reason``, the macro's own text)."""
     import pyarrow as pa
 
-    from .scoring import PART_NAMES
     from .sqlutil import recreate_empty, registered
 
     state = ServingState._load(con)
