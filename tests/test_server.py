@@ -126,6 +126,20 @@ def test_reads_equal_the_sql_macros_of_the_snapshot(server):
     con.close()
 
 
+def test_the_fast_path_answers_as_the_route_does(server):
+    """GET /recommend/{user_id} is answered before FastAPI when its parameters are plainly
+    valid; an unknown parameter (``_``) sends the same request through the FastAPI route. Both
+    give the same bytes (bad parameters: test_bad_input_gets_a_4xx_naming_the_field)."""
+    for options in ({}, {"k": 3}, {"strategy": "item", "category": "audio"},
+                    {"exclude": ["sku-220", "sku-113"], "variant": "auto"}):
+        for user in ("user-1", "user-17", "nobody", "a%20b"):
+            fast = server.call("GET", f"/recommend/{user}?{query(**options)}")
+            routed = server.call("GET", f"/recommend/{user}?{query(**options, _=1)}")
+            assert fast == routed and fast[0] == 200, (user, options)
+    _, metrics = server.call("GET", "/metrics")
+    assert b'route="/recommend/{user_id}",status="200"' in metrics
+
+
 def test_read_your_writes_and_rejects(server):
     events = [{"user_id": "fresh-user", "item_id": "sku-7", "event_type": "purchase",
                "ts": "2026-11-30T10:00:00"},
