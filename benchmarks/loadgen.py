@@ -110,21 +110,36 @@ async def main(port: int, spec: dict) -> dict:
         schedule += [(start + i / spec["post_rate"], "post", i)
                      for i in range(int(spec["post_rate"] * seconds))]
     schedule.sort()
-    wall = time.perf_counter()
-    for when, kind, n in schedule:
-        delay = when - now()
-        if delay > 0:
-            await asyncio.sleep(delay)
+    loop = asyncio.get_running_loop()
+    late = []
+
+    def launch(when, kind, n):
+        late.append(now() - when)
         if kind == "get":
             tasks.append(asyncio.ensure_future(get(when, rng.choice(spec["users"]))))
         else:
             tasks.append(asyncio.ensure_future(post(when, n)))
+
+    def scheduler():
+        # the event loop's timers have millisecond resolution (uvloop, and epoll timeouts),
+        # which would add up to 1 ms of client lateness to every request; a thread sleeps to
+        # each send time precisely and wakes the loop (a few tens of microseconds)
+        for when, kind, n in schedule:
+            delay = when - now()
+            if delay > 0:
+                time.sleep(delay)
+            loop.call_soon_threadsafe(launch, when, kind, n)
+
+    wall = time.perf_counter()
+    await loop.run_in_executor(None, scheduler)
+    await asyncio.sleep(0)  # the last launch callbacks
     results = await asyncio.gather(*tasks, return_exceptions=True)
     wall = time.perf_counter() - wall
     failures = [r for r in results if isinstance(r, BaseException)]
     statuses = sorted(set(statuses_seen))
     return {"get_ms": [x * 1000 for x in get_lat], "post_ms": [x * 1000 for x in post_lat],
             "fresh_ms": [x * 1000 for x in fresh_lat], "errors": errors[0] + len(failures),
+            "late_ms": [x * 1000 for x in late],
             "failure": repr(failures[0]) if failures else None, "statuses": statuses,
             "events": posted[0],
             "seconds": wall, "connections": pool.open}
