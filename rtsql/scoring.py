@@ -565,7 +565,7 @@ def _clear(acc, c):
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def score_users(users, h_indptr, h_keys, h_weights, k,
+def score_users(users, h_indptr, h_keys, h_weights, h_types, k,
                 w_item, w_user, w_content, w_trend, exclude_seen, served,
                 item_indptr, item_keys, item_values,
                 user_indptr, user_keys, user_values,
@@ -573,23 +573,35 @@ def score_users(users, h_indptr, h_keys, h_weights, k,
                 x_indptr, x_keys, x_values,
                 share, popularity, order, first_new, n_items,
                 acc_item, acc_user, acc_content, mark, touched, terms,
-                out_keys, out_score, out_part, out_because, out_rows):
+                out_keys, out_score, out_part, out_because, out_type, out_rows):
     """``score_user`` for each of ``users`` over its refreshed row of the interaction matrix
-    (h_*: every entry, with the weights of the macro's h, NaN elsewhere; x_*: the capped rows
-    user-cf reads), into row i of the out_* tables."""
+    (h_*: every entry, with the weights of the macro's h, NaN elsewhere, and the event type
+    codes; x_*: the capped rows user-cf reads; a user past the matrix has an empty row),
+    into row i of the out_* tables; out_type: the event type code of each row's because
+    item in the user's row (0: none)."""
     no_exclude = np.empty(0, np.int64)
     everything = np.empty(0, np.bool_)
     for i in range(len(users)):
         u = users[i]
-        lo = h_indptr[u]
-        hi = h_indptr[u + 1]
-        out_rows[i] = score_user(
+        lo = hi = 0
+        if u < len(h_indptr) - 1:
+            lo = h_indptr[u]
+            hi = h_indptr[u + 1]
+        rows = score_user(
             u, h_keys[lo:hi], h_weights[lo:hi], no_exclude, everything, k,
             w_item, w_user, w_content, w_trend, exclude_seen, served,
             item_indptr, item_keys, item_values, user_indptr, user_keys, user_values,
             content_indptr, content_keys, content_values, x_indptr, x_keys, x_values,
             share, popularity, order, first_new, n_items, acc_item, acc_user, acc_content,
             mark, touched, terms, out_keys[i], out_score[i], out_part[i], out_because[i])
+        out_rows[i] = rows
+        for r in range(rows):
+            b = out_because[i, r]
+            out_type[i, r] = 0
+            if b >= 0:
+                at = lo + np.searchsorted(h_keys[lo:hi], b)
+                if at < hi and h_keys[at] == b:
+                    out_type[i, r] = h_types[at]
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -627,3 +639,26 @@ def merge_history(items, weights, codes, ts, ids):
         m += 1
         a = b
     return out_items[:m], out_weights[:m], out_codes[:m], out_ts[:m]
+
+
+def warm_up() -> None:
+    """Load score_user, score_users and merge_history from numba's cache (or compile them)
+    ahead of their first real call: each call here has the argument types rtsql.serving
+    passes (tests/test_scoring.py checks that no second signature appears), over a catalog
+    of one item and a user with no history. About 0.2 s after the import; serve does it
+    before its first request, a refresh that writes user_recommendations in a thread while
+    it computes the lists."""
+    i1, f1 = np.zeros(1, np.int64), np.zeros(1)
+    none_i, none_f = np.empty(0, np.int64), np.empty(0)
+    ptr = np.zeros(2, np.int64)
+    lists = (ptr, none_i, none_f)
+    model = (*lists, *lists, *lists, *lists, f1, i1, i1, np.int64(1))
+    weights = (0.5, 0.5, 0.5, 0.5, True, np.int64(1))
+    scratch = Scratch(2).arrays()
+    score_user(np.int64(0), none_i, none_f, none_i, np.empty(0, np.bool_), np.int64(1),
+               *weights, *model, np.int64(1), *scratch, i1, f1, i1.copy(), i1.copy())
+    out = (np.zeros((1, 1), np.int64), np.zeros((1, 1)), np.zeros((1, 1), np.int64),
+           np.zeros((1, 1), np.int64), np.zeros((1, 1), np.int64), np.zeros(1, np.int64))
+    score_users(i1, ptr, none_i, none_f, none_i, np.int64(1), *weights, *model, np.int64(1),
+                *scratch, *out)
+    merge_history(i1, f1, i1, i1, i1)

@@ -362,14 +362,9 @@ class ServingState:
         """Load the compiled scorer (rtsql.scoring) before the first request needs it: the
         first call of each compiled function reads its machine code from numba's cache (or
         compiles it, once per install), which a request must not wait for."""
-        from .scoring import merge_history
+        from .scoring import warm_up
 
-        one = np.zeros(1, np.int64)
-        merge_history(one, np.ones(1), one, one, one)
-        some_user = next(iter(self.user_keys), None)
-        self.recommend(some_user if some_user is not None else "", 1)
-        if self.item_ids:
-            self.recommend_for_items([i for i in self.item_ids[:1] if i is not None], 1)
+        warm_up()
 
     def basket(self, item_ids: list[str]) -> History:
         """``recommend_for_items``: the known items, weight 1, type 'basket', one time."""
@@ -503,15 +498,15 @@ class ServingState:
         cfg = self.config(strategy, None)
         n_items = len(self.item_ids)
         users = np.array(sorted(self.user_ids), np.int64)
-        # users with pending events, or none refreshed yet, go one by one (their history is
-        # not a row of the matrix)
-        fresh = np.union1d(np.array(sorted(u for u in self.pending if u in self.user_ids),
-                                    np.int64), users[users >= m.inter.n_rows])
+        # users with pending events go one by one (their history is not a row of the matrix;
+        # a user past the matrix with none has an empty one)
+        fresh = np.array(sorted(u for u in self.pending if u in self.user_ids), np.int64)
         users = np.setdiff1d(users, fresh)
         weights = _row_weights(m, cfg)
         out = {"keys": np.empty((len(users), k), np.int64), "score": np.empty((len(users), k)),
                "part": np.empty((len(users), k), np.int64),
                "because": np.empty((len(users), k), np.int64),
+               "because_type": np.empty((len(users), k), np.int64),
                "rows": np.zeros(len(users), np.int64)}
         args = self._kernel_args(cfg)
         chunks = [slice(lo, min(lo + 2048, len(users))) for lo in range(0, len(users), 2048)]
@@ -519,9 +514,11 @@ class ServingState:
 
         def run(part: slice) -> None:
             scratch = scoring.Scratch.per_thread(_LOCAL, n_items + 1)
-            scoring.score_users(users[part], m.inter.indptr, m.inter.keys, weights, k, *args,
-                                n_items, *scratch.arrays(), *(out[name][part] for name in
-                                                 ("keys", "score", "part", "because", "rows")))
+            scoring.score_users(users[part], m.inter.indptr, m.inter.keys, weights,
+                                m.inter_type, k, *args, n_items, *scratch.arrays(),
+                                *(out[name][part] for name in ("keys", "score", "part",
+                                                               "because", "because_type",
+                                                               "rows")))
             done[0] += part.stop - part.start
             if progress:
                 progress(done[0], len(users) + len(fresh))
@@ -538,8 +535,8 @@ class ServingState:
         result = {"user_key": np.repeat(users, out["rows"]),
                   "rank": np.broadcast_to(np.arange(1, k + 1), used.shape)[used],
                   "item_key": out["keys"][used], "score": out["score"][used],
-                  "part": out["part"][used], "because": out["because"][used]}
-        result["because_type"] = _types_at(m, result["user_key"], result["because"])
+                  "part": out["part"][used], "because": out["because"][used],
+                  "because_type": out["because_type"][used]}
         extra = [self._recommend_codes(int(u), k, cfg) for u in fresh.tolist()]
         if extra:
             for name in result:
@@ -649,22 +646,13 @@ def _capped(indptr: np.ndarray, keys: np.ndarray, values: np.ndarray, ts_us: np.
     return keep
 
 
-def _types_at(m: "Model", users: np.ndarray, items: np.ndarray) -> np.ndarray:
-    """The event type code of each (user, item) entry of the refreshed matrix (0: none)."""
-    rows = np.repeat(np.arange(m.inter.n_rows, dtype=np.int64), np.diff(m.inter.indptr))
-    n = np.int64(max(m.inter.keys.max(initial=0), items.max(initial=0)) + 1)
-    flat = rows * n + m.inter.keys  # sorted: rows by user, entries by item
-    want = users * n + items
-    at = np.minimum(np.searchsorted(flat, want), max(len(flat) - 1, 0))
-    found = (items >= 0) & (len(flat) > 0) & (flat[at] == want) if len(flat) else \
-        np.zeros(len(want), bool)
-    return np.where(found, m.inter_type[at] if len(flat) else 0, 0).astype(np.int64)
-
-
 def _columns(con, sql: str, params=None) -> dict[str, np.ndarray]:
     """A query's columns as numpy arrays, through Arrow."""
     table = arrow_table(con, sql, params)
-    return {name: table.column(name).to_numpy() for name in table.column_names}
+    # writable always (a one-chunk column converts read-only, zero-copy): the compiled
+    # scorer is specialized per array flags, and one kind keeps it to one specialization
+    return {name: np.require(table.column(name).to_numpy(), requirements="W")
+            for name in table.column_names}
 
 
 def _flat(column, dtype=np.int64) -> np.ndarray:
@@ -679,31 +667,22 @@ def _list_lengths(column) -> np.ndarray:
 
 
 def materialize(con, k: int, strategy: str, progress=None, threads: int = 1) -> int:
-    """Write every user's top-k into ``user_recommendations`` (emptied first), from the state
-    as ``con`` sees it (inside a refresh's transaction: the new models), scored on
-    ``threads`` threads. Returns the rows. Ids and reasons are joined in SQL
-    (``rtsql_reason``, the macro's own text)."""
+    """Write every user's top-k into ``user_recommendation_rows`` (emptied first), from the
+    state as ``con`` sees it (inside a refresh's transaction: the new models), scored on
+    ``threads`` threads. Returns the rows. The view ``user_recommendations`` joins the ids
+    and the reason text (``rtsql_reason``, the macro's own) at read time."""
     import pyarrow as pa
 
     from .sqlutil import recreate_empty, registered
 
     state = ServingState._load(con)
-    recreate_empty(con, "user_recommendations")
+    recreate_empty(con, "user_recommendation_rows")
     rows = state.recommend_all(k, strategy, threads, progress)
-    columns = {name: pa.array(values, pa.int64()) for name, values in rows.items()
-               if name != "score"}
-    columns["score"] = pa.array(rows["score"], pa.float64())
-    with registered(con, "_rtsql_user_recs", columns):
+    with registered(con, "_rtsql_user_recs", {name: pa.array(values)
+                                              for name, values in rows.items()}):
         con.execute("""
-            insert into user_recommendations
-            select r.user_key, u.user_id, r.rank, i.item_id, r.score,
-                   rtsql_reason(list_extract(?::VARCHAR[], r.part + 1),
-                                list_extract(?::VARCHAR[], r.because_type),
-                                coalesce(c.title, b.item_id))
-            from _rtsql_user_recs r
-            join users u using (user_key)
-            join items i on i.item_key = r.item_key
-            left join items b on b.item_key = r.because
-            left join item_catalog c on c.item_key = r.because""",
-                    [list(PART_NAMES), state.model.event_types])
+            insert into user_recommendation_rows
+            select user_key, rank, item_key, score, list_extract(?::VARCHAR[], part + 1),
+                   nullif(because, -1), list_extract(?::VARCHAR[], because_type)
+            from _rtsql_user_recs""", [list(PART_NAMES), state.model.event_types])
     return len(rows["user_key"])

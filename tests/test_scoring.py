@@ -4,12 +4,16 @@ accumulator either proves its rounding correct or hands the sum to the exact pat
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 from hypothesis import given, settings as hyp_settings, strategies as st
 
 from rtsql import scoring
 
+SAMPLE = Path(__file__).resolve().parents[1] / "sample_events"
 finite = st.floats(min_value=-1e12, max_value=1e12, allow_nan=False, allow_infinity=False)
 # sums of these cancel and straddle rounding boundaries far more often than random data does
 tricky = st.lists(st.one_of(finite, st.sampled_from([1.0, -1.0, 2.0 ** -53, 2.0 ** -80,
@@ -89,3 +93,36 @@ def test_merge_history_is_the_history_macro(entries, refreshed):
     assert weights.tolist() == [math.fsum(want[i][0]) for i in sorted(want)]
     assert codes.tolist() == [want[i][1][2] for i in sorted(want)]
     assert ts.tolist() == [want[i][1][0] for i in sorted(want)]
+
+
+def test_warm_up_compiles_the_signatures_serving_calls(tmp_path):
+    """warm_up must load exactly the specializations rtsql.serving uses, else the first
+    request (or a refresh's user_recommendations) compiles another one. In a fresh process:
+    after warm_up, real calls add no signature."""
+    script = f"""
+import rtsql
+from pathlib import Path
+from rtsql import catalog, ingest, refresh, scoring
+from rtsql.serving import ServingState
+scoring.warm_up()
+before = [len(f.signatures) for f in (scoring.score_user, scoring.score_users,
+                                      scoring.merge_history)]
+con = rtsql.connect({str(tmp_path / 'w.duckdb')!r})
+files = sorted(Path({str(SAMPLE)!r}).joinpath('events').iterdir())
+ingest.ingest(con, files[:2])
+catalog.load_items(con, Path({str(SAMPLE)!r}) / 'items.csv')
+refresh.refresh(con)
+ingest.ingest(con, files[2:])
+state = ServingState.load(con)
+state.recommend_all(5, 'hybrid', 2)
+state.recommend_all(5, 'trending', 1)
+for user in list(state.user_keys)[:20] + ['nobody']:
+    state.recommend(user, 5)
+state.recommend_for_items(['sku-1', 'sku-2'], 3)
+after = [len(f.signatures) for f in (scoring.score_user, scoring.score_users,
+                                     scoring.merge_history)]
+print(before, after)
+assert before == after == [1, 1, 1], (before, after)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
