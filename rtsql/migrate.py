@@ -110,8 +110,9 @@ def apply(con) -> list[MigrationStatus]:
 
 
 def install_definitions(con) -> int:
-    """(Re)create every view and macro under sql/, in file order. Returns how many."""
-    objs = resources.sql_objects("views") + resources.sql_objects("macros")
+    """(Re)create every macro and view under sql/, in file order (macros first: a view may
+    call one). Returns how many."""
+    objs = resources.sql_objects("macros") + resources.sql_objects("views")
     for obj in objs:
         con.execute(render(obj.sql))
     return len(objs)
