@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import sys
 import time
@@ -152,4 +153,6 @@ if __name__ == "__main__":
         uvloop.install()
     except ImportError:
         pass
-    print(json.dumps(asyncio.run(main(int(sys.argv[1]), json.loads(sys.stdin.read())))))
+    result = json.dumps(asyncio.run(main(int(sys.argv[1]), json.loads(sys.stdin.read()))))
+    os.set_blocking(sys.stdout.fileno(), True)  # the event loop may have left it non-blocking
+    print(result)
