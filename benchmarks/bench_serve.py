@@ -82,7 +82,7 @@ def macro_and_scorer(db: str, users: list[str]) -> tuple[list[float], list[float
     """Seconds per recommend(user, 10): the SQL macro, then the in-memory scorer; and the
     scorer's load time."""
     import rtsql
-    from rtsql import recommend
+    from rtsql import recommend, scoring
     from rtsql.serving import ServingState
 
     con = rtsql.connect(db)
@@ -94,7 +94,7 @@ def macro_and_scorer(db: str, users: list[str]) -> tuple[list[float], list[float
     start = time.perf_counter()
     state = ServingState.load(con)
     loaded = time.perf_counter() - start
-    state.warm_up()  # as serve does before its first request
+    scoring.warm_up()  # as serve does before its first request
     scorer = []
     for user in users:
         start = time.perf_counter()

@@ -16,7 +16,7 @@ import click
 from . import catalog, db, output, settings
 from . import ingest as ingest_mod
 from .errors import RtsqlError
-from .recommend import MAX_K, STRATEGIES
+from .recommend import DEFAULT_K, DEFAULT_STRATEGY, MAX_K, STRATEGIES
 
 FORMAT_OPTION = click.option(
     "--format", "fmt", type=click.Choice(output.FORMATS), default="table", show_default=True,
@@ -579,9 +579,9 @@ def spark_job_cmd(state: State, config_path, export, event_uris, maps, event_typ
 
 @main.command()
 @click.argument("user_id")
-@click.option("-k", default=10, show_default=True, type=click.IntRange(1, MAX_K), help="How many items.")
+@click.option("-k", default=DEFAULT_K, show_default=True, type=click.IntRange(1, MAX_K), help="How many items.")
 @click.option("--strategy", type=click.Choice(STRATEGIES),
-              default="hybrid", show_default=True)
+              default=DEFAULT_STRATEGY, show_default=True)
 @click.option("--exclude", multiple=True, help="Item id to leave out (repeatable).")
 @click.option("--category", help="Only items of this catalog category.")
 @click.option("--variant", help="A/B variant's settings: a name, or 'auto' for the user's own.")
@@ -604,7 +604,7 @@ def recommend(state: State, user_id, k, strategy, exclude, category, variant, fm
 
 @main.command()
 @click.argument("item_id")
-@click.option("-k", default=10, show_default=True, type=click.IntRange(1, MAX_K), help="How many items.")
+@click.option("-k", default=DEFAULT_K, show_default=True, type=click.IntRange(1, MAX_K), help="How many items.")
 @click.option("--by", type=click.Choice(["cf", "content"]), default="cf", show_default=True,
               help="cf: people who interacted with it also did; content: catalog similarity.")
 @FORMAT_OPTION
@@ -624,7 +624,7 @@ def similar(state: State, item_id, k, by, fmt):
 
 @main.command("similar-users")
 @click.argument("user_id")
-@click.option("-k", default=10, show_default=True, type=click.IntRange(1, MAX_K), help="How many users.")
+@click.option("-k", default=DEFAULT_K, show_default=True, type=click.IntRange(1, MAX_K), help="How many users.")
 @FORMAT_OPTION
 @click.pass_obj
 def similar_users(state: State, user_id, k, fmt):
@@ -641,7 +641,7 @@ def similar_users(state: State, user_id, k, fmt):
 
 
 @main.command("trending")
-@click.option("-k", default=10, show_default=True, type=click.IntRange(1, MAX_K), help="How many items.")
+@click.option("-k", default=DEFAULT_K, show_default=True, type=click.IntRange(1, MAX_K), help="How many items.")
 @FORMAT_OPTION
 @click.pass_obj
 def trending_cmd(state: State, k, fmt):
@@ -692,7 +692,7 @@ def _overrides(assignments) -> dict[str, str]:
 @main.command()
 @click.option("--protocol", type=click.Choice(["holdout", "prequential"]), default="holdout",
               show_default=True, help="EVAL.md protocol 1 (holdout) or 2 (prequential).")
-@click.option("-k", default=10, show_default=True, type=click.IntRange(1, MAX_K), help="List length.")
+@click.option("-k", default=DEFAULT_K, show_default=True, type=click.IntRange(1, MAX_K), help="List length.")
 @click.option("--strategy", "strategies", multiple=True,
               type=click.Choice(STRATEGIES),
               help="Strategies to score (repeatable; default hybrid).")
@@ -738,7 +738,7 @@ def evaluate(state: State, protocol, k, strategies, assignments, limit, engine, 
         source, _ = db.connect_for_reading(state.db_path)
     if protocol == "holdout":
         rows = []
-        for r in ev.holdout(source, k=k, strategies=strategies or ("hybrid",),
+        for r in ev.holdout(source, k=k, strategies=strategies or (DEFAULT_STRATEGY,),
                             overrides=overrides, engine=engine):
             m = r.metrics
             rows.append((r.strategy, m.users, round(m.precision, 4), round(m.recall, 4),
@@ -747,7 +747,7 @@ def evaluate(state: State, protocol, k, strategies, assignments, limit, engine, 
         _emit(["strategy", "users"] + ev.metric_names(k) + ["refresh s", "ms/user"], rows, fmt)
     else:
         rows = []
-        for strategy in strategies or ("hybrid",):
+        for strategy in strategies or (DEFAULT_STRATEGY,):
             res = ev.prequential(source, k=k, limit=limit, refresh_every=refresh_every,
                                  overrides=overrides, strategy=strategy, engine=engine)
             p50, p99 = ev.summarize_latencies(res.latencies)
@@ -761,7 +761,7 @@ def evaluate(state: State, protocol, k, strategies, assignments, limit, engine, 
 @click.option("--budget", default=8, show_default=True, help="Trials, the current settings first.")
 @click.option("--protocol", type=click.Choice(["holdout", "prequential"]), default="holdout",
               show_default=True)
-@click.option("-k", default=10, show_default=True, type=click.IntRange(1, MAX_K))
+@click.option("-k", default=DEFAULT_K, show_default=True, type=click.IntRange(1, MAX_K))
 @click.option("--limit", default=1000, show_default=True, type=click.IntRange(1, None),
               help="Prequential: events replayed per trial.")
 @click.option("--seed", default=0, show_default=True)

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import db, ingest, refresh, settings
+from .recommend import DEFAULT_K, DEFAULT_STRATEGY
 from .sqlutil import arrow_table, transaction
 
 # Events with string ids, each user's events ordered by (ts, item id; numerically when the ids
@@ -176,7 +177,7 @@ def recommend_all(con, users: list[str], k: int, strategy: str, engine: str = "m
     return out
 
 
-def holdout(source, *, k: int = 10, strategies=("hybrid",), overrides: dict | None = None,
+def holdout(source, *, k: int = DEFAULT_K, strategies=(DEFAULT_STRATEGY,), overrides: dict | None = None,
             engine: str = "memory") -> list[HoldoutResult]:
     """Protocol 1 on the events of ``source``; one full refresh, every strategy scored on it
     (``engine``: see recommend_all)."""
@@ -212,7 +213,7 @@ def holdout(source, *, k: int = 10, strategies=("hybrid",), overrides: dict | No
 
 
 def prequential(source, *, k: int = 10, limit: int | None = None, refresh_every: int = 100,
-                overrides: dict | None = None, strategy: str = "hybrid",
+                overrides: dict | None = None, strategy: str = DEFAULT_STRATEGY,
                 engine: str = "memory") -> PrequentialResult:
     """Protocol 2 on the events of ``source``; ``limit`` bounds the replayed events.
 

@@ -15,7 +15,8 @@ from .sqlutil import scalar
 # the CLI's --strategy all read it.
 BLENDED = {"item": ("weight_item_cf", "w_item"), "user": ("weight_user_cf", "w_user"),
            "content": ("weight_content", "w_content"), "trending": ("weight_trending", "w_trend")}
-STRATEGIES = ("hybrid", *BLENDED)
+DEFAULT_STRATEGY = "hybrid"  # the blend of every strategy
+STRATEGIES = (DEFAULT_STRATEGY, *BLENDED)
 
 
 def blend_weights(strategy: str, weight_of) -> dict[str, float]:
@@ -23,6 +24,7 @@ def blend_weights(strategy: str, weight_of) -> dict[str, float]:
     ``weight_of(setting)`` gives a weight setting's value."""
     return {column: float(weight_of(setting)) if strategy == "hybrid" else float(strategy == name)
             for name, (setting, column) in BLENDED.items()}
+DEFAULT_K = 10  # list length when a caller gives none (CLI, HTTP API, Python API)
 MAX_K = 1000  # the longest list the CLI and the HTTP API return
 # What explains a recommended row (its reason): the strategy that added the most, or the
 # backfill; the names are the macro's (rtsql_reason), the codes the compiled scorer's.
@@ -47,7 +49,7 @@ def _check_k(k: int) -> int:
     return k
 
 
-def check_request(k: int, strategy: str = "hybrid") -> None:
+def check_request(k: int, strategy: str = DEFAULT_STRATEGY) -> None:
     """The checks every recommend path makes (the macro's callers and the in-memory scorer)."""
     _check_k(k)
     if strategy not in STRATEGIES:
@@ -65,7 +67,7 @@ def check_variant(known, variant: str | None, allow_auto: bool = True) -> None:
                              + (", or auto" if allow_auto else ""))
 
 
-def recommend(con, user_id: str, k: int = 10, *, strategy: str = "hybrid",
+def recommend(con, user_id: str, k: int = DEFAULT_K, *, strategy: str = DEFAULT_STRATEGY,
               exclude: list[str] | None = None, category: str | None = None,
               variant: str | None = None) -> Rows:
     """Top-k items for a user with a reason each (unknown users get trending/popular items).
@@ -79,12 +81,12 @@ def recommend(con, user_id: str, k: int = 10, *, strategy: str = "hybrid",
                                                        variant])
 
 
-def recommend_for_items(con, item_ids: list[str], k: int = 10) -> Rows:
+def recommend_for_items(con, item_ids: list[str], k: int = DEFAULT_K) -> Rows:
     _check_k(k)
     return _rows(con, "select * from recommend_for_items(?, k := ?)", [list(item_ids), k])
 
 
-def similar_items(con, item_id: str, k: int = 10, by: str = "cf") -> Rows:
+def similar_items(con, item_id: str, k: int = DEFAULT_K, by: str = "cf") -> Rows:
     _check_k(k)
     if by not in ("cf", "content"):
         raise InvalidSetting("by must be 'cf' or 'content'")
@@ -93,13 +95,13 @@ def similar_items(con, item_id: str, k: int = 10, by: str = "cf") -> Rows:
     return _rows(con, "select * from similar_items(?, k := ?, method := ?)", [item_id, k, by])
 
 
-def similar_users(con, user_id: str, k: int = 10) -> Rows:
+def similar_users(con, user_id: str, k: int = DEFAULT_K) -> Rows:
     _check_k(k)
     if scalar(con, "select count(*) from users where user_id = ?", [user_id]) == 0:
         raise UnknownUser(f"no user {user_id!r} in the events")
     return _rows(con, "select * from similar_users(?, k := ?)", [user_id, k])
 
 
-def trending(con, k: int = 10) -> Rows:
+def trending(con, k: int = DEFAULT_K) -> Rows:
     _check_k(k)
     return _rows(con, "select * from trending(k := ?)", [k])

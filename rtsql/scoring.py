@@ -29,21 +29,19 @@ from numba import njit
 
 from .recommend import PART_CONTENT, PART_ITEM, PART_POPULAR, PART_TRENDING, PART_USER
 
-NO_KEY = -1  # "no because item" in the output
-
 _EPS = 2.0 ** -53
 # accumulator columns per candidate: the sum as hi + lo (TwoSum carries each addition's
 # rounding error into lo), and for item-cf and content the largest term with its history item
 _HI, _LO, _BEST, _BECAUSE = range(4)
 # marks per item
-_CANDIDATE, _IN_BLEND, _EXCLUDED, _HAS = 1, 2, 4, 16  # _HAS << strategy: it scored the item
+_CANDIDATE, _EXCLUDED, _HAS = 1, 4, 16  # _HAS << strategy: it scored the item
 _NOTHING = 2.0 ** 62  # "no history item" in the accumulators (above every key)
 
 
 class Scratch:
     """Per-thread work arrays sized to the catalog: an accumulator table per strategy (kept
     narrow: a call's cost is mostly the cache lines its candidates touch), marks per item
-    (_CANDIDATE, _IN_BLEND, _EXCLUDED, _HAS << strategy), the touched candidates, and room for
+    (_CANDIDATE, _EXCLUDED, _HAS << strategy), the touched candidates, and room for
     one sum's terms. A call resets only what it touched, so it costs its contributions, not
     the catalog, and one Scratch serves a thread's calls in sequence."""
 

@@ -25,7 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
 from .errors import InvalidSetting, RtsqlError, UnknownItem, UnknownUser
-from .recommend import MAX_K, STRATEGIES
+from .recommend import DEFAULT_K, DEFAULT_STRATEGY, MAX_K, STRATEGIES
 from .recommend import check_variant as _check_variant
 from .service import Service
 
@@ -159,17 +159,22 @@ def create_app(service: Service, *, token: str | None = None,
                 single[name] = value
             else:
                 return None
-        k = single.get("k", "10")
-        strategy = single.get("strategy", "hybrid")
+        k = single.get("k", str(DEFAULT_K))
+        strategy = single.get("strategy", DEFAULT_STRATEGY)
         if not _WHOLE.fullmatch(k) or int(k) > MAX_K or strategy not in STRATEGIES:
             return None
         try:
-            check_variant(single.get("variant"))
-            rows = service.state.recommend(user_id, int(k), exclude=exclude or None,
-                                           category=single.get("category"), strategy=strategy,
-                                           variant=single.get("variant"))
+            return recommend_body(user_id, int(k), single.get("category"), exclude or None,
+                                  strategy, single.get("variant"))
         except RtsqlError:
             return None
+
+    def recommend_body(user_id: str, k: int, category: str | None, exclude: list | None,
+                       strategy: str, variant: str | None) -> bytes:
+        """GET /recommend's JSON, for the route and the fast path alike."""
+        check_variant(variant)
+        rows = service.state.recommend(user_id, k, exclude=exclude, category=category,
+                                       strategy=strategy, variant=variant)
         return _dumps({"user_id": user_id, "items": _rows(rows)})
 
     app.add_middleware(Guard)
@@ -198,20 +203,19 @@ def create_app(service: Service, *, token: str | None = None,
 
     @app.get("/recommend/{user_id}", summary="Top-k items for a user, with reasons "
              "(recommend() in SQL)")
-    async def recommend(user_id: str, k: K = 10, category: str | None = None,
+    async def recommend(user_id: str, k: K = DEFAULT_K, category: str | None = None,
                         exclude: Ids = None,
-                        strategy: Strategy = Strategy.hybrid, variant: str | None = None):
-        check_variant(variant)
-        rows = service.state.recommend(user_id, k, exclude=exclude, category=category,
-                                       strategy=strategy.value, variant=variant)
-        return _json({"user_id": user_id, "items": _rows(rows)})
+                        strategy: Strategy = Strategy(DEFAULT_STRATEGY),
+                        variant: str | None = None):
+        return Response(recommend_body(user_id, k, category, exclude, strategy.value, variant),
+                        media_type="application/json")
 
     @app.get("/recommend-for-items", summary="Top-k items for a session or basket "
              "(recommend_for_items() in SQL)")
-    async def recommend_for_items(item: Annotated[list[str], Query(min_length=1)], k: K = 10,
+    async def recommend_for_items(item: Annotated[list[str], Query(min_length=1)], k: K = DEFAULT_K,
                                   category: str | None = None,
                                   exclude: Ids = None,
-                                  strategy: Strategy = Strategy.hybrid,
+                                  strategy: Strategy = Strategy(DEFAULT_STRATEGY),
                                   variant: str | None = None):
         check_variant(variant, allow_auto=False)
         rows = service.state.recommend_for_items(item, k, exclude=exclude, category=category,
@@ -219,16 +223,16 @@ def create_app(service: Service, *, token: str | None = None,
         return _json({"items": _rows(rows)})
 
     @app.get("/similar-items/{item_id}", summary="An item's neighbours (similar_items())")
-    async def similar_items(item_id: str, k: K = 10, by: Method = Method.cf):
+    async def similar_items(item_id: str, k: K = DEFAULT_K, by: Method = Method.cf):
         return _json({"item_id": item_id,
                       "items": _rows(service.state.similar_items(item_id, k, by.value))})
 
     @app.get("/similar-users/{user_id}", summary="A user's nearest users (similar_users())")
-    async def similar_users(user_id: str, k: K = 10):
+    async def similar_users(user_id: str, k: K = DEFAULT_K):
         return _json({"user_id": user_id, "users": _rows(service.state.similar_users(user_id, k))})
 
     @app.get("/trending", summary="Trending items (trending())")
-    async def trending(k: K = 10):
+    async def trending(k: K = DEFAULT_K):
         return _json({"items": _rows(service.state.trending(k))})
 
     async def read_body(request: Request) -> bytes | Response:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import db, feedback, privacy, settings, snapshot
+from . import db, feedback, privacy, scoring, settings, snapshot
 from . import ingest as ingest_mod
 from . import refresh as refresh_mod
 from . import tail as tail_mod
@@ -84,7 +84,7 @@ class Service:
             self.con = db.connect(self.db_path)
             self._loader = self.con.cursor()
             self.state = ServingState.load(self._loader)
-            self.state.warm_up()
+            scoring.warm_up()  # numba's machine code loaded before the first request
             _freeze()
             options = self.opt.tail
             options.publish = self.opt.publish or snapshot.default_path(self.db_path)

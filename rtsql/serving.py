@@ -32,8 +32,8 @@ import numpy as np
 
 from . import settings as settings_mod
 from .errors import InvalidSetting, ModelError, UnknownItem, UnknownUser
-from .recommend import (PART_CONTENT, PART_ITEM, PART_NAMES, PART_TRENDING, PART_USER, Rows,
-                        blend_weights, check_request)
+from .recommend import (DEFAULT_STRATEGY, PART_CONTENT, PART_ITEM, PART_NAMES, PART_TRENDING,
+                        PART_USER, Rows, blend_weights, check_request)
 from .sqlutil import arrow_table
 
 COLUMNS = ["rank", "item_id", "score", "reason"]
@@ -358,14 +358,6 @@ class ServingState:
             np.concatenate((ts, extra[:, 3].astype(np.int64))),
             np.concatenate((np.full(len(items), -1, np.int64), extra[:, 4].astype(np.int64)))))
 
-    def warm_up(self) -> None:
-        """Load the compiled scorer (rtsql.scoring) before the first request needs it: the
-        first call of each compiled function reads its machine code from numba's cache (or
-        compiles it, once per install), which a request must not wait for."""
-        from .scoring import warm_up
-
-        warm_up()
-
     def basket(self, item_ids: list[str]) -> History:
         """``recommend_for_items``: the known items, weight 1, type 'basket', one time."""
         keys = sorted({self.item_keys[i] for i in item_ids if i in self.item_keys})
@@ -399,7 +391,7 @@ class ServingState:
     # ------------------------------------------------------------------ routes
 
     def recommend(self, user_id: str, k: int = 10, *, exclude: list[str] | None = None,
-                  category: str | None = None, strategy: str = "hybrid",
+                  category: str | None = None, strategy: str = DEFAULT_STRATEGY,
                   variant: str | None = None) -> Rows:
         check_request(k, strategy)
         if variant == "auto":
@@ -410,7 +402,7 @@ class ServingState:
 
     def recommend_for_items(self, item_ids: list[str], k: int = 10, *,
                             exclude: list[str] | None = None, category: str | None = None,
-                            strategy: str = "hybrid", variant: str | None = None) -> Rows:
+                            strategy: str = DEFAULT_STRATEGY, variant: str | None = None) -> Rows:
         check_request(k, strategy)
         return self._recommend(None, self.basket(item_ids), k, exclude, category,
                                self.config(strategy, variant))
@@ -600,11 +592,8 @@ def _query_weights(hist: History, cfg: Config) -> np.ndarray:
     (by time, then key, descending), times 2^-(age / recency half-life) when query-time
     recency is on (age against the newest of them); NaN marks the entries that are not in h
     (they only count as seen)."""
-    keep = hist.weights > 0
-    if 0 < cfg.max_history < len(hist.items):
-        recent = np.zeros(len(hist.items), bool)
-        recent[np.lexsort((-hist.items, -hist.ts_us))[:cfg.max_history]] = True
-        keep &= recent
+    keep = _capped(np.array([0, len(hist.items)], np.int64), hist.items, hist.weights,
+                   hist.ts_us, cfg.max_history)  # the history as a one-row matrix
     return _recency(np.where(keep, hist.weights, np.nan), keep, hist.ts_us,
                     np.zeros(len(keep), np.int64), 1, cfg)
 
