@@ -40,6 +40,8 @@ VARIANTS = {
     "rp3a75b25k100": {"similarity": "rp3beta", "rp3_alpha": "0.75", "rp3_beta": "0.25",
                       "neighbors": "100"},
     "rp3b25k100": {"similarity": "rp3beta", "rp3_beta": "0.25", "neighbors": "100"},
+    "ease": {"similarity": "ease"},
+    "ease1000": {"similarity": "ease", "ease_lambda": "1000"},
     "binary": {"_binary": True},
 }
 

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
-from . import similarity
+from . import measures
 from .sqlutil import arrow_column, registered
 
 GROUP_WEIGHTS = {"category": 1.0, "tag": 1.0, "term": 0.5, "numeric": 0.5, "embedding": 1.0}
@@ -70,14 +70,14 @@ def feature_matrix(con, embedding_weight: float = 1.0) -> sp.csr_matrix:
                          shape=(n_items, n_features))
 
 
-def refresh(con, measure: similarity.Measure, progress=None) -> int:
+def refresh(con, measure: measures.Measure, progress=None) -> int:
     """Recompute content_neighbors from the catalog with ``measure`` (the refresh passes the
     top-K and the engine's memory and threads); returns the number of items with lists."""
     con.execute("delete from content_neighbors")
     matrix = feature_matrix(con)
     if matrix.nnz == 0:
         return 0
-    lists = similarity.full(matrix, measure, progress)
+    lists = measures.full(matrix, measure, progress)
     with registered(con, "_rtsql_lists", {
             "item_key": arrow_column(lists.row, pa.int32()),
             "neighbor_key": arrow_column(lists.nb, pa.int32()),

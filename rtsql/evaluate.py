@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from . import db, ingest, refresh, settings
 from .recommend import DEFAULT_K, DEFAULT_STRATEGY
+from .measures import MODELS as MEASURES
 from .sqlutil import arrow_table, transaction
 
 # Events with string ids, each user's events ordered by (ts, item id; numerically when the ids
@@ -328,7 +329,8 @@ def metric_names(k: int) -> list[str]:
 
 SEARCH_SPACE = {
     "neighbors": ["20", "50", "100"],
-    "similarity": ["cosine", "tfidf", "rp3beta"],
+    "similarity": list(MEASURES),
+    "ease_lambda": ["300", "1000"],
     "rp3_alpha": ["0.6", "1"],
     "rp3_beta": ["0.3", "0.5"],
     "shrinkage": ["0", "5"],

@@ -6,7 +6,7 @@ bookkeeping in ``model_state``.
 
 The incremental path follows docs/design.md ("Exactness of the incremental refresh"): the events after the watermark change
 some users' rows of the interaction matrix; the items (and users) whose capped weights changed are
-the change set; similarity.incremental updates exactly the lists that can move. Forward decay
+the change set; measures.incremental updates exactly the lists that can move. Forward decay
 (weight * exp(lambda * (t - t0)) with the landmark t0 fixed at the last full refresh) means old
 weights never need rewriting. A refresh commits in one transaction, so readers see the old or
 the new state, never a mix.
@@ -22,7 +22,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
-from . import content, settings, similarity
+from . import content, measures, settings
 from .errors import DatabaseLocked, ExternalModel, InputPathError, UnknownUser
 from .sqlutil import (
     arrow_column,
@@ -87,13 +87,14 @@ class RefreshResult:
     changed_items: int = 0
     recomputed_rows: int = 0
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)  # what the user should know of this refresh
 
     def summary(self) -> str:
         if self.mode == "none":
             return f"refresh: up to date (no new events), {self.seconds:.2f}s"
         return (f"refresh {self.mode}: {self.new_events} events, {self.changed_users} users and "
                 f"{self.changed_items} items changed, {self.recomputed_rows} lists recomputed, "
-                f"{self.seconds:.2f}s")
+                f"{self.seconds:.2f}s" + "".join(f"\n  note: {n}" for n in self.notes))
 
 
 # --------------------------------------------------------------------------- state
@@ -165,15 +166,17 @@ def engine_options(values: dict) -> dict:
     return {"block_cells": max((values["refresh_block_mb"] << 20) // 24, 1), "threads": threads}
 
 
-def _measure(values: dict, kind: str = "cosine", idf_n: float = 0.0) -> similarity.Measure:
-    return similarity.Measure(k=values["neighbors"], shrinkage=values["shrinkage"],
+def _measure(values: dict, kind: str = "cosine", idf_n: float = 0.0) -> measures.Measure:
+    return measures.Measure(k=values["neighbors"], shrinkage=values["shrinkage"],
                               min_support=values["min_support"], kind=kind, idf_n=idf_n,
                               alpha=values["rp3_alpha"], beta=values["rp3_beta"],
+                              ease_lambda=values["ease_lambda"],
+                              ease_max_rows=values["ease_max_items"],
                               buffer_length=math.ceil(values["list_buffer"] * values["neighbors"]),
                               **engine_options(values))
 
 
-def _item_measure(values: dict, idf_n: float) -> similarity.Measure:
+def _item_measure(values: dict, idf_n: float) -> measures.Measure:
     """Item-item uses the configured measure; user-user is always cosine."""
     return _measure(values, values["similarity"], idf_n)
 
@@ -182,14 +185,14 @@ def _item_measure(values: dict, idf_n: float) -> similarity.Measure:
 SERVED_LISTS = {"item_neighbors": "item_neighbor_lists"}
 
 
-def _write_lists(con, table: str, key: str, lists: similarity.Neighbors, served: int) -> None:
+def _write_lists(con, table: str, key: str, lists: measures.Neighbors, served: int) -> None:
     """Append lists (and their served ranks, <= K, to the table's keyed copy if it has one)."""
     _insert_entries(con, table, key, lists)
     if table in SERVED_LISTS:
         _write_served_lists(con, SERVED_LISTS[table], lists.where(lists.rank <= served))
 
 
-def _insert_entries(con, table: str, key: str, lists: similarity.Neighbors) -> None:
+def _insert_entries(con, table: str, key: str, lists: measures.Neighbors) -> None:
     """Append entries; each carries its row's ``complete`` flag."""
     is_complete = np.zeros(int(max(lists.row.max(initial=-1), lists.complete_rows.max(initial=-1)))
                            + 1, bool)
@@ -203,7 +206,7 @@ def _insert_entries(con, table: str, key: str, lists: similarity.Neighbors) -> N
         con.execute(f"insert into {table} select * from _rtsql_lists")
 
 
-def _write_served_lists(con, table: str, lists: similarity.Neighbors) -> None:
+def _write_served_lists(con, table: str, lists: measures.Neighbors) -> None:
     """Each row's served entries as arrays (the entries of a row are contiguous and in rank
     order); the keyed table's columns are (key, neighbor_keys, scores)."""
     starts = np.flatnonzero(np.r_[True, lists.row[1:] != lists.row[:-1]]) if len(lists.row) \
@@ -228,11 +231,12 @@ def _full(con, values: dict, progress: Progress | None) -> RefreshResult:
                 "order by user_key, item_key", {"lambda": lam, "t0": t0, "after": -1})
     x = _capped_matrix(con, values["max_history"])
     idf_n = float(np.count_nonzero(np.diff(x.indptr)))  # users with history, frozen until next full
-    items = similarity.full(x.T.tocsr(), _item_measure(values, idf_n),
-                            _stage(progress, "items"))
+    notes: list[str] = []
+    items = measures.full(x.T.tocsr(), _item_measure(values, idf_n),
+                            _stage(progress, "items"), notes.append)
     # user-user is computed on a worker thread while DuckDB writes the item lists
     with ThreadPoolExecutor(1) as worker:
-        users = worker.submit(similarity.full, x, _measure(values), _stage(progress, "users")) \
+        users = worker.submit(measures.full, x, _measure(values), _stage(progress, "users")) \
             if values["user_cf"] else None
         recreate_empty(con, "item_neighbors")
         recreate_empty(con, "item_neighbor_lists")
@@ -249,7 +253,8 @@ def _full(con, values: dict, progress: Progress | None) -> RefreshResult:
                t0=t0, decay_rate=lam, idf_n=idf_n, model_config=_model_config(con, values),
                catalog_version=_catalog_version(con), full_refresh_at=time.time())
     return RefreshResult("full", scalar(con, "select count(*) from events"),
-                         scalar(con, "select count(*) from users"), x.shape[1], recomputed)
+                         scalar(con, "select count(*) from users"), x.shape[1], recomputed,
+                         notes=notes)
 
 
 def _load_full(con, values: dict, folder: Path, progress: Progress | None) -> RefreshResult:
@@ -380,7 +385,7 @@ def _changes(old: dict, new: dict, n_items: int) -> tuple[np.ndarray, np.ndarray
 
 
 def _stored(con, table: str, key: str, changed: np.ndarray
-            ) -> tuple[similarity.StoredLists, dict[str, np.ndarray]]:
+            ) -> tuple[measures.StoredLists, dict[str, np.ndarray]]:
     """The per-row summary the incremental update needs, and the stored entries pointing at
     changed rows (row, rank and rowid, which stays valid until this transaction deletes)."""
     last = con.execute(f"""
@@ -399,11 +404,11 @@ def _stored(con, table: str, key: str, changed: np.ndarray
         pointing = con.execute(f"select {key} as row, rank, rowid as id from {table} t "
                                "semi join _rtsql_changed c on t.neighbor_key = c.k").fetchnumpy()
     pointing = {name: values.astype(np.int64) for name, values in pointing.items()}
-    return similarity.StoredLists(kth_score, kth_nb, count, pointing["row"]), pointing
+    return measures.StoredLists(kth_score, kth_nb, count, pointing["row"]), pointing
 
 
 def _apply_incremental(con, table: str, key: str, matrix: sp.csr_matrix, changed: np.ndarray,
-                       measure: similarity.Measure) -> int:
+                       measure: measures.Measure) -> int:
     """Update one neighbour table after ``changed`` rows of ``matrix`` changed.
 
     Replaced rows (changed or recomputed) are rewritten whole. A merged row keeps the stored
@@ -415,7 +420,7 @@ def _apply_incremental(con, table: str, key: str, matrix: sp.csr_matrix, changed
     if not len(changed):
         return 0
     stored, pointing = _stored(con, table, key, changed)
-    result = similarity.incremental(matrix, changed, stored, measure)
+    result = measures.incremental(matrix, changed, stored, measure)
     with registered(con, "_rtsql_merge", keys_column(result.merge_rows)), \
             registered(con, "_rtsql_changed", keys_column(changed)):
         kept = con.execute(f"""select t.{key} as row, t.neighbor_key as nb, t.score, t.rank,
@@ -424,7 +429,7 @@ def _apply_incremental(con, table: str, key: str, matrix: sp.csr_matrix, changed
                                anti join _rtsql_changed c on t.neighbor_key = c.k
                                order by t.{key}, t.rank""").fetchnumpy()
     truncated = np.flatnonzero(np.isfinite(stored.kth_score))
-    merged, kept_stays, merged_stays = similarity.merge_lists(
+    merged, kept_stays, merged_stays = measures.merge_lists(
         kept, result.candidates, result.merge_rows, truncated, measure.list_length)
     # a row whose `complete` flag flips is rewritten whole (every entry carries the flag)
     rows = result.merge_rows
@@ -438,7 +443,7 @@ def _apply_incremental(con, table: str, key: str, matrix: sp.csr_matrix, changed
     gone_row = np.r_[kept["row"][moved], pointing["row"][keep_pointing]].astype(np.int64)
     gone_id = np.r_[kept["id"][moved], pointing["id"][keep_pointing]].astype(np.int64)
     gone_rank = np.r_[kept["rank"][moved], pointing["rank"][keep_pointing]]
-    new = similarity.Neighbors.concat([merged.where(~merged_stays | is_flipped[merged.row]),
+    new = measures.Neighbors.concat([merged.where(~merged_stays | is_flipped[merged.row]),
                                        result.lists])
 
     with registered(con, "_rtsql_gone", {"id": arrow_column(gone_id, pa.int64())}):
@@ -451,7 +456,7 @@ def _apply_incremental(con, table: str, key: str, matrix: sp.csr_matrix, changed
         served = np.unique(np.r_[rewrite, new.row[new.rank <= measure.k],
                                  gone_row[gone_rank <= measure.k]]).astype(np.int64)
         _delete_rows(con, SERVED_LISTS[table], key, served)
-        _write_served_lists(con, SERVED_LISTS[table], similarity.Neighbors.concat([
+        _write_served_lists(con, SERVED_LISTS[table], measures.Neighbors.concat([
             merged.where(_flags(served, n)[merged.row] & (merged.rank <= measure.k)),
             result.lists.where(result.lists.rank <= measure.k)]))
     return len(result.replace_rows)
@@ -569,7 +574,7 @@ def _refresh_content_if_changed(con, values: dict, state: dict) -> None:
 
 
 def _refresh_content(con, values: dict, progress: Progress | None) -> None:
-    content.refresh(con, similarity.Measure(k=values["neighbors"], **engine_options(values)),
+    content.refresh(con, measures.Measure(k=values["neighbors"], **engine_options(values)),
                     _stage(progress, "content"))
 
 
@@ -593,9 +598,10 @@ def refresh(con, *, full: bool = False, progress: Progress | None = None,
         # a full refresh that saw no events fixed no decay landmark worth keeping (t0 = 0
         # would overflow every later event's forward-decayed weight): the next one is full too
         never = state.get("watermark", "0") == "0" and state.get("external_events") != "true"
-        # an asymmetric measure (rp3beta) has no exact incremental update: new events mean a
-        # full refresh, and the result says so (mode "full")
-        rebuild = not _item_measure(values, 0.0).symmetric and _has_new_events(con, state)
+        # a measure without an exact incremental update (rp3beta, ease): new events mean a
+        # full refresh, and the result says so (mode "full", and a note)
+        rebuild = not measures.MODELS[values["similarity"]].incremental \
+            and _has_new_events(con, state)
         needs_full = (full or never or rebuild
                       or state.get("model_config") != _model_config(con, values)
                       or _landmark_too_old(con, state))
@@ -616,6 +622,10 @@ def refresh(con, *, full: bool = False, progress: Progress | None = None,
                 con.execute("delete from external_recent_events")
                 con.execute("delete from model_state where name = 'external_events'")
             result = _full(con, values, progress) if needs_full else _incremental(con, values, state)
+            if rebuild and not full:
+                result.notes.append(
+                    f"similarity {values['similarity']} has no exact incremental update: the "
+                    "new events made this a full refresh (cosine and tfidf update incrementally)")
             _materialize_if_on(con, values, result, progress)
     result.seconds = time.perf_counter() - start
     return result

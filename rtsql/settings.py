@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from .errors import InvalidSetting, UnknownSetting
 from .recommend import STRATEGIES
+from .measures import MODELS as MEASURES
 
 
 @dataclass(frozen=True)
@@ -105,13 +106,22 @@ SETTINGS: dict[str, Setting] = {
                 "Item-item measure: cosine; tfidf (implicit's TF-IDF weighting; its user count "
                 "is frozen at the last full refresh); or rp3beta (a random walk item -> user -> "
                 "item, damped by popularity: rp3_alpha, rp3_beta; not incremental: every "
-                "refresh with new events rebuilds the lists in full).",
-                choices=("cosine", "tfidf", "rp3beta")),
+                "refresh with new events rebuilds the lists in full); or ease (Steck's closed-form "
+                "item-item regression, dense: ease_lambda, ease_max_items; not incremental "
+                "either).",
+                choices=tuple(MEASURES)),
         Setting("rp3_alpha", float, 1.0,
                 "rp3beta: transition probabilities are raised to this power.", _positive),
         Setting("rp3_beta", float, 0.5,
                 "rp3beta: a neighbour's score is divided by its popularity to this power.",
                 _non_negative),
+        Setting("ease_lambda", float, 300.0,
+                "ease: L2 regularization of the closed form (larger: closer to popularity).",
+                _positive),
+        Setting("ease_max_items", int, 15_000,
+                "ease: at most this many items (the most popular) enter the dense n x n "
+                "inverse: about 16 n^2 bytes of memory and n^3 multiply-adds per refresh; the "
+                "others get no item-item list.", _positive),
         Setting("shrinkage", float, 0.0,
                 "Cosine is multiplied by support / (support + shrinkage): damps neighbours that "
                 "share few users.",
@@ -214,7 +224,8 @@ def parse(name: str, text: str) -> Any:
 
 SERVING_SETTINGS = ("weight_item_cf", "weight_user_cf", "weight_content", "weight_trending",
                     "exclude_seen", "recency_half_life_days")
-MODEL_SETTINGS = ("neighbors", "similarity", "rp3_alpha", "rp3_beta", "shrinkage", "min_support",
+MODEL_SETTINGS = ("neighbors", "similarity", "rp3_alpha", "rp3_beta", "ease_lambda",
+                  "ease_max_items", "shrinkage", "min_support",
                   "max_history", "half_life_days",
                   "user_cf", "list_buffer")
 

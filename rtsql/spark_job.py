@@ -13,7 +13,7 @@ describes the layouts in and out.
 
 Everything runs as DataFrame operations: no Python UDFs, and nothing large is collected to the
 driver (a few scalars: the newest event time, the user count). Each step repeats the local
-engine's floating-point operations in the same order (rtsql/refresh.py, rtsql/similarity.py):
+engine's floating-point operations in the same order (rtsql/refresh.py, rtsql/measures/engine.py):
 the event weight ``type weight * value * exp(max(rate * (epoch(ts) - t0), -200))``, per-pair dot
 products of raw weights scaled afterwards, ``dot * (1/|a|) * (1/|b|)``, then the shrinkage
 factor. Where the sums are exact (weights that are multiples of a power of two: event-type

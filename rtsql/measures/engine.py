@@ -1,6 +1,6 @@
-"""Top-K cosine neighbours over the rows of a sparse matrix: full and exact-incremental.
+"""The blocked sparse engine: top-K lists of a matrix's rows, full and exact-incremental.
 
-One engine serves item-item (rows = items, features = users), user-user (rows = users,
+A measure (cosine.py, rp3beta.py) weights the matrix; this engine multiplies it. One engine serves item-item (rows = items, features = users), user-user (rows = users,
 features = items) and content (rows = items, features = catalog terms). Rows are processed in
 blocks sized by their multiply-adds, so only about ``block_cells`` similarities per thread are in
 memory at once; a block is a sparse product (scipy's C code), and its rows' top-K is found by a
@@ -8,7 +8,8 @@ per-row partition and sort of padded 2-D arrays (numpy's C code). Both release t
 run on ``threads`` threads. Cost grows with the multiply-adds, sum over features of
 (rows having the feature)^2, and with the entries the products produce, not with n^2.
 
-Similarity of rows a and b (docs/design.md, "Exactness of the incremental refresh"):
+Similarity of rows a and b (docs/design.md, "Exactness of the incremental refresh"), for
+cosine (scale = 1 / |row|; other measures weight left, right and scale otherwise):
     sim(a, b) = dot(a, b) * (1 / |a|) * (1 / |b|) * support / (support + shrinkage)
 (in that order of floating-point operations, which the Spark job repeats)
 kept when sim > 0 and support >= min_support, where support is the number of features both rows
@@ -27,40 +28,7 @@ from typing import Callable
 import numpy as np
 import scipy.sparse as sp
 
-Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class Measure:
-    """``cosine``: dot / (|a| |b|). ``tfidf`` (as implicit's TFIDFRecommender): dot of the
-    square-rooted weights times idf(a) * idf(b), idf(r) = ln(idf_n) - ln(1 + features of r),
-    which damps rows present everywhere; ``idf_n`` is frozen at the last full refresh so that
-    incremental refresh stays exact. ``rp3beta`` (Paudel et al. 2017, as in Dacrema et al.'s
-    baselines): a two-step random walk row -> feature -> row, the sum over shared features f
-    of (1 / features of a)^alpha * (w(f, b) / total weight of f)^alpha, divided by
-    (features of b)^beta, which damps popular rows. It is asymmetric, so its lists are rebuilt
-    by full refreshes only (``symmetric``)."""
-
-    k: int = 50
-    shrinkage: float = 0.0
-    min_support: int = 1
-    block_cells: int = 1 << 24  # similarity entries held at once per thread
-    threads: int = 1  # blocks computed in parallel
-    kind: str = "cosine"
-    idf_n: float = 0.0
-    alpha: float = 1.0  # rp3beta: transition probabilities raised to alpha
-    beta: float = 0.5  # rp3beta: a neighbour's score divided by its popularity^beta
-    buffer_length: int = 0  # entries kept per row (>= k; 0: k): a buffer that refills lists
-
-    @property
-    def symmetric(self) -> bool:
-        """sim(a, b) == sim(b, a): what the exact incremental update relies on."""
-        return self.kind != "rp3beta"
-
-    @property
-    def list_length(self) -> int:
-        """The entries a row's list holds: max(buffer_length, k)."""
-        return max(self.buffer_length, self.k)
+from .base import Measure, Progress, Weights
 
 
 @dataclass
@@ -118,57 +86,26 @@ class Block:
 
 
 class RowSimilarity:
-    """Similarities of chosen rows of ``matrix`` (entities x features, CSR) against all rows."""
+    """Similarities of chosen rows of ``m`` (entities x features, CSR, cleaned by
+    rtsql.measures.rows_matrix) against all rows, as ``weights`` define them."""
 
-    def __init__(self, matrix: sp.csr_matrix, measure: Measure):
-        self.m = matrix.tocsr().astype(np.float64)
-        self.m.sum_duplicates()
-        self.m.eliminate_zeros()
-        self.measure = measure
-        if measure.kind == "rp3beta":
-            self._rp3beta(measure)
-        elif measure.kind == "tfidf":
-            self.m.data = np.sqrt(self.m.data)
-            present = np.diff(self.m.indptr)
-            idf = np.log(max(measure.idf_n, 1.0)) - np.log1p(present)
-            self.scale = np.where(present > 0, np.maximum(idf, 0.0), 0.0)
-            self.norms = present.astype(np.float64)  # non-zero marks a non-empty row
-        else:
-            self.norms = np.sqrt(np.asarray(self.m.multiply(self.m).sum(axis=1)).ravel())
-            with np.errstate(divide="ignore"):
-                self.scale = np.where(self.norms > 0, 1.0 / self.norms, 0.0)
+    def __init__(self, m: sp.csr_matrix, weights: Weights, measure: Measure):
         # the products are of the raw weights, scaled afterwards (dot * scale_a * scale_b):
         # weights that are multiples of a power of two (event-type weights, ratings, no decay)
         # then give exact dot products in any order of summation, so every engine (this one,
         # the Spark job) computes the same bits and exact ties stay ties
-        if measure.kind != "rp3beta":
-            self.mt = self.m.T.tocsr()
+        self.m, self.mt, self.scale = weights.left, weights.right, weights.scale
+        self.present = np.diff(m.indptr) > 0
+        self.measure = measure
         self.needs_support = measure.min_support > 1 or measure.shrinkage > 0
         if self.needs_support:
-            binary = self.m.copy()
+            binary = m.copy()
             binary.data[:] = 1.0
             self.binary, self.binary_t = binary, binary.T.tocsr()
         # the entries a row's product can produce (its multiply-adds, at most n): sizes blocks
         per_feature = np.diff(self.mt.indptr).astype(np.float64)
         row_of = np.repeat(np.arange(self.n), np.diff(self.m.indptr))
         self.cost = np.minimum(np.bincount(row_of, per_feature[self.m.indices], self.n), self.n)
-
-    def _rp3beta(self, measure: Measure) -> None:
-        """Left: P(row -> feature) = 1 / (features of the row), to the alpha; right:
-        P(feature -> row) = w / (the feature's total weight), to the alpha, times
-        (rows' popularity: features having it)^-beta. The product is the score itself."""
-        present = np.diff(self.m.indptr)
-        self.norms = present.astype(np.float64)
-        self.scale = np.ones(self.m.shape[0])
-        left = self.m.copy()
-        left.data = np.repeat(np.where(present > 0, 1.0 / np.maximum(present, 1), 0.0),
-                              present) ** measure.alpha
-        right = self.m.T.tocsr()
-        totals = np.asarray(right.sum(axis=1)).ravel()
-        right.data = (right.data / np.repeat(totals, np.diff(right.indptr))) ** measure.alpha
-        popularity = np.maximum(present, 1).astype(np.float64) ** measure.beta
-        right.data /= popularity[right.indices]
-        self.m, self.mt = left, right
 
     @property
     def n(self) -> int:
@@ -299,11 +236,11 @@ def _ordered(index: np.ndarray, sims: np.ndarray, keep: np.ndarray, nb: np.ndarr
             np.minimum(kept, limit))
 
 
-def full(matrix: sp.csr_matrix, measure: Measure, progress: Progress | None = None
-         ) -> Neighbors:
+def full(m: sp.csr_matrix, weights: Weights, measure: Measure,
+         progress: Progress | None = None) -> Neighbors:
     """Top-K lists of every non-empty row."""
-    sim = RowSimilarity(matrix, measure)
-    rows = np.flatnonzero(sim.norms > 0)
+    sim = RowSimilarity(m, weights, measure)
+    rows = np.flatnonzero(sim.present)
     return _lists_for(sim, rows, progress)
 
 
@@ -333,7 +270,7 @@ class IncrementalResult:
     merge_rows: np.ndarray  # entities j whose new list = top-L(stored minus changed, candidates)
 
 
-def incremental(matrix: sp.csr_matrix, changed: np.ndarray, stored: StoredLists,
+def incremental(m: sp.csr_matrix, weights: Weights, changed: np.ndarray, stored: StoredLists,
                 measure: Measure) -> IncrementalResult:
     """Exact update after the rows ``changed`` of ``matrix`` changed (docs/design.md).
 
@@ -345,7 +282,7 @@ def incremental(matrix: sp.csr_matrix, changed: np.ndarray, stored: StoredLists,
     is exact for as many entries as it keeps, so the row is recomputed from the matrix only when
     fewer than k would remain.
     """
-    sim = RowSimilarity(matrix, measure)
+    sim = RowSimilarity(m, weights, measure)
     changed = np.unique(changed[changed < sim.n])
     kth_score = _pad(stored.kth_score, sim.n, -np.inf)
     kth_nb = _pad(stored.kth_nb, sim.n, np.iinfo(np.int64).max)
@@ -453,10 +390,3 @@ def _pad(values: np.ndarray, n: int, fill) -> np.ndarray:
 
 def _clip(keys: np.ndarray, n: int) -> np.ndarray:
     return np.minimum(keys, n - 1) if n else keys
-
-
-def cosine(a, b) -> float:
-    """Plain cosine of two dense vectors (0 for a zero vector); the worked-example helper."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    denom = np.linalg.norm(a) * np.linalg.norm(b)
-    return float(a @ b / denom) if denom else 0.0

@@ -3,7 +3,8 @@ import pytest
 import scipy.sparse as sp
 from hypothesis import given, settings, strategies as st
 
-from rtsql import similarity
+from rtsql import measures
+from rtsql.measures import engine
 
 from helpers import assert_same_lists, brute_force_topk, lists_from_rows
 
@@ -12,16 +13,16 @@ def test_worked_examples_from_the_article():
     # users A and B over four items; the article prints 23 and 0.857, the right sum is 30
     a, b = [4, 3, 0, 5], [5, 0, 4, 2]
     assert np.dot(a, b) == 30
-    assert similarity.cosine(a, b) == pytest.approx(30 / (np.sqrt(50) * np.sqrt(45)))
-    assert round(similarity.cosine(a, b), 4) == 0.6325
+    assert measures.cosine(a, b) == pytest.approx(30 / (np.sqrt(50) * np.sqrt(45)))
+    assert round(measures.cosine(a, b), 4) == 0.6325
     # items P1 and P2 as feature vectors; the article prints 0.735
     p1, p2 = [0.8, 0.3, 0.5], [0.2, 0.7, 0.5]
-    assert similarity.cosine(p1, p2) == pytest.approx(0.62 / (np.sqrt(0.98) * np.sqrt(0.78)))
-    assert round(similarity.cosine(p1, p2), 4) == 0.7091
-    assert similarity.cosine([0, 0], [1, 2]) == 0.0
+    assert measures.cosine(p1, p2) == pytest.approx(0.62 / (np.sqrt(0.98) * np.sqrt(0.78)))
+    assert round(measures.cosine(p1, p2), 4) == 0.7091
+    assert measures.cosine([0, 0], [1, 2]) == 0.0
 
 
-def _as_dict(lists: similarity.Neighbors):
+def _as_dict(lists: measures.Neighbors):
     return lists_from_rows(zip(lists.row.tolist(), lists.nb.tolist(), lists.score.tolist(),
                                lists.rank.tolist()))
 
@@ -37,16 +38,16 @@ def test_full_equals_brute_force(rng, k, shrinkage, min_support, block_cells, ki
     x = rng.integers(0, 3, size=(n, f)) * (rng.random((n, f)) < 0.5)
     x = x.astype(float)
     idf_n = float(f + 3)
-    measure = similarity.Measure(k=k, shrinkage=shrinkage, min_support=min_support,
+    measure = measures.Measure(k=k, shrinkage=shrinkage, min_support=min_support,
                                  block_cells=block_cells, kind=kind, idf_n=idf_n,
                                  threads=threads)
-    got = _as_dict(similarity.full(sp.csr_matrix(x), measure))
+    got = _as_dict(measures.full(sp.csr_matrix(x), measure))
     assert_same_lists(got, brute_force_topk(x, k, shrinkage, min_support, kind, idf_n))
 
 
 def test_ties_are_broken_by_neighbour_key():
     x = np.array([[1, 0], [1, 0], [1, 0], [1, 0]], float)
-    got = _as_dict(similarity.full(sp.csr_matrix(x), similarity.Measure(k=2)))
+    got = _as_dict(measures.full(sp.csr_matrix(x), measures.Measure(k=2)))
     assert [nb for nb, _ in got[2]] == [0, 1]
     assert [nb for nb, _ in got[0]] == [1, 2]
 
@@ -60,7 +61,7 @@ def test_support_is_read_at_the_products_positions_when_patterns_differ():
     binary.data[:] = 1.0
     support = binary @ binary.T.tocsr()
     assert weighted.nnz < support.nnz  # rows 0 and 1 cancel: 1 - 1 = 0
-    got = similarity._values_at(support, weighted)
+    got = engine._values_at(support, weighted)
     rows = np.repeat(np.arange(3), np.diff(weighted.indptr))
     assert np.array_equal(got, support.toarray()[rows, weighted.indices])
 
@@ -93,8 +94,52 @@ def brute_force_rp3beta(x: np.ndarray, k: int, alpha: float, beta: float):
 def test_rp3beta_equals_its_definition(rng, k, alpha, beta, block_cells):
     n, f = rng.integers(1, 15), rng.integers(1, 12)
     x = (rng.integers(1, 4, size=(n, f)) * (rng.random((n, f)) < 0.5)).astype(float)
-    measure = similarity.Measure(k=k, kind="rp3beta", alpha=alpha, beta=beta,
+    measure = measures.Measure(k=k, kind="rp3beta", alpha=alpha, beta=beta,
                                  block_cells=block_cells)
-    assert not measure.symmetric
-    got = _as_dict(similarity.full(sp.csr_matrix(x), measure))
+    assert not measures.model(measure).incremental
+    got = _as_dict(measures.full(sp.csr_matrix(x), measure))
     assert_same_lists(got, brute_force_rp3beta(x, k, alpha, beta))
+
+
+def brute_force_ease(x: np.ndarray, k: int, lam: float) -> dict:
+    """Steck's closed form as written: B = I - P / diag(P), P = (X^T X + lambda I)^-1, over the
+    rows of x (rows are items), each row's top-k positive entries off the diagonal."""
+    present = np.flatnonzero((x != 0).any(axis=1))
+    sub = x[present]
+    p = np.linalg.inv(sub @ sub.T + lam * np.eye(len(present)))
+    b = -p / np.diag(p)[None, :]
+    np.fill_diagonal(b, 0.0)
+    b[np.abs(b) <= 1e-9 * np.abs(b).max(initial=0.0)] = 0.0  # numerical zeros
+    out = {}
+    for a in range(len(present)):
+        cands = sorted(((int(present[j]), b[a, j]) for j in range(len(present)) if b[a, j] > 0),
+                       key=lambda t: (-t[1], t[0]))
+        if cands:
+            out[int(present[a])] = cands[:k]
+    return out
+
+
+@settings(deadline=None)
+@given(matrices, st.integers(1, 6), st.sampled_from([0.5, 3.0, 300.0]),
+       st.sampled_from([1 << 24, 7]))
+def test_ease_equals_its_closed_form(rng, k, lam, block_cells):
+    n, f = rng.integers(1, 15), rng.integers(1, 12)
+    x = (rng.integers(1, 4, size=(n, f)) * (rng.random((n, f)) < 0.5)).astype(float)
+    measure = measures.Measure(k=k, kind="ease", ease_lambda=lam, block_cells=block_cells)
+    assert not measures.model(measure).incremental
+    got = _as_dict(measures.full(sp.csr_matrix(x), measure))
+    assert_same_lists(got, brute_force_ease(x, k, lam), tol=1e-9)
+
+
+def test_ease_beyond_its_item_limit_keeps_the_most_popular_and_says_so():
+    rng = np.random.default_rng(3)
+    x = (rng.random((12, 30)) < np.linspace(0.1, 0.9, 12)[:, None]).astype(float)
+    notes = []
+    measure = measures.Measure(k=3, kind="ease", ease_lambda=1.0, ease_max_rows=5)
+    got = _as_dict(measures.full(sp.csr_matrix(x), measure, notice=notes.append))
+    popular = set(np.argsort(-(x != 0).sum(axis=1), kind="stable")[:5].tolist())
+    assert set(got) == popular and all(nb in popular for lst in got.values() for nb, _ in lst)
+    restricted = np.zeros_like(x)
+    restricted[sorted(popular)] = x[sorted(popular)]
+    assert_same_lists(got, brute_force_ease(restricted, 3, 1.0))
+    assert len(notes) == 1 and "12 items" in notes[0] and "ease_max_items" in notes[0]
