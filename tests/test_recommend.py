@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 import rtsql
 from rtsql import catalog, ingest, recommend, refresh, settings
@@ -214,4 +215,47 @@ def test_candidate_macro_equals_the_every_item_reference(tmp_path, db_path, opti
             assert got == want, (user, strategy)
             compared += bool(want)
     assert compared > 40
+    con.close()
+
+
+@pytest.mark.slow
+@hsettings(deadline=None, max_examples=25,
+           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(0, 7), st.integers(0, 11),
+                          st.sampled_from(["view", "click", "cart", "purchase"])),
+                min_size=1, max_size=60),
+       st.integers(0, 60), st.sampled_from(["0", "3", "500"]), st.sampled_from([2, 50]),
+       st.lists(st.integers(0, 11), max_size=4, unique=True))
+def test_macro_equals_the_reference_on_random_databases(tmp_path_factory, rows, cut,
+                                                        max_history, k, catalogued):
+    """Random event streams (some events after the last refresh), random caps and catalogs:
+    the served macro returns the frozen reference's rows (tests/reference_recommend.sql), bit
+    for bit, for every strategy and for users with and without history."""
+    directory = tmp_path_factory.mktemp("random")
+    con = rtsql.connect_memory()
+    settings.set_value(con, "max_history", max_history)
+    settings.set_value(con, "neighbors", str(k))
+    csv = [(f"u{u}", f"i{i}", t) for u, i, t in rows]
+    first = directory / "a.csv"
+    first.write_text(events_csv(csv[:max(cut, 1)]))
+    ingest.ingest(con, [first])
+    if catalogued:
+        items = directory / "items.csv"
+        items.write_text("item_id,title,category,tags\n" + "".join(
+            f"i{i},Item {i},c{i % 2},t{i % 3}|t{i % 4}\n" for i in catalogued))
+        catalog.load_items(con, items)
+    refresh.refresh(con)
+    if cut < len(csv):  # pending events: real-time history, maybe new users and items
+        rest = directory / "b.csv"
+        rest.write_text(HEADER + "".join(
+            f"{u},{i},{t},{(T0 + dt.timedelta(days=1, minutes=m)).isoformat()},\n"
+            for m, (u, i, t) in enumerate(csv[cut:])))
+        ingest.ingest(con, [rest])
+    con.execute(REFERENCE.read_text())
+    for user in sorted({u for u, _, _ in csv})[:4] + ["nobody"]:
+        for strategy in ("hybrid", "item", "user", "content", "trending"):
+            sql = "select * from {}(?, 5, strategy := '%s')" % strategy
+            got = con.execute(sql.format("recommend"), [user]).fetchall()
+            want = con.execute(sql.format("recommend_old"), [user]).fetchall()
+            assert got == want, (user, strategy)
     con.close()

@@ -218,18 +218,25 @@ def test_full_refresh_recreates_tables_with_their_keys_and_indexes(con, write):
         con.execute("insert into item_neighbor_lists select * from item_neighbor_lists limit 1")
 
 
-def test_rp3beta_lists_are_rebuilt_in_full_when_events_arrive(tmp_path, write):
-    """rp3beta is asymmetric: no exact incremental update exists, so a refresh with new events
-    is a full one (and says so), and one without new events changes nothing."""
+@pytest.mark.parametrize("measure", ["rp3beta", "ease"])
+def test_measures_without_an_exact_update_are_rebuilt_in_full_when_events_arrive(
+        tmp_path, write, measure):
+    """rp3beta is asymmetric and ease's weights depend on the whole inverse: no exact
+    incremental update exists, so a refresh with new events is a full one (and says so in a
+    note), and one without new events changes nothing."""
     con = rtsql.connect(tmp_path / "r.duckdb")
-    configure(con, similarity="rp3beta", neighbors=3)
+    configure(con, similarity=measure, neighbors=3)
     rows = "".join(f"u{u},i{(u * 3 + j) % 7},view,2026-10-0{1 + j}T00:00:00,\n"
                    for u in range(6) for j in range(3))
     ingest.ingest(con, [write("a.csv", HEADER + rows)])
     assert refresh.refresh(con).mode == "full"
     assert refresh.refresh(con).mode == "none"
     ingest.ingest(con, [write("b.csv", HEADER + "u9,i1,view,2026-10-05T00:00:00,\n")])
-    assert refresh.refresh(con).mode == "full"
+    result = refresh.refresh(con)
+    assert result.mode == "full"
+    assert any(f"similarity {measure} has no exact incremental update" in n
+               for n in result.notes), result.notes
+    assert "note:" in result.summary()
     got = con.execute("select * from item_neighbors order by all").fetchall()
     refresh.refresh(con, full=True)
     assert con.execute("select * from item_neighbors order by all").fetchall() == got

@@ -1,0 +1,51 @@
+"""Protocol-1 trials of setting overrides, for the nested search of the defaults.
+
+    python benchmarks/bench_trials.py [--half=0|1] [--val] 'name:setting=value,...' ...
+
+Each argument is one trial: a name, then the settings it overrides (``strategies=a+b`` scores
+several strategies). ``--val`` scores on a validation split of the *train* events only (the
+test events of ../shared/EVAL.md protocol 1 are never read): what a tuning run may look at.
+``--half=0`` / ``--half=1`` keeps the MovieLens users with even / odd ids, two independent
+datasets. Prints NDCG@10 and the other protocol-1 figures per trial. MovieLens ml-latest-small
+(GroupLens, non-commercial research use), read from ../shared/datasets/.
+"""
+
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_accuracy as ba  # noqa: E402
+
+from rtsql import evaluate  # noqa: E402
+
+
+def main(argv: list[str]) -> None:
+    if not (ba.DATA / "ratings.csv").exists():
+        sys.exit(f"MovieLens not found at {ba.DATA}: this benchmark needs ../shared/datasets/")
+    half = None
+    if argv and argv[0].startswith("--half="):
+        half = int(argv.pop(0).split("=")[1])
+    validation = bool(argv) and argv[0] == "--val"
+    if validation:
+        argv.pop(0)
+    events = ba.all_events()
+    if half is not None:
+        events = [e for e in events if int(e[0]) % 2 == half]
+    if validation:  # the train events of protocol 1; holdout() splits them again
+        keep = {u for u, *_ in events}
+        events = [e for e in ba.split()[0] if e[0] in keep]
+    con = ba.build_database(Path(tempfile.mkdtemp()) / "trials.duckdb", events)
+    for spec in argv:
+        name, _, rest = spec.partition(":")
+        overrides = dict(kv.split("=", 1) for kv in rest.split(",") if kv)
+        strategies = overrides.pop("strategies", "hybrid").split("+")
+        for r in evaluate.holdout(con, overrides=overrides, strategies=strategies):
+            m = r.metrics
+            print(f"{name:32s} {r.strategy:8s} P@10 {m.precision:.4f} R@10 {m.recall:.4f} "
+                  f"NDCG@10 {m.ndcg:.4f} coverage {m.coverage:.4f} fit {r.refresh_seconds:.1f}s",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
