@@ -619,12 +619,12 @@ def _load_segment(con, path, fmt, compression, mapping, segment, progress, strea
             "count(*) filter (where reason <> $blank), count(*) filter (where reason = $blank) "
             "from _rtsql_parsed", {"blank": BLANK})
         content_sha = segment.content_sha256 or f"unhashed:{segment.head_sha256}:{end_offset}"
-        tail_sha = range_sha(stream, end_offset) if stream else None
+        end_sha = sha_before(stream, end_offset) if stream else None
         ledger.record(con, file_id, bool(segment.file_id), path=path, fmt=fmt,
                       compression=compression, head_sha256=segment.head_sha256,
                       head_len=segment.head_len, content_sha256=content_sha,
                       end_offset=end_offset, end_line=end_line,
-                      counts=(ingested, rejected, blanks), stat=stat, tail_sha256=tail_sha)
+                      counts=(ingested, rejected, blanks), stat=stat, end_sha256=end_sha)
         con.execute("drop table if exists _rtsql_parsed")
         con.execute("commit")
     except BaseException as exc:
@@ -647,7 +647,7 @@ def _load_segment(con, path, fmt, compression, mapping, segment, progress, strea
 TAIL_BYTES = 256  # how many bytes before an offset identify a file when it is resumed
 
 
-def range_sha(source: Path | BinaryIO, offset: int) -> str:
+def sha_before(source: Path | BinaryIO, offset: int) -> str:
     """Hash of the TAIL_BYTES before ``offset`` of the raw file (a path or an open stream)."""
     start = max(0, offset - TAIL_BYTES)
     with (open(source, "rb") if isinstance(source, (str, Path)) else nullcontext(source)) as f:

@@ -37,7 +37,7 @@ def ingested_as(con, content_sha256: str) -> str | None:
 def record(con, file_id: int, existing: bool, *, path: Path, fmt: str, compression,
            head_sha256: str, head_len: int, content_sha256: str, end_offset: int,
            end_line: int, counts: tuple[int, int, int], stat: os.stat_result,
-           tail_sha256: str | None) -> None:
+           end_sha256: str | None) -> None:
     """Write a load's row: a new file, or an earlier read grown to ``end_offset``.
     ``counts``: rows ingested, rejected, skipped by this load."""
     ingested, rejected, skipped = counts
@@ -46,27 +46,27 @@ def record(con, file_id: int, existing: bool, *, path: Path, fmt: str, compressi
             "update source_files set end_offset = ?, end_line = ?, content_sha256 = ?, "
             "rows_ingested = rows_ingested + ?, rows_rejected = rows_rejected + ?, "
             "rows_skipped = rows_skipped + ?, path = ?, device = ?, inode = ?, "
-            "tail_sha256 = ?, last_ingested_at = now()::TIMESTAMP where file_id = ?",
+            "end_sha256 = ?, last_ingested_at = now()::TIMESTAMP where file_id = ?",
             [end_offset, end_line, content_sha256, ingested, rejected, skipped, str(path),
-             stat.st_dev, stat.st_ino, tail_sha256, file_id])
+             stat.st_dev, stat.st_ino, end_sha256, file_id])
     else:
         con.execute(
             "insert into source_files (file_id, path, format, compression, head_sha256, "
             "content_sha256, end_offset, end_line, rows_ingested, rows_rejected, "
             "rows_skipped, device, inode, first_ingested_at, last_ingested_at, head_len, "
-            "status, tail_sha256) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+            "status, end_sha256) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
             "now()::TIMESTAMP, now()::TIMESTAMP, ?, 'active', ?)",
             [file_id, str(path), fmt, compression, head_sha256, content_sha256, end_offset,
              end_line, ingested, rejected, skipped, stat.st_dev, stat.st_ino, head_len,
-             tail_sha256])
+             end_sha256])
 
 
 def followed(con) -> list[tuple]:
     """Files a follower still follows: (file_id, path, format, compression, device, inode,
-    head_sha256, head_len, end_offset, end_line, tail_sha256)."""
+    head_sha256, head_len, end_offset, end_line, end_sha256)."""
     return con.execute(
         "select file_id, path, format, compression, device, inode, head_sha256, head_len, "
-        "end_offset, end_line, tail_sha256 from source_files where status = 'active' "
+        "end_offset, end_line, end_sha256 from source_files where status = 'active' "
         "and device is not null order by file_id").fetchall()
 
 
@@ -75,15 +75,15 @@ def set_status(con, file_id: int, status: str) -> None:
     con.execute("update source_files set status = ? where file_id = ?", [status, file_id])
 
 
-def repeated_prefix(con, head_sha256: str, size: int, range_sha) -> tuple[int, int] | None:
+def repeated_prefix(con, head_sha256: str, size: int, sha_before) -> tuple[int, int] | None:
     """(offset, line) up to which a new file repeats a file read before (same first bytes and
-    the same bytes before that file's offset: e.g. copytruncate's copy). ``range_sha(offset)``
+    the same bytes before that file's offset: e.g. copytruncate's copy). ``sha_before(offset)``
     hashes the new file's first ``offset`` bytes."""
     rows = con.execute(
-        "select end_offset, end_line, tail_sha256 from source_files where head_sha256 = ? "
-        "and end_offset <= ? and tail_sha256 is not null order by end_offset desc",
+        "select end_offset, end_line, end_sha256 from source_files where head_sha256 = ? "
+        "and end_offset <= ? and end_sha256 is not null order by end_offset desc",
         [head_sha256, size]).fetchall()
     for offset, line, tail in rows:
-        if offset and range_sha(offset) == tail:
+        if offset and sha_before(offset) == tail:
             return offset, line
     return None

@@ -219,7 +219,7 @@ class Tail:
         try:
             size = path.stat().st_size
             same = (size >= offset and _head_sha(path, head_len or 0) == head
-                    and (tail is None or ingest_mod.range_sha(path, offset) == tail))
+                    and (tail is None or ingest_mod.sha_before(path, offset) == tail))
         except OSError:
             return  # vanished between listing and reading: the next scan sees it
         if not same:
@@ -271,7 +271,7 @@ class Tail:
         seg = Segment(complete_lines_only=True, head_sha256=_head_sha(path, head_len),
                       head_len=head_len, identity=key)
         copy_of = ledger.repeated_prefix(self.con, seg.head_sha256, size,
-                                         lambda offset: ingest_mod.range_sha(path, offset))
+                                         lambda offset: ingest_mod.sha_before(path, offset))
         if copy_of:  # e.g. copytruncate's copy: its first part is already in the database
             seg.start_offset, seg.start_line = copy_of
         self._load(path, fmt, compression, seg, result)
