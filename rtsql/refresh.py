@@ -171,7 +171,7 @@ def _measure(values: dict, kind: str = "cosine", idf_n: float = 0.0) -> measures
                               min_support=values["min_support"], kind=kind, idf_n=idf_n,
                               alpha=values["rp3_alpha"], beta=values["rp3_beta"],
                               ease_lambda=values["ease_lambda"],
-                              ease_max_rows=values["ease_max_items"],
+                              ease_max_items=values["ease_max_items"],
                               buffer_length=math.ceil(values["list_buffer"] * values["neighbors"]),
                               **engine_options(values))
 

@@ -135,7 +135,7 @@ def test_ease_beyond_its_item_limit_keeps_the_most_popular_and_says_so():
     rng = np.random.default_rng(3)
     x = (rng.random((12, 30)) < np.linspace(0.1, 0.9, 12)[:, None]).astype(float)
     notes = []
-    measure = measures.Measure(k=3, kind="ease", ease_lambda=1.0, ease_max_rows=5)
+    measure = measures.Measure(k=3, kind="ease", ease_lambda=1.0, ease_max_items=5)
     got = _as_dict(measures.full(sp.csr_matrix(x), measure, notice=notes.append))
     popular = set(np.argsort(-(x != 0).sum(axis=1), kind="stable")[:5].tolist())
     assert set(got) == popular and all(nb in popular for lst in got.values() for nb, _ in lst)

@@ -41,7 +41,7 @@ class Measure:
     beta: float = 0.5  # rp3beta: a neighbour's score divided by its popularity^beta
     buffer_length: int = 0  # entries kept per row (>= k; 0: k): a buffer that refills lists
     ease_lambda: float = 300.0  # ease: L2 regularization of the closed form
-    ease_max_rows: int = 15_000  # ease: the most popular rows that enter the dense inverse
+    ease_max_items: int = 15_000  # ease: the most popular rows that enter the dense inverse
 
     @property
     def list_length(self) -> int:
@@ -61,13 +61,12 @@ class Weights:
 
 
 class Model:
-    """A similarity measure. Subclasses set ``name``, ``incremental`` and ``cost`` (what the
-    settings help and docs/design.md say about time and memory) and implement ``weights``, or
-    ``full`` for a measure the sparse engine does not compute."""
+    """A similarity measure. Subclasses set ``name`` and ``incremental`` and implement
+    ``weights``, or ``full`` for a measure the sparse engine does not compute; their module
+    docstring and docs/design.md ("Measures and their cost") say what a build costs."""
 
     name: ClassVar[str]
     incremental: ClassVar[bool] = True
-    cost: ClassVar[str] = ""
 
     def weights(self, m: sp.csr_matrix, measure: Measure) -> Weights:
         raise NotImplementedError

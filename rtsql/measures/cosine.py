@@ -18,7 +18,6 @@ from .base import Measure, Model, Weights
 
 class Cosine(Model):
     name = "cosine"
-    cost = "sparse products (sum over users of their items^2); incremental"
 
     def weights(self, m: sp.csr_matrix, measure: Measure) -> Weights:
         norms = np.sqrt(np.asarray(m.multiply(m).sum(axis=1)).ravel())
@@ -29,7 +28,6 @@ class Cosine(Model):
 
 class TfIdf(Model):
     name = "tfidf"
-    cost = "as cosine; incremental (the idf's user count frozen at the last full refresh)"
 
     def weights(self, m: sp.csr_matrix, measure: Measure) -> Weights:
         rooted = m.copy()

@@ -21,8 +21,6 @@ NUMERICAL_ZERO = 1e-9  # relative to the largest |weight|
 class Ease(Model):
     name = "ease"
     incremental = False
-    cost = ("dense: about 16 n^2 bytes and n^3 multiply-adds for n items (ease_max_items); "
-            "every refresh with new events is a full one")
 
     def full(self, m: sp.csr_matrix, measure: Measure, progress: Progress | None = None,
              notice: Notice | None = None) -> Neighbors:
@@ -34,14 +32,14 @@ def ease(m: sp.csr_matrix, measure: Measure, progress: Progress | None = None,
     """EASE (Steck 2019): the closed-form item-item weights B = I - P diag(1 / diag P), with
     P = (G + lambda I)^-1 and G = M M^T the rows' Gram matrix, B's diagonal zero; row a's list
     is its top-K positive B[a, b] (a user's score of b is the sum of B[a, b] over history rows
-    a, as recommend() sums list scores). Dense: 8 n^2 bytes and about n^3 multiply-adds for n
-    rows, so only the ``ease_max_rows`` rows with the most features (ties: the lower key) enter;
+    a, as recommend() sums list scores). Dense: about 16 n^2 bytes and n^3 multiply-adds for n
+    rows, so only the ``ease_max_items`` rows with the most features (ties: the lower key) enter;
     the others get no list and are no one's neighbour (``notice`` says so)."""
     present = np.diff(m.indptr)
     rows = np.flatnonzero(present > 0)
-    if len(rows) > measure.ease_max_rows:
+    if len(rows) > measure.ease_max_items:
         order = np.lexsort((rows, -present[rows]))
-        rows = np.sort(rows[order[:measure.ease_max_rows]])
+        rows = np.sort(rows[order[:measure.ease_max_items]])
         if notice:
             notice(f"ease: {len(order)} items have interactions; the {len(rows)} most popular "
                    f"(setting ease_max_items) get lists, the rest none: raise ease_max_items "
@@ -69,17 +67,18 @@ def ease(m: sp.csr_matrix, measure: Measure, progress: Progress | None = None,
     p /= -diag[None, :]  # B[a, b] = -P[a, b] / P[b, b]
     np.fill_diagonal(p, 0.0)
     # weights within rounding of zero are zero (e.g. between items no user links, which the
-    # exact inverse leaves at 0): they would be neighbours by the sign of a rounding error
-    p[np.abs(p) <= NUMERICAL_ZERO * np.abs(p).max(initial=0.0)] = 0.0
+    # exact inverse leaves at 0): they would be neighbours by the sign of a rounding error;
+    # applied per block, so no n x n temporary is made
+    threshold = NUMERICAL_ZERO * max(p.max(), -p.min())
     n = len(rows)
-    cols = rows  # list entries are original row keys
-    step = max(1, measure.block_cells // max(n, 1))
+    step = max(1, measure.block_cells // n)
     parts = []
     for start in range(0, n, step):
         chunk = p[start:start + step]
         indptr = np.arange(chunk.shape[0] + 1, dtype=np.int64) * n
-        block = Block(rows[start:start + step], indptr, np.tile(cols, chunk.shape[0]),
-                      chunk.ravel())
+        # list entries are original row keys
+        block = Block(rows[start:start + step], indptr, np.tile(rows, chunk.shape[0]),
+                      np.where(chunk > threshold, chunk, 0.0).ravel())
         parts.append(top_k(block, measure.list_length, n))
         if progress:
             progress(min(start + step, n), n)

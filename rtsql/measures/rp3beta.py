@@ -18,7 +18,6 @@ from .base import Measure, Model, Weights
 class RP3beta(Model):
     name = "rp3beta"
     incremental = False
-    cost = "as cosine per build; every refresh with new events is a full one"
 
     def weights(self, m: sp.csr_matrix, measure: Measure) -> Weights:
         """Left: P(row -> feature) = 1 / (features of the row), to the alpha; right:
