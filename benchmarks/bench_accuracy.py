@@ -32,6 +32,8 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ml-latest-
 VARIANTS = {
     # name: settings applied before the full refresh
     "default": {},
+    "cosine": {"similarity": "cosine"},  # the defaults before the 2026-12-04 nested search
+    "cosine_old_blend": {"similarity": "cosine", "weight_user_cf": "0.3", "weight_content": "0.1"},
     "shrink5": {"shrinkage": "5"},
     "tfidf": {"similarity": "tfidf", "neighbors": "100"},
     "nocap": {"max_history": "0"},

@@ -3,7 +3,8 @@
     python benchmarks/bench_trials.py [--half=0|1] [--val] 'name:setting=value,...' ...
 
 Each argument is one trial: a name, then the settings it overrides (``strategies=a+b`` scores
-several strategies). ``--val`` scores on a validation split of the *train* events only (the
+several strategies); after ``@``, serving settings (blend weights, recency) scored on the same
+refresh, one set per ``;`` (``'ease:similarity=ease@weight_user_cf=0;weight_user_cf=0.3'``). ``--val`` scores on a validation split of the *train* events only (the
 test events of ../shared/EVAL.md protocol 1 are never read): what a tuning run may look at.
 ``--half=0`` / ``--half=1`` keeps the MovieLens users with even / odd ids, two independent
 datasets. Prints NDCG@10 and the other protocol-1 figures per trial. MovieLens ml-latest-small
@@ -36,13 +37,21 @@ def main(argv: list[str]) -> None:
         keep = {u for u, *_ in events}
         events = [e for e in ba.split()[0] if e[0] in keep]
     con = ba.build_database(Path(tempfile.mkdtemp()) / "trials.duckdb", events)
+    def pairs(text: str) -> dict:
+        return dict(kv.split("=", 1) for kv in text.split(",") if kv)
+
     for spec in argv:
         name, _, rest = spec.partition(":")
-        overrides = dict(kv.split("=", 1) for kv in rest.split(",") if kv)
+        rest, _, blends = rest.partition("@")
+        overrides = pairs(rest)
         strategies = overrides.pop("strategies", "hybrid").split("+")
-        for r in evaluate.holdout(con, overrides=overrides, strategies=strategies):
+        serving = [pairs(b) for b in blends.split(";")] if blends else None
+        for r in evaluate.holdout(con, overrides=overrides, strategies=strategies,
+                                  serving=serving):
             m = r.metrics
-            print(f"{name:32s} {r.strategy:8s} P@10 {m.precision:.4f} R@10 {m.recall:.4f} "
+            label = name + ("@" + ",".join(f"{a}={b}" for a, b in r.serving.items())
+                            if r.serving else "")
+            print(f"{label:60s} {r.strategy:8s} P@10 {m.precision:.4f} R@10 {m.recall:.4f} "
                   f"NDCG@10 {m.ndcg:.4f} coverage {m.coverage:.4f} fit {r.refresh_seconds:.1f}s",
                   flush=True)
 

@@ -61,6 +61,7 @@ class HoldoutResult:
     metrics: Metrics
     refresh_seconds: float
     query_ms_per_user: float
+    serving: dict = field(default_factory=dict)  # the serving overrides it was scored with
 
 
 @dataclass
@@ -179,9 +180,14 @@ def recommend_all(con, users: list[str], k: int, strategy: str, engine: str = "m
 
 
 def holdout(source, *, k: int = DEFAULT_K, strategies=(DEFAULT_STRATEGY,), overrides: dict | None = None,
-            engine: str = "memory") -> list[HoldoutResult]:
+            engine: str = "memory", serving: list[dict] | None = None) -> list[HoldoutResult]:
     """Protocol 1 on the events of ``source``; one full refresh, every strategy scored on it
-    (``engine``: see recommend_all)."""
+    (``engine``: see recommend_all). ``serving``: sets of serving-setting overrides (blend
+    weights, recency; no model setting) each scored on that same refresh, in turn."""
+    for extra in serving or []:
+        model = sorted(set(extra) & set(settings.MODEL_SETTINGS))
+        if model or any(name.startswith(EVENT_TYPE_PREFIX) for name in extra):
+            raise ValueError(f"serving overrides cannot change the model: {model or extra}")
     events = arrow_table(source, _EVENTS)
     is_test = pa.compute.greater_equal(
         events["pos"], pa.compute.ceil(pa.compute.multiply(events["n"].cast(pa.float64()), 0.8)))
@@ -201,13 +207,17 @@ def holdout(source, *, k: int = DEFAULT_K, strategies=(DEFAULT_STRATEGY,), overr
         _copy_catalog(source, scratch, candidates)
         done = refresh.refresh(scratch, full=True)
         users = sorted(truth)
-        for strategy in strategies:
-            start = time.perf_counter()
-            recs = recommend_all(scratch, users, k, strategy, engine)
-            per_user = (time.perf_counter() - start) * 1000 / max(len(users), 1)
-            results.append(HoldoutResult(strategy, ranking_metrics(recs, truth, k,
-                                                                   len(candidates)),
-                                         done.seconds, per_user))
+        base = settings.get_all(scratch)
+        touched = {name for extra in serving or [] for name in extra}
+        for extra in serving or [{}]:  # each set of overrides on top of the same base
+            apply_overrides(scratch, {name: str(extra.get(name, base[name])) for name in touched})
+            for strategy in strategies:
+                start = time.perf_counter()
+                recs = recommend_all(scratch, users, k, strategy, engine)
+                per_user = (time.perf_counter() - start) * 1000 / max(len(users), 1)
+                results.append(HoldoutResult(strategy, ranking_metrics(recs, truth, k,
+                                                                       len(candidates)),
+                                             done.seconds, per_user, dict(extra)))
         scratch.close()
     return results
 

@@ -176,9 +176,26 @@ def _measure(values: dict, kind: str = "cosine", idf_n: float = 0.0) -> measures
                               **engine_options(values))
 
 
-def _item_measure(values: dict, idf_n: float) -> measures.Measure:
-    """Item-item uses the configured measure; user-user is always cosine."""
-    return _measure(values, values["similarity"], idf_n)
+def _item_measure(values: dict, idf_n: float, kind: str) -> measures.Measure:
+    """Item-item uses the measure in effect (``kind``); user-user is always cosine."""
+    return _measure(values, kind, idf_n)
+
+
+def resolve_similarity(values: dict, items: int) -> str:
+    """The item-item measure a full refresh builds: the ``similarity`` setting, where ``auto``
+    means ease while at most ``ease_max_items`` items have interactions (the most accurate
+    measure in the nested search, benchmarks/README.md; its cost grows with n^3) and cosine
+    beyond (sparse, with an exact incremental refresh)."""
+    if values["similarity"] != measures.AUTO:
+        return values["similarity"]
+    return "ease" if items <= values["ease_max_items"] else "cosine"
+
+
+def _similarity_in_effect(values: dict, state: dict) -> str:
+    """The measure of the stored item lists: ``auto`` is decided at each full refresh."""
+    if values["similarity"] != measures.AUTO:
+        return values["similarity"]
+    return state.get("item_measure", "cosine")
 
 
 # neighbour tables whose served part is also kept one row per key, for recommend()'s lookups
@@ -232,15 +249,17 @@ def _full(con, values: dict, progress: Progress | None) -> RefreshResult:
     x = _capped_matrix(con, values["max_history"])
     idf_n = float(np.count_nonzero(np.diff(x.indptr)))  # users with history, frozen until next full
     notes: list[str] = []
-    items = measures.full(x.T.tocsr(), _item_measure(values, idf_n),
-                            _stage(progress, "items"), notes.append)
+    kind = resolve_similarity(values, int(np.count_nonzero(np.diff(x.tocsc().indptr))))
+    item_measure = _item_measure(values, idf_n, kind)
+    items = measures.full(x.T.tocsr(), item_measure, _stage(progress, "items"), notes.append)
     # user-user is computed on a worker thread while DuckDB writes the item lists
     with ThreadPoolExecutor(1) as worker:
         users = worker.submit(measures.full, x, _measure(values), _stage(progress, "users")) \
             if values["user_cf"] else None
         recreate_empty(con, "item_neighbors")
         recreate_empty(con, "item_neighbor_lists")
-        _write_lists(con, "item_neighbors", "item_key", items, values["neighbors"])
+        _write_lists(con, "item_neighbors", "item_key", items,
+                     measures.model(item_measure).served(item_measure))
         recomputed = items.row_count()
         recreate_empty(con, "user_neighbors")
         if users is not None:
@@ -251,6 +270,7 @@ def _full(con, values: dict, progress: Progress | None) -> RefreshResult:
     _refresh_trending(con, values)
     _set_state(con, watermark=scalar(con, "select coalesce(max(event_id), 0) from events"),
                t0=t0, decay_rate=lam, idf_n=idf_n, model_config=_model_config(con, values),
+               item_measure=kind,
                catalog_version=_catalog_version(con), full_refresh_at=time.time())
     return RefreshResult("full", scalar(con, "select count(*) from events"),
                          scalar(con, "select count(*) from users"), x.shape[1], recomputed,
@@ -308,7 +328,7 @@ def _load_full(con, values: dict, folder: Path, progress: Progress | None) -> Re
     _set_state(con, watermark=model["watermark"], t0=model["t0"],
                decay_rate=model["decay_rate"], idf_n=model["idf_n"],
                model_config=_model_config(con, values), catalog_version=_catalog_version(con),
-               full_refresh_at=time.time())
+               full_refresh_at=time.time(), item_measure="cosine")  # Spark builds cosine
     return RefreshResult("full", model["events"], scalar(con, "select count(*) from users"),
                          _shape(con)[1], recomputed)
 
@@ -506,7 +526,8 @@ def _incremental(con, values: dict, state: dict, forget_users: np.ndarray | None
     changed_users, changed_items = _changes(old, new, _shape(con)[1])
     x = _capped_matrix(con, cap)
     recomputed = _apply_incremental(con, "item_neighbors", "item_key", x.T.tocsr(), changed_items,
-                                    _item_measure(values, float(state.get("idf_n", 0))))
+                                    _item_measure(values, float(state.get("idf_n", 0)),
+                                                  _similarity_in_effect(values, state)))
     if values["user_cf"]:
         recomputed += _apply_incremental(con, "user_neighbors", "user_key", x, changed_users,
                                          _measure(values))
@@ -600,8 +621,8 @@ def refresh(con, *, full: bool = False, progress: Progress | None = None,
         never = state.get("watermark", "0") == "0" and state.get("external_events") != "true"
         # a measure without an exact incremental update (rp3beta, ease): new events mean a
         # full refresh, and the result says so (mode "full", and a note)
-        rebuild = not measures.MODELS[values["similarity"]].incremental \
-            and _has_new_events(con, state)
+        in_effect = _similarity_in_effect(values, state)
+        rebuild = not measures.MODELS[in_effect].incremental and _has_new_events(con, state)
         needs_full = (full or never or rebuild
                       or state.get("model_config") != _model_config(con, values)
                       or _landmark_too_old(con, state))
@@ -624,7 +645,7 @@ def refresh(con, *, full: bool = False, progress: Progress | None = None,
             result = _full(con, values, progress) if needs_full else _incremental(con, values, state)
             if rebuild and not full:
                 result.notes.append(
-                    f"similarity {values['similarity']} has no exact incremental update: the "
+                    f"similarity {in_effect} has no exact incremental update: the "
                     "new events made this a full refresh (cosine and tfidf update incrementally)")
             _materialize_if_on(con, values, result, progress)
     result.seconds = time.perf_counter() - start
@@ -680,7 +701,10 @@ def forget(con, user_id: str) -> RefreshResult:
         values, state = settings.get_all(con), _state(con)
         with transaction(con):
             con.execute("delete from events where user_key = ?", [user_key])
-            result = _incremental(con, values, state, np.array([user_key], np.int64))
+            if measures.MODELS[_similarity_in_effect(values, state)].incremental:
+                result = _incremental(con, values, state, np.array([user_key], np.int64))
+            else:  # lists with no exact update (ease, rp3beta): rebuilt without the user
+                result = _full(con, values, None)
             con.execute("delete from user_neighbors where neighbor_key = ? or user_key = ?",
                         [user_key, user_key])
             for table in ("users", "user_recommendation_rows", "impressions"):

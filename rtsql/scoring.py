@@ -32,7 +32,8 @@ from .recommend import PART_CONTENT, PART_ITEM, PART_POPULAR, PART_TRENDING, PAR
 _EPS = 2.0 ** -53
 # accumulator columns per candidate: the sum as hi + lo (TwoSum carries each addition's
 # rounding error into lo), and for item-cf and content the largest term with its history item
-_HI, _LO, _BEST, _BECAUSE = range(4)
+# and the sum of the terms' magnitudes (item-cf terms may be negative: ease's weights)
+_HI, _LO, _BEST, _BECAUSE, _ABS = range(5)
 # marks per item
 _CANDIDATE, _EXCLUDED, _HAS = 1, 4, 16  # _HAS << strategy: it scored the item
 _NOTHING = 2.0 ** 62  # "no history item" in the accumulators (above every key)
@@ -47,9 +48,9 @@ class Scratch:
 
     def __init__(self, n_items: int):
         self.capacity = n_items
-        self.item = _table(n_items, 4)
+        self.item = _table(n_items, 5)
         self.user = _table(n_items, 2)
-        self.content = _table(n_items, 4)
+        self.content = _table(n_items, 5)
         self.mark = np.zeros(n_items, np.uint8)
         self.touched = np.empty(n_items, np.int64)
         self.terms = np.empty(1024)
@@ -184,6 +185,7 @@ def _from_lists(acc, mark, touched, nt, h_items, h_w, indptr, keys, values, limi
                     nt += 1
                 mark[c] = flags | _CANDIDATE | has
             rounded |= _add(acc, c, t)
+            acc[c, _ABS] += abs(t)
             if t > acc[c, _BEST]:  # ties keep the earlier, smaller history key
                 acc[c, _BEST] = t
                 acc[c, _BECAUSE] = h
@@ -272,7 +274,7 @@ def _exact_total(part, c, terms, h_items, h_w, user, served, item_indptr, item_k
                           x_indptr, x_keys, x_values)
     else:
         terms, n = _terms(part, c, terms, h_items, h_w, user, served, item_indptr, item_keys,
-                          item_values, served, u_indptr, u_keys, u_values, x_indptr, x_keys,
+                          item_values, -1, u_indptr, u_keys, u_values, x_indptr, x_keys,
                           x_values)
     return _fsum(terms, n)
 
@@ -328,12 +330,14 @@ def _offer(heap, size, k, final, pop, key, part, because):
 @njit(nogil=True, cache=True, error_model="numpy")
 def _sum(part, acc, c, rounded, n_max, terms, lists):
     """Candidate c's sum of one strategy, correctly rounded (stored back, so asking again is
-    cheap): hi + lo when _certain vouches for it, else recomputed from its terms. Every term
-    is positive (lists keep positive scores, capped rows positive weights: ServingState
-    checks), so |hi| + |lo| bounds sum|terms|."""
+    cheap): hi + lo when _certain vouches for it, else recomputed from its terms. sum|terms|
+    is the table's _ABS column where it has one (item-cf, content); user-cf's terms are
+    positive (capped rows hold positive weights, user lists positive scores: ServingState
+    checks), so |hi| + |lo| bounds it there."""
     hi = acc[c, _HI]
     lo = acc[c, _LO]
-    total, certain = _certain(hi, lo, rounded, n_max, 2.0 * (abs(hi) + abs(lo)))
+    magnitude = acc[c, _ABS] if acc.shape[1] > _ABS else abs(hi) + abs(lo)
+    total, certain = _certain(hi, lo, rounded, n_max, 2.0 * magnitude)
     if not certain:
         (h_items, h_w, user, served, item_indptr, item_keys, item_values, content_indptr,
          content_keys, content_values, u_indptr, u_keys, u_values, x_indptr, x_keys,
@@ -389,13 +393,13 @@ def _scaled(c, flags, acc_item, acc_user, acc_content, has_item, has_user, has_c
             best_item, best_user, best_content, w_item, w_user, w_content, r_item, r_user,
             r_content, n_hist, terms, lists):
     """The macro's ``scaled``: each strategy's exact sum / its best * its weight (0 where
-    the strategy did not score c)."""
+    the strategy did not score c, or where its best sum is not positive: the macro's NULL)."""
     si = su = sc = 0.0
-    if flags & has_item:
+    if flags & has_item and best_item > 0.0:
         si = _sum(PART_ITEM, acc_item, c, r_item, n_hist, terms, lists) / best_item * w_item
-    if flags & has_user:
+    if flags & has_user and best_user > 0.0:
         su = _sum(PART_USER, acc_user, c, r_user, lists[3], terms, lists) / best_user * w_user
-    if flags & has_content:
+    if flags & has_content and best_content > 0.0:
         sc = _sum(PART_CONTENT, acc_content, c, r_content, n_hist, terms,
                   lists) / best_content * w_content
     return si, su, sc
@@ -417,7 +421,8 @@ def score_user(user, h_items, h_w, exclude, allowed, k,
     seen only); ``exclude``: more item keys to leave out; ``allowed``: the category's items as
     a mask (empty: every item); ``order``: the stored backfill order; ``first_new``: the first
     key newer than that order, up to ``n_items``. acc_item ... terms: a Scratch's arrays.
-    Every list score and neighbour-row weight must be positive (ServingState checks)."""
+    Item lists are used whole and may hold negative scores; every other list score and
+    neighbour-row weight must be positive (ServingState checks)."""
     has_item, has_user, has_content = (_HAS << PART_ITEM, _HAS << PART_USER,
                                        _HAS << PART_CONTENT)
     # scored: each strategy's contributions into its accumulator table
@@ -425,7 +430,7 @@ def score_user(user, h_items, h_w, exclude, allowed, k,
     r_item = r_user = r_content = False
     if w_item > 0.0:
         nt, r_item = _from_lists(acc_item, mark, touched, nt, h_items, h_w, item_indptr,
-                                 item_keys, item_values, served, has_item)
+                                 item_keys, item_values, -1, has_item)  # served whole
     if w_user > 0.0:
         nt, r_user = _from_neighbours(acc_user, mark, touched, nt, user, served, user_indptr,
                                       user_keys, user_values, x_indptr, x_keys, x_values)
@@ -451,8 +456,9 @@ def score_user(user, h_items, h_w, exclude, allowed, k,
     # backfill, by (score desc, popularity desc, key asc), kept in a heap. A candidate is
     # first scored with hi + lo and reciprocals (cheap); only one that could enter the heap
     # is scored exactly, with the macro's operations (exact sums, sum / best * weight).
-    rec_item, rec_user, rec_content = (w_item / best_item, w_user / best_user,
-                                       w_content / best_content)
+    rec_item = w_item / best_item if best_item > 0.0 else 0.0
+    rec_user = w_user / best_user if best_user > 0.0 else 0.0
+    rec_content = w_content / best_content if best_content > 0.0 else 0.0
     heap = np.empty((k, 5))
     size = 0
     for j in range(nt):
@@ -479,17 +485,18 @@ def score_user(user, h_items, h_w, exclude, allowed, k,
         si, su, sc = _scaled(c, flags, acc_item, acc_user, acc_content, has_item, has_user,
                              has_content, best_item, best_user, best_content, w_item, w_user,
                              w_content, r_item, r_user, r_content, n_hist, terms, lists)
-        if not (si > 0.0 or su > 0.0 or sc > 0.0):
-            continue  # not in the blend
+        if si == 0.0 and su == 0.0 and sc == 0.0:
+            continue  # not in the blend (the macro's NULLs)
         final = (si + su + sc) + trend
         pop = popularity[c] if c < len(popularity) else 0
-        if si >= su and si >= sc:
+        # the strategy that added the most, among those that scored c
+        if si != 0.0 and si >= (su if su != 0.0 else si) and si >= (sc if sc != 0.0 else si):
             win, win_s, because = PART_ITEM, si, acc_item[c, _BECAUSE]
-        elif su >= sc:
+        elif su != 0.0 and su >= (sc if sc != 0.0 else su):
             win, win_s, because = PART_USER, su, -1.0
         else:
             win, win_s, because = PART_CONTENT, sc, acc_content[c, _BECAUSE]
-        if win_s < trend:
+        if win_s < trend and trend > 0.0:
             win, because = (PART_TRENDING if trend > 0.0 else PART_POPULAR), -1.0
         size = _offer(heap, size, k, final, pop, c, win, because)
     # backfill: the first k eligible items of the stored order (none the blend scored),
@@ -510,7 +517,7 @@ def score_user(user, h_items, h_w, exclude, allowed, k,
                                          has_user, has_content, best_item, best_user,
                                          best_content, w_item, w_user, w_content, r_item,
                                          r_user, r_content, n_hist, terms, lists)
-                    if si > 0.0 or su > 0.0 or sc > 0.0:
+                    if si != 0.0 or su != 0.0 or sc != 0.0:
                         continue  # in the blend
             if len(allowed) and (c >= len(allowed) or not allowed[c]):
                 continue
@@ -560,6 +567,7 @@ def _clear(acc, c):
     acc[c, _LO] = 0.0
     acc[c, _BEST] = -np.inf
     acc[c, _BECAUSE] = _NOTHING
+    acc[c, _ABS] = 0.0
 
 
 @njit(nogil=True, cache=True, error_model="numpy")

@@ -226,9 +226,12 @@ class ServingState:
         neighbour_rows = Csr.from_sorted(it["user_key"][capped], inter.keys[capped],
                                          inter.values[capped], n_users)
 
-        for name, lists in (("item_neighbors", item_lists), ("user_neighbors", user_lists),
-                            ("content_neighbors", content)):
-            if len(lists.values) and not lists.values.min() > 0:  # rtsql.scoring relies on it
+        # rtsql.scoring relies on it (item-cf lists may be signed: ease's weights)
+        if len(item_lists.values) and not np.all(np.isfinite(item_lists.values)):
+            raise ModelError("item_neighbors holds a score that is not finite, which rtsql "
+                             "never writes: run `rtsql refresh --full`")
+        for name, lists in (("user_neighbors", user_lists), ("content_neighbors", content)):
+            if len(lists.values) and not lists.values.min() > 0:
                 raise ModelError(f"{name} holds a score <= 0, which rtsql never writes: run "
                                  "`rtsql refresh --full`")
         tr = con.execute("select item_key, share, popularity, score, rank_trending, rank_popular "

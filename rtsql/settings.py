@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from .errors import InvalidSetting, UnknownSetting
 from .recommend import STRATEGIES
-from .measures import MODELS as MEASURES
+from .measures import AUTO, MODELS as MEASURES
 
 
 @dataclass(frozen=True)
@@ -101,27 +101,34 @@ SETTINGS: dict[str, Setting] = {
                 "values only for event types that declare them: event-types --negative-values).",
                 _positive),
         # --- models (a change makes the next refresh a full one)
-        Setting("neighbors", int, 50, "Top-K neighbours kept per item and per user.", _positive),
-        Setting("similarity", str, "cosine",
-                "Item-item measure: cosine; tfidf (implicit's TF-IDF weighting; its user count "
-                "is frozen at the last full refresh); or rp3beta (a random walk item -> user -> "
-                "item, damped by popularity: rp3_alpha, rp3_beta; not incremental: every "
-                "refresh with new events rebuilds the lists in full); or ease (Steck's closed-form "
-                "item-item regression, dense: ease_lambda, ease_max_items; not incremental "
-                "either).",
-                choices=tuple(MEASURES)),
+        Setting("neighbors", int, 50,
+                "Top-K neighbours kept per item and per user (ease: k x items entries in all, "
+                "the largest weights, at most 8k per item).", _positive),
+        Setting("similarity", str, "auto",
+                "Item-item measure: auto (ease while at most ease_max_items items have "
+                "interactions, cosine beyond; decided at each full refresh); cosine; tfidf "
+                "(implicit's TF-IDF weighting; its user count is frozen at the last full "
+                "refresh); rp3beta (a random walk item -> user -> item, damped by popularity: "
+                "rp3_alpha, rp3_beta); or ease (Steck's closed-form item-item regression, dense, "
+                "signed weights: ease_lambda, ease_max_items). cosine and tfidf lists are updated "
+                "exactly by the incremental refresh; rp3beta and ease have no exact update, so "
+                "every refresh with new events rebuilds them in full and says so.",
+                choices=(AUTO, *MEASURES)),
         Setting("rp3_alpha", float, 1.0,
                 "rp3beta: transition probabilities are raised to this power.", _positive),
         Setting("rp3_beta", float, 0.5,
                 "rp3beta: a neighbour's score is divided by its popularity to this power.",
                 _non_negative),
         Setting("ease_lambda", float, 300.0,
-                "ease: L2 regularization of the closed form (larger: closer to popularity).",
+                "ease: L2 regularization of the closed form, in units of the mean squared "
+                "interaction weight, so the same value fits binary events, ratings or decayed "
+                "weights (larger: closer to popularity).",
                 _positive),
         Setting("ease_max_items", int, 15_000,
                 "ease: at most this many items (the most popular) enter the dense n x n "
                 "inverse: about 16 n^2 bytes of memory and n^3 multiply-adds per refresh; the "
-                "others get no item-item list.", _positive),
+                "others get no item-item list. similarity auto uses cosine beyond it.",
+                _positive),
         Setting("shrinkage", float, 0.0,
                 "Cosine is multiplied by support / (support + shrinkage): damps neighbours that "
                 "share few users.",
@@ -152,9 +159,9 @@ SETTINGS: dict[str, Setting] = {
         # --- serving (read by the SQL macros at query time; no refresh needed)
         Setting("weight_item_cf", float, 1.0, "Blend weight of item-item CF in recommend().",
                 _non_negative),
-        Setting("weight_user_cf", float, 0.3, "Blend weight of user-user CF in recommend().",
+        Setting("weight_user_cf", float, 0.1, "Blend weight of user-user CF in recommend().",
                 _non_negative),
-        Setting("weight_content", float, 0.1, "Blend weight of content similarity in recommend().",
+        Setting("weight_content", float, 0.05, "Blend weight of content similarity in recommend().",
                 _non_negative),
         Setting("weight_trending", float, 0.05, "Blend weight of trending in recommend().",
                 _non_negative),

@@ -55,8 +55,9 @@ h as (
 item_cf as (
     select n.neighbor_key as item_key, fsum(h.w * n.score) as score,
            arg_max(h.item_key, (h.w * n.score, -h.item_key)) as because
-    from h join item_neighbors n on n.item_key = h.item_key, cfg
-    where n.rank <= cfg.served group by all
+    from h join (select item_key, unnest(neighbor_keys) as neighbor_key,
+                        unnest(scores) as score from item_neighbor_lists) n
+         on n.item_key = h.item_key group by all
 ),
 user_cf as (
     select i.item_key, fsum(s.score * i.weight) as score, NULL::INTEGER as because
@@ -75,13 +76,16 @@ content as (
 ),
 parts as (
     select item_key, 'item-cf' as part, because,
-           score / max(score) over () * cfg.w_item as s from item_cf, cfg where cfg.w_item > 0
+           score / nullif(greatest(max(score) over (), 0), 0) * cfg.w_item as s
+    from item_cf, cfg where cfg.w_item > 0
     union all
     select item_key, 'user-cf', because,
-           score / max(score) over () * cfg.w_user from user_cf, cfg where cfg.w_user > 0
+           score / nullif(greatest(max(score) over (), 0), 0) * cfg.w_user
+    from user_cf, cfg where cfg.w_user > 0
     union all
     select item_key, 'content', because,
-           score / max(score) over () * cfg.w_content from content, cfg where cfg.w_content > 0
+           score / nullif(greatest(max(score) over (), 0), 0) * cfg.w_content
+    from content, cfg where cfg.w_content > 0
     union all
     select item_key, 'trending', NULL,
            score / max(score) over () * cfg.w_trend from item_trending, cfg
@@ -95,7 +99,7 @@ blend as (
            + coalesce(max(s) filter (where part = 'content'), 0)
            + coalesce(max(s) filter (where part = 'trending'), 0) as score,
            arg_max(struct_pack(part := part, because := because), s) as win
-    from parts where s > 0 group by item_key
+    from parts where s <> 0 group by item_key
 ),
 pool as (
     select i.item_key, i.item_id, coalesce(b.score, 0) as score,

@@ -194,6 +194,8 @@ def test_decay_never_zeroes_weights_of_in_range_events(tmp_path, write):
              "u3,i7,view,1971-01-02T00:00:00,"]
     db = tmp_path / "d.duckdb"
     assert run(db, "settings", "half_life_days", "1").exit_code == 0
+    # cosine ignores the weights' scale, so any weight above zero keeps its neighbours
+    assert run(db, "settings", "similarity", "cosine").exit_code == 0
     assert run(db, "ingest", str(write("ev.csv", HEADER + "\n".join(rows) + "\n"))).exit_code == 0
     con = rtsql.connect(db)
     try:

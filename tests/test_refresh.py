@@ -141,7 +141,7 @@ def test_neighbours_in_sql_equal_brute_force(con, write):
     rows = [(u, i, TYPES[rng.integers(0, 4)], h, 0) for h, (u, i) in
             enumerate(zip(rng.integers(0, 30, 400), rng.integers(0, 25, 400)))]
     ingest.ingest(con, [write_batch(write("x", "").parent, "r.csv", rows)])
-    configure(con, neighbors=5, max_history=0)
+    configure(con, neighbors=5, max_history=0, similarity="cosine")
     refresh.refresh(con)
     x = np.zeros((31, 26))
     weights = dict(con.execute("select event_type, weight from event_types").fetchall())
@@ -155,19 +155,21 @@ def test_neighbours_in_sql_equal_brute_force(con, write):
     assert_same_lists(got, want_ids)
 
 
-def test_forget_equals_rebuild_without_the_user(tmp_path):
+@pytest.mark.parametrize("similarity", ["cosine", "auto"])
+def test_forget_equals_rebuild_without_the_user(tmp_path, similarity):
+    """cosine forgets through the exact incremental update; auto (here ease) rebuilds."""
     rng = np.random.default_rng(11)
     rows = [(u, i, TYPES[rng.integers(0, 4)], h, 0) for h, (u, i) in
             enumerate(zip(rng.integers(0, 12, 200), rng.integers(0, 15, 200)))]
     live = rtsql.connect_memory()
-    configure(live, neighbors=4, max_history=5)
+    configure(live, neighbors=4, max_history=5, similarity=similarity)
     ingest.ingest(live, [write_batch(tmp_path, "a.csv", rows[:150])])
     refresh.refresh(live)
     ingest.ingest(live, [write_batch(tmp_path, "b.csv", rows[150:])])
     refresh.forget(live, "u3")
     assert count(live, "select count(*) from users where user_id = 'u3'") == 0
     rebuilt = rtsql.connect_memory()
-    configure(rebuilt, neighbors=4, max_history=5)
+    configure(rebuilt, neighbors=4, max_history=5, similarity=similarity)
     ingest.ingest(rebuilt, [write_batch(tmp_path, "c.csv", [r for r in rows if r[0] != 3])])
     refresh.refresh(rebuilt, full=True)
     assert_same_state(snapshot(live), snapshot(rebuilt))
@@ -240,4 +242,28 @@ def test_measures_without_an_exact_update_are_rebuilt_in_full_when_events_arrive
     got = con.execute("select * from item_neighbors order by all").fetchall()
     refresh.refresh(con, full=True)
     assert con.execute("select * from item_neighbors order by all").fetchall() == got
+    con.close()
+
+
+def test_auto_is_ease_up_to_its_item_limit_and_cosine_beyond(tmp_path, write):
+    """similarity auto is decided at each full refresh (model_state.item_measure): ease while
+    the items with interactions fit ease_max_items, cosine beyond, whose incremental refresh
+    then stays incremental."""
+    con = rtsql.connect(tmp_path / "a.duckdb")
+    rows = "".join(f"u{u},i{(u * 3 + j) % 7},view,2026-10-0{1 + j}T00:00:00,\n"
+                   for u in range(6) for j in range(3))
+    ingest.ingest(con, [write("a.csv", HEADER + rows)])
+    assert refresh.refresh(con).mode == "full"
+    state = dict(con.execute("select name, value from model_state").fetchall())
+    assert state["item_measure"] == "ease"
+    ease_lists = con.execute("select * from item_neighbors order by all").fetchall()
+    configure(con, similarity="ease")
+    refresh.refresh(con)
+    assert con.execute("select * from item_neighbors order by all").fetchall() == ease_lists
+    configure(con, similarity="auto", ease_max_items=6)  # 7 items have interactions
+    refresh.refresh(con)
+    state = dict(con.execute("select name, value from model_state").fetchall())
+    assert state["item_measure"] == "cosine"
+    ingest.ingest(con, [write("b.csv", HEADER + "u9,i1,view,2026-10-05T00:00:00,\n")])
+    assert refresh.refresh(con).mode == "incremental"
     con.close()

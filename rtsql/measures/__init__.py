@@ -24,6 +24,9 @@ from .engine import (IncrementalResult, Neighbors, StoredLists, merge_lists, top
 from .rp3beta import RP3beta
 
 MODELS: dict[str, Model] = {m.name: m for m in (Cosine(), TfIdf(), RP3beta(), Ease())}
+# the similarity setting's default: a choice among MODELS made at each full refresh
+# (rtsql.refresh.resolve_similarity)
+AUTO = "auto"
 
 
 def model(measure: Measure) -> Model:
@@ -51,6 +54,6 @@ def incremental(matrix: sp.spmatrix, changed: np.ndarray, stored: StoredLists,
     return model(measure).update(rows_matrix(matrix), changed, stored, measure)
 
 
-__all__ = ["MODELS", "Measure", "Model", "Neighbors", "StoredLists", "IncrementalResult",
+__all__ = ["AUTO", "MODELS", "Measure", "Model", "Neighbors", "StoredLists", "IncrementalResult",
            "Weights", "cosine", "full", "incremental", "merge_lists", "model", "rows_matrix",
            "top_k", "top_per_row"]

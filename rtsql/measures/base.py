@@ -77,6 +77,11 @@ class Model:
 
         return engine.full(m, self.weights(m, measure), measure, progress)
 
+    def served(self, measure: Measure) -> int:
+        """How many entries of a row's list recommend() uses: the first k (the engine stores a
+        buffer beyond them, which refills lists incrementally)."""
+        return measure.k
+
     def update(self, m: sp.csr_matrix, changed: np.ndarray, stored: "StoredLists",
                measure: Measure) -> "IncrementalResult":
         from . import engine

@@ -1,10 +1,21 @@
 """EASE (Steck, "Embarrassingly Shallow Autoencoders for Sparse Data", WWW 2019).
 
 The item-item weights B minimize |X - X B|^2 + lambda |B|^2 with diag(B) = 0, in closed form
-from the inverse of the items' Gram matrix. B is dense and asymmetric; rtsql keeps each item's
-top-K positive weights as its list, so recommend() sums them like any other list. The inverse
-is dense (n x n for n items), so only the ``ease_max_items`` most popular items take part, and
-every refresh with new events rebuilds the lists in full (no exact incremental update).
+from the inverse of the items' Gram matrix. B is dense, asymmetric and signed: a negative
+weight says "users who have a rarely have b", and those weights carry much of EASE's accuracy.
+rtsql serves B through the same lists as every measure, so it keeps the largest weights by
+magnitude, positive and negative, ``k`` per item on average over the whole matrix (a popular
+item's row holds many strong weights, a rare item's few), at most ``LIST_CAP_FACTOR`` x k per
+item; recommend() sums them like any other list.
+
+lambda is given in units of the mean squared interaction weight (``ease_lambda`` x mean x^2),
+so the same setting means the same on binary events, event-type weights, ratings or decayed
+weights: scaling every weight by c scales the Gram matrix by c^2, and lambda with it, which
+leaves B unchanged.
+
+The inverse is dense (n x n for n items), so only the ``ease_max_items`` most popular items
+take part, and every refresh with new events rebuilds the lists in full (no exact incremental
+update). Cost: n^3 / 3 + 2 n^3 / 3 multiply-adds (Cholesky, inverse), about 16 n^2 bytes.
 """
 
 from __future__ import annotations
@@ -13,9 +24,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from .base import Measure, Model, Notice, Progress
-from .engine import Block, Neighbors, top_k
+from .engine import Neighbors
 
 NUMERICAL_ZERO = 1e-9  # relative to the largest |weight|
+LIST_CAP_FACTOR = 8  # a list holds at most this many times k entries
 
 
 class Ease(Model):
@@ -26,15 +38,17 @@ class Ease(Model):
              notice: Notice | None = None) -> Neighbors:
         return ease(m, measure, progress, notice)
 
+    def served(self, measure: Measure) -> int:
+        return list_cap(measure)
 
-def ease(m: sp.csr_matrix, measure: Measure, progress: Progress | None = None,
-         notice: Notice | None = None) -> Neighbors:
-    """EASE (Steck 2019): the closed-form item-item weights B = I - P diag(1 / diag P), with
-    P = (G + lambda I)^-1 and G = M M^T the rows' Gram matrix, B's diagonal zero; row a's list
-    is its top-K positive B[a, b] (a user's score of b is the sum of B[a, b] over history rows
-    a, as recommend() sums list scores). Dense: about 16 n^2 bytes and n^3 multiply-adds for n
-    rows, so only the ``ease_max_items`` rows with the most features (ties: the lower key) enter;
-    the others get no list and are no one's neighbour (``notice`` says so)."""
+
+def list_cap(measure: Measure) -> int:
+    return LIST_CAP_FACTOR * measure.k
+
+
+def ease_rows(m: sp.csr_matrix, measure: Measure, notice: Notice | None = None) -> np.ndarray:
+    """The rows that enter the inverse: every row with features, or the ``ease_max_items``
+    with the most features (ties: the lower key), with a notice."""
     present = np.diff(m.indptr)
     rows = np.flatnonzero(present > 0)
     if len(rows) > measure.ease_max_items:
@@ -44,14 +58,18 @@ def ease(m: sp.csr_matrix, measure: Measure, progress: Progress | None = None,
             notice(f"ease: {len(order)} items have interactions; the {len(rows)} most popular "
                    f"(setting ease_max_items) get lists, the rest none: raise ease_max_items "
                    f"(memory about 16 x n^2 bytes) or use similarity cosine")
-    if not len(rows):
-        return Neighbors.empty()
+    return rows
+
+
+def ease_weights(sub: sp.csr_matrix, ease_lambda: float) -> np.ndarray:
+    """B = I - P diag(1 / diag P), P = (G + lambda' I)^-1, G = sub sub^T the rows' Gram matrix,
+    lambda' = ease_lambda x the mean squared weight; B's diagonal zero. Row a, column b: what
+    history row a adds to b's score."""
     from scipy.linalg import lapack  # imported here: scipy.linalg adds ~0.1 s to every start
 
-    sub = m[rows]
+    scale = float(np.mean(sub.data ** 2)) if sub.nnz else 1.0
     gram = (sub @ sub.T).toarray()
-    gram[np.diag_indices_from(gram)] += measure.ease_lambda
-    del sub
+    gram[np.diag_indices_from(gram)] += ease_lambda * scale
     factor, info = lapack.dpotrf(gram, lower=False, overwrite_a=True, clean=False)
     if info != 0:
         raise np.linalg.LinAlgError(f"ease: the Gram matrix is not positive definite ({info})")
@@ -66,20 +84,54 @@ def ease(m: sp.csr_matrix, measure: Measure, progress: Progress | None = None,
     diag = p.diagonal().copy()
     p /= -diag[None, :]  # B[a, b] = -P[a, b] / P[b, b]
     np.fill_diagonal(p, 0.0)
-    # weights within rounding of zero are zero (e.g. between items no user links, which the
-    # exact inverse leaves at 0): they would be neighbours by the sign of a rounding error;
-    # applied per block, so no n x n temporary is made
-    threshold = NUMERICAL_ZERO * max(p.max(), -p.min())
+    return p
+
+
+def ease(m: sp.csr_matrix, measure: Measure, progress: Progress | None = None,
+         notice: Notice | None = None) -> Neighbors:
+    """EASE lists: the ``k`` x n weights of largest magnitude over the whole of B (n rows),
+    at most ``list_cap`` per row, each list ordered by (weight desc, key asc). Weights within
+    rounding of zero are left out (e.g. between items no user links, which the exact inverse
+    leaves at 0: they would be neighbours by the sign of a rounding error)."""
+    rows = ease_rows(m, measure, notice)
+    if not len(rows):
+        return Neighbors.empty()
+    p = ease_weights(m[rows], measure.ease_lambda)
     n = len(rows)
+    cap = min(list_cap(measure), n - 1)
+    zero = NUMERICAL_ZERO * max(p.max(), -p.min())
     step = max(1, measure.block_cells // n)
-    parts = []
+    # pass 1: each row's cap largest magnitudes (no row keeps more), whose budget-th largest
+    # overall is the global threshold; blocks keep the temporaries at block_cells entries
+    best = []
     for start in range(0, n, step):
-        chunk = p[start:start + step]
-        indptr = np.arange(chunk.shape[0] + 1, dtype=np.int64) * n
-        # list entries are original row keys
-        block = Block(rows[start:start + step], indptr, np.tile(rows, chunk.shape[0]),
-                      np.where(chunk > threshold, chunk, 0.0).ravel())
-        parts.append(top_k(block, measure.list_length, n))
+        best.append(_row_best(np.abs(p[start:start + step]), cap))
+    magnitudes = np.concatenate([np.take_along_axis(np.abs(p[s:s + step]), b, axis=1).ravel()
+                                 for s, b in zip(range(0, n, step), best)])
+    budget = min(measure.k * n, len(magnitudes))
+    threshold = np.partition(magnitudes, len(magnitudes) - budget)[len(magnitudes) - budget] \
+        if budget else np.inf
+    # pass 2: each row's kept entries, ordered
+    parts = []
+    for block, start in enumerate(range(0, n, step)):
+        cols = best[block]
+        vals = np.take_along_axis(p[start:start + step], cols, axis=1)
+        keep = (np.abs(vals) >= threshold) & (np.abs(vals) > zero)
+        count = keep.sum(axis=1)
+        # order within a row: weight desc, then key asc; dropped entries sort last
+        key = np.where(keep, -vals, np.inf)
+        order = np.lexsort((cols, key), axis=1) if cols.size else cols
+        nb = rows[np.take_along_axis(cols, order, axis=1)]
+        score = np.take_along_axis(vals, order, axis=1)
+        parts.append(Neighbors.from_rows(rows[start:start + step], count, nb, score,
+                                         np.empty(0, np.int64)))
         if progress:
             progress(min(start + step, n), n)
     return Neighbors.concat(parts)
+
+
+def _row_best(magnitude: np.ndarray, cap: int) -> np.ndarray:
+    """Column indices of each row's ``cap`` largest magnitudes (any order)."""
+    if cap >= magnitude.shape[1]:
+        return np.broadcast_to(np.arange(magnitude.shape[1]), magnitude.shape).copy()
+    return np.argpartition(-magnitude, cap - 1, axis=1)[:, :cap]

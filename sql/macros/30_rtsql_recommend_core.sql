@@ -1,6 +1,7 @@
 -- rtsql_recommend_core: the hybrid scorer behind recommend() and recommend_for_items().
 -- p_hist is the history as a list of {item_key, weight, event_type, ts}. Each strategy's scores
--- are scaled to [0, 1] and blended with the weight_* settings (or one strategy alone, when
+-- are scaled by its best candidate (to at most 1; item-cf lists may hold negative weights, e.g.
+-- ease's, and then so may its scores) and blended with the weight_* settings (or one strategy alone, when
 -- p_strategy is item, user, content or trending); items no strategy scored are backfilled from
 -- the precomputed trending / popularity order, so k rows come back whenever k items pass the
 -- filters. p_variant (an ab_variants name, or NULL) overrides serving settings with its own.
@@ -16,7 +17,7 @@ with cfg as (
                as exclude_seen,
            coalesce(json_extract_string(o, '$.recency_half_life_days'), recency, {{default:recency_half_life_days}})::DOUBLE
                as recency,
-           coalesce(served, {{default:neighbors}})::INTEGER as served,  -- lists store a buffer beyond K
+           coalesce(served, {{default:neighbors}})::INTEGER as served,  -- user lists store a buffer beyond K
            coalesce(max_history, {{default:max_history}})::INTEGER as max_history
     from (
         -- every setting in one scan; the variant's JSON overrides them
@@ -40,10 +41,11 @@ h as (
     from (select *, row_number() over (order by ts desc, item_key desc) as recent from hist) r, cfg
     where weight > 0 and (cfg.max_history = 0 or recent <= cfg.max_history)
 ),
--- (candidate, strategy, history item behind it, score contribution)
+-- (candidate, strategy, history item behind it, score contribution); item_neighbor_lists
+-- holds exactly the served lists
 scored as (
-    select unnest(l.neighbor_keys[1:cfg.served]) as item_key, 'item-cf' as part,
-           l.item_key as because, h.w * unnest(l.scores[1:cfg.served]) as s
+    select unnest(l.neighbor_keys) as item_key, 'item-cf' as part,
+           l.item_key as because, h.w * unnest(l.scores) as s
     from h join item_neighbor_lists l using (item_key), cfg
     where cfg.w_item > 0
     union all
@@ -67,8 +69,9 @@ excluded as (
     select item_key from items
     where p_exclude is not null and list_contains(p_exclude, item_id)
 ),
--- one row per candidate: each strategy's sum, scaled to [0, 1] by its best candidate, times its
--- blend weight; added in a fixed order (not sum()), so every client gets bit-identical scores
+-- one row per candidate: each strategy's sum, scaled by its best candidate (NULL where the
+-- strategy did not score it, or where no candidate's sum is positive), times its blend weight;
+-- added in a fixed order (not sum()), so every client gets bit-identical scores
 -- (trending is added last, in ranked); the history item behind a strategy's sum is the one that
 -- added the most, ties going to the smallest key
 per_part as (
@@ -82,20 +85,23 @@ per_part as (
 ),
 scaled as (
     select item_key, item_because, content_because,
-           coalesce(item_s / max(item_s) over () * cfg.w_item, 0) as si,
-           coalesce(user_s / max(user_s) over () * cfg.w_user, 0) as su,
-           coalesce(content_s / max(content_s) over () * cfg.w_content, 0) as sc
+           nullif(item_s / nullif(greatest(max(item_s) over (), 0), 0) * cfg.w_item, 0) as si,
+           nullif(user_s / nullif(greatest(max(user_s) over (), 0), 0) * cfg.w_user, 0) as su,
+           nullif(content_s / nullif(greatest(max(content_s) over (), 0), 0) * cfg.w_content, 0)
+               as sc
     from per_part, cfg
 ),
+-- every candidate some strategy scored, negative sums included (they rank below the backfill)
 blend as (
-    select item_key, si + su + sc as score,
+    select item_key, coalesce(si, 0) + coalesce(su, 0) + coalesce(sc, 0) as score,
            -- the strategy that added the most explains the row
-           case when si >= su and si >= sc
+           case when si >= coalesce(su, si) and si >= coalesce(sc, si)
                 then struct_pack(part := 'item-cf', because := item_because, s := si)
-                when su >= sc then struct_pack(part := 'user-cf', because := NULL::INTEGER, s := su)
+                when su >= coalesce(sc, su)
+                then struct_pack(part := 'user-cf', because := NULL::INTEGER, s := su)
                 else struct_pack(part := 'content', because := content_because, s := sc)
            end as win
-    from scaled where si > 0 or su > 0 or sc > 0
+    from scaled where si is not null or su is not null or sc is not null
 ),
 -- the best items no strategy scored, k of them: the stored backfill order, then items new since
 -- the last refresh (keys only grow; not ranked yet, popularity 0), which rank after every
@@ -138,9 +144,10 @@ select r.rank, i.item_id, r.score,
 from (
     -- the reason is the strategy that added the most (trending when nothing else did)
     select item_key, rank, score,
-           case when win is not null and win.s >= trend then win.part
+           case when win is not null and (win.s >= trend or trend <= 0) then win.part
                 when trend > 0 then 'trending' else 'popular' end as part,
-           case when win is not null and win.s >= trend then win.because end as because
+           case when win is not null and (win.s >= trend or trend <= 0) then win.because end
+               as because
     from ranked
 ) r
 join items i on i.item_key = r.item_key
