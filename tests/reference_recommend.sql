@@ -98,7 +98,10 @@ blend as (
            + coalesce(max(s) filter (where part = 'user-cf'), 0)
            + coalesce(max(s) filter (where part = 'content'), 0)
            + coalesce(max(s) filter (where part = 'trending'), 0) as score,
-           arg_max(struct_pack(part := part, because := because), s) as win
+           -- ties go to item-cf, then user-cf, content, trending (the served macro's order)
+           arg_max(struct_pack(part := part, because := because),
+                   (s, case part when 'item-cf' then 4 when 'user-cf' then 3
+                                 when 'content' then 2 else 1 end)) as win
     from parts where s <> 0 group by item_key
 ),
 pool as (

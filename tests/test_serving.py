@@ -70,12 +70,17 @@ def rtsql_recommend_for_items(con, basket, k, options):
     return recommend.Rows([d[0] for d in cur.description], cur.fetchall())
 
 
-def test_sample_set_with_pending_events_equals_the_macros(db_path):
+@pytest.mark.parametrize("similarity", ["auto", "cosine"])
+def test_sample_set_with_pending_events_equals_the_macros(db_path, similarity):
+    """auto is ease here: item lists with negative scores (checked), summed with the rest."""
     con = rtsql.connect(db_path)
+    settings.set_value(con, "similarity", similarity)
     files = sorted((SAMPLE / "events").iterdir())
     ingest.ingest(con, files[:2])
     catalog.load_items(con, SAMPLE / "items.csv")
     refresh.refresh(con)
+    negative = con.execute("select count(*) from item_neighbors where score < 0").fetchone()[0]
+    assert (negative > 0) == (similarity == "auto")
     ingest.ingest(con, files[2:])  # pending: real-time history, new users and items
     feedback.set_variants(con, {"a": 0.5, "b": 0.5},
                           {"b": {"weight_user_cf": "2", "recency_half_life_days": "3",
@@ -146,9 +151,10 @@ events_strategy = st.lists(
 @given(events=events_strategy, refreshed=st.floats(0, 1), decay=st.sampled_from([0, 3]),
        recency=st.sampled_from(["0", "2"]), exclude_seen=st.booleans(),
        neighbors=st.sampled_from(["2", "5", "50"]), max_history=st.sampled_from(["0", "3", "500"]),
-       seed=st.integers(0, 1000))
+       seed=st.integers(0, 1000), similarity=st.sampled_from(["auto", "cosine"]))
 def test_random_databases_equal_the_macros(tmp_path_factory, events, refreshed, decay,
-                                           recency, exclude_seen, neighbors, max_history, seed):
+                                           recency, exclude_seen, neighbors, max_history, seed,
+                                           similarity):
     """Random events (ties in time and score are common at this size), a random share of them
     refreshed, the rest pending; random serving settings, a catalog with categories, variants."""
     folder = tmp_path_factory.mktemp("db")
@@ -158,6 +164,7 @@ def test_random_databases_equal_the_macros(tmp_path_factory, events, refreshed, 
     settings.set_value(con, "max_history", max_history)  # 3: most users' rows are capped
     settings.set_value(con, "recency_half_life_days", recency)
     settings.set_value(con, "exclude_seen", str(exclude_seen))
+    settings.set_value(con, "similarity", similarity)  # auto: ease, signed lists
     lines = [f"u{u},i{i},{t},{(T0 + dt.timedelta(hours=h)).isoformat()},{v}\n"
              for u, i, t, h, v in events]
     cut = int(len(lines) * refreshed)
