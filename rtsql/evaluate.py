@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from . import db, ingest, refresh, settings
 from .recommend import DEFAULT_K, DEFAULT_STRATEGY
-from .measures import MODELS as MEASURES
+from .measures import AUTO, MODELS as MEASURES
 from .sqlutil import arrow_table, transaction
 
 # Events with string ids, each user's events ordered by (ts, item id; numerically when the ids
@@ -339,15 +339,15 @@ def metric_names(k: int) -> list[str]:
 
 SEARCH_SPACE = {
     "neighbors": ["20", "50", "100"],
-    "similarity": list(MEASURES),
-    "ease_lambda": ["300", "1000"],
+    "similarity": [AUTO, *MEASURES],
+    "ease_lambda": ["100", "300", "1000"],
     "rp3_alpha": ["0.6", "1"],
     "rp3_beta": ["0.3", "0.5"],
     "shrinkage": ["0", "5"],
     "max_history": ["0", "500"],
     "half_life_days": ["0", "180"],
-    "weight_user_cf": ["0", "0.3", "1"],
-    "weight_content": ["0", "0.1"],
+    "weight_user_cf": ["0", "0.1", "0.3", "1"],
+    "weight_content": ["0", "0.05", "0.1"],
     "weight_trending": ["0", "0.05"],
     "recency_half_life_days": ["0", "30"],
 }

@@ -248,8 +248,12 @@ def _full(con, values: dict, progress: Progress | None) -> RefreshResult:
                 "order by user_key, item_key", {"lambda": lam, "t0": t0, "after": -1})
     x = _capped_matrix(con, values["max_history"])
     idf_n = float(np.count_nonzero(np.diff(x.indptr)))  # users with history, frozen until next full
+    n_items = int(np.count_nonzero(np.bincount(x.indices, minlength=x.shape[1])))
+    kind = resolve_similarity(values, n_items)
     notes: list[str] = []
-    kind = resolve_similarity(values, int(np.count_nonzero(np.diff(x.tocsc().indptr))))
+    if values["similarity"] == measures.AUTO and _state(con).get("item_measure") != kind:
+        notes.append(f"similarity auto: {kind} item lists ({n_items} items have interactions; "
+                     f"ease up to ease_max_items {values['ease_max_items']}, cosine beyond)")
     item_measure = _item_measure(values, idf_n, kind)
     items = measures.full(x.T.tocsr(), item_measure, _stage(progress, "items"), notes.append)
     # user-user is computed on a worker thread while DuckDB writes the item lists

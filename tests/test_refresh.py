@@ -253,7 +253,8 @@ def test_auto_is_ease_up_to_its_item_limit_and_cosine_beyond(tmp_path, write):
     rows = "".join(f"u{u},i{(u * 3 + j) % 7},view,2026-10-0{1 + j}T00:00:00,\n"
                    for u in range(6) for j in range(3))
     ingest.ingest(con, [write("a.csv", HEADER + rows)])
-    assert refresh.refresh(con).mode == "full"
+    first = refresh.refresh(con)
+    assert first.mode == "full" and any("similarity auto: ease" in n for n in first.notes)
     state = dict(con.execute("select name, value from model_state").fetchall())
     assert state["item_measure"] == "ease"
     ease_lists = con.execute("select * from item_neighbors order by all").fetchall()
@@ -261,7 +262,7 @@ def test_auto_is_ease_up_to_its_item_limit_and_cosine_beyond(tmp_path, write):
     refresh.refresh(con)
     assert con.execute("select * from item_neighbors order by all").fetchall() == ease_lists
     configure(con, similarity="auto", ease_max_items=6)  # 7 items have interactions
-    refresh.refresh(con)
+    assert any("similarity auto: cosine" in n for n in refresh.refresh(con).notes)
     state = dict(con.execute("select name, value from model_state").fetchall())
     assert state["item_measure"] == "cosine"
     ingest.ingest(con, [write("b.csv", HEADER + "u9,i1,view,2026-10-05T00:00:00,\n")])
