@@ -41,6 +41,15 @@ def spark_session():
     session.stop()
 
 
+def cosine_db(path):
+    """A database whose item lists are cosine: the measure the Spark engine builds, so the
+    local lists compared with Spark's are cosine too (the default, auto, is ease on catalogs
+    this small; a Spark build under auto records cosine, tested below)."""
+    con = rtsql.connect(path)
+    settings.set_value(con, "similarity", "cosine")
+    return con
+
+
 def tables(con) -> dict:
     out = {t: con.execute(f"select * from {t} order by all").fetchall() for t in SPARK_TABLES}
     out["content_neighbors"] = con.execute("select * from content_neighbors order by all").fetchall()
@@ -61,7 +70,7 @@ def local_then_spark(con, session, tmp_path) -> tuple[dict, dict]:
 @pytest.mark.spark
 @pytest.mark.slow
 def test_sample_set_equals_the_local_engine(spark_session, tmp_path):
-    con = rtsql.connect(tmp_path / "s.duckdb")
+    con = cosine_db(tmp_path / "s.duckdb")
     ingest.ingest(con, sorted((SAMPLE / "events").iterdir()))
     catalog.load_items(con, SAMPLE / "items.csv")
     users = [r[0] for r in con.execute("select user_id from users order by user_key limit 40")
@@ -82,7 +91,7 @@ def test_sample_set_equals_the_local_engine(spark_session, tmp_path):
 def test_movielens_equals_the_local_engine(spark_session, tmp_path):
     if not (MOVIELENS / "ratings.csv").exists():
         pytest.skip(f"MovieLens ml-latest-small is not at {MOVIELENS}")
-    con = rtsql.connect(tmp_path / "ml.duckdb")
+    con = cosine_db(tmp_path / "ml.duckdb")
     ingest.ingest(con, [MOVIELENS / "ratings.csv"], mapping=ingest.ColumnMapping.parse(
         ["user_id=userId", "item_id=movieId", "ts=timestamp", "value=rating"], "rating"))
     settings.set_value(con, "shrinkage", "10")
@@ -131,7 +140,7 @@ def test_random_streams_equal_the_local_engine_and_hand_over_exactly(spark_sessi
 
     events, config, cut = case
     folder = Path(tempfile.mkdtemp(dir=tmp_path))  # examples may repeat: a fresh folder each
-    con = rtsql.connect(folder / "r.duckdb")
+    con = cosine_db(folder / "r.duckdb")
     for name, value in config.items():
         settings.set_value(con, name, str(value))
     ingest.ingest(con, [write_events(folder / "a.csv", events[:cut])])
@@ -246,13 +255,13 @@ def test_events_from_parquet_with_string_ids_equal_ingesting_them(spark_session,
                          from read_csv('{week1}', all_varchar = true)
                          union all select '', 'sku-1', 'view', '2026-10-30T10:00:00', NULL)
                    to '{lake}'""")
-    local = rtsql.connect(tmp_path / "local.duckdb")
+    local = cosine_db(tmp_path / "local.duckdb")
     ingest.ingest(local, [week1, week2])
     refresh.refresh(local, full=True)
     want = by_ids(local)
     local.close()
 
-    con = rtsql.connect(tmp_path / "spark.duckdb")
+    con = cosine_db(tmp_path / "spark.duckdb")
     ingest.ingest(con, [week2])
     top = con.execute("select max(user_key) from users").fetchone()[0]
     con.execute("insert into forgotten_users values (?, now())", [top + 100])  # retired key
@@ -276,7 +285,7 @@ def test_events_from_parquet_with_string_ids_equal_ingesting_them(spark_session,
     later = write_events(tmp_path / "later.csv", [(3, 1, "cart", 24 * 40, 1.0),
                                                  (900, 2, "view", 24 * 40, 1.0)])
     for database in (tmp_path / "local.duckdb", None):
-        other = rtsql.connect(database) if database else con
+        other = cosine_db(database) if database else con
         ingest.ingest(other, [later])
         assert refresh.refresh(other).mode == "incremental"
         if database:
@@ -306,10 +315,29 @@ def test_events_that_do_not_fit_are_a_clear_error(spark_session, tmp_path):
     lake = tmp_path / "lake.parquet"
     duckdb.sql(f"copy (select 'u1' as who, 'i1' as item_id, 'view' as event_type, "
                f"timestamp '2026-10-01' as ts) to '{lake}'")
-    con = rtsql.connect(tmp_path / "x.duckdb")
+    con = cosine_db(tmp_path / "x.duckdb")
     for uri, reason in ((tmp_path / "missing.parquet", "PATH_NOT_FOUND"),
                         (lake, "no column for user_id (columns: event_type, item_id, ts, who)")):
         with pytest.raises(spark.SparkJobFailed, match=reason.replace("(", r"\(").replace(")", r"\)")):
             spark.refresh(con, session=spark_session, events=[str(uri)])
     assert con.execute("select count(*) from model_state").fetchone() == (0,)
+    con.close()
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_a_spark_build_under_auto_is_cosine_and_stays_incremental(spark_session, tmp_path):
+    """The Spark engine builds cosine lists; under similarity auto it records cosine as the
+    measure in effect, so the next local refresh folds new events in incrementally."""
+    from rtsql import spark
+
+    con = rtsql.connect(tmp_path / "auto.duckdb")
+    files = sorted((SAMPLE / "events").iterdir())
+    ingest.ingest(con, files[:-1])
+    spark.refresh(con, session=spark_session, work=tmp_path / "work")
+    state = dict(con.execute("select name, value from model_state").fetchall())
+    assert state["item_measure"] == "cosine"
+    assert con.execute("select count(*) from item_neighbors where score < 0").fetchone()[0] == 0
+    ingest.ingest(con, files[-1:])
+    assert refresh.refresh(con).mode == "incremental"
     con.close()
