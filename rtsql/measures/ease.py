@@ -96,9 +96,11 @@ def ease(m: sp.csr_matrix, measure: Measure, progress: Progress | None = None,
     rows = ease_rows(m, measure, notice)
     if not len(rows):
         return Neighbors.empty()
-    p = ease_weights(m[rows], measure.ease_lambda)
     n = len(rows)
     cap = min(list_cap(measure), n - 1)
+    if cap <= 0:  # one item: no neighbours
+        return Neighbors.empty()
+    p = ease_weights(m[rows], measure.ease_lambda)
     zero = NUMERICAL_ZERO * max(p.max(), -p.min())
     step = max(1, measure.block_cells // n)
     # pass 1: each row's cap largest magnitudes (no row keeps more), whose budget-th largest
@@ -108,9 +110,8 @@ def ease(m: sp.csr_matrix, measure: Measure, progress: Progress | None = None,
         best.append(_row_best(np.abs(p[start:start + step]), cap))
     magnitudes = np.concatenate([np.take_along_axis(np.abs(p[s:s + step]), b, axis=1).ravel()
                                  for s, b in zip(range(0, n, step), best)])
-    budget = min(measure.k * n, len(magnitudes))
-    threshold = np.partition(magnitudes, len(magnitudes) - budget)[len(magnitudes) - budget] \
-        if budget else np.inf
+    budget = min(measure.k * n, len(magnitudes))  # >= 1: n >= 2, k >= 1
+    threshold = np.partition(magnitudes, len(magnitudes) - budget)[len(magnitudes) - budget]
     # pass 2: each row's kept entries, ordered
     parts = []
     for block, start in enumerate(range(0, n, step)):
