@@ -27,6 +27,8 @@ from common import (dataset, incremental_batches, macro_latencies, p50_p99_ms, p
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="A setting before the refresh (e.g. similarity=cosine).")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -34,6 +36,8 @@ def main():
         cli = [sys.executable, "-m", "rtsql.cli", "--db", db]
         wall, rss = run_process(cli + ["ingest", str(dataset(args.events, "parquet"))])
         rows.append(("ingest (process)", round(wall, 2), int(rss), None))
+        for assignment in args.set:
+            run_process(cli + ["settings", *assignment.split("=", 1)])
         wall, rss = run_process(cli + ["refresh", "--full"])
         rows.append(("full refresh (process)", round(wall, 2), int(rss), None))
         refresh_wall = wall
