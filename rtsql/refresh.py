@@ -176,11 +176,6 @@ def _measure(values: dict, kind: str = "cosine", idf_n: float = 0.0) -> measures
                               **engine_options(values))
 
 
-def _item_measure(values: dict, idf_n: float, kind: str) -> measures.Measure:
-    """Item-item uses the measure in effect (``kind``); user-user is always cosine."""
-    return _measure(values, kind, idf_n)
-
-
 def resolve_similarity(values: dict, items: int) -> str:
     """The item-item measure a full refresh builds: the ``similarity`` setting, where ``auto``
     means ease while at most ``ease_max_items`` items have interactions (the most accurate
@@ -254,7 +249,7 @@ def _full(con, values: dict, progress: Progress | None) -> RefreshResult:
     if values["similarity"] == measures.AUTO and _state(con).get("item_measure") != kind:
         notes.append(f"similarity auto: {kind} item lists ({n_items} items have interactions; "
                      f"ease up to ease_max_items {values['ease_max_items']}, cosine beyond)")
-    item_measure = _item_measure(values, idf_n, kind)
+    item_measure = _measure(values, kind, idf_n)  # user-user is always cosine
     items = measures.full(x.T.tocsr(), item_measure, _stage(progress, "items"), notes.append)
     # user-user is computed on a worker thread while DuckDB writes the item lists
     with ThreadPoolExecutor(1) as worker:
@@ -530,8 +525,8 @@ def _incremental(con, values: dict, state: dict, forget_users: np.ndarray | None
     changed_users, changed_items = _changes(old, new, _shape(con)[1])
     x = _capped_matrix(con, cap)
     recomputed = _apply_incremental(con, "item_neighbors", "item_key", x.T.tocsr(), changed_items,
-                                    _item_measure(values, float(state.get("idf_n", 0)),
-                                                  _similarity_in_effect(values, state)))
+                                    _measure(values, _similarity_in_effect(values, state),
+                                             float(state.get("idf_n", 0))))
     if values["user_cf"]:
         recomputed += _apply_incremental(con, "user_neighbors", "user_key", x, changed_users,
                                          _measure(values))

@@ -497,7 +497,7 @@ def score_user(user, h_items, h_w, exclude, allowed, k,
         else:
             win, win_s, because = PART_CONTENT, sc, acc_content[c, _BECAUSE]
         if win_s < trend and trend > 0.0:
-            win, because = (PART_TRENDING if trend > 0.0 else PART_POPULAR), -1.0
+            win, because = PART_TRENDING, -1.0
         size = _offer(heap, size, k, final, pop, c, win, because)
     # backfill: the first k eligible items of the stored order (none the blend scored),
     # then new items by key

@@ -20,6 +20,8 @@ update). Cost: n^3 / 3 + 2 n^3 / 3 multiply-adds (Cholesky, inverse), about 16 n
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -80,6 +82,7 @@ def ease_weights(sub: sp.csr_matrix, ease_lambda: float) -> np.ndarray:
     return p
 
 
+@functools.cache
 def _lapack(name: str):
     """LAPACK's ``name`` (uplo, n, a, lda, info) from SciPy's Cython LAPACK, called through
     ctypes. scipy.linalg.lapack's wrappers hold the GIL for the whole call (measured: 0.9 s of
@@ -133,11 +136,12 @@ def ease(m: sp.csr_matrix, measure: Measure, progress: Progress | None = None,
     step = max(1, measure.block_cells // n)
     # pass 1: each row's cap largest magnitudes (no row keeps more), whose budget-th largest
     # overall is the global threshold; blocks keep the temporaries at block_cells entries
-    best = []
+    best, kept = [], []
     for start in range(0, n, step):
-        best.append(_row_best(np.abs(p[start:start + step]), cap))
-    magnitudes = np.concatenate([np.take_along_axis(np.abs(p[s:s + step]), b, axis=1).ravel()
-                                 for s, b in zip(range(0, n, step), best)])
+        magnitude = np.abs(p[start:start + step])
+        best.append(_row_best(magnitude, cap))
+        kept.append(np.take_along_axis(magnitude, best[-1], axis=1).ravel())
+    magnitudes = np.concatenate(kept)
     budget = min(measure.k * n, len(magnitudes))  # >= 1: n >= 2, k >= 1
     threshold = np.partition(magnitudes, len(magnitudes) - budget)[len(magnitudes) - budget]
     # pass 2: each row's kept entries, ordered
