@@ -61,18 +61,19 @@ where e.event_id > $after
 group by all
 """
 
-# The history used for co-occurrence: each user's most recent max_history items ($cap 0: all).
+# The history used for co-occurrence: each user's most recent max_history items ($cap 0: all),
+# with the time of each entry's latest event (for the per-item cap, most_recent_per_item).
 # Only users over the cap go through the window (at 10M events: 0.24 s instead of 0.38 s).
 _CAPPED = """
 with heavy as (
     select user_key from interactions {where}
     group by user_key having $cap > 0 and count(*) > $cap
 )
-select user_key, item_key, weight from interactions {where}
+select user_key, item_key, weight, epoch_us(last_ts) as last_us from interactions {where}
 where weight > 0 and user_key not in (select user_key from heavy)
 union all
-select user_key, item_key, weight from (
-    select user_key, item_key, weight,
+select user_key, item_key, weight, epoch_us(last_ts) from (
+    select user_key, item_key, weight, last_ts,
            row_number() over (partition by user_key order by last_ts desc, item_key desc) as rn
     from interactions semi join heavy using (user_key)
 ) where rn <= $cap and weight > 0
@@ -149,13 +150,38 @@ def _shape(con) -> tuple[int, int]:
             scalar(con, "select coalesce(max(item_key), 0) + 1 from items"))
 
 
-def _capped_matrix(con, cap: int) -> sp.csr_matrix:
-    """The capped interaction matrix X (users x items) as CSR."""
-    cols = con.execute(_CAPPED.format(where=""), {"cap": cap}).fetchnumpy()
-    n_users, n_items = _shape(con)
-    return sp.csr_matrix((cols["weight"].astype(np.float64),
-                          (cols["user_key"].astype(np.int64), cols["item_key"].astype(np.int64))),
-                         shape=(n_users, n_items))
+def _capped_entries(con, cap: int) -> dict[str, np.ndarray]:
+    """The entries of the capped interaction matrix X: user_key, item_key, weight, last_us."""
+    return con.execute(_CAPPED.format(where=""), {"cap": cap}).fetchnumpy()
+
+
+def _matrix(con, cols: dict[str, np.ndarray], keep: np.ndarray | None = None) -> sp.csr_matrix:
+    """Entries (all, or those ``keep`` flags) as a users x items CSR matrix."""
+    pick = slice(None) if keep is None else keep
+    return sp.csr_matrix((cols["weight"][pick].astype(np.float64),
+                          (cols["user_key"][pick].astype(np.int64),
+                           cols["item_key"][pick].astype(np.int64))), shape=_shape(con))
+
+
+def most_recent_per_item(cols: dict[str, np.ndarray], cap: int) -> np.ndarray:
+    """Which entries are among their item's ``cap`` most recent users (by the time of the
+    entry's latest event, then user key, descending; cap 0: all): the rows user-user
+    co-occurrence counts (``max_item_users``), so an item costs it at most cap^2 multiply-adds,
+    the way ``max_history`` bounds what a user costs item-item. Deterministic, and a function
+    of the item's column alone, so the incremental refresh finds the users it moves from the
+    columns that changed."""
+    n = len(cols["item_key"])
+    if cap <= 0 or not n:
+        return np.ones(n, bool)
+    item = cols["item_key"].astype(np.int64)
+    order = np.lexsort((-cols["user_key"].astype(np.int64), -cols["last_us"].astype(np.int64),
+                        item))
+    sorted_item = item[order]
+    starts = np.flatnonzero(np.r_[True, sorted_item[1:] != sorted_item[:-1]])
+    rank = np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n]))
+    keep = np.zeros(n, bool)
+    keep[order[rank < cap]] = True
+    return keep
 
 
 def engine_options(values: dict) -> dict:
@@ -241,7 +267,8 @@ def _full(con, values: dict, progress: Progress | None) -> RefreshResult:
     recreate_empty(con, "interactions")
     con.execute(f"insert into interactions select * from ({_AGGREGATE_EVENTS}) "
                 "order by user_key, item_key", {"lambda": lam, "t0": t0, "after": -1})
-    x = _capped_matrix(con, values["max_history"])
+    cols = _capped_entries(con, values["max_history"])
+    x = _matrix(con, cols)
     idf_n = float(np.count_nonzero(np.diff(x.indptr)))  # users with history, frozen until next full
     n_items = int(np.count_nonzero(np.bincount(x.indices, minlength=x.shape[1])))
     kind = resolve_similarity(values, n_items)
@@ -253,8 +280,9 @@ def _full(con, values: dict, progress: Progress | None) -> RefreshResult:
     items = measures.full(x.T.tocsr(), item_measure, _stage(progress, "items"), notes.append)
     # user-user is computed on a worker thread while DuckDB writes the item lists
     with ThreadPoolExecutor(1) as worker:
-        users = worker.submit(measures.full, x, _measure(values), _stage(progress, "users")) \
-            if values["user_cf"] else None
+        users = worker.submit(
+            measures.full, _matrix(con, cols, most_recent_per_item(cols, values["max_item_users"])),
+            _measure(values), _stage(progress, "users")) if values["user_cf"] else None
         recreate_empty(con, "item_neighbors")
         recreate_empty(con, "item_neighbor_lists")
         _write_lists(con, "item_neighbors", "item_key", items,
@@ -403,6 +431,25 @@ def _changes(old: dict, new: dict, n_items: int) -> tuple[np.ndarray, np.ndarray
     return np.unique(diff // n_items), np.unique(diff % n_items)
 
 
+def _moved_by_item_cap(cols: dict, old: dict, users: np.ndarray, changed_items: np.ndarray,
+                       cap: int, n_items: int) -> np.ndarray:
+    """Users whose row of the item-capped matrix (most_recent_per_item) changed. An item's
+    column of it depends on that item's column of X alone, so only the changed items' columns
+    can differ: they are rebuilt as they were (``old``: the capped rows of ``users`` before the
+    new events) and as they are (``cols``: X now), capped, and compared. A user with a new event
+    can enter an item's most recent users and push another user out, whose row changes too."""
+    def capped(c: dict) -> dict:
+        keep = most_recent_per_item(c, cap)
+        return {name: values[keep] for name, values in c.items()}
+
+    in_changed = np.isin(cols["item_key"], changed_items)
+    others = in_changed & ~np.isin(cols["user_key"], users)
+    was = np.isin(old["item_key"], changed_items)
+    before = {name: np.r_[cols[name][others], old[name][was]] for name in cols}
+    after = {name: values[in_changed] for name, values in cols.items()}
+    return _changes(capped(before), capped(after), n_items)[0]
+
+
 def _stored(con, table: str, key: str, changed: np.ndarray
             ) -> tuple[measures.StoredLists, dict[str, np.ndarray]]:
     """The per-row summary the incremental update needs, and the stored entries pointing at
@@ -522,14 +569,20 @@ def _incremental(con, values: dict, state: dict, forget_users: np.ndarray | None
                 "anti join interactions i using (user_key, item_key)")
     con.execute("drop table _rtsql_delta")
     new = _capped_of(con, users, cap)
-    changed_users, changed_items = _changes(old, new, _shape(con)[1])
-    x = _capped_matrix(con, cap)
-    recomputed = _apply_incremental(con, "item_neighbors", "item_key", x.T.tocsr(), changed_items,
+    n_items = _shape(con)[1]
+    changed_users, changed_items = _changes(old, new, n_items)
+    cols = _capped_entries(con, cap)
+    recomputed = _apply_incremental(con, "item_neighbors", "item_key", _matrix(con, cols).T.tocsr(),
+                                    changed_items,
                                     _measure(values, _similarity_in_effect(values, state),
                                              float(state.get("idf_n", 0))))
     if values["user_cf"]:
-        recomputed += _apply_incremental(con, "user_neighbors", "user_key", x, changed_users,
-                                         _measure(values))
+        item_cap = values["max_item_users"]
+        recomputed += _apply_incremental(
+            con, "user_neighbors", "user_key",
+            _matrix(con, cols, most_recent_per_item(cols, item_cap)),
+            _moved_by_item_cap(cols, old, users, changed_items, item_cap, n_items)
+            if item_cap > 0 else changed_users, _measure(values))
     _refresh_trending(con, values)
     _refresh_content_if_changed(con, values, state)
     _set_state(con, watermark=max(watermark, scalar(

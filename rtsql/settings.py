@@ -141,6 +141,12 @@ SETTINGS: dict[str, Setting] = {
                 "co-occurrence, in the history recommend() scores, and in what it gives "
                 "its neighbours' user-cf.",
                 _non_negative),
+        Setting("max_item_users", int, 100,
+                "Each item counts with its this many most recent users (0: all) in user-user "
+                "co-occurrence, so an item costs user-user at most this squared (max_history "
+                "does the same for item-item); recommend() still scores every neighbour's "
+                "whole capped row.",
+                _non_negative),
         Setting("half_life_days", float, 0.0,
                 "Exponential time decay of interaction weights (0: off). Forward decay: exact "
                 "under incremental refresh.", _non_negative),
@@ -233,7 +239,7 @@ SERVING_SETTINGS = ("weight_item_cf", "weight_user_cf", "weight_content", "weigh
                     "exclude_seen", "recency_half_life_days")
 MODEL_SETTINGS = ("neighbors", "similarity", "rp3_alpha", "rp3_beta", "ease_lambda",
                   "ease_max_items", "shrinkage", "min_support",
-                  "max_history", "half_life_days",
+                  "max_history", "max_item_users", "half_life_days",
                   "user_cf", "list_buffer")
 
 

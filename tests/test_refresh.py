@@ -84,6 +84,7 @@ CONFIGS = st.fixed_dictionaries({
     "similarity": st.sampled_from(["cosine", "tfidf"]),
     "neighbors": st.sampled_from([2, 3, 50]),
     "max_history": st.sampled_from([0, 3]),
+    "max_item_users": st.sampled_from([0, 2]),  # 2 of 8 users: most items' columns capped
     "half_life_days": st.sampled_from([0.0, 2.0]),
     "shrinkage": st.sampled_from([0.0, 1.0]),
     "min_support": st.sampled_from([1, 2]),
@@ -155,21 +156,53 @@ def test_neighbours_in_sql_equal_brute_force(con, write):
     assert_same_lists(got, want_ids)
 
 
-@pytest.mark.parametrize("similarity", ["cosine", "auto"])
-def test_forget_equals_rebuild_without_the_user(tmp_path, similarity):
-    """cosine forgets through the exact incremental update; auto (here ease) rebuilds."""
+def test_user_neighbours_with_the_item_cap_equal_brute_force(con, write):
+    """max_item_users 4: user-user cosine over each item's 4 most recent users (by the latest
+    event of the pair, then user key, descending), computed here from the events alone."""
+    rng = np.random.default_rng(6)
+    rows = [(u, i, TYPES[rng.integers(0, 4)], int(h), 0) for u, i, h in
+            zip(rng.integers(0, 20, 300), rng.integers(0, 12, 300), rng.integers(0, 100, 300))]
+    ingest.ingest(con, [write_batch(write("x", "").parent, "r.csv", rows)])
+    configure(con, neighbors=5, max_history=0, max_item_users=4)
+    refresh.refresh(con)
+    weights = dict(con.execute("select event_type, weight from event_types").fetchall())
+    x, last = np.zeros((20, 12)), np.full((20, 12), -1)
+    for u, i, t, h, _ in rows:
+        x[u, i] += weights[t]
+        last[u, i] = max(last[u, i], h)
+    keys = dict(con.execute("select user_id, user_key from users").fetchall())
+    capped = np.zeros_like(x)
+    for i in range(12):
+        users = [u for u in range(20) if x[u, i] > 0]
+        users.sort(key=lambda u: (last[u, i], keys[f"u{u}"]), reverse=True)
+        capped[users[:4], i] = x[users[:4], i]
+    assert (capped > 0).sum() < (x > 0).sum()  # the cap is active
+    want = {f"u{a}": [(f"u{b}", s) for b, s in lst]
+            for a, lst in brute_force_topk(capped, 5).items()}
+    got = lists_from_rows(con.execute(
+        "select user_id, neighbor_id, score, rank from user_similarity").fetchall())
+    assert_same_lists(got, want)
+
+
+@pytest.mark.parametrize("similarity,max_item_users", [("cosine", 0), ("cosine", 3),
+                                                        ("auto", 3)])
+def test_forget_equals_rebuild_without_the_user(tmp_path, similarity, max_item_users):
+    """cosine forgets through the exact incremental update; auto (here ease) rebuilds. With
+    the item cap, the forgotten user's place among an item's recent users goes to the next."""
     rng = np.random.default_rng(11)
     rows = [(u, i, TYPES[rng.integers(0, 4)], h, 0) for h, (u, i) in
             enumerate(zip(rng.integers(0, 12, 200), rng.integers(0, 15, 200)))]
     live = rtsql.connect_memory()
-    configure(live, neighbors=4, max_history=5, similarity=similarity)
+    configure(live, neighbors=4, max_history=5, similarity=similarity,
+              max_item_users=max_item_users)
     ingest.ingest(live, [write_batch(tmp_path, "a.csv", rows[:150])])
     refresh.refresh(live)
     ingest.ingest(live, [write_batch(tmp_path, "b.csv", rows[150:])])
     refresh.forget(live, "u3")
     assert count(live, "select count(*) from users where user_id = 'u3'") == 0
     rebuilt = rtsql.connect_memory()
-    configure(rebuilt, neighbors=4, max_history=5, similarity=similarity)
+    configure(rebuilt, neighbors=4, max_history=5, similarity=similarity,
+              max_item_users=max_item_users)
     ingest.ingest(rebuilt, [write_batch(tmp_path, "c.csv", [r for r in rows if r[0] != 3])])
     refresh.refresh(rebuilt, full=True)
     assert_same_state(snapshot(live), snapshot(rebuilt))
