@@ -1,7 +1,7 @@
 """The full model build as an Apache Spark job: interactions, neighbour lists, trending counts.
 
-This file depends on PySpark and the standard library only, so a cluster runs it without
-rtsql installed::
+This file depends on PySpark (with numpy, scipy and pandas) and the engine's two source files
+beside it, so a cluster runs it without rtsql installed::
 
     spark-submit --master yarn rtsql/spark_job.py --events s3a://shop/events/ \\
         --config job.json --out s3a://shop/model/
@@ -11,14 +11,18 @@ config from the database's settings, runs this job (in-process, ``local[2]`` unl
 ``--master`` says otherwise) and loads its output (``rtsql load-model``); docs/spark.md
 describes the layouts in and out.
 
-Everything runs as DataFrame operations: no Python UDFs, and nothing large is collected to the
-driver (a few scalars: the newest event time, the user count). Each step repeats the local
-engine's floating-point operations in the same order (rtsql/refresh.py, rtsql/measures/engine.py):
-the event weight ``type weight * value * exp(max(rate * (epoch(ts) - t0), -200))``, per-pair dot
-products of raw weights scaled afterwards, ``dot * (1/|a|) * (1/|b|)``, then the shrinkage
-factor. Where the sums are exact (weights that are multiples of a power of two: event-type
-weights, ratings, no decay) both engines compute the same bits, so ties break the same way
-(score descending, neighbour key ascending). Elsewhere they agree to rounding.
+Reading, the interaction matrix, the caps and trending are DataFrame operations; the neighbour
+lists are computed in the executors by the local engine's own kernel (rtsql/measures/engine.py,
+shipped with the job; numpy, scipy and pandas, which PySpark's Arrow functions need anyway), one
+task per block of rows over Arrow batches (``applyInPandas``), so the shuffle carries the matrix's
+entries, not one row per multiply-add. Nothing large is collected to the driver (a few scalars:
+the newest event time, the user count). Each step repeats the local engine's floating-point
+operations in the same order (rtsql/refresh.py, rtsql/measures/engine.py): the event weight
+``type weight * value * exp(max(rate * (epoch(ts) - t0), -200))``, per-pair dot products of raw
+weights scaled afterwards, ``dot * (1/|a|) * (1/|b|)``, then the shrinkage factor. Where the sums
+are exact (weights that are multiples of a power of two: event-type weights, ratings, no decay)
+both engines compute the same bits, so ties break the same way (score descending, neighbour key
+ascending). Elsewhere they agree to rounding.
 """
 
 from __future__ import annotations
@@ -78,17 +82,28 @@ def build(spark, events_uri: str, config: dict, out_uri: str) -> dict:
     capped = interactions
     if cap > 0:
         capped = capped.withColumn("rn", F.row_number().over(latest)).where(F.col("rn") <= cap)
-    capped = capped.where(F.col("weight") > 0).select("user_key", "item_key", "weight")
+    capped = capped.where(F.col("weight") > 0).select("user_key", "item_key", "weight",
+                                                      "last_ts")
     capped = capped.persist()
     users_with_history = capped.select("user_key").distinct().count()
 
     stored = int(config["list_length"])
+    ship_engine(spark)
+    # blocks of rows, each a task: twice the cores, so a slow block does not idle the others
+    blocks = int(config.get("blocks") or 2 * spark.sparkContext.defaultParallelism)
     describe("rtsql: item-item lists")
-    _lists(capped, "item_key", "user_key", config, stored, int(config["n_items"])) \
+    _lists(capped, "item_key", "user_key", config, stored, int(config["n_items"]), blocks) \
         .write.mode("overwrite").parquet(f"{out_uri}/item_neighbors")
     describe("rtsql: user-user lists")
     if config["user_cf"]:
-        _lists(capped, "user_key", "item_key", config, stored, int(config["n_users"])) \
+        # each item counts with its max_item_users most recent users (refresh.most_recent_per_item)
+        item_cap, by_item = int(config.get("max_item_users", 0)), capped
+        if item_cap > 0:
+            recent = Window.partitionBy("item_key").orderBy(F.col("last_ts").desc(),
+                                                             F.col("user_key").desc())
+            by_item = capped.withColumn("rn", F.row_number().over(recent)) \
+                .where(F.col("rn") <= item_cap)
+        _lists(by_item, "user_key", "item_key", config, stored, int(config["n_users"]), blocks) \
             .write.mode("overwrite").parquet(f"{out_uri}/user_neighbors")
     else:
         spark.createDataFrame([], "user_key int, neighbor_key int, score double, rank int, "
@@ -205,40 +220,83 @@ def _key_ranges(spark, out_uri: str, config: dict) -> dict:
     return out
 
 
-def _lists(capped, row: str, feature: str, config: dict, stored: int, n_rows: int):
+def _lists(capped, row: str, feature: str, config: dict, stored: int, n_rows: int, blocks: int):
     """Top-``stored`` cosine neighbours of each ``row`` over the shared ``feature``s: (row,
-    neighbor_key, score, rank, complete). ``complete``: the list holds every neighbour with a
-    positive score (fewer than ``stored`` exist), as the local engine flags it."""
-    from pyspark.sql import Window
+    neighbor_key, score, rank, complete), computed by the local engine's kernel in the
+    executors (``_block_lists``), one task per block of rows.
+
+    Rows are split into ``blocks`` by key (key mod blocks). A task's rows are similar only to
+    rows that share one of their features, so the task receives every entry of each feature its
+    rows have, with the entry's row scale (1/|row|) attached: a shuffle of at most ``blocks``
+    copies of the matrix's entries, and in practice fewer (a block rarely touches every
+    feature), instead of one row per multiply-add."""
     from pyspark.sql import functions as F
 
     x = capped.select(F.col(row).alias("r"), F.col(feature).alias("f"), F.col("weight").alias("w"))
     scale = x.groupBy("r").agg(F.sum(F.col("w") * F.col("w")).alias("n2")).select(
         "r", (F.lit(1.0) / F.sqrt("n2")).alias("s"))
-    a, b = x.alias("a"), x.alias("b")
-    pairs = a.join(b, (F.col("a.f") == F.col("b.f")) & (F.col("a.r") != F.col("b.r"))) \
-        .groupBy(F.col("a.r").alias("r"), F.col("b.r").alias("nb")) \
-        .agg(F.sum(F.col("a.w") * F.col("b.w")).alias("dot"),
-             F.count(F.lit(1)).alias("support"))
-    sa = scale.select(F.col("r").alias("ra"), F.col("s").alias("s_a"))
-    sb = scale.select(F.col("r").alias("rb"), F.col("s").alias("s_b"))
-    sims = pairs.join(sa, pairs["r"] == sa["ra"]).join(sb, pairs["nb"] == sb["rb"]) \
-        .select(F.col("r").alias("row"), "nb", "support",
-                (F.col("dot") * F.col("s_a") * F.col("s_b")).alias("score"))
-    shrinkage = float(config["shrinkage"])
-    if shrinkage > 0:
-        sims = sims.withColumn("score", F.col("score") * (
-            F.col("support").cast("double") / (F.col("support").cast("double")
-                                               + F.lit(shrinkage))))
-    sims = sims.where((F.col("support") >= int(config["min_support"])) & (F.col("score") > 0))
-    ranked = Window.partitionBy("row").orderBy(F.col("score").desc(), F.col("nb").asc())
-    per_row = Window.partitionBy("row")
-    return sims.withColumn("rank", F.row_number().over(ranked)) \
-        .withColumn("positive", F.count(F.lit(1)).over(per_row)) \
-        .where(F.col("rank") <= stored) \
-        .select(F.col("row").cast("int").alias(row), F.col("nb").cast("int").alias("neighbor_key"),
-                "score", F.col("rank").cast("int").alias("rank"),
-                ((F.col("positive") < stored) | F.lit(stored >= n_rows)).alias("complete"))
+    x = x.join(scale, "r")
+    wanted = x.select(F.pmod(F.col("r"), F.lit(blocks)).alias("b"), "f").distinct()
+    shipped = wanted.join(x, "f").select("b", "r", "f", "w", "s")
+    kernel = _block_lists(row, blocks, n_rows, stored, float(config["shrinkage"]),
+                          int(config["min_support"]), int(config.get("block_cells", 1 << 22)))
+    return shipped.groupBy("b").applyInPandas(
+        kernel, f"{row} int, neighbor_key int, score double, rank int, complete boolean")
+
+
+def _block_lists(key: str, blocks: int, n_rows: int, stored: int, shrinkage: float, min_support: int,
+                 block_cells: int):
+    """The function each task runs on its block's entries (a pandas frame with b, r, f, w, s):
+    the lists of its rows (column ``key``) by the local engine's RowSimilarity and top_k (rtsql/measures/engine.py, shipped with the job
+    by ``ship_engine``) over the block's rows. Keys are renumbered in order, so the products
+    add in the local engine's order and ties break on the same keys."""
+    def run(frame):
+        import numpy as np
+        import pandas as pd
+        import scipy.sparse as sp
+        from _rtsql_engine import base, engine
+
+        block = int(frame["b"].iat[0])
+        rows, r = np.unique(frame["r"].to_numpy(np.int64), return_inverse=True)
+        features, f = np.unique(frame["f"].to_numpy(np.int64), return_inverse=True)
+        m = sp.csr_matrix((frame["w"].to_numpy(np.float64), (r, f)),
+                          shape=(len(rows), len(features)))
+        m.sum_duplicates()
+        scale = np.zeros(len(rows))
+        scale[r] = frame["s"].to_numpy(np.float64)
+        measure = base.Measure(k=stored, shrinkage=shrinkage, min_support=min_support,
+                               block_cells=block_cells, threads=1)
+        sim = engine.RowSimilarity(m, base.Weights(m, m.T.tocsr(), scale), measure)
+        own = np.flatnonzero(rows % blocks == block)
+        lists = engine.Neighbors.concat(
+            sim.map_blocks(own, lambda b: engine.top_k(b, stored, n_rows)))
+        complete = np.zeros(len(rows), bool)
+        complete[lists.complete_rows] = True
+        return pd.DataFrame({key: rows[lists.row].astype(np.int32),
+                             "neighbor_key": rows[lists.nb].astype(np.int32),
+                             "score": lists.score, "rank": lists.rank.astype(np.int32),
+                             "complete": complete[lists.row]})
+
+    return run
+
+
+def ship_engine(spark) -> None:
+    """Make rtsql's similarity engine importable in the executors as ``_rtsql_engine``: its
+    two source files (rtsql/measures/engine.py and base.py, which need numpy and scipy only),
+    zipped from beside this file and added with ``addPyFile``. The cluster needs no rtsql."""
+    import tempfile
+    import zipfile
+    from pathlib import Path
+
+    source = Path(__file__).resolve().with_name("measures")
+    target = Path(tempfile.mkdtemp(prefix="rtsql-engine-")) / "_rtsql_engine.zip"
+    # the same bytes for the same sources: a session that runs the job twice adds the file
+    # twice, which Spark accepts only when the contents match
+    with zipfile.ZipFile(target, "w") as z:
+        for name in ("__init__.py", "engine.py", "base.py"):
+            text = "" if name == "__init__.py" else (source / name).read_text()
+            z.writestr(zipfile.ZipInfo(f"_rtsql_engine/{name}", (2000, 1, 1, 0, 0, 0)), text)
+    spark.sparkContext.addPyFile(str(target))
 
 
 def session(master: str | None = None, conf: dict | None = None, app: str = "rtsql-build"):
@@ -250,7 +308,12 @@ def session(master: str | None = None, conf: dict | None = None, app: str = "rts
         builder = builder.master(master)
     elif not _has_master():
         builder = builder.master("local[2]")
-    settings = {"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
+    import os
+    import sys
+
+    # executors start this interpreter (the same packages) unless the environment names one
+    python = {} if os.environ.get("PYSPARK_PYTHON") else {"spark.pyspark.python": sys.executable}
+    settings = {**python, "spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
                 "spark.sql.session.timeZone": "UTC", "spark.sql.shuffle.partitions": "8",
                 **(conf or {})}
     for key, value in settings.items():

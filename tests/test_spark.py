@@ -108,6 +108,7 @@ def streams(draw):
                draw(st.integers(0, 20 * 24)),  # hours after the start
                draw(st.sampled_from([0.5, 1.0, 2.5, 4.0]))) for _ in range(n)]
     config = {"max_history": draw(st.sampled_from([0, 2, 4])),
+              "max_item_users": draw(st.sampled_from([0, 3])),
               "shrinkage": draw(st.sampled_from([0, 3])),
               "min_support": draw(st.sampled_from([1, 2])),
               "neighbors": draw(st.sampled_from([2, 5])),
