@@ -140,15 +140,20 @@ def refresh(con, *, master: str | None = None, conf: dict | None = None,
         if events:
             config["external"] = external_config(con, folder, events,
                                                  mapping or ingest.ColumnMapping())
+
+        def stage(name: str) -> None:  # each step with the time since the build started
+            log(f"spark [{time.perf_counter() - start:6.1f}s] {name}")
+
+        stage("export: the events as Parquet")
         events = export_events(con, folder, config["watermark"])
         (folder / "job.json").write_text(json.dumps(config, indent=1))
-        log(f"spark: exported events to {events}; running the job "
-            f"({master or 'local[2]'})")
+        stage(f"job: starting Spark ({master or 'local[2]'})")
         from pyspark.errors import PySparkException
 
         spark = session or spark_job.session(master, conf)
         try:
-            spark_job.build(spark, str(events), config, str(folder / "model"))
+            spark_job.build(spark, str(events), config, str(folder / "model"),
+                            lambda name: stage(f"job: {name}"))
         except (PySparkException, ValueError) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise SparkJobFailed(f"the Spark job failed: {reason}") from None
@@ -161,8 +166,9 @@ def refresh(con, *, master: str | None = None, conf: dict | None = None,
                     f"select reason, count from read_parquet('{rejected.as_posix()}/*.parquet') "
                     "order by reason").fetchall():
                 log(f"spark: {n} rows of --events skipped: {reason}")
-        log("spark: loading the model")
+        stage("load: the model into the database")
         result = refresh_mod.load_model(con, folder / "model")
+        stage("done")
     finally:
         if not keep and not work:
             shutil.rmtree(folder, ignore_errors=True)
