@@ -551,7 +551,7 @@ def _incremental(con, values: dict, state: dict, forget_users: np.ndarray | None
     if forget_users is not None:
         users = np.union1d(users, forget_users)
     if not len(users):
-        _refresh_trending(con, values)
+        _refresh_trending_after(con, values, watermark)
         _refresh_content_if_changed(con, values, state)
         return RefreshResult("none")
     old = _capped_of(con, users, cap)
@@ -583,7 +583,10 @@ def _incremental(con, values: dict, state: dict, forget_users: np.ndarray | None
             _matrix(con, cols, most_recent_per_item(cols, item_cap)),
             _moved_by_item_cap(cols, old, users, changed_items, item_cap, n_items)
             if item_cap > 0 else changed_users, _measure(values))
-    _refresh_trending(con, values)
+    if forget_users is None:
+        _refresh_trending_after(con, values, watermark)
+    else:  # the user's events are gone: count again
+        _refresh_trending(con, values)
     _refresh_content_if_changed(con, values, state)
     _set_state(con, watermark=max(watermark, scalar(
         con, "select coalesce(max(event_id), 0) from events")))
@@ -614,14 +617,53 @@ _TRENDING_COUNTS = """
     where x.item_key not in (select item_key from all_events)"""
 
 
-def _refresh_trending(con, values: dict, counts: str = _TRENDING_COUNTS) -> None:
+# The same counts after new events, without reading every event: the windows from the events
+# recent enough for them ($since, two windows before the newest event: a filter DuckDB answers
+# from the ts column's zone maps), and the all-time popularity as the stored one plus the new
+# events (event_id > $after). Exact while events are only added; forget, which deletes events,
+# uses the full counts.
+_TRENDING_COUNTS_AFTER = """
+    with recent_events as (select item_key, ts from events where ts > $since
+                           union all
+                           select item_key, ts from external_recent_events where ts > $since),
+    windowed as (
+        select item_key, count(*) filter (where ts > $newest - to_seconds($window)) as recent,
+               count(*) filter (where ts <= $newest - to_seconds($window)) as previous
+        from recent_events group by item_key),
+    added as (select item_key, count(*) as events from events where event_id > $after
+              group by item_key)
+    select i.item_key, coalesce(w.recent, 0) as recent, coalesce(w.previous, 0) as previous,
+           coalesce(t.popularity, 0) + coalesce(a.events, 0) as popularity
+    from items i left join item_trending t using (item_key) left join windowed w using (item_key)
+         left join added a using (item_key)"""
+
+
+def _refresh_trending_after(con, values: dict, watermark: int) -> None:
+    """Trending after the events past ``watermark`` were added (_TRENDING_COUNTS_AFTER)."""
+    newest = scalar(con, "select max(t) from (select max(ts) as t from events union all "
+                         "select max(ts) from external_recent_events)")
+    if newest is None:
+        return _refresh_trending(con, values)
+    window = values["trending_window_days"] * 86400.0
+    since = scalar(con, "select ?::TIMESTAMP - to_seconds(?)", [newest, 2 * window])
+    _refresh_trending(con, values, _TRENDING_COUNTS_AFTER,
+                      {"newest": newest, "since": since, "window": window, "after": watermark})
+
+
+def _refresh_trending(con, values: dict, counts: str = _TRENDING_COUNTS,
+                      params: dict | None = None) -> None:
     """Trending from the counts (every item, zeros without events), with the share of the top
     score and the two backfill orders recommend() reads; stored in backfill order so its first
-    rows are the ones read. ``counts`` is a query with item_key, recent, previous, popularity."""
+    rows are the ones read. ``counts`` is a query with item_key, recent, previous, popularity
+    (it may read the stored trending: it runs before the table is emptied)."""
+    if params is None:
+        params = {"window": values["trending_window_days"] * 86400.0} if "$window" in counts \
+            else {}
+    con.execute(f"create or replace temp table _rtsql_counts as {counts}", params)
     con.execute("delete from item_trending")
-    con.execute(f"""
+    con.execute("""
         insert into item_trending
-        with counts as ({counts}),
+        with counts as (from _rtsql_counts),
         scored as (
             select i.item_key, coalesce(c.recent, 0) as recent,
                    coalesce(c.previous, 0) as previous, coalesce(c.popularity, 0) as popularity,
@@ -635,9 +677,8 @@ def _refresh_trending(con, values: dict, counts: str = _TRENDING_COUNTS) -> None
         select item_key, recent, previous, popularity, score, share,
                row_number() over (order by share desc, popularity desc, item_key) as rank_trending,
                row_number() over (order by popularity desc, item_key) as rank_popular
-        from shared order by rank_trending""",
-                {"window": values["trending_window_days"] * 86400.0} if "$window" in counts
-                else {})
+        from shared order by rank_trending""")
+    con.execute("drop table _rtsql_counts")
 
 
 def _refresh_content_if_changed(con, values: dict, state: dict) -> None:

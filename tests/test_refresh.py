@@ -89,6 +89,9 @@ CONFIGS = st.fixed_dictionaries({
     "shrinkage": st.sampled_from([0.0, 1.0]),
     "min_support": st.sampled_from([1, 2]),
     "list_buffer": st.sampled_from([1.0, 1.2, 2.0]),
+    # 3 hours: the stream's events (one an hour) cross the trending windows and sit on their
+    # boundaries
+    "trending_window_days": st.sampled_from([7.0, 0.125]),
 })
 
 
