@@ -39,11 +39,15 @@ def cluster(tmp_path_factory):
         yield master
 
 
-def sample_db(path: Path):
+def sample_db_with_local_lists(path: Path) -> dict:
+    """The sample set in a new database at ``path``, refreshed by the local engine (cosine, the
+    measure Spark builds); returns its lists, which the Spark build must reproduce."""
     con = rtsql.connect(path)
-    settings.set_value(con, "similarity", "cosine")  # the measure Spark builds
+    settings.set_value(con, "similarity", "cosine")
     ingest.ingest(con, sorted((SAMPLE / "events").iterdir()))
-    return con
+    refresh.refresh(con, full=True)
+    con.close()
+    return lists(path)
 
 
 def lists(db: Path) -> dict:
@@ -66,10 +70,7 @@ def rtsql_cli(db: Path, *args: str, env: dict | None = None) -> str:
 
 def test_refresh_on_a_standalone_cluster_equals_the_local_engine(cluster, tmp_path):
     db = tmp_path / "c.duckdb"
-    con = sample_db(db)
-    refresh.refresh(con, full=True)
-    con.close()
-    want = lists(db)
+    want = sample_db_with_local_lists(db)
     out = rtsql_cli(db, "refresh", "--full", "--engine", "spark", "--master", cluster)
     assert "refresh full" in out
     for stage in ("export:", "job: item-item lists", "job: user-user lists", "load:"):
@@ -79,10 +80,7 @@ def test_refresh_on_a_standalone_cluster_equals_the_local_engine(cluster, tmp_pa
 
 def test_spark_submit_to_the_cluster_then_load_model_equals_the_local_engine(cluster, tmp_path):
     db = tmp_path / "s.duckdb"
-    con = sample_db(db)
-    refresh.refresh(con, full=True)
-    con.close()
-    want = lists(db)
+    want = sample_db_with_local_lists(db)
     config, export, model = tmp_path / "job.json", tmp_path / "export", tmp_path / "model"
     rtsql_cli(db, "spark-job", "--config", str(config), "--export", str(export))
     from rtsql import spark_job
