@@ -88,7 +88,10 @@ def configure(con: duckdb.DuckDBPyConnection) -> None:
     if values["threads"]:
         con.execute(f"set threads = {int(values['threads'])}")
     if values["memory_limit"]:  # a valid size: settings.parse checked it
-        con.execute(f"set memory_limit = '{values['memory_limit'].strip()}'")
+        try:
+            con.execute(f"set memory_limit = '{values['memory_limit'].strip()}'")
+        except duckdb.Error:  # a value DuckDB refuses must not stop `settings --reset`
+            pass
     from . import (
         udf,  # late import: udf needs numpy/pyarrow, not needed for `migrate --list`
     )

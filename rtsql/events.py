@@ -13,6 +13,12 @@ def event_types(con) -> list[tuple]:
         f"select {', '.join(COLUMNS)} from event_types order by event_type").fetchall()
 
 
+# An event's weight times its value (at most ingest_max_abs_value, 1e12) times forward decay
+# (at most e^100) stays far below float64's range when squared and summed over many events, so
+# norms and similarities stay finite.
+MAX_WEIGHT = 1e6
+
+
 def set_event_type(con, name: str, weight, uses_value: bool | None = None,
                    negative_values: bool | None = None) -> None:
     """Add or change an event type. Its weight applies to every event of that type from the
@@ -26,8 +32,9 @@ def set_event_type(con, name: str, weight, uses_value: bool | None = None,
         weight = float(weight)
     except (TypeError, ValueError):
         raise InvalidSetting(f"weight of {name!r} must be a number, got {weight!r}") from None
-    if not (0 <= weight < float("inf")):
-        raise InvalidSetting(f"weight of {name!r} must be a finite number >= 0, got {weight}")
+    if not (0 <= weight <= MAX_WEIGHT):
+        raise InvalidSetting(f"weight of {name!r} must be a number from 0 to {MAX_WEIGHT:g}, "
+                             f"got {weight:g}")
     con.execute(
         "insert into event_types values ($1, $2, coalesce($3, false), coalesce($4, false)) "
         "on conflict (event_type) do update set weight = excluded.weight, "

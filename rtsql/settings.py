@@ -38,15 +38,41 @@ def _bool(text: str) -> bool:
     raise ValueError(f"not a boolean: {text!r}")
 
 
-def _positive(v):
-    return v > 0
+class Range:
+    """A setting's accepted values: from ``low`` (excluded when ``open_low``) to ``high``. Every
+    numeric setting has one, with an upper bound the refresh and DuckDB can run with."""
+
+    def __init__(self, low: float, high: float | Callable[[], float], open_low: bool = False):
+        self.low, self._high, self.open_low = low, high, open_low
+
+    @property
+    def high(self) -> float:
+        return self._high() if callable(self._high) else self._high
+
+    def __call__(self, v) -> bool:
+        return (v > self.low if self.open_low else v >= self.low) and v <= self.high
+
+    def describe(self) -> str:
+        return f"{'above' if self.open_low else 'from'} {self.low:g} to {self.high:g}"
 
 
-def _non_negative(v):
-    return v >= 0
+def physical_mib() -> int:
+    """The machine's memory in MiB (the bound of memory settings)."""
+    try:
+        return (os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) >> 20
+    except (ValueError, OSError, AttributeError):
+        return 1 << 20
 
 
-MIN_MEMORY_BYTES = 16 << 20  # DuckDB cannot run its own queries below this
+def _positive(high: float) -> Range:
+    return Range(0, high, open_low=True)
+
+
+def _non_negative(high: float) -> Range:
+    return Range(0, high)
+
+
+MIN_MEMORY_BYTES = 16 << 20  # DuckDB cannot run its own queries below this (16MiB)
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*", re.I)
 _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -64,7 +90,9 @@ def timestamp(text: str) -> str:
 
 
 def _memory(v: str) -> bool:
-    return v == "" or (size_bytes(v) or 0) >= MIN_MEMORY_BYTES
+    """Empty, or a size from 16MiB to the machine's memory (DuckDB refuses sizes past about
+    16 EB, and a stored value it refuses would stop every command from opening the file)."""
+    return v == "" or MIN_MEMORY_BYTES <= (size_bytes(v) or 0) <= physical_mib() << 20
 
 
 def usable_cores() -> int:
@@ -83,27 +111,27 @@ SETTINGS: dict[str, Setting] = {
     for s in [
         Setting("threads", int, 0,
                 "Worker threads of DuckDB and of the refresh's similarity engine (0: every core; "
-                "at most 8 per core).", lambda v: 0 <= v <= max_threads()),
+                "at most 8 per core).", Range(0, max_threads)),
         Setting("memory_limit", str, "",
-                "DuckDB memory_limit, a size of at least 16MB such as '4GB' (empty: DuckDB's "
-                "default).", _memory),
+                "DuckDB memory_limit, a size from 16MiB to the machine's memory such as '4GB' "
+                "(empty: DuckDB's default).", _memory),
         Setting("ingest_chunk_mb", int, 64,
                 "CSV/JSON-lines are read in chunks of this many MiB, bounding ingest memory.",
-                _positive),
+                _positive(physical_mib)),
         # --- what ingest accepts (rows outside go to rejects with the reason)
         Setting("ingest_min_ts", timestamp, "1970-01-01 00:00:00",
                 "Events before this time (UTC) are rejected."),
         Setting("ingest_max_ahead_hours", float, 24.0,
                 "Events more than this many hours after the wall clock are rejected.",
-                lambda v: 0 <= v <= 24 * 366),
+                Range(0, 24 * 366)),
         Setting("ingest_max_abs_value", float, 1e9,
                 "Events whose value exceeds this in absolute value are rejected (negative "
                 "values only for event types that declare them: event-types --negative-values).",
-                _positive),
+                _positive(1e12)),
         # --- models (a change makes the next refresh a full one)
         Setting("neighbors", int, 50,
                 "Top-K neighbours kept per item and per user (ease: k x items entries in all, "
-                "the largest weights, at most 8k per item).", _positive),
+                "the largest weights, at most 8k per item).", _positive(1000)),
         Setting("similarity", str, "auto",
                 "Item-item measure: auto (ease while at most ease_max_items items have "
                 "interactions, cosine beyond; decided at each full refresh); cosine; tfidf "
@@ -115,81 +143,83 @@ SETTINGS: dict[str, Setting] = {
                 "every refresh with new events rebuilds them in full and says so.",
                 choices=(AUTO, *MEASURES)),
         Setting("rp3_alpha", float, 1.0,
-                "rp3beta: transition probabilities are raised to this power.", _positive),
+                "rp3beta: transition probabilities are raised to this power.", _positive(10)),
         Setting("rp3_beta", float, 0.5,
                 "rp3beta: a neighbour's score is divided by its popularity to this power.",
-                _non_negative),
+                _non_negative(10)),
         Setting("ease_lambda", float, 300.0,
                 "ease: L2 regularization of the closed form, in units of the mean squared "
                 "interaction weight, so the same value fits binary events, ratings or decayed "
                 "weights (larger: closer to popularity).",
-                _positive),
+                _positive(1e9)),
         Setting("ease_max_items", int, 15_000,
                 "ease: at most this many items (the most popular) enter the dense n x n "
                 "inverse: about 16 n^2 bytes of memory and n^3 multiply-adds per refresh; the "
                 "others get no item-item list. similarity auto uses cosine beyond it.",
-                _positive),
+                _positive(lambda: math.isqrt((physical_mib() << 20) // 16))),
         Setting("shrinkage", float, 0.0,
                 "Cosine is multiplied by support / (support + shrinkage): damps neighbours that "
                 "share few users.",
-                _non_negative),
+                _non_negative(1e6)),
         Setting("min_support", int, 1,
                 "Minimum number of users two items share (items a user shares) to be neighbours.",
-                _positive),
+                _positive(1e6)),
         Setting("max_history", int, 500,
                 "Each user counts with its this many most recent items (0: all): in the "
                 "co-occurrence, in the history recommend() scores, and in what it gives "
                 "its neighbours' user-cf.",
-                _non_negative),
+                _non_negative(1e6)),
         Setting("max_item_users", int, 100,
                 "Each item counts with its this many most recent users (0: all) in user-user "
                 "co-occurrence, so an item costs user-user at most this squared (max_history "
                 "does the same for item-item); recommend() still scores every neighbour's "
                 "whole capped row.",
-                _non_negative),
+                _non_negative(1e6)),
         Setting("half_life_days", float, 0.0,
                 "Exponential time decay of interaction weights (0: off). Forward decay: exact "
-                "under incremental refresh.", _non_negative),
+                "under incremental refresh.", _non_negative(36_500)),
         Setting("user_cf", bool, True, "Compute user-user neighbours (needed by weight_user_cf)."),
         Setting("list_buffer", float, 1.2,
                 "Neighbour lists store neighbors x this many entries (>= 1); the extra ones "
                 "refill a list that loses entries in an incremental refresh instead of "
                 "recomputing it, at the price of longer lists to rewrite.",
-                lambda v: v >= 1),
+                Range(1, 10)),
         Setting("refresh_block_mb", int, 128,
-                "Memory for one block of similarities during refresh, per thread.", _positive),
+                "Memory for one block of similarities during refresh, per thread.",
+                _positive(physical_mib)),
         Setting("tail_refresh_seconds", float, 10.0,
                 "rtsql tail starts a background refresh at most this often (new events reach "
                 "recommend() at once regardless; this bounds how stale neighbour lists get).",
-                _non_negative),
+                _non_negative(86_400)),
         # --- serving (read by the SQL macros at query time; no refresh needed)
         Setting("weight_item_cf", float, 1.0, "Blend weight of item-item CF in recommend().",
-                _non_negative),
+                _non_negative(1e6)),
         Setting("weight_user_cf", float, 0.1, "Blend weight of user-user CF in recommend().",
-                _non_negative),
+                _non_negative(1e6)),
         Setting("weight_content", float, 0.05, "Blend weight of content similarity in recommend().",
-                _non_negative),
+                _non_negative(1e6)),
         Setting("weight_trending", float, 0.05, "Blend weight of trending in recommend().",
-                _non_negative),
+                _non_negative(1e6)),
         Setting("exclude_seen", bool, True, "recommend() leaves out items the user interacted with."),
         Setting("recency_half_life_days", float, 0.0,
                 "At query time, a history item counts 2^(-age/half-life) relative to the "
-                "user's latest event (0: off).", _non_negative),
+                "user's latest event (0: off).", _non_negative(36_500)),
         # --- batch output of each refresh
         Setting("materialize_recommendations", bool, False,
                 "Each refresh writes user_recommendations: every user's top materialize_k "
                 "(rank, item, score, reason; the rows recommend() returns), for dashboards. "
                 "Costs about a millisecond per user on each refresh."),
         Setting("materialize_k", int, 10, "Rows per user in user_recommendations.",
-                lambda v: 0 < v <= 1000),
+                Range(0, 1000, open_low=True)),
         Setting("materialize_strategy", str, "hybrid",
                 "Strategy of user_recommendations (see recommend --strategy).",
                 choices=STRATEGIES),
         Setting("attribution_window_hours", float, 24.0,
                 "A click or purchase within this many hours after an impression of the same "
-                "item for the same user is credited to it.", _positive),
+                "item for the same user is credited to it.", _positive(24 * 366)),
         Setting("trending_window_days", float, 7.0,
-                "Trending compares this many most recent days with the ones before.", _positive),
+                "Trending compares this many most recent days with the ones before.",
+                _positive(3660)),
     ]
 }
 
@@ -231,7 +261,8 @@ def parse(name: str, text: str) -> Any:
     if s.choices and value not in s.choices:
         raise InvalidSetting(f"setting {name} must be one of {', '.join(s.choices)}, got {text!r}")
     if not s.check(value):
-        raise InvalidSetting(f"setting {name}: {text!r} is out of range ({s.help})")
+        accepted = s.check.describe() if isinstance(s.check, Range) else s.help
+        raise InvalidSetting(f"setting {name}: {text!r} is out of range ({accepted})")
     return value
 
 

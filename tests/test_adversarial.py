@@ -64,9 +64,13 @@ def settings_cmd(db, *args):
 
 
 @pytest.mark.parametrize("name,value,named", [
-    ("memory_limit", "lots", "at least 16MB"), ("memory_limit", "1KB", "at least 16MB"),
-    ("threads", "100000", "at most 8 per core"), ("weight_item_cf", "inf", "finite"),
+    ("memory_limit", "lots", "from 16MiB"), ("memory_limit", "1KB", "from 16MiB"),
+    ("memory_limit", "99999999TB", "to the machine's memory"),
+    ("threads", "100000", "from 0 to"),
+    ("weight_item_cf", "inf", "finite"),
     ("weight_user_cf", "nan", "finite"), ("recency_half_life_days", "-inf", "finite"),
+    ("neighbors", "1000000000", "above 0 to 1000"), ("ingest_max_abs_value", "1e300", "1e+12"),
+    ("ease_max_items", "100000000", "above 0 to"), ("list_buffer", "1e6", "from 1 to 10"),
 ])
 def test_settings_refuse_values_that_break_commands_or_poison_models(shop, name, value, named):
     """(Finding 4.) Refused when set, with the valid range named; every command still runs."""
@@ -85,6 +89,13 @@ def test_a_bad_stored_value_can_always_be_fixed(shop):
     raw.execute("update rtsql_settings set value = '1e999' where name = 'weight_item_cf'")
     raw.close()
     assert CliRunner().invoke(main, ["--db", str(shop), "status"]).exit_code == 0
+    raw = duckdb.connect(str(shop))  # a size DuckDB itself refuses ("Memory value out of range")
+    raw.execute("update rtsql_settings set value = '99999999TB' where name = 'memory_limit'")
+    raw.close()
+    for args in (["status"], ["refresh"], ["recommend", "u1"],
+                 ["sql", "--write", "select 1"], ["settings", "memory_limit", "--reset"]):
+        result = run(shop, *args)
+        assert result.exit_code == 0 and "Traceback" not in result.output, (args, result.output)
     assert settings_cmd(shop, "memory_limit", "4GB").exit_code == 0
     assert settings_cmd(shop, "weight_item_cf", "--reset").exit_code == 0
     listing = settings_cmd(shop, "--format", "csv").output
@@ -96,8 +107,10 @@ def test_event_type_weights_must_be_finite_and_a_change_rebuilds_the_model(shop)
     never 'up to date' on a model built with the old weight."""
     from rtsql import refresh
 
-    result = CliRunner().invoke(main, ["--db", str(shop), "event-types", "--set", "view=inf"])
-    assert result.exit_code == 1 and "finite" in result.output
+    for weight in ("inf", "1e308"):  # 1e308: finite, but its square is not
+        result = CliRunner().invoke(main, ["--db", str(shop), "event-types", "--set",
+                                           f"view={weight}"])
+        assert result.exit_code == 1 and "from 0 to 1e+06" in result.output, result.output
     con = rtsql.connect(shop)
     assert refresh.refresh(con).mode == "full"
     assert refresh.refresh(con).mode == "none"
@@ -120,6 +133,22 @@ def test_out_of_range_numbers_are_usage_errors_not_tracebacks(shop):
                  ["rejects", "--limit", "-1"], ["similar", "i1", "-k", "-3"]):
         result = run(shop, *args)
         assert result.exit_code == 2 and "Traceback" not in result.output, (args, result.output)
+
+
+def test_every_numeric_setting_at_its_upper_bound_still_refreshes(shop):
+    """Each bound is one the refresh can run with: every numeric setting at its highest
+    accepted value at once, then a full refresh and a recommendation."""
+    from rtsql import refresh, settings
+
+    con = rtsql.connect(shop)
+    for name, s in settings.SETTINGS.items():
+        if isinstance(s.check, settings.Range):
+            high = s.check.high
+            settings.set_value(con, name, str(int(high) if s.type is int else high))
+    settings.set_value(con, "memory_limit", f"{settings.physical_mib()}MiB")
+    assert refresh.refresh(con, full=True).mode == "full"
+    assert con.execute("select count(*) from recommend('u1', 5)").fetchall()
+    con.close()
 
 
 def test_unknown_variants_and_bad_shares_are_refused(shop):
