@@ -45,6 +45,30 @@ def test_full_equals_brute_force(rng, k, shrinkage, min_support, block_cells, ki
     assert_same_lists(got, brute_force_topk(x, k, shrinkage, min_support, kind, idf_n))
 
 
+@settings(deadline=None)
+@given(matrices, st.integers(1, 8), st.sampled_from([0.0, 2.0]), st.sampled_from([1, 2]),
+       st.sampled_from(["cosine", "tfidf", "rp3beta"]), st.booleans())
+def test_the_fused_kernel_equals_products_then_top_k(rng, k, shrinkage, min_support, kind,
+                                                     signed):
+    """Full lists come from kernel.top_lists; the incremental update uses a block's products
+    and top_k. Both must give the same bits: weights in halves (exact sums, so every tie is
+    a real tie), negative ones too (a dot can cancel to zero), support and shrinkage."""
+    n, f = int(rng.integers(1, 30)), int(rng.integers(1, 20))
+    x = np.round(rng.random((n, f)) * 8) / 2 * (rng.random((n, f)) < 0.4)
+    if signed and kind == "cosine":
+        x *= np.where(rng.random((n, f)) < 0.2, -1, 1)
+    m = measures.rows_matrix(sp.csr_matrix(x))
+    measure = measures.Measure(k=k, shrinkage=shrinkage, min_support=min_support, kind=kind,
+                               idf_n=float(n + 2), block_cells=int(rng.integers(1, 200)))
+    sim = engine.RowSimilarity(m, measures.model(measure).weights(m, measure), measure)
+    rows = np.flatnonzero(sim.present)
+    fused = engine._lists_for(sim, rows)
+    products = measures.Neighbors.concat(sim.map_blocks(rows, lambda b: engine.top_k(b, k, sim.n)))
+    for name in ("row", "nb", "score", "rank"):
+        assert np.array_equal(getattr(fused, name), getattr(products, name)), name
+    assert np.array_equal(np.sort(fused.complete_rows), np.sort(products.complete_rows))
+
+
 def test_ties_are_broken_by_neighbour_key():
     x = np.array([[1, 0], [1, 0], [1, 0], [1, 0]], float)
     got = _as_dict(measures.full(sp.csr_matrix(x), measures.Measure(k=2)))

@@ -3,9 +3,11 @@
 A measure (cosine.py, rp3beta.py) weights the matrix; this engine multiplies it. One engine serves item-item (rows = items, features = users), user-user (rows = users,
 features = items) and content (rows = items, features = catalog terms). Rows are processed in
 blocks sized by their multiply-adds, so only about ``block_cells`` similarities per thread are in
-memory at once; a block is a sparse product (scipy's C code), and its rows' top-K is found by a
-per-row partition and sort of padded 2-D arrays (numpy's C code). Both release the GIL, so blocks
-run on ``threads`` threads. Cost grows with the multiply-adds, sum over features of
+memory at once. Full lists come from the fused kernel (kernel.py: numba, products and top-K in
+one pass per row); the incremental update, which needs every entry of a changed row, uses a
+block's sparse product (scipy's C code) and a per-row partition and sort of padded 2-D arrays
+(numpy's C code), which compute the same bits. All release the GIL, so blocks run on
+``threads`` threads. Cost grows with the multiply-adds, sum over features of
 (rows having the feature)^2, and with the entries the products produce, not with n^2.
 
 Similarity of rows a and b (docs/design.md, "Exactness of the incremental refresh"), for
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable
 
 import numpy as np
@@ -98,14 +101,18 @@ class RowSimilarity:
         self.present = np.diff(m.indptr) > 0
         self.measure = measure
         self.needs_support = measure.min_support > 1 or measure.shrinkage > 0
-        if self.needs_support:
-            binary = m.copy()
-            binary.data[:] = 1.0
-            self.binary, self.binary_t = binary, binary.T.tocsr()
+        self._matrix = m
         # the entries a row's product can produce (its multiply-adds, at most n): sizes blocks
         per_feature = np.diff(self.mt.indptr).astype(np.float64)
         row_of = np.repeat(np.arange(self.n), np.diff(self.m.indptr))
         self.cost = np.minimum(np.bincount(row_of, per_feature[self.m.indices], self.n), self.n)
+
+    @cached_property
+    def binary(self) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+        """The matrix with every entry 1, and its transpose: their product counts support."""
+        binary = self._matrix.copy()
+        binary.data[:] = 1.0
+        return binary, binary.T.tocsr()
 
     @property
     def n(self) -> int:
@@ -124,7 +131,8 @@ class RowSimilarity:
         entry_rows = np.repeat(rows, np.diff(product.indptr))
         sims = product.data * self.scale[entry_rows] * self.scale[product.indices]
         if self.needs_support:
-            support = _values_at(self.binary[rows] @ self.binary_t, product)
+            binary, binary_t = self.binary
+            support = _values_at(binary[rows] @ binary_t, product)
             if self.measure.shrinkage > 0:
                 sims *= support / (support + self.measure.shrinkage)
             sims[support < self.measure.min_support] = 0.0
@@ -136,10 +144,16 @@ class RowSimilarity:
                    progress: Progress | None = None) -> list:
         """``work(block)`` for each block of ``rows``, on ``measure.threads`` threads, in order.
         The sparse products and numpy's sorts release the GIL, so threads use every core."""
+        return self.map_pieces(rows, lambda piece: work(self.block(piece)), progress)
+
+    def map_pieces(self, rows: np.ndarray, work: Callable[[np.ndarray], object],
+                   progress: Progress | None = None) -> list:
+        """``work(piece)`` for each piece of ``rows`` (``split``), on ``measure.threads``
+        threads, in order."""
         pieces, results, done = self.split(rows), [], 0
         workers = max(1, min(self.measure.threads, len(pieces)))
         with ThreadPoolExecutor(workers) as pool:
-            for piece, result in zip(pieces, pool.map(lambda p: work(self.block(p)), pieces)):
+            for piece, result in zip(pieces, pool.map(work, pieces)):
                 results.append(result)
                 done += len(piece)
                 if progress:
@@ -246,8 +260,21 @@ def full(m: sp.csr_matrix, weights: Weights, measure: Measure,
 
 def _lists_for(sim: RowSimilarity, rows: np.ndarray, progress: Progress | None = None
                ) -> Neighbors:
-    length = sim.measure.list_length
-    return Neighbors.concat(sim.map_blocks(rows, lambda b: top_k(b, length, sim.n), progress))
+    """The lists of ``rows``: per block of rows, the fused kernel (kernel.top_lists) computes
+    the products and keeps the top entries in one compiled pass, the same bits as
+    ``top_k(sim.block(rows))`` without holding the block's products."""
+    from .kernel import top_lists  # numba: imported where lists are built, not by Spark's tasks
+
+    length, measure = sim.measure.list_length, sim.measure
+
+    def lists(piece: np.ndarray) -> Neighbors:
+        count, nb, score, few = top_lists(
+            piece.astype(np.int64), sim.m.indptr, sim.m.indices, sim.m.data, sim.mt.indptr,
+            sim.mt.indices, sim.mt.data, sim.scale, sim.n, length, float(measure.shrinkage),
+            float(measure.min_support), sim.needs_support)
+        return Neighbors.from_rows(piece, count, nb, score, piece[few | (length >= sim.n)])
+
+    return Neighbors.concat(sim.map_pieces(rows, lists, progress))
 
 
 @dataclass
