@@ -7,13 +7,21 @@ sparse product adds in, so the dot products are the same bits; then sim = dot * 
 scale[b], times support / (support + shrinkage) and zero below min_support, as
 engine.RowSimilarity.block computes them; then the ``limit`` best positive entries by (score
 desc, neighbour asc), as engine.top_k selects them. tests/test_measures.py checks it against
-that path bit for bit. Memory: five arrays of n (accumulators and candidates) per call, plus the output.
+that path bit for bit. Memory: three arrays of n (the accumulators) per call, plus the output. The best entries are
+kept by insertion into the row's output (most candidates rank below its last entry and cost one
+comparison), which also keeps the compiled code small.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _before(score, nb, other_score, other_nb) -> bool:
+    """The list order: score descending, then neighbour key ascending."""
+    return score > other_score or (score == other_score and nb < other_nb)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -30,8 +38,6 @@ def top_lists(rows, l_indptr, l_indices, l_data, r_indptr, r_indices, r_data, sc
     acc = np.zeros(n)
     cnt = np.zeros(n, np.int64)
     touched = np.empty(n, np.int64)
-    cand_s = np.empty(n)
-    cand_b = np.empty(n, np.int64)
     for i in range(n_rows):
         a = rows[i]
         nt = 0
@@ -45,38 +51,35 @@ def top_lists(rows, l_indptr, l_indices, l_data, r_indptr, r_indices, r_data, sc
                     nt += 1
                 acc[b] += w * r_data[q]
                 cnt[b] += 1
-        npos = 0
+        kept = 0  # out_* row i holds the best ``kept`` entries so far, in list order
+        positive = 0
         for t in range(nt):
             b = touched[t]
-            if b != a and acc[b] != 0.0:
-                sim = acc[b] * scale[a] * scale[b]
-                if need_support:
-                    support = float(cnt[b])
-                    if shrinkage > 0:
-                        sim *= support / (support + shrinkage)
-                    if support < min_support:
-                        sim = 0.0
-                if sim > 0:
-                    cand_s[npos] = sim
-                    cand_b[npos] = b
-                    npos += 1
+            dot = acc[b]
             acc[b] = 0.0
+            support = float(cnt[b])
             cnt[b] = 0
-        few[i] = npos < limit
-        s = cand_s[:npos]
-        bb = cand_b[:npos]
-        if npos > limit:
-            kth = np.partition(-s, limit - 1)[limit - 1]  # -(limit-th largest)
-            keep = -s <= kth
-            s = s[keep]
-            bb = bb[keep]
-        by_b = np.argsort(bb)
-        s = s[by_b]
-        bb = bb[by_b]
-        order = np.argsort(-s, kind="mergesort")
-        m = min(limit, len(order))
-        for j in range(m):
-            out_nb[i, j] = bb[order[j]]
-            out_score[i, j] = s[order[j]]
-        count[i] = m
+            if b == a or dot == 0.0:
+                continue
+            sim = dot * scale[a] * scale[b]
+            if need_support:
+                if shrinkage > 0:
+                    sim *= support / (support + shrinkage)
+                if support < min_support:
+                    sim = 0.0
+            if not sim > 0:
+                continue
+            positive += 1
+            if kept == limit and not _before(sim, b, out_score[i, kept - 1], out_nb[i, kept - 1]):
+                continue
+            j = min(kept, limit - 1)  # insertion: shift the entries it ranks before
+            while j > 0 and _before(sim, b, out_score[i, j - 1], out_nb[i, j - 1]):
+                out_score[i, j] = out_score[i, j - 1]
+                out_nb[i, j] = out_nb[i, j - 1]
+                j -= 1
+            out_score[i, j] = sim
+            out_nb[i, j] = b
+            kept = min(kept + 1, limit)
+        count[i] = kept
+        few[i] = positive < limit
     return count, out_nb, out_score, few
