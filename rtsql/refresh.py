@@ -294,7 +294,7 @@ def _full(con, values: dict, progress: Progress | None) -> RefreshResult:
             _write_lists(con, "user_neighbors", "user_key", users, values["neighbors"])
             recomputed += users.row_count()
     _refresh_content(con, values, progress)
-    _refresh_trending(con, values)
+    _refresh_trending_counts(con, values)
     _set_state(con, watermark=scalar(con, "select coalesce(max(event_id), 0) from events"),
                t0=t0, decay_rate=lam, idf_n=idf_n, model_config=_model_config(con, values),
                item_measure=kind,
@@ -341,7 +341,7 @@ def _load_full(con, values: dict, folder: Path, progress: Progress | None) -> Re
                    from item_neighbors where rank <= $k group by item_key order by item_key""",
                 {"k": values["neighbors"]})
     _refresh_content(con, values, progress)
-    _refresh_trending(con, values, f"select item_key, recent, previous, popularity "
+    _refresh_trending(con, f"select item_key, recent, previous, popularity "
                                    f"from {parquet('item_counts')}")
     for table, source in (("external_item_counts", "external_counts"),
                           ("external_recent_events", "external_recent")):
@@ -551,7 +551,7 @@ def _incremental(con, values: dict, state: dict, forget_users: np.ndarray | None
     if forget_users is not None:
         users = np.union1d(users, forget_users)
     if not len(users):
-        _refresh_trending_after(con, values, watermark)
+        _refresh_trending_counts(con, values)
         _refresh_content_if_changed(con, values, state)
         return RefreshResult("none")
     old = _capped_of(con, users, cap)
@@ -583,10 +583,7 @@ def _incremental(con, values: dict, state: dict, forget_users: np.ndarray | None
             _matrix(con, cols, most_recent_per_item(cols, item_cap)),
             _moved_by_item_cap(cols, old, users, changed_items, item_cap, n_items)
             if item_cap > 0 else changed_users, _measure(values))
-    if forget_users is None:
-        _refresh_trending_after(con, values, watermark)
-    else:  # the user's events are gone: count again
-        _refresh_trending(con, values)
+    _refresh_trending_counts(con, values)
     _refresh_content_if_changed(con, values, state)
     _set_state(con, watermark=max(watermark, scalar(
         con, "select coalesce(max(event_id), 0) from events")))
@@ -596,74 +593,49 @@ def _incremental(con, values: dict, state: dict, forget_users: np.ndarray | None
 
 # --------------------------------------------------------------------------- trending, content
 
-# Per item: events in the latest trending window and the one before it, against the latest
-# event time, and all events (the Spark job computes the same counts: rtsql/spark_job.py).
-# Events a Spark build read from files outside the database (--events) count too: their
-# per-item totals, and those recent enough for a window (external_* tables, migration 0011).
+# Per item: events in the latest trending window and the one before it, against the newest
+# event, and all events (the Spark job computes the same counts: rtsql/spark_job.py). The
+# windows read only the events recent enough for them ($since, two windows before the newest:
+# a filter DuckDB answers from the ts column's zone maps); the all-time count is the sum of the
+# interaction matrix's per-pair event counts, which every refresh keeps (forget included).
+# Events a Spark build read from files outside the database (--events) count too: they are in
+# its interaction matrix, and those recent enough for a window in external_recent_events
+# (migration 0011).
 _TRENDING_COUNTS = """
-    with all_events as (select item_key, ts, true as local from events
-                        union all
-                        select item_key, ts, false from external_recent_events),
-    now as (select max(ts) as t from all_events)
-    select e.item_key,
-           count(*) filter (where e.ts > now.t - to_seconds($window)) as recent,
-           count(*) filter (where e.ts <= now.t - to_seconds($window)
-                            and e.ts > now.t - to_seconds(2 * $window)) as previous,
-           count(*) filter (where e.local) + coalesce(any_value(x.events), 0) as popularity
-    from all_events e cross join now left join external_item_counts x using (item_key)
-    group by e.item_key
-    union all  -- items whose external events are all older than the windows
-    select x.item_key, 0, 0, x.events from external_item_counts x
-    where x.item_key not in (select item_key from all_events)"""
-
-
-# The same counts after new events, without reading every event: the windows from the events
-# recent enough for them ($since, two windows before the newest event: a filter DuckDB answers
-# from the ts column's zone maps), and the all-time popularity as the stored one plus the new
-# events (event_id > $after). Exact while events are only added; forget, which deletes events,
-# uses the full counts.
-_TRENDING_COUNTS_AFTER = """
-    with recent_events as (select item_key, ts from events where ts > $since
-                           union all
-                           select item_key, ts from external_recent_events where ts > $since),
+    with recent_events as (
+        select item_key, ts from events where ts > $since::TIMESTAMP
+        union all
+        select item_key, ts from external_recent_events where ts > $since::TIMESTAMP),
     windowed as (
-        select item_key, count(*) filter (where ts > $newest - to_seconds($window)) as recent,
-               count(*) filter (where ts <= $newest - to_seconds($window)) as previous
+        select item_key,
+               count(*) filter (where ts > $newest::TIMESTAMP - to_seconds($window)) as recent,
+               count(*) filter (where ts <= $newest::TIMESTAMP - to_seconds($window)) as previous
         from recent_events group by item_key),
-    added as (select item_key, count(*) as events from events where event_id > $after
-              group by item_key)
+    popular as (select item_key, sum(events) as popularity from interactions group by item_key)
     select i.item_key, coalesce(w.recent, 0) as recent, coalesce(w.previous, 0) as previous,
-           coalesce(t.popularity, 0) + coalesce(a.events, 0) as popularity
-    from items i left join item_trending t using (item_key) left join windowed w using (item_key)
-         left join added a using (item_key)"""
+           coalesce(p.popularity, 0) as popularity
+    from items i left join windowed w using (item_key) left join popular p using (item_key)"""
 
 
-def _refresh_trending_after(con, values: dict, watermark: int) -> None:
-    """Trending after the events past ``watermark`` were added (_TRENDING_COUNTS_AFTER)."""
+def _refresh_trending_counts(con, values: dict) -> None:
+    """Trending of the local events (_TRENDING_COUNTS), after the interaction matrix is."""
     newest = scalar(con, "select max(t) from (select max(ts) as t from events union all "
                          "select max(ts) from external_recent_events)")
-    if newest is None:
-        return _refresh_trending(con, values)
     window = values["trending_window_days"] * 86400.0
-    since = scalar(con, "select ?::TIMESTAMP - to_seconds(?)", [newest, 2 * window])
-    _refresh_trending(con, values, _TRENDING_COUNTS_AFTER,
-                      {"newest": newest, "since": since, "window": window, "after": watermark})
+    since = scalar(con, "select ?::TIMESTAMP - to_seconds(?)", [newest, 2 * window]) \
+        if newest is not None else None
+    _refresh_trending(con, _TRENDING_COUNTS, {"newest": newest, "since": since, "window": window})
 
 
-def _refresh_trending(con, values: dict, counts: str = _TRENDING_COUNTS,
-                      params: dict | None = None) -> None:
+def _refresh_trending(con, counts: str, params: dict | None = None) -> None:
     """Trending from the counts (every item, zeros without events), with the share of the top
     score and the two backfill orders recommend() reads; stored in backfill order so its first
-    rows are the ones read. ``counts`` is a query with item_key, recent, previous, popularity
-    (it may read the stored trending: it runs before the table is emptied)."""
-    if params is None:
-        params = {"window": values["trending_window_days"] * 86400.0} if "$window" in counts \
-            else {}
-    con.execute(f"create or replace temp table _rtsql_counts as {counts}", params)
+    rows are the ones read. ``counts`` is a query with item_key, recent, previous,
+    popularity."""
     con.execute("delete from item_trending")
-    con.execute("""
+    con.execute(f"""
         insert into item_trending
-        with counts as (from _rtsql_counts),
+        with counts as ({counts}),
         scored as (
             select i.item_key, coalesce(c.recent, 0) as recent,
                    coalesce(c.previous, 0) as previous, coalesce(c.popularity, 0) as popularity,
@@ -677,8 +649,7 @@ def _refresh_trending(con, values: dict, counts: str = _TRENDING_COUNTS,
         select item_key, recent, previous, popularity, score, share,
                row_number() over (order by share desc, popularity desc, item_key) as rank_trending,
                row_number() over (order by popularity desc, item_key) as rank_popular
-        from shared order by rank_trending""")
-    con.execute("drop table _rtsql_counts")
+        from shared order by rank_trending""", params or {})
 
 
 def _refresh_content_if_changed(con, values: dict, state: dict) -> None:
