@@ -342,7 +342,7 @@ def _load_full(con, values: dict, folder: Path, progress: Progress | None) -> Re
                 {"k": values["neighbors"]})
     _refresh_content(con, values, progress)
     _refresh_trending(con, f"select item_key, recent, previous, popularity "
-                                   f"from {parquet('item_counts')}")
+                           f"from {parquet('item_counts')}")
     for table, source in (("external_item_counts", "external_counts"),
                           ("external_recent_events", "external_recent")):
         con.execute(f"delete from {table}")
