@@ -198,18 +198,31 @@ def _measure(values: dict, kind: str = "cosine", idf_n: float = 0.0) -> measures
                               alpha=values["rp3_alpha"], beta=values["rp3_beta"],
                               ease_lambda=values["ease_lambda"],
                               ease_max_items=values["ease_max_items"],
+                              ease_neighbors=values["ease_neighbors"],
                               buffer_length=math.ceil(values["list_buffer"] * values["neighbors"]),
                               **engine_options(values))
 
 
-def resolve_similarity(values: dict, items: int) -> str:
+def resolve_similarity(values: dict, items: int, memory_bytes: int | None = None) -> str:
     """The item-item measure a full refresh builds: the ``similarity`` setting, where ``auto``
-    means ease while at most ``ease_max_items`` items have interactions (the most accurate
-    measure in the nested search, benchmarks/README.md; its cost grows with n^3) and cosine
-    beyond (sparse, with an exact incremental refresh)."""
+    means the most accurate measure that fits (benchmarks/README.md): ease while at most
+    ``ease_max_items`` items have interactions (its cost grows with n^3), sparse_ease beyond
+    while its working memory fits in half of ``memory_bytes`` (the machine's memory), cosine
+    beyond that (sparse, with an exact incremental refresh)."""
     if values["similarity"] != measures.AUTO:
         return values["similarity"]
-    return "ease" if items <= values["ease_max_items"] else "cosine"
+    if items <= values["ease_max_items"]:
+        return "ease"
+    if memory_bytes is None:
+        memory_bytes = settings.physical_mib() << 20
+    if sparse_ease_bytes(items, values["ease_neighbors"]) <= memory_bytes // 2:
+        return "sparse_ease"
+    return "cosine"
+
+
+def sparse_ease_bytes(items: int, neighbors: int) -> int:
+    """What a sparse_ease build holds at its peak, about: 64 bytes per (item, regressor)."""
+    return 64 * items * neighbors
 
 
 def _similarity_in_effect(values: dict, state: dict) -> str:
@@ -275,7 +288,8 @@ def _full(con, values: dict, progress: Progress | None) -> RefreshResult:
     notes: list[str] = []
     if values["similarity"] == measures.AUTO and _state(con).get("item_measure") != kind:
         notes.append(f"similarity auto: {kind} item lists ({n_items} items have interactions; "
-                     f"ease up to ease_max_items {values['ease_max_items']}, cosine beyond)")
+                     f"ease up to ease_max_items {values['ease_max_items']}, sparse_ease beyond while "
+                     f"it fits in memory, cosine beyond that)")
     item_measure = _measure(values, kind, idf_n)  # user-user is always cosine
     items = measures.full(x.T.tocsr(), item_measure, _stage(progress, "items"), notes.append)
     # user-user is computed on a worker thread while DuckDB writes the item lists

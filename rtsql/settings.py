@@ -134,13 +134,16 @@ SETTINGS: dict[str, Setting] = {
                 "the largest weights, at most 8k per item).", _positive(1000)),
         Setting("similarity", str, "auto",
                 "Item-item measure: auto (ease while at most ease_max_items items have "
-                "interactions, cosine beyond; decided at each full refresh); cosine; tfidf "
-                "(implicit's TF-IDF weighting; its user count is frozen at the last full "
-                "refresh); rp3beta (a random walk item -> user -> item, damped by popularity: "
-                "rp3_alpha, rp3_beta); or ease (Steck's closed-form item-item regression, dense, "
-                "signed weights: ease_lambda, ease_max_items). cosine and tfidf lists are updated "
-                "exactly by the incremental refresh; rp3beta and ease have no exact update, so "
-                "every refresh with new events rebuilds them in full and says so.",
+                "interactions, sparse_ease beyond while its lists fit in memory, cosine beyond "
+                "that; decided at each full refresh); cosine; tfidf (implicit's TF-IDF "
+                "weighting; its user count is frozen at the last full refresh); rp3beta (a "
+                "random walk item -> user -> item, damped by popularity: rp3_alpha, rp3_beta); "
+                "ease (Steck's closed-form item-item regression, dense, signed weights: "
+                "ease_lambda, ease_max_items); or sparse_ease (the same regression on each "
+                "item's ease_neighbors top co-occurring items: cost linear in the items). cosine "
+                "and tfidf lists are updated exactly by the incremental refresh; the others have "
+                "no exact update, so every refresh with new events rebuilds them in full and "
+                "says so.",
                 choices=(AUTO, *MEASURES)),
         Setting("rp3_alpha", float, 1.0,
                 "rp3beta: transition probabilities are raised to this power.", _positive(10)),
@@ -157,6 +160,10 @@ SETTINGS: dict[str, Setting] = {
                 "inverse: about 16 n^2 bytes of memory and n^3 multiply-adds per refresh; the "
                 "others get no item-item list. similarity auto uses cosine beyond it.",
                 _positive(lambda: math.isqrt((physical_mib() << 20) // 16))),
+        Setting("ease_neighbors", int, 256,
+                "sparse_ease: each item is regressed on this many items it co-occurs with most "
+                "(m): about n x m^3 / 3 multiply-adds and 64 x n x m bytes for n items.",
+                _positive(2000)),
         Setting("shrinkage", float, 0.0,
                 "Cosine is multiplied by support / (support + shrinkage): damps neighbours that "
                 "share few users.",
@@ -269,7 +276,7 @@ def parse(name: str, text: str) -> Any:
 SERVING_SETTINGS = ("weight_item_cf", "weight_user_cf", "weight_content", "weight_trending",
                     "exclude_seen", "recency_half_life_days")
 MODEL_SETTINGS = ("neighbors", "similarity", "rp3_alpha", "rp3_beta", "ease_lambda",
-                  "ease_max_items", "shrinkage", "min_support",
+                  "ease_max_items", "ease_neighbors", "shrinkage", "min_support",
                   "max_history", "max_item_users", "half_life_days",
                   "user_cf", "list_buffer")
 

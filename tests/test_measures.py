@@ -128,9 +128,7 @@ def test_rp3beta_equals_its_definition(rng, k, alpha, beta, block_cells):
 def brute_force_ease(x: np.ndarray, k: int, lam: float, tol: float = 1e-9):
     """Steck's closed form as written: B = I - P / diag(P), P = (X^T X + lambda' I)^-1 over
     the rows of x (rows are items), lambda' = lam x the mean squared nonzero weight; the lists
-    hold the k x n entries of largest |B| off the diagonal, at most 8k per row, each list by
-    (weight desc, key asc). Returns (lists, ambiguous): ambiguous when a magnitude ties another
-    within ``tol`` at a cut (either side is then right)."""
+    as brute_force_ease_lists selects them. Returns (lists, ambiguous)."""
     present = np.flatnonzero((x != 0).any(axis=1))
     sub = x[present]
     n = len(present)
@@ -138,6 +136,15 @@ def brute_force_ease(x: np.ndarray, k: int, lam: float, tol: float = 1e-9):
     p = np.linalg.inv(sub @ sub.T + lam * scale * np.eye(n))
     b = -p / np.diag(p)[None, :]
     np.fill_diagonal(b, 0.0)
+    return brute_force_ease_lists(b, present, k, tol)
+
+
+def brute_force_ease_lists(b: np.ndarray, present: np.ndarray, k: int, tol: float = 1e-9):
+    """EASE's lists of B (n x n over the items ``present``): the k x n entries of largest |B|
+    off the diagonal, at most 8k per row, each list by (weight desc, key asc); numerical zeros
+    (1e-9 of the largest) left out. Returns (lists, ambiguous): ambiguous when a magnitude ties
+    another within ``tol`` at a cut (either side is then right)."""
+    n = len(present)
     zero = 1e-9 * np.abs(b).max(initial=0.0)  # numerical zeros
     cap = min(8 * k, n - 1)
     ambiguous = False
@@ -160,6 +167,40 @@ def brute_force_ease(x: np.ndarray, k: int, lam: float, tol: float = 1e-9):
         if kept:
             out[int(present[a])] = kept
     return out, ambiguous
+
+
+def brute_force_sparse_ease(x: np.ndarray, k: int, lam: float, m: int, tol: float = 1e-9):
+    """sparse_ease as its docstring defines it, one item at a time: N(b) = b's m largest
+    co-occurrences G[b, c] > 0 (ties: lower c); G[a, c] known when c is in N(a) or a in N(c),
+    else 0; B[N(b), b] = (G[N, N] + lambda' I)^-1 G[N, b], lambda' doubled until the system
+    is positive definite; then EASE's lists of B."""
+    present = np.flatnonzero((x != 0).any(axis=1))
+    sub = x[present]
+    n = len(present)
+    scale = float(np.mean(sub[sub != 0] ** 2)) if n else 1.0
+    g = sub @ sub.T
+    hoods = []
+    for b in range(n):
+        others = [c for c in range(n) if c != b and g[b, c] > 0]
+        hoods.append(sorted(others, key=lambda c: (-g[b, c], c))[:m])
+    known = np.eye(n, dtype=bool)
+    for b, hood in enumerate(hoods):
+        known[b, hood] = known[hood, b] = True
+    truncated = np.where(known, g, 0.0)
+    weights = np.zeros((n, n))
+    for b, hood in enumerate(hoods):
+        if not hood:
+            continue
+        reg = lam * scale
+        while True:
+            system = truncated[np.ix_(hood, hood)] + reg * np.eye(len(hood))
+            try:
+                np.linalg.cholesky(system)
+                break
+            except np.linalg.LinAlgError:
+                reg *= 2
+        weights[hood, b] = np.linalg.solve(system, g[hood, b])
+    return brute_force_ease_lists(weights, present, k, tol)
 
 
 @settings(deadline=None)
@@ -200,3 +241,34 @@ def test_ease_beyond_its_item_limit_keeps_the_most_popular_and_says_so():
     restricted[sorted(popular)] = x[sorted(popular)]
     assert_same_lists(got, brute_force_ease(restricted, 3, 1.0)[0])
     assert len(notes) == 1 and "12 items" in notes[0] and "ease_max_items" in notes[0]
+
+
+@settings(deadline=None)
+@given(matrices, st.integers(1, 6), st.sampled_from([0.05, 0.5, 30.0]), st.integers(1, 8),
+       st.sampled_from([1.0, 4.5]), st.sampled_from([1, 2]))
+def test_sparse_ease_equals_its_definition(rng, k, lam, m, unit, threads):
+    """Random sparse matrices, neighbourhoods smaller and larger than the items' co-occurring
+    sets (ties in co-occurrence are common: small integer weights)."""
+    n, f = rng.integers(1, 15), rng.integers(1, 12)
+    x = (rng.integers(1, 4, size=(n, f)) * (rng.random((n, f)) < 0.5)).astype(float) * unit
+    measure = measures.Measure(k=k, kind="sparse_ease", ease_lambda=lam, ease_neighbors=m,
+                               threads=threads)
+    assert not measures.model(measure).incremental
+    want, ambiguous = brute_force_sparse_ease(x, k, lam, m)
+    assume(not ambiguous)
+    got = _as_dict(measures.full(sp.csr_matrix(x), measure))
+    assert_same_lists(got, want, tol=1e-9)
+
+
+def test_sparse_ease_with_every_item_a_regressor_is_dense_ease():
+    """Where every pair of items co-occurs and the neighbourhoods hold every other item, the
+    restricted regressions are dense EASE's columns (the block inverse), so the lists agree."""
+    rng = np.random.default_rng(11)
+    x = rng.integers(1, 5, size=(12, 30)).astype(float)
+    x[:, :6] *= rng.random((12, 6)) < 0.5  # some zeros; every pair still shares a user
+    dense = measures.Measure(k=3, kind="ease", ease_lambda=2.0)
+    local = measures.Measure(k=3, kind="sparse_ease", ease_lambda=2.0, ease_neighbors=11)
+    want = _as_dict(measures.full(sp.csr_matrix(x), dense))
+    assert_same_lists(_as_dict(measures.full(sp.csr_matrix(x), local)), want, tol=1e-9)
+    fewer = measures.Measure(k=3, kind="sparse_ease", ease_lambda=2.0, ease_neighbors=5)
+    assert _as_dict(measures.full(sp.csr_matrix(x), fewer)) != want

@@ -226,7 +226,7 @@ def test_candidate_macro_equals_the_every_item_reference(tmp_path, db_path, opti
                 min_size=1, max_size=60),
        st.integers(0, 60), st.sampled_from(["0", "3", "500"]), st.sampled_from([2, 50]),
        st.lists(st.integers(0, 11), max_size=4, unique=True),
-       st.sampled_from(["auto", "cosine"]))
+       st.sampled_from(["auto", "cosine", "sparse_ease"]))
 def test_macro_equals_the_reference_on_random_databases(tmp_path_factory, rows, cut,
                                                         max_history, k, catalogued, similarity):
     """Random event streams (some events after the last refresh), random caps and catalogs:
@@ -236,7 +236,7 @@ def test_macro_equals_the_reference_on_random_databases(tmp_path_factory, rows, 
     con = rtsql.connect_memory()
     settings.set_value(con, "max_history", max_history)
     settings.set_value(con, "neighbors", str(k))
-    settings.set_value(con, "similarity", similarity)  # auto: ease, signed lists
+    settings.set_value(con, "similarity", similarity)  # auto: ease; both signed lists
     csv = [(f"u{u}", f"i{i}", t) for u, i, t in rows]
     first = directory / "a.csv"
     first.write_text(events_csv(csv[:max(cut, 1)]))

@@ -256,7 +256,7 @@ def test_full_refresh_recreates_tables_with_their_keys_and_indexes(con, write):
         con.execute("insert into item_neighbor_lists select * from item_neighbor_lists limit 1")
 
 
-@pytest.mark.parametrize("measure", ["rp3beta", "ease"])
+@pytest.mark.parametrize("measure", ["rp3beta", "ease", "sparse_ease"])
 def test_measures_without_an_exact_update_are_rebuilt_in_full_when_events_arrive(
         tmp_path, write, measure):
     """rp3beta is asymmetric and ease's weights depend on the whole inverse: no exact
@@ -281,10 +281,10 @@ def test_measures_without_an_exact_update_are_rebuilt_in_full_when_events_arrive
     con.close()
 
 
-def test_auto_is_ease_up_to_its_item_limit_and_cosine_beyond(tmp_path, write):
+def test_auto_is_ease_up_to_its_item_limit_then_sparse_ease_then_cosine(tmp_path, write):
     """similarity auto is decided at each full refresh (model_state.item_measure): ease while
-    the items with interactions fit ease_max_items, cosine beyond, whose incremental refresh
-    then stays incremental."""
+    the items with interactions fit ease_max_items, sparse_ease beyond while its memory fits,
+    cosine beyond that, whose incremental refresh then stays incremental."""
     con = rtsql.connect(tmp_path / "a.duckdb")
     rows = "".join(f"u{u},i{(u * 3 + j) % 7},view,2026-10-0{1 + j}T00:00:00,\n"
                    for u in range(6) for j in range(3))
@@ -298,9 +298,19 @@ def test_auto_is_ease_up_to_its_item_limit_and_cosine_beyond(tmp_path, write):
     refresh.refresh(con)
     assert con.execute("select * from item_neighbors order by all").fetchall() == ease_lists
     configure(con, similarity="auto", ease_max_items=6)  # 7 items have interactions
-    assert any("similarity auto: cosine" in n for n in refresh.refresh(con).notes)
+    assert any("similarity auto: sparse_ease" in n for n in refresh.refresh(con).notes)
     state = dict(con.execute("select name, value from model_state").fetchall())
-    assert state["item_measure"] == "cosine"
+    assert state["item_measure"] == "sparse_ease"
+    sparse_lists = con.execute("select * from item_neighbors order by all").fetchall()
+    configure(con, similarity="sparse_ease")
+    refresh.refresh(con)
+    assert con.execute("select * from item_neighbors order by all").fetchall() == sparse_lists
+    values = settings.get_all(con) | {"similarity": "auto"}
+    fits = refresh.sparse_ease_bytes(7, values["ease_neighbors"]) * 2
+    assert refresh.resolve_similarity(values, 7, memory_bytes=fits) == "sparse_ease"
+    assert refresh.resolve_similarity(values, 7, memory_bytes=fits - 2) == "cosine"
+    configure(con, similarity="cosine")
+    refresh.refresh(con)
     ingest.ingest(con, [write("b.csv", HEADER + "u9,i1,view,2026-10-05T00:00:00,\n")])
     assert refresh.refresh(con).mode == "incremental"
     con.close()

@@ -151,7 +151,7 @@ events_strategy = st.lists(
 @given(events=events_strategy, refreshed=st.floats(0, 1), decay=st.sampled_from([0, 3]),
        recency=st.sampled_from(["0", "2"]), exclude_seen=st.booleans(),
        neighbors=st.sampled_from(["2", "5", "50"]), max_history=st.sampled_from(["0", "3", "500"]),
-       seed=st.integers(0, 1000), similarity=st.sampled_from(["auto", "cosine"]))
+       seed=st.integers(0, 1000), similarity=st.sampled_from(["auto", "cosine", "sparse_ease"]))
 def test_random_databases_equal_the_macros(tmp_path_factory, events, refreshed, decay,
                                            recency, exclude_seen, neighbors, max_history, seed,
                                            similarity):
@@ -164,7 +164,7 @@ def test_random_databases_equal_the_macros(tmp_path_factory, events, refreshed, 
     settings.set_value(con, "max_history", max_history)  # 3: most users' rows are capped
     settings.set_value(con, "recency_half_life_days", recency)
     settings.set_value(con, "exclude_seen", str(exclude_seen))
-    settings.set_value(con, "similarity", similarity)  # auto: ease, signed lists
+    settings.set_value(con, "similarity", similarity)  # auto: ease; both signed lists
     lines = [f"u{u},i{i},{t},{(T0 + dt.timedelta(hours=h)).isoformat()},{v}\n"
              for u, i, t, h, v in events]
     cut = int(len(lines) * refreshed)

@@ -3,6 +3,8 @@
 - cosine.py: cosine and tfidf, the symmetric measures the incremental refresh updates exactly;
 - rp3beta.py: the random walk with popularity damping (asymmetric: full rebuilds);
 - ease.py: Steck's closed-form regression (dense, bounded by ease_max_items; full rebuilds);
+- sparse_ease.py: the same regression restricted to each item's top co-occurring items (cost
+  linear in the items: large catalogs; full rebuilds);
 - engine.py: the blocked sparse engine the sparse measures share (full and incremental top-K);
 - base.py: the contract and a build's parameters (Measure).
 
@@ -22,8 +24,9 @@ from .ease import Ease
 from .engine import (IncrementalResult, Neighbors, StoredLists, merge_lists, top_k,
                      top_per_row)
 from .rp3beta import RP3beta
+from .sparse_ease import SparseEase
 
-MODELS: dict[str, Model] = {m.name: m for m in (Cosine(), TfIdf(), RP3beta(), Ease())}
+MODELS: dict[str, Model] = {m.name: m for m in (Cosine(), TfIdf(), RP3beta(), Ease(), SparseEase())}
 # the similarity setting's default: a choice among MODELS made at each full refresh
 # (rtsql.refresh.resolve_similarity)
 AUTO = "auto"
