@@ -1,14 +1,16 @@
 """Protocol-1 trials of setting overrides, for the nested search of the defaults.
 
-    python benchmarks/bench_trials.py [--half=0|1] [--val] 'name:setting=value,...' ...
+    python benchmarks/bench_trials.py [--dataset=ml|tafeng] [--half=0|1] [--val] \
+        'name:setting=value,...' ...
 
 Each argument is one trial: a name, then the settings it overrides (``strategies=a+b`` scores
 several strategies); after ``@``, serving settings (blend weights, recency) scored on the same
 refresh, one set per ``;`` (``'ease:similarity=ease@weight_user_cf=0;weight_user_cf=0.3'``). ``--val`` scores on a validation split of the *train* events only (the
 test events of ../shared/EVAL.md protocol 1 are never read): what a tuning run may look at.
-``--half=0`` / ``--half=1`` keeps the MovieLens users with even / odd ids, two independent
-datasets. Prints NDCG@10 and the other protocol-1 figures per trial. MovieLens ml-latest-small
-(GroupLens, non-commercial research use), read from ../shared/datasets/.
+``--half=0`` / ``--half=1`` keeps one half of the users (benchmarks/datasets.py), two
+independent datasets. Prints NDCG@10 and the other protocol-1 figures per trial. The datasets
+(MovieLens ml-latest-small, GroupLens, non-commercial research use; the Ta Feng grocery log) are
+read from ../shared/datasets/.
 """
 
 import sys
@@ -16,27 +18,26 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_accuracy as ba  # noqa: E402
+from datasets import DATASETS  # noqa: E402
 
 from rtsql import evaluate  # noqa: E402
 
 
 def main(argv: list[str]) -> None:
-    if not (ba.DATA / "ratings.csv").exists():
-        sys.exit(f"MovieLens not found at {ba.DATA}: this benchmark needs ../shared/datasets/")
+    dataset = DATASETS["ml"]
+    if argv and argv[0].startswith("--dataset="):
+        dataset = DATASETS[argv.pop(0).split("=")[1]]
+    dataset.require()
     half = None
     if argv and argv[0].startswith("--half="):
         half = int(argv.pop(0).split("=")[1])
     validation = bool(argv) and argv[0] == "--val"
     if validation:
         argv.pop(0)
-    events = ba.all_events()
-    if half is not None:
-        events = [e for e in events if int(e[0]) % 2 == half]
+    events = dataset.events(half)
     if validation:  # the train events of protocol 1; holdout() splits them again
-        keep = {u for u, *_ in events}
-        events = [e for e in ba.split()[0] if e[0] in keep]
-    con = ba.build_database(Path(tempfile.mkdtemp()) / "trials.duckdb", events)
+        events = dataset.split(events=events)[0]
+    con = dataset.build_database(Path(tempfile.mkdtemp()) / "trials.duckdb", events)
     def pairs(text: str) -> dict:
         return dict(kv.split("=", 1) for kv in text.split(",") if kv)
 
