@@ -55,25 +55,27 @@ select e.user_key, e.item_key, fsum({_EVENT_WEIGHT}) as weight, count(*)::INTEGE
        -- the latest event's type, ties on ts broken by event_id (one HUGEINT compares faster
        -- than a struct: 0.9 s instead of 1.6 s at 10M events)
        arg_max(e.event_type, epoch_us(e.ts)::HUGEINT * 18446744073709551616 + e.event_id)
-           as last_event_type
+           as last_event_type,
+       max({_EVENT_WEIGHT}) as peak
 from events e join event_types et using (event_type)
 where e.event_id > $after
 group by all
 """
 
 # The history used for co-occurrence: each user's most recent max_history items ($cap 0: all),
-# with the time of each entry's latest event (for the per-item cap, most_recent_per_item).
-# Only users over the cap go through the window (at 10M events: 0.24 s instead of 0.38 s).
+# with the time of each entry's latest event (for the per-item cap, most_recent_per_item), and
+# the pair's model weight ({column}: PAIR_WEIGHT_COLUMNS). Only users over the cap go through
+# the window (at 10M events: 0.24 s instead of 0.38 s).
 _CAPPED = """
 with heavy as (
     select user_key from interactions {where}
     group by user_key having $cap > 0 and count(*) > $cap
 )
-select user_key, item_key, weight, epoch_us(last_ts) as last_us from interactions {where}
-where weight > 0 and user_key not in (select user_key from heavy)
+select user_key, item_key, {column} as weight, epoch_us(last_ts) as last_us from interactions
+{where} where {column} > 0 and user_key not in (select user_key from heavy)
 union all
 select user_key, item_key, weight, epoch_us(last_ts) from (
-    select user_key, item_key, weight, last_ts,
+    select user_key, item_key, {column} as weight, last_ts,
            row_number() over (partition by user_key order by last_ts desc, item_key desc) as rn
     from interactions semi join heavy using (user_key)
 ) where rn <= $cap and weight > 0
@@ -150,9 +152,17 @@ def _shape(con) -> tuple[int, int]:
             scalar(con, "select coalesce(max(item_key), 0) + 1 from items"))
 
 
-def _capped_entries(con, cap: int) -> dict[str, np.ndarray]:
-    """The entries of the capped interaction matrix X: user_key, item_key, weight, last_us."""
-    return con.execute(_CAPPED.format(where=""), {"cap": cap}).fetchnumpy()
+# The pair_weight setting: which interactions column the models read. sum: every event counts
+# (repeats add up); max: the pair's strongest single event (a repeat purchase or a tenth view
+# adds nothing)
+PAIR_WEIGHT_COLUMNS = {"sum": "weight", "max": "peak"}
+
+
+def _capped_entries(con, values: dict) -> dict[str, np.ndarray]:
+    """The entries of the capped interaction matrix X: user_key, item_key, weight (the
+    pair_weight setting's), last_us."""
+    return con.execute(_CAPPED.format(where="", column=PAIR_WEIGHT_COLUMNS[values["pair_weight"]]),
+                       {"cap": values["max_history"]}).fetchnumpy()
 
 
 def _matrix(con, cols: dict[str, np.ndarray], keep: np.ndarray | None = None) -> sp.csr_matrix:
@@ -280,7 +290,7 @@ def _full(con, values: dict, progress: Progress | None) -> RefreshResult:
     recreate_empty(con, "interactions")
     con.execute(f"insert into interactions select * from ({_AGGREGATE_EVENTS}) "
                 "order by user_key, item_key", {"lambda": lam, "t0": t0, "after": -1})
-    cols = _capped_entries(con, values["max_history"])
+    cols = _capped_entries(con, values)
     x = _matrix(con, cols)
     idf_n = float(np.count_nonzero(np.diff(x.indptr)))  # users with history, frozen until next full
     n_items = int(np.count_nonzero(np.bincount(x.indices, minlength=x.shape[1])))
@@ -341,7 +351,7 @@ def _load_full(con, values: dict, folder: Path, progress: Progress | None) -> Re
                     f"where {column} not in (select {column} from {table}) order by 1")
     recreate_empty(con, "interactions")
     con.execute(f"""insert into interactions select user_key, item_key, weight, events, last_ts,
-                           last_event_type from {parquet('interactions')}
+                           last_event_type, peak from {parquet('interactions')}
                     order by user_key, item_key""")
     recomputed = 0
     for table, key in (("item_neighbors", "item_key"), ("user_neighbors", "user_key")):
@@ -424,10 +434,11 @@ def _stage(progress: Progress | None, name: str):
 
 # --------------------------------------------------------------------------- incremental
 
-def _capped_of(con, users: np.ndarray, cap: int) -> dict[str, np.ndarray]:
+def _capped_of(con, users: np.ndarray, values: dict) -> dict[str, np.ndarray]:
     with registered(con, "_rtsql_users", keys_column(users)):
-        return con.execute(_CAPPED.format(where="semi join _rtsql_users u on user_key = u.k"),
-                           {"cap": cap}).fetchnumpy()
+        return con.execute(_CAPPED.format(where="semi join _rtsql_users u on user_key = u.k",
+                                          column=PAIR_WEIGHT_COLUMNS[values["pair_weight"]]),
+                           {"cap": values["max_history"]}).fetchnumpy()
 
 
 def _changes(old: dict, new: dict, n_items: int) -> tuple[np.ndarray, np.ndarray]:
@@ -558,7 +569,6 @@ def _delete_rows(con, table: str, key: str, rows: np.ndarray) -> None:
 def _incremental(con, values: dict, state: dict, forget_users: np.ndarray | None = None
                  ) -> RefreshResult:
     watermark = int(state["watermark"])
-    cap = values["max_history"]
     new_events = scalar(con, "select count(*) from events where event_id > ?", [watermark])
     users = con.execute("select distinct user_key from events where event_id > ? "
                         "order by 1", [watermark]).fetchnumpy()["user_key"].astype(np.int64)
@@ -568,7 +578,7 @@ def _incremental(con, values: dict, state: dict, forget_users: np.ndarray | None
         _refresh_trending_counts(con, values)
         _refresh_content_if_changed(con, values, state)
         return RefreshResult("none")
-    old = _capped_of(con, users, cap)
+    old = _capped_of(con, users, values)
     if forget_users is not None:
         _delete_rows(con, "interactions", "user_key", forget_users)
     con.execute(f"create or replace temp table _rtsql_delta as {_AGGREGATE_EVENTS}",
@@ -577,15 +587,16 @@ def _incremental(con, values: dict, state: dict, forget_users: np.ndarray | None
         update interactions i set weight = i.weight + d.weight, events = i.events + d.events,
                last_ts = greatest(i.last_ts, d.last_ts),
                last_event_type = case when d.last_ts >= i.last_ts then d.last_event_type
-                                      else i.last_event_type end
+                                      else i.last_event_type end,
+               peak = greatest(i.peak, d.peak)
         from _rtsql_delta d where i.user_key = d.user_key and i.item_key = d.item_key""")
     con.execute("insert into interactions select d.* from _rtsql_delta d "
                 "anti join interactions i using (user_key, item_key)")
     con.execute("drop table _rtsql_delta")
-    new = _capped_of(con, users, cap)
+    new = _capped_of(con, users, values)
     n_items = _shape(con)[1]
     changed_users, changed_items = _changes(old, new, n_items)
-    cols = _capped_entries(con, cap)
+    cols = _capped_entries(con, values)
     recomputed = _apply_incremental(con, "item_neighbors", "item_key", _matrix(con, cols).T.tocsr(),
                                     changed_items,
                                     _measure(values, _similarity_in_effect(values, state),

@@ -164,6 +164,11 @@ SETTINGS: dict[str, Setting] = {
                 "sparse_ease: each item is regressed on this many items it co-occurs with most "
                 "(m): about n x m^3 / 3 multiply-adds and 64 x n x m bytes for n items.",
                 _positive(2000)),
+        Setting("pair_weight", str, "max",
+                "How a user's events on one item weigh in the models: max (the strongest single "
+                "event: repeat purchases and repeated views add nothing) or sum (every event "
+                "counts). Serving's history weights are always the sum.",
+                choices=("max", "sum")),
         Setting("shrinkage", float, 0.0,
                 "Cosine is multiplied by support / (support + shrinkage): damps neighbours that "
                 "share few users.",
@@ -276,7 +281,7 @@ def parse(name: str, text: str) -> Any:
 SERVING_SETTINGS = ("weight_item_cf", "weight_user_cf", "weight_content", "weight_trending",
                     "exclude_seen", "recency_half_life_days")
 MODEL_SETTINGS = ("neighbors", "similarity", "rp3_alpha", "rp3_beta", "ease_lambda",
-                  "ease_max_items", "ease_neighbors", "shrinkage", "min_support",
+                  "ease_max_items", "ease_neighbors", "pair_weight", "shrinkage", "min_support",
                   "max_history", "max_item_users", "half_life_days",
                   "user_cf", "list_buffer")
 

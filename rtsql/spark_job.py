@@ -70,7 +70,8 @@ def build(spark, events_uri: str, config: dict, out_uri: str, stage=lambda name:
     interactions = weighted.groupBy("user_key", "item_key").agg(
         F.sum("w").alias("weight"), F.count(F.lit(1)).cast("int").alias("events"),
         F.max("ts").alias("last_ts"),
-        F.max_by("event_type", F.struct("ts", "event_id")).alias("last_event_type"))
+        F.max_by("event_type", F.struct("ts", "event_id")).alias("last_event_type"),
+        F.max("w").alias("peak"))
     def describe(step: str | None) -> None:
         spark.sparkContext.setJobDescription(step)  # names the stages in Spark's event log
         if step:
@@ -88,8 +89,10 @@ def build(spark, events_uri: str, config: dict, out_uri: str, stage=lambda name:
     capped = interactions
     if cap > 0:
         capped = capped.withColumn("rn", F.row_number().over(latest)).where(F.col("rn") <= cap)
-    capped = capped.where(F.col("weight") > 0).select("user_key", "item_key", "weight",
-                                                      "last_ts")
+    # the models' weight of a pair (the pair_weight setting: rtsql.refresh.PAIR_WEIGHT_COLUMNS)
+    model_weight = {"sum": "weight", "max": "peak"}[config.get("pair_weight", "sum")]
+    capped = capped.select("user_key", "item_key", F.col(model_weight).alias("weight"), "last_ts")
+    capped = capped.where(F.col("weight") > 0)
     capped = capped.persist()
     users_with_history = capped.select("user_key").distinct().count()
 

@@ -34,6 +34,9 @@ def snapshot(con):
     return {
         "interactions": {(u, i): (w, n, ts) for u, i, w, n, ts in con.execute(
             "select * from user_item_matrix").fetchall()},
+        "peak": dict(con.execute(
+            "select u.user_id || '/' || i.item_id, peak from interactions "
+            "join users u using (user_key) join items i using (item_key)").fetchall()),
         "last_event_type": dict(con.execute(
             "select u.user_id || '/' || i.item_id, last_event_type from interactions "
             "join users u using (user_key) join items i using (item_key)").fetchall()),
@@ -56,6 +59,9 @@ def assert_same_state(a, b):
     for key, (w, n, ts) in b["interactions"].items():
         w2, n2, ts2 = a["interactions"][key]
         assert abs(w - w2) <= 1e-9 * max(1.0, abs(w)) and (n, ts) == (n2, ts2), key
+    assert a["peak"].keys() == b["peak"].keys()
+    for key, peak in b["peak"].items():
+        assert abs(peak - a["peak"][key]) <= 1e-9 * max(1.0, abs(peak)), key
     assert a["last_event_type"] == b["last_event_type"]
     assert_same_lists(a["item_neighbors"], b["item_neighbors"])
     assert_same_lists(a["user_neighbors"], b["user_neighbors"])
@@ -85,6 +91,7 @@ CONFIGS = st.fixed_dictionaries({
     "neighbors": st.sampled_from([2, 3, 50]),
     "max_history": st.sampled_from([0, 3]),
     "max_item_users": st.sampled_from([0, 2]),  # 2 of 8 users: most items' columns capped
+    "pair_weight": st.sampled_from(["max", "sum"]),
     "half_life_days": st.sampled_from([0.0, 2.0]),
     "shrinkage": st.sampled_from([0.0, 1.0]),
     "min_support": st.sampled_from([1, 2]),
@@ -132,25 +139,48 @@ def test_incremental_equals_full_rebuild(tmp_path_factory, events, cuts, config)
         live_t0 = float(live.execute("select value from model_state where name='t0'").fetchall()[0][0])
         rebuilt_t0 = float(rebuilt.execute("select value from model_state where name='t0'").fetchall()[0][0])
         rate = float(rebuilt.execute("select value from model_state where name='decay_rate'").fetchall()[0][0])
-        rebuilt.execute("update interactions set weight = weight * exp(? * (? - ?))",
-                        [rate, rebuilt_t0, live_t0])
+        rebuilt.execute("update interactions set weight = weight * exp($1 * ($2 - $3)), "
+                        "peak = peak * exp($1 * ($2 - $3))", [rate, rebuilt_t0, live_t0])
     assert_same_state(snapshot(live), snapshot(rebuilt))
     assert_lists_well_formed(live)
     live.close()
     rebuilt.close()
 
 
-def test_neighbours_in_sql_equal_brute_force(con, write):
+def test_a_weaker_event_later_keeps_the_pairs_peak(tmp_path, write):
+    """pair_weight max: a purchase then a view of the same item in a later batch leaves the
+    pair at the purchase's weight, as a full rebuild does, and moves no list."""
+    con = rtsql.connect(tmp_path / "p.duckdb")
+    configure(con, neighbors=5, similarity="cosine")
+    rows = "".join(f"u{u},i{(u + j) % 5},purchase,2026-10-01T0{j}:00:00,\n"
+                   for u in range(6) for j in range(3))
+    ingest.ingest(con, [write("a.csv", HEADER + rows)])
+    refresh.refresh(con)
+    lists = con.execute("select * from item_neighbors order by all").fetchall()
+    ingest.ingest(con, [write("b.csv", HEADER + "u0,i0,view,2026-10-02T00:00:00,\n")])
+    result = refresh.refresh(con)
+    assert result.mode == "incremental" and result.changed_items == 0
+    assert con.execute("select weight, peak from interactions join users using (user_key) "
+                       "join items using (item_key) where user_id = 'u0' and item_id = 'i0'"
+                       ).fetchall() == [(9.0, 8.0)]
+    assert con.execute("select * from item_neighbors order by all").fetchall() == lists
+    con.close()
+
+
+@pytest.mark.parametrize("pair_weight", ["max", "sum"])
+def test_neighbours_in_sql_equal_brute_force(con, write, pair_weight):
+    """A pair's weight in the model is its strongest event's weight (max) or the sum of its
+    events' (sum)."""
     rng = np.random.default_rng(5)
     rows = [(u, i, TYPES[rng.integers(0, 4)], h, 0) for h, (u, i) in
             enumerate(zip(rng.integers(0, 30, 400), rng.integers(0, 25, 400)))]
     ingest.ingest(con, [write_batch(write("x", "").parent, "r.csv", rows)])
-    configure(con, neighbors=5, max_history=0, similarity="cosine")
+    configure(con, neighbors=5, max_history=0, similarity="cosine", pair_weight=pair_weight)
     refresh.refresh(con)
     x = np.zeros((31, 26))
     weights = dict(con.execute("select event_type, weight from event_types").fetchall())
     for u, i, t, _, _ in rows:
-        x[u, i] += weights[t]
+        x[u, i] = max(x[u, i], weights[t]) if pair_weight == "max" else x[u, i] + weights[t]
     want = brute_force_topk(x.T, 5)
     got = lists_from_rows(con.execute(
         "select item_id, neighbor_id, score, rank from item_similarity").fetchall())
@@ -171,7 +201,7 @@ def test_user_neighbours_with_the_item_cap_equal_brute_force(con, write):
     weights = dict(con.execute("select event_type, weight from event_types").fetchall())
     x, last = np.zeros((20, 12)), np.full((20, 12), -1)
     for u, i, t, h, _ in rows:
-        x[u, i] += weights[t]
+        x[u, i] = max(x[u, i], weights[t])  # pair_weight max, the default
         last[u, i] = max(last[u, i], h)
     keys = dict(con.execute("select user_id, user_key from users").fetchall())
     capped = np.zeros_like(x)
