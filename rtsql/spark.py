@@ -58,8 +58,8 @@ def job_config(con, values: dict | None = None) -> dict:
     values = values or settings.get_all(con)
     if values["similarity"] not in ("cosine", measures.AUTO):  # auto: cosine at Spark's scale
         raise InvalidSetting(f"the Spark engine builds cosine lists; the setting similarity is "
-                             f"{values['similarity']!r} (use the local engine, or "
-                             "`rtsql settings similarity cosine`)")
+                             f"{values['similarity']!r}, which only the local engine builds "
+                             "(`rtsql refresh`), or choose `rtsql settings similarity cosine`")
     n_users, n_items = refresh_mod._shape(con)
     measure = refresh_mod._measure(values)
     return {
@@ -122,6 +122,12 @@ def external_config(con, folder: Path, uris: list[str], mapping) -> dict:
     }
 
 
+# what a Spark build's result says of its item lists (similarity auto, at any catalog size)
+SPARK_MEASURE_NOTE = ("the Spark engine built cosine item lists (similarity auto means cosine "
+                      "on Spark; ease and sparse_ease are built by the local engine: "
+                      "`rtsql refresh --full`)")
+
+
 def refresh(con, *, master: str | None = None, conf: dict | None = None,
             work: str | os.PathLike | None = None, keep: bool = False, session=None,
             events: list[str] | None = None, mapping=None,
@@ -169,6 +175,7 @@ def refresh(con, *, master: str | None = None, conf: dict | None = None,
                 log(f"spark: {n} rows of --events skipped: {reason}")
         stage("load: the model into the database")
         result = refresh_mod.load_model(con, folder / "model")
+        result.notes.append(SPARK_MEASURE_NOTE)
         stage("done")
     finally:
         if not keep and not work:

@@ -335,7 +335,8 @@ def test_a_spark_build_under_auto_is_cosine_and_stays_incremental(spark_session,
     con = rtsql.connect(tmp_path / "auto.duckdb")
     files = sorted((SAMPLE / "events").iterdir())
     ingest.ingest(con, files[:-1])
-    spark.refresh(con, session=spark_session, work=tmp_path / "work")
+    result = spark.refresh(con, session=spark_session, work=tmp_path / "work")
+    assert "built cosine item lists" in result.summary()
     state = dict(con.execute("select name, value from model_state").fetchall())
     assert state["item_measure"] == "cosine"
     assert con.execute("select count(*) from item_neighbors where score < 0").fetchone()[0] == 0
