@@ -175,9 +175,11 @@ def compare(got: dict, want: dict, exact: bool, served: int | None = None) -> No
     rate = float(want["model_state"].get("decay_rate", 0))
     shift = math.exp(rate * (float(got["model_state"].get("t0", 0))
                              - float(want["model_state"].get("t0", 0)))) if rate else 1.0
-    for key in w:
+    for key in w:  # weight, events, last_ts, last_event_type, peak (decayed like weight)
         assert g[key][0] * shift == pytest.approx(w[key][0], rel=1e-9), key
-        assert g[key][1:] == w[key][1:], key
+        assert g[key][4] * shift == pytest.approx(w[key][4], rel=1e-9), key
+        assert g[key][1:4] == w[key][1:4], key
+        assert len(g[key]) == 5, "a new interactions column: compare it here"
     for table in ("item_neighbors", "user_neighbors"):
         def rows(t):
             return [r[:4] for r in t[table] if served is None or r[3] <= served]
