@@ -115,10 +115,12 @@ def pair_products(db: Path) -> tuple[int, int]:
     try:
         stored = dict(con.execute("select name, value from rtsql_settings").fetchall())
 
-        def value(name: str) -> int:
-            return int(stored.get(name, settings.SETTINGS[name].default))
+        def value(name: str):
+            setting = settings.SETTINGS[name]
+            return setting.type(stored[name]) if name in stored else setting.default
 
-        cols = refresh._capped_entries(con, value("max_history"))
+        cols = refresh._capped_entries(con, {name: value(name)
+                                             for name in ("max_history", "pair_weight")})
         per_user = np.bincount(cols["user_key"].astype(np.int64)).astype(np.int64)
         keep = refresh.most_recent_per_item(cols, value("max_item_users"))
         per_item = np.bincount(cols["item_key"][keep].astype(np.int64)).astype(np.int64)

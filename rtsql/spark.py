@@ -69,7 +69,8 @@ def job_config(con, values: dict | None = None) -> dict:
                             "from event_types order by event_type").fetchall()],
         "decay_rate": refresh_mod._decay_rate(values["half_life_days"]),
         "max_history": values["max_history"],
-        "pair_weight": values["pair_weight"],
+        # the interactions column the models read (the pair_weight setting)
+        "model_weight": refresh_mod.PAIR_WEIGHT_COLUMNS[values["pair_weight"]],
         "max_item_users": values["max_item_users"],
         # similarity entries a task holds at once (the local engine's per-thread budget)
         "block_cells": refresh_mod.engine_options(values)["block_cells"],

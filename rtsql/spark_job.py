@@ -89,9 +89,9 @@ def build(spark, events_uri: str, config: dict, out_uri: str, stage=lambda name:
     capped = interactions
     if cap > 0:
         capped = capped.withColumn("rn", F.row_number().over(latest)).where(F.col("rn") <= cap)
-    # the models' weight of a pair (the pair_weight setting: rtsql.refresh.PAIR_WEIGHT_COLUMNS)
-    model_weight = {"sum": "weight", "max": "peak"}[config.get("pair_weight", "sum")]
-    capped = capped.select("user_key", "item_key", F.col(model_weight).alias("weight"), "last_ts")
+    # the models' weight of a pair: the column the pair_weight setting names (rtsql/spark.py)
+    capped = capped.select("user_key", "item_key", F.col(config["model_weight"]).alias("weight"),
+                           "last_ts")
     capped = capped.where(F.col("weight") > 0)
     capped = capped.persist()
     users_with_history = capped.select("user_key").distinct().count()
