@@ -149,7 +149,7 @@ def main():
     from rtsql.output import render
 
     events = dataset.events(args.half)
-    train, train_items, truth = dataset.split(events=events)
+    train, _, truth = dataset.split(events=events)
     n_train_items = len({str(i) for _, _, i, _ in train})
     print(f"{dataset.name} protocol 1: {len(train)} train events, {len(truth)} evaluated users, "
           f"{n_train_items} train items", file=sys.stderr)

@@ -69,10 +69,11 @@ def cooccurrence_lists(m: sp.csr_matrix, measure: Measure,
     return sp.csr_matrix((lists.score, lists.nb.astype(np.int32), indptr), shape=(n, n))
 
 
-def column_weights(lists: sp.csr_matrix, diag: np.ndarray, lam: float, threads: int = 1
-                   ) -> tuple[np.ndarray, int]:
+def column_weights(lists: sp.csr_matrix, diag: np.ndarray, lam: float, threads: int = 1,
+                   progress: Progress | None = None) -> tuple[np.ndarray, int]:
     """For each row b of ``lists`` (its regressors N(b) and G[N(b), b]), the weights
-    B[N(b), b], aligned with ``lists.data``; and how many systems needed more regularization."""
+    B[N(b), b], aligned with ``lists.data``; and how many systems needed more regularization.
+    ``progress`` hears the rows solved, piece by piece."""
     n = lists.shape[0]
     size = np.diff(lists.indptr).astype(np.float64)
     cost = np.cumsum(size ** 3 + size)
@@ -85,13 +86,15 @@ def column_weights(lists: sp.csr_matrix, diag: np.ndarray, lam: float, threads: 
         return _solve_columns(span[0], span[1], lists.indptr, lists.indices, lists.data, diag,
                               lam, n, width)
 
+    spans = list(zip(starts[:-1], starts[1:]))
     out = np.zeros(lists.nnz)
     retried = 0
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        for (start, end), (weights, again) in zip(
-                zip(starts[:-1], starts[1:]), pool.map(solve, zip(starts[:-1], starts[1:]))):
+        for (start, end), (weights, again) in zip(spans, pool.map(solve, spans)):
             out[lists.indptr[start]:lists.indptr[end]] = weights
             retried += again
+            if progress:
+                progress(int(end), n)
     return out, retried
 
 
@@ -178,20 +181,18 @@ def sparse_ease(m: sp.csr_matrix, measure: Measure, progress: Progress | None = 
     if len(rows) < 2:
         return Neighbors.empty()
     scale = float(np.mean(m.data ** 2)) if m.nnz else 1.0
-    half = len(rows)
 
-    def first(done, total):
-        if progress:
-            progress(done, 2 * half)
+    def phase(number: int):  # two phases, each half of the progress: lists, then solves
+        return lambda done, total: progress and progress(
+            number * total + done, 2 * total)
 
-    lists = cooccurrence_lists(m, measure, first)
+    lists = cooccurrence_lists(m, measure, phase(0))
     diag = np.asarray(m.multiply(m).sum(axis=1)).ravel()
-    weights, retried = column_weights(lists, diag, measure.ease_lambda * scale, measure.threads)
+    weights, retried = column_weights(lists, diag, measure.ease_lambda * scale, measure.threads,
+                                      phase(1))
     if retried and notice:
-        notice(f"sparse_ease: {retried} of {half} items' systems were not positive definite "
-               f"with weak co-occurrences left out; solved with more regularization")
-    if progress:
-        progress(2 * half, 2 * half)
+        notice(f"sparse_ease: {retried} of {len(rows)} items' systems were not positive "
+               f"definite with weak co-occurrences left out; solved with more regularization")
     # B[a, b] = weights of row b's entry a: transpose, so rows are history items
     columns = np.repeat(np.arange(n), np.diff(lists.indptr))
     b = sp.csr_matrix((weights, (lists.indices, columns)), shape=(n, n))
