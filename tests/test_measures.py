@@ -4,7 +4,7 @@ import scipy.sparse as sp
 from hypothesis import assume, given, settings, strategies as st
 
 from rtsql import measures
-from rtsql.measures import engine
+from rtsql.measures import ease, engine
 
 from helpers import assert_same_lists, brute_force_topk, lists_from_rows
 
@@ -125,15 +125,18 @@ def test_rp3beta_equals_its_definition(rng, k, alpha, beta, block_cells):
     assert_same_lists(got, brute_force_rp3beta(x, k, alpha, beta))
 
 
-def brute_force_ease(x: np.ndarray, k: int, lam: float, tol: float = 1e-9):
+def brute_force_ease(x: np.ndarray, k: int, lam: float, tol: float = 1e-9,
+                     absolute: float | None = None):
     """Steck's closed form as written: B = I - P / diag(P), P = (X^T X + lambda' I)^-1 over
-    the rows of x (rows are items), lambda' = lam x the mean squared nonzero weight; the lists
-    as brute_force_ease_lists selects them. Returns (lists, ambiguous)."""
+    the rows of x (rows are items), lambda' = lam x the mean squared nonzero weight (or
+    ``absolute``); the lists as brute_force_ease_lists selects them. Returns (lists,
+    ambiguous)."""
     present = np.flatnonzero((x != 0).any(axis=1))
     sub = x[present]
     n = len(present)
     scale = float(np.mean(sub[sub != 0] ** 2)) if n else 1.0
-    p = np.linalg.inv(sub @ sub.T + lam * scale * np.eye(n))
+    reg = lam * scale if absolute is None else absolute
+    p = np.linalg.inv(sub @ sub.T + reg * np.eye(n))
     b = -p / np.diag(p)[None, :]
     np.fill_diagonal(b, 0.0)
     return brute_force_ease_lists(b, present, k, tol)
@@ -215,6 +218,57 @@ def test_ease_equals_its_closed_form(rng, k, lam, block_cells, unit):
     assume(not ambiguous)
     got = _as_dict(measures.full(sp.csr_matrix(x), measure))
     assert_same_lists(got, want, tol=1e-9)
+
+
+def _changed_rows(rng, x: np.ndarray, fresh: list[int]) -> np.ndarray:
+    """x (users x items) after a random batch: some users gain, reweigh or lose entries
+    (a capped history drops items; forget empties a row), some touch the items ``fresh``."""
+    y = x.copy()
+    for u in rng.choice(len(x), size=rng.integers(1, len(x) + 1), replace=False):
+        kind = rng.integers(0, 4)
+        if kind == 0:  # new events
+            cols = rng.choice(x.shape[1], size=rng.integers(1, 4))
+            y[u, cols] += rng.integers(1, 4, size=len(cols))
+        elif kind == 1:  # an entry leaves (the history cap) or changes
+            have = np.flatnonzero(y[u])
+            if len(have):
+                y[u, rng.choice(have)] = rng.integers(0, 3)
+        elif kind == 2:  # forget
+            y[u] = 0.0
+        elif fresh:  # an item nobody had
+            y[u, rng.choice(fresh)] = rng.integers(1, 4)
+    return y
+
+
+@settings(deadline=None)
+@given(matrices, st.integers(1, 5), st.sampled_from([0.05, 0.5, 30.0]),
+       st.integers(1, 4), st.sampled_from([1 << 24, 7]))
+def test_ease_update_equals_a_rebuild_at_the_same_lambda(rng, k, lam, batches, block_cells):
+    """EaseFactor.update (Woodbury for changed users, a bordered inverse for items that join)
+    after random batches gives the inverse and the lists of a build over the final matrix with
+    the same (frozen) lambda', to 1e-9."""
+    users, items = rng.integers(2, 12), rng.integers(2, 12)
+    x = (rng.integers(1, 4, size=(users, items)) * (rng.random((users, items)) < 0.4)).astype(float)
+    x[:, rng.random(items) < 0.3] = 0.0  # items nobody has yet
+    measure = measures.Measure(k=k, kind="ease", ease_lambda=lam, block_cells=block_cells)
+    rows = ease.ease_rows(sp.csr_matrix(x.T), measure)
+    reg = lam * ease.mean_square(sp.csr_matrix(x.T)[rows])
+    factor = ease.EaseFactor.build(sp.csr_matrix(x.T), rows, reg,
+                                   lambda size: np.zeros((size, size)), items)
+    for _ in range(batches):
+        fresh = np.flatnonzero(~x.any(axis=0)).tolist()
+        y = _changed_rows(rng, x, fresh)
+        moved = np.flatnonzero((x != y).any(axis=1))
+        factor.update(sp.csr_matrix(y.T), sp.csr_matrix(x[moved]), sp.csr_matrix(y[moved]))
+        x = y
+    present = x.any(axis=0)
+    rows = factor.rows
+    assert set(rows.tolist()) >= set(np.flatnonzero(present).tolist())
+    want_p = np.linalg.inv(x.T[rows] @ x[:, rows] + reg * np.eye(len(rows)))
+    np.testing.assert_allclose(factor.p, want_p, rtol=0, atol=1e-9 * np.abs(want_p).max(initial=0.0))
+    want, ambiguous = brute_force_ease(x.T, k, lam, absolute=reg)
+    assume(not ambiguous)
+    assert_same_lists(_as_dict(factor.lists(measure, present)), want, tol=1e-9)
 
 
 def test_ease_lists_are_signed_and_scale_free():

@@ -13,14 +13,21 @@ so the same setting means the same on binary events, event-type weights, ratings
 weights: scaling every weight by c scales the Gram matrix by c^2, and lambda with it, which
 leaves B unchanged.
 
-The inverse is dense (n x n for n items), so only the ``ease_max_items`` most popular items
-take part, and every refresh with new events rebuilds the lists in full (no exact incremental
-update). Cost: n^3 / 3 + 2 n^3 / 3 multiply-adds (Cholesky, inverse), about 16 n^2 bytes.
+The inverse P = (G + lambda' I)^-1 is dense (n x n for n items), so only the
+``ease_max_items`` most popular items take part. A full build costs n^3 / 3 + 2 n^3 / 3
+multiply-adds (Cholesky, inverse) and about 16 n^2 bytes. ``EaseFactor`` keeps P, so new events
+update it instead (docs/design.md, "EASE between full refreshes"): a user whose row x becomes
+x + d changes G by x d' + d x' + d d', a rank-2 term, and the Woodbury identity folds r such
+terms into P in about n^2 r multiply-adds (a 1,000-event batch from 500 users: r <= 1,000
+against n^3); new items border P (Schur complement) at n^2 per item. lambda' stays frozen at
+the full build's value between full refreshes (a change of it is not low-rank).
 """
 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
+from collections.abc import Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -30,11 +37,14 @@ from .engine import Neighbors
 
 NUMERICAL_ZERO = 1e-9  # relative to the largest |weight|
 LIST_CAP_FACTOR = 8  # a list holds at most this many times k entries
+BLOCK_ROWS = 1024  # rows of P per step of the blocked passes over it
+
+Buffer = Callable[[int], np.ndarray]  # capacity -> a zeroed capacity x capacity float64 array
 
 
 class Ease(Model):
     name = "ease"
-    incremental = False
+    incremental = False  # not the engine's exact update: EaseFactor.update (refresh.py uses it)
 
     def full(self, m: sp.csr_matrix, measure: Measure, progress: Progress | None = None,
              notice: Notice | None = None) -> Neighbors:
@@ -63,23 +73,205 @@ def ease_rows(m: sp.csr_matrix, measure: Measure, notice: Notice | None = None) 
     return rows
 
 
-def ease_weights(sub: sp.csr_matrix, ease_lambda: float) -> np.ndarray:
-    """B = I - P diag(1 / diag P), P = (G + lambda' I)^-1, G = sub sub^T the rows' Gram matrix,
-    lambda' = ease_lambda x the mean squared weight; B's diagonal zero. Row a, column b: what
-    history row a adds to b's score."""
-    scale = float(np.mean(sub.data ** 2)) if sub.nnz else 1.0
-    p = np.ascontiguousarray((sub @ sub.T).toarray(), dtype=np.float64)
-    p[np.diag_indices_from(p)] += ease_lambda * scale
-    _cholesky_inverse(p)
-    for start in range(0, len(p), 1024):  # dpotri fills the upper triangle: mirror it
-        end = start + 1024
-        p[start:end, :start] = p[:start, start:end].T
-        square = p[start:end, start:end]
-        square[...] = np.triu(square) + np.triu(square, 1).T
-    diag = p.diagonal().copy()
-    p /= -diag[None, :]  # B[a, b] = -P[a, b] / P[b, b]
-    np.fill_diagonal(p, 0.0)
-    return p
+def mean_square(sub: sp.csr_matrix) -> float:
+    """lambda's unit: the mean squared weight of the rows' entries (1 without entries)."""
+    return float(np.mean(sub.data ** 2)) if sub.nnz else 1.0
+
+
+@dataclass
+class EaseFactor:
+    """P = (G + lam I)^-1 for the items ``rows`` (keys, in P's order), G = X_rows X_rows^T their
+    Gram matrix, ``lam`` = ease_lambda x lambda's unit, frozen at the build. P is the leading
+    n x n block of ``buffer`` (capacity x capacity, C order, e.g. a memory-mapped file), so
+    items can join without moving it; the rest of the buffer is never touched."""
+
+    rows: np.ndarray
+    lam: float
+    buffer: np.ndarray
+
+    @property
+    def p(self) -> np.ndarray:
+        n = len(self.rows)
+        return self.buffer[:n, :n]
+
+    @classmethod
+    def build(cls, m: sp.csr_matrix, rows: np.ndarray, lam: float, buffer: Buffer,
+              capacity: int) -> EaseFactor:
+        """The inverse for ``rows`` of ``m`` (items x users), in a buffer of ``capacity`` >= n:
+        the Gram matrix written block by block, then LAPACK's Cholesky inverse in place."""
+        n = len(rows)
+        factor = cls(np.asarray(rows, np.int64), float(lam), buffer(max(capacity, n, 1)))
+        sub = m[rows].tocsr()
+        p = factor.p
+        for start in range(0, n, BLOCK_ROWS):
+            p[start:start + BLOCK_ROWS] = (sub[start:start + BLOCK_ROWS] @ sub.T).toarray()
+        p[np.diag_indices(n)] += lam
+        _cholesky_inverse(factor.buffer, n)
+        for start in range(0, n, BLOCK_ROWS):  # dpotri fills the upper triangle: mirror it
+            end = start + BLOCK_ROWS
+            p[start:end, :start] = p[:start, start:end].T
+            square = p[start:end, start:end]
+            square[...] = np.triu(square) + np.triu(square, 1).T
+        return factor
+
+    def update(self, m: sp.csr_matrix, old: sp.csr_matrix, new: sp.csr_matrix) -> int:
+        """Fold changed users into P: ``old`` and ``new`` are their rows (users x items, the
+        same users in the same order) before and after, ``m`` (items x users) the matrix after.
+        Items of ``m`` with entries that are not yet rows join (at the end). Returns the rank of
+        the update (Woodbury terms plus joined items)."""
+        n = len(self.rows)
+        position = np.full(m.shape[0], -1, np.int64)
+        position[self.rows] = np.arange(n)
+        joined = np.flatnonzero((np.diff(m.indptr) > 0) & (position < 0))
+        rank = self._woodbury(_columns(old, position, n), _columns(new, position, n))
+        if len(joined):
+            self._border(m, joined)
+        return rank + len(joined)
+
+    def _woodbury(self, old: sp.csr_matrix, new: sp.csr_matrix) -> int:
+        """P <- (G + dG + lam I)^-1 with dG = sum over users of x d' + d x' + d d' (x the old
+        row, d = new - old) = W' C W, W stacking each user's x and d, C = [[0, 1], [1, 1]] per
+        user ([1] for a user with no old row): P - (W P)' (C^-1 + W P W')^-1 (W P)."""
+        delta = (new - old).tocsr()
+        delta.eliminate_zeros()
+        moved = np.diff(delta.indptr) > 0
+        if not moved.any():
+            return 0
+        old, delta = old[moved], delta[moved]
+        has_old = np.diff(old.indptr) > 0
+        # rows of W: user j's old row (if any) then its delta, interleaved
+        stacked = sp.vstack([old[has_old], delta]).tocsr()
+        users = np.flatnonzero(has_old)
+        first = np.cumsum(np.r_[0, has_old + 1])[:-1]  # where user j's rows start in W
+        order = np.empty(stacked.shape[0], np.int64)
+        order[first[users]] = np.arange(len(users))
+        order[first + has_old] = len(users) + np.arange(len(has_old))
+        w = stacked[order]
+        r = w.shape[0]
+        c_inverse = np.zeros((r, r))
+        at = first[users]  # 2 x 2 blocks: inverse of [[0, 1], [1, 1]] is [[-1, 1], [1, 0]]
+        c_inverse[at, at] = -1.0
+        c_inverse[at, at + 1] = c_inverse[at + 1, at] = 1.0
+        single = first[~has_old]
+        c_inverse[single, single] = 1.0
+        p = self.p
+        y = np.asarray(w @ p)  # r x n (P is symmetric: W P = (P W')')
+        z = np.linalg.solve(c_inverse + np.asarray(w @ y.T), y)
+        for start in range(0, len(p), BLOCK_ROWS):
+            p[start:start + BLOCK_ROWS] -= y[:, start:start + BLOCK_ROWS].T @ z
+        return r
+
+    def _border(self, m: sp.csr_matrix, joined: np.ndarray) -> None:
+        """Add items as rows: with A = G[joined, rows] and S = G[joined, joined] + lam I -
+        A P A' (the Schur complement), the inverse of the bordered matrix is
+        [[P + (P A') S^-1 (A P), -(P A') S^-1], [-S^-1 (A P), S^-1]]."""
+        n, extra = len(self.rows), len(joined)
+        if n + extra > self.buffer.shape[0]:
+            raise ValueError(f"ease: {n + extra} items do not fit the inverse's capacity "
+                             f"{self.buffer.shape[0]}: a full refresh rebuilds it")
+        sub, part = m[self.rows].tocsr(), m[joined].tocsr()
+        a = np.asarray((part @ sub.T).toarray())  # extra x n
+        p = self.p
+        ap = a @ p  # A P (= (P A')')
+        schur = (part @ part.T).toarray() + self.lam * np.eye(extra) - ap @ a.T
+        s_inverse = np.linalg.inv(schur)
+        s_inverse = (s_inverse + s_inverse.T) / 2
+        t = s_inverse @ ap  # S^-1 A P
+        for start in range(0, n, BLOCK_ROWS):
+            p[start:start + BLOCK_ROWS] += ap[:, start:start + BLOCK_ROWS].T @ t
+        self.rows = np.r_[self.rows, joined].astype(np.int64)
+        p = self.p
+        p[n:, :n] = -t
+        p[:n, n:] = -t.T
+        p[n:, n:] = s_inverse
+
+    def lists(self, measure: Measure, active: np.ndarray | None = None,
+              progress: Progress | None = None) -> Neighbors:
+        """EASE lists of the rows flagged ``active`` (by row key; default all: rows whose item
+        lost every entry stay in P, with zero weights, until the next full build), as ease()
+        describes, from B = I - P diag(1 / diag P) computed block by block (P is kept)."""
+        keys = self.rows if active is None else self.rows[active[self.rows]]
+        return _select(self.p, self.rows, np.sort(keys), measure, progress)
+
+
+def _columns(rows: sp.csr_matrix, position: np.ndarray, n: int) -> sp.csr_matrix:
+    """``rows`` (users x items) restricted to the factor's items, columns in P's order."""
+    coo = rows.tocoo()
+    at = position[coo.col]
+    keep = at >= 0
+    return sp.csr_matrix((coo.data[keep], (coo.row[keep], at[keep])), shape=(rows.shape[0], n))
+
+
+def ease(m: sp.csr_matrix, measure: Measure, progress: Progress | None = None,
+         notice: Notice | None = None) -> Neighbors:
+    """EASE lists: the ``k`` x n weights of largest magnitude over the whole of B (n rows),
+    at most ``list_cap`` per row, each list ordered by (weight desc, key asc). Weights within
+    rounding of zero are left out (e.g. between items no user links, which the exact inverse
+    leaves at 0: they would be neighbours by the sign of a rounding error)."""
+    rows = ease_rows(m, measure, notice)
+    factor = EaseFactor.build(m, rows, measure.ease_lambda * mean_square(m[rows]),
+                              lambda size: np.zeros((size, size)), len(rows))
+    return factor.lists(measure, progress=progress)
+
+
+def _select(p: np.ndarray, rows: np.ndarray, keys: np.ndarray, measure: Measure,
+            progress: Progress | None) -> Neighbors:
+    """The lists of the items ``keys`` (ascending) among themselves, from P over ``rows``."""
+    n = len(keys)
+    cap = min(list_cap(measure), n - 1)
+    if cap <= 0:  # no item or one: no neighbours
+        return Neighbors.empty()
+    position = np.full(int(rows.max()) + 1, -1, np.int64)
+    position[rows] = np.arange(len(rows))
+    at = position[keys]
+    whole = np.array_equal(at, np.arange(len(p)))  # P's order is the keys': slices, no copies
+    diag = p.diagonal()[at].copy()
+    step = max(1, min(BLOCK_ROWS, measure.block_cells // n))
+
+    def b_block(start: int) -> np.ndarray:
+        """B's rows keys[start:start + step] (columns: keys), B[a, b] = -P[a, b] / P[b, b]."""
+        block = (p[start:start + step] if whole else p[np.ix_(at[start:start + step], at)]) \
+            / -diag[None, :]
+        block[np.arange(len(block)), np.arange(start, start + len(block))] = 0.0
+        return block
+
+    # pass 1: each row's cap largest magnitudes (no row keeps more), whose budget-th largest
+    # overall is the global threshold; blocks keep the temporaries at block_cells entries
+    best, kept, largest = [], [], 0.0
+    for start in range(0, n, step):
+        magnitude = np.abs(b_block(start))
+        largest = max(largest, float(magnitude.max()))
+        best.append(_row_best(magnitude, cap))
+        kept.append(np.take_along_axis(magnitude, best[-1], axis=1).ravel())
+    zero = NUMERICAL_ZERO * largest
+    magnitudes = np.concatenate(kept)
+    budget = min(measure.k * n, len(magnitudes))  # >= 1: n >= 2, k >= 1
+    threshold = np.partition(magnitudes, len(magnitudes) - budget)[len(magnitudes) - budget]
+    # pass 2: each row's kept entries, ordered
+    parts = []
+    for block, start in enumerate(range(0, n, step)):
+        cols = best[block]
+        vals = np.take_along_axis(b_block(start), cols, axis=1)
+        keep = (np.abs(vals) >= threshold) & (np.abs(vals) > zero)
+        count = keep.sum(axis=1)
+        # order within a row: weight desc, then key asc; dropped entries sort last
+        key = np.where(keep, -vals, np.inf)
+        nb = keys[cols]
+        order = np.lexsort((nb, key), axis=1) if cols.size else cols
+        parts.append(Neighbors.from_rows(keys[start:start + step], count,
+                                         np.take_along_axis(nb, order, axis=1),
+                                         np.take_along_axis(vals, order, axis=1),
+                                         np.empty(0, np.int64)))
+        if progress:
+            progress(min(start + step, n), n)
+    return Neighbors.concat(parts)
+
+
+def _row_best(magnitude: np.ndarray, cap: int) -> np.ndarray:
+    """Column indices of each row's ``cap`` largest magnitudes (any order)."""
+    if cap >= magnitude.shape[1]:
+        return np.broadcast_to(np.arange(magnitude.shape[1]), magnitude.shape).copy()
+    return np.argpartition(-magnitude, cap - 1, axis=1)[:, :cap]
 
 
 @functools.cache
@@ -103,68 +295,19 @@ def _lapack(name: str):
     return prototype(get_pointer(capsule, get_name(capsule)))
 
 
-def _cholesky_inverse(a: np.ndarray) -> None:
-    """Overwrites the upper triangle of the symmetric positive definite C-ordered ``a`` with
-    that of its inverse (LAPACK dpotrf then dpotri on the Fortran-lower triangle, which is
-    C's upper)."""
+def _cholesky_inverse(buffer: np.ndarray, n: int) -> None:
+    """Overwrites the upper triangle of the leading n x n block of the C-ordered ``buffer``
+    (symmetric positive definite there) with that of its inverse (LAPACK dpotrf then dpotri
+    on the Fortran-lower triangle, which is C's upper; the leading dimension is the
+    buffer's)."""
     import ctypes
 
-    n, info = ctypes.c_int(a.shape[0]), ctypes.c_int(0)
+    if not buffer.flags.c_contiguous or buffer.dtype != np.float64:
+        raise ValueError("ease: the inverse's buffer must be C-ordered float64")
+    size, lda, info = ctypes.c_int(n), ctypes.c_int(buffer.shape[1]), ctypes.c_int(0)
     for step, what in (("dpotrf", "the Gram matrix is not positive definite"),
                        ("dpotri", "inverse failed")):
-        _lapack(step)(b"L", ctypes.byref(n), a.ctypes.data, ctypes.byref(n),
+        _lapack(step)(b"L", ctypes.byref(size), buffer.ctypes.data, ctypes.byref(lda),
                       ctypes.byref(info))
         if info.value != 0:
             raise np.linalg.LinAlgError(f"ease: {what} ({info.value})")
-
-
-def ease(m: sp.csr_matrix, measure: Measure, progress: Progress | None = None,
-         notice: Notice | None = None) -> Neighbors:
-    """EASE lists: the ``k`` x n weights of largest magnitude over the whole of B (n rows),
-    at most ``list_cap`` per row, each list ordered by (weight desc, key asc). Weights within
-    rounding of zero are left out (e.g. between items no user links, which the exact inverse
-    leaves at 0: they would be neighbours by the sign of a rounding error)."""
-    rows = ease_rows(m, measure, notice)
-    if not len(rows):
-        return Neighbors.empty()
-    n = len(rows)
-    cap = min(list_cap(measure), n - 1)
-    if cap <= 0:  # one item: no neighbours
-        return Neighbors.empty()
-    p = ease_weights(m[rows], measure.ease_lambda)
-    zero = NUMERICAL_ZERO * max(p.max(), -p.min())
-    step = max(1, measure.block_cells // n)
-    # pass 1: each row's cap largest magnitudes (no row keeps more), whose budget-th largest
-    # overall is the global threshold; blocks keep the temporaries at block_cells entries
-    best, kept = [], []
-    for start in range(0, n, step):
-        magnitude = np.abs(p[start:start + step])
-        best.append(_row_best(magnitude, cap))
-        kept.append(np.take_along_axis(magnitude, best[-1], axis=1).ravel())
-    magnitudes = np.concatenate(kept)
-    budget = min(measure.k * n, len(magnitudes))  # >= 1: n >= 2, k >= 1
-    threshold = np.partition(magnitudes, len(magnitudes) - budget)[len(magnitudes) - budget]
-    # pass 2: each row's kept entries, ordered
-    parts = []
-    for block, start in enumerate(range(0, n, step)):
-        cols = best[block]
-        vals = np.take_along_axis(p[start:start + step], cols, axis=1)
-        keep = (np.abs(vals) >= threshold) & (np.abs(vals) > zero)
-        count = keep.sum(axis=1)
-        # order within a row: weight desc, then key asc; dropped entries sort last
-        key = np.where(keep, -vals, np.inf)
-        order = np.lexsort((cols, key), axis=1) if cols.size else cols
-        nb = rows[np.take_along_axis(cols, order, axis=1)]
-        score = np.take_along_axis(vals, order, axis=1)
-        parts.append(Neighbors.from_rows(rows[start:start + step], count, nb, score,
-                                         np.empty(0, np.int64)))
-        if progress:
-            progress(min(start + step, n), n)
-    return Neighbors.concat(parts)
-
-
-def _row_best(magnitude: np.ndarray, cap: int) -> np.ndarray:
-    """Column indices of each row's ``cap`` largest magnitudes (any order)."""
-    if cap >= magnitude.shape[1]:
-        return np.broadcast_to(np.arange(magnitude.shape[1]), magnitude.shape).copy()
-    return np.argpartition(-magnitude, cap - 1, axis=1)[:, :cap]
