@@ -32,6 +32,8 @@ import scipy.sparse as sp
 
 from . import content, measures, settings
 from .errors import DatabaseLocked, ExternalModel, InputPathError, UnknownUser
+from .inverse_store import InverseStore
+from .measures.ease import ease_rows, mean_square
 from .sqlutil import (
     arrow_column,
     database_path,
@@ -301,7 +303,14 @@ def _full(con, values: dict, progress: Progress | None) -> RefreshResult:
                      f"ease up to ease_max_items {values['ease_max_items']}, sparse_ease beyond while "
                      f"it fits in memory, cosine beyond that)")
     item_measure = _measure(values, kind, idf_n)  # user-user is always cosine
-    items = measures.full(x.T.tocsr(), item_measure, _stage(progress, "items"), notes.append)
+    store = InverseStore(con)
+    if kind == "ease":  # kept, so the next refreshes update it (_update_ease)
+        items, ease_version = _build_ease(store, x.T.tocsr(), item_measure,
+                                          _stage(progress, "items"), notes.append)
+    else:
+        store.discard()
+        ease_version = ""
+        items = measures.full(x.T.tocsr(), item_measure, _stage(progress, "items"), notes.append)
     # user-user is computed on a worker thread while DuckDB writes the item lists
     with ThreadPoolExecutor(1) as worker:
         users = worker.submit(
@@ -321,7 +330,7 @@ def _full(con, values: dict, progress: Progress | None) -> RefreshResult:
     _refresh_trending_counts(con, values)
     _set_state(con, watermark=scalar(con, "select coalesce(max(event_id), 0) from events"),
                t0=t0, decay_rate=lam, idf_n=idf_n, model_config=_model_config(con, values),
-               item_measure=kind,
+               item_measure=kind, ease_version=ease_version,
                catalog_version=_catalog_version(con), full_refresh_at=time.time())
     return RefreshResult("full", scalar(con, "select count(*) from events"),
                          scalar(con, "select count(*) from users"), x.shape[1], recomputed,
@@ -408,6 +417,14 @@ def load_model(con, folder: str | os.PathLike, progress: Progress | None = None)
 # exponent (e^100 ~ 1e43, whose square still leaves a wide margin in the norms) the refresh is
 # a full one, which moves the landmark to the newest event
 MAX_DECAY_EXPONENT = 100.0
+
+
+def _updatable(con, measure: str, state: dict) -> bool:
+    """Whether the stored item lists can take new events without a full refresh: the sparse
+    measures with the engine's exact update, and ease while its inverse is stored."""
+    if measure == "ease":
+        return InverseStore(con).load(state.get("ease_version")) is not None
+    return measures.MODELS[measure].incremental
 
 
 def _has_new_events(con, state: dict) -> bool:
@@ -566,8 +583,8 @@ def _delete_rows(con, table: str, key: str, rows: np.ndarray) -> None:
             con.execute(f"delete from {table} where {key} in (select k from _rtsql_rows)")
 
 
-def _incremental(con, values: dict, state: dict, forget_users: np.ndarray | None = None
-                 ) -> RefreshResult:
+def _incremental(con, values: dict, state: dict, forget_users: np.ndarray | None = None,
+                 progress: Progress | None = None) -> RefreshResult:
     watermark = int(state["watermark"])
     new_events = scalar(con, "select count(*) from events where event_id > ?", [watermark])
     users = con.execute("select distinct user_key from events where event_id > ? "
@@ -597,10 +614,17 @@ def _incremental(con, values: dict, state: dict, forget_users: np.ndarray | None
     n_items = _shape(con)[1]
     changed_users, changed_items = _changes(old, new, n_items)
     cols = _capped_entries(con, values)
-    recomputed = _apply_incremental(con, "item_neighbors", "item_key", _matrix(con, cols).T.tocsr(),
-                                    changed_items,
-                                    _measure(values, _similarity_in_effect(values, state),
-                                             float(state.get("idf_n", 0))))
+    notes: list[str] = []
+    if _similarity_in_effect(values, state) == "ease":
+        recomputed = _update_ease(con, values, state, cols, users, old, new, notes)
+        if recomputed is None:  # the inverse cannot take this change: rebuild everything
+            result = _full(con, values, progress)
+            result.notes[:0] = notes
+            return result
+    else:
+        recomputed = _apply_incremental(
+            con, "item_neighbors", "item_key", _matrix(con, cols).T.tocsr(), changed_items,
+            _measure(values, _similarity_in_effect(values, state), float(state.get("idf_n", 0))))
     if values["user_cf"]:
         item_cap = values["max_item_users"]
         recomputed += _apply_incremental(
@@ -613,7 +637,71 @@ def _incremental(con, values: dict, state: dict, forget_users: np.ndarray | None
     _set_state(con, watermark=max(watermark, scalar(
         con, "select coalesce(max(event_id), 0) from events")))
     return RefreshResult("incremental", new_events, len(changed_users), len(changed_items),
-                         recomputed)
+                         recomputed, notes=notes)
+
+
+# EASE's lambda' (ease_lambda x the mean squared weight) stays frozen between full refreshes;
+# once the mean squared weight has moved this far from the frozen one (new users, decay), the
+# refresh rebuilds, so incremental lists are a full rebuild's at an ease_lambda within 20%
+EASE_LAMBDA_DRIFT = 0.2
+EASE_NOT_STORED = ("ease: no stored inverse matches the lists (the first refresh since an "
+                   "upgrade, an interrupted refresh, or a copied database file): rebuilt in full")
+
+
+def _build_ease(store: InverseStore, m: sp.csr_matrix, measure: measures.Measure,
+                progress: Progress | None, notice) -> tuple[measures.Neighbors, str]:
+    """Full EASE lists, keeping the inverse for updates when every item with interactions is
+    in it; its buffer has room for twice today's items (and 1,024 more), at most
+    ease_max_items."""
+    rows = ease_rows(m, measure, notice)
+    factor = store.build(m, rows, measure.ease_lambda * mean_square(m[rows]),
+                         min(measure.ease_max_items, 2 * len(rows) + 1024))
+    lists = factor.lists(measure, progress=progress)
+    items = int(np.count_nonzero(np.diff(m.indptr)))
+    if items > len(rows):  # the most popular only: which ones may change, rebuild each time
+        store.discard()
+        return lists, ""
+    return lists, store.publish(factor)
+
+
+def _update_ease(con, values: dict, state: dict, cols: dict, users: np.ndarray, old: dict,
+                 new: dict, notes: list[str]) -> int | None:
+    """Fold the changed users' rows (``old`` -> ``new``, capped entries of ``users``) into the
+    stored EASE inverse and rewrite the item lists from it; None when it cannot (no stored
+    inverse, more items than it has room for, lambda's unit drifted): rebuild."""
+    store = InverseStore(con)
+    factor = store.load(state.get("ease_version"))
+    m = _matrix(con, cols).T.tocsr()
+    present = np.diff(m.indptr) > 0
+    items = len(np.union1d(factor.rows, np.flatnonzero(present))) if factor else 0
+    if factor is None:
+        notes.append(EASE_NOT_STORED)
+        return None
+    if items > factor.buffer.shape[0]:
+        notes.append(f"ease: {items} items, more than the stored inverse has room for "
+                     f"({factor.buffer.shape[0]}): rebuilt in full")
+        return None
+    measure = _measure(values, "ease")
+    unit, frozen = mean_square(m), factor.lam / measure.ease_lambda
+    if abs(unit / frozen - 1) > EASE_LAMBDA_DRIFT:
+        notes.append(f"ease: the mean squared weight moved from {frozen:.4g} to {unit:.4g} "
+                     "since the last full refresh (lambda is in its units): rebuilt in full")
+        return None
+
+    def rows_of(entries: dict) -> sp.csr_matrix:
+        at = np.searchsorted(users, entries["user_key"].astype(np.int64))
+        return sp.csr_matrix((entries["weight"].astype(np.float64),
+                              (at, entries["item_key"].astype(np.int64))),
+                             shape=(len(users), m.shape[0]))
+
+    store.begin_update(factor)
+    factor.update(m, rows_of(old), rows_of(new))
+    lists = factor.lists(measure, present)
+    _set_state(con, ease_version=store.end_update(factor, state["ease_version"]))
+    con.execute("delete from item_neighbors")
+    con.execute("delete from item_neighbor_lists")
+    _write_lists(con, "item_neighbors", "item_key", lists, measures.model(measure).served(measure))
+    return lists.row_count()
 
 
 # --------------------------------------------------------------------------- trending, content
@@ -711,7 +799,7 @@ def refresh(con, *, full: bool = False, progress: Progress | None = None,
         # a measure without an exact incremental update (rp3beta, ease): new events mean a
         # full refresh, and the result says so (mode "full", and a note)
         in_effect = _similarity_in_effect(values, state)
-        rebuild = not measures.MODELS[in_effect].incremental and _has_new_events(con, state)
+        rebuild = not _updatable(con, in_effect, state) and _has_new_events(con, state)
         needs_full = (full or never or rebuild
                       or state.get("model_config") != _model_config(con, values)
                       or _landmark_too_old(con, state))
@@ -731,11 +819,12 @@ def refresh(con, *, full: bool = False, progress: Progress | None = None,
                 con.execute("delete from external_item_counts")
                 con.execute("delete from external_recent_events")
                 con.execute("delete from model_state where name = 'external_events'")
-            result = _full(con, values, progress) if needs_full else _incremental(con, values, state)
+            result = _full(con, values, progress) if needs_full \
+                else _incremental(con, values, state, progress=progress)
             if rebuild and not full:
-                result.notes.append(
-                    f"similarity {in_effect} has no exact incremental update: the "
-                    "new events made this a full refresh (cosine and tfidf update incrementally)")
+                result.notes.append(EASE_NOT_STORED if in_effect == "ease" else (
+                    f"similarity {in_effect} has no incremental update: the new events made "
+                    "this a full refresh (cosine, tfidf and ease update incrementally)"))
             _materialize_if_on(con, values, result, progress)
     result.seconds = time.perf_counter() - start
     return result
@@ -790,9 +879,9 @@ def forget(con, user_id: str) -> RefreshResult:
         values, state = settings.get_all(con), _state(con)
         with transaction(con):
             con.execute("delete from events where user_key = ?", [user_key])
-            if measures.MODELS[_similarity_in_effect(values, state)].incremental:
+            if _updatable(con, _similarity_in_effect(values, state), state):
                 result = _incremental(con, values, state, np.array([user_key], np.int64))
-            else:  # lists with no exact update (ease, rp3beta): rebuilt without the user
+            else:  # lists with no update (rp3beta, ease beyond its limit): rebuilt without them
                 result = _full(con, values, None)
             con.execute("delete from user_neighbors where neighbor_key = ? or user_key = ?",
                         [user_key, user_key])

@@ -57,3 +57,50 @@ def assert_same_lists(got: dict, want: dict, tol: float = 1e-9):
         gset = {n for n, s in g if abs(s - w[-1][1]) > tol}
         wset = {n for n, s in w if abs(s - w[-1][1]) > tol}
         assert gset == wset, (key, g, w)
+
+
+def brute_force_ease(x: np.ndarray, k: int, lam: float, tol: float = 1e-9,
+                     absolute: float | None = None):
+    """Steck's closed form as written: B = I - P / diag(P), P = (X^T X + lambda' I)^-1 over
+    the rows of x (rows are items), lambda' = lam x the mean squared nonzero weight (or
+    ``absolute``); the lists as brute_force_ease_lists selects them. Returns (lists,
+    ambiguous)."""
+    present = np.flatnonzero((x != 0).any(axis=1))
+    sub = x[present]
+    n = len(present)
+    scale = float(np.mean(sub[sub != 0] ** 2)) if n else 1.0
+    reg = lam * scale if absolute is None else absolute
+    p = np.linalg.inv(sub @ sub.T + reg * np.eye(n))
+    b = -p / np.diag(p)[None, :]
+    np.fill_diagonal(b, 0.0)
+    return brute_force_ease_lists(b, present, k, tol)
+
+
+def brute_force_ease_lists(b: np.ndarray, present: np.ndarray, k: int, tol: float = 1e-9):
+    """EASE's lists of B (n x n over the items ``present``): the k x n entries of largest |B|
+    off the diagonal, at most 8k per row, each list by (weight desc, key asc); numerical zeros
+    (1e-9 of the largest) left out. Returns (lists, ambiguous): ambiguous when a magnitude ties
+    another within ``tol`` at a cut (either side is then right)."""
+    n = len(present)
+    zero = 1e-9 * np.abs(b).max(initial=0.0)  # numerical zeros
+    cap = min(8 * k, n - 1)
+    ambiguous = False
+    candidates = []
+    for a in range(n):
+        by_size = sorted(range(n), key=lambda j: (-abs(b[a, j]), j))
+        if 0 < cap < n:
+            ambiguous |= abs(abs(b[a, by_size[cap - 1]]) - abs(b[a, by_size[cap]])) <= tol
+        candidates += [(a, j) for j in by_size[:cap]]
+    sizes = sorted((abs(b[a, j]) for a, j in candidates), reverse=True)
+    budget = min(k * n, len(sizes))
+    threshold = sizes[budget - 1] if budget else np.inf
+    if budget < len(sizes):
+        ambiguous |= abs(threshold - sizes[budget]) <= tol
+    out = {}
+    for a in range(n):
+        kept = sorted(((int(present[j]), b[a, j]) for r, j in candidates
+                       if r == a and abs(b[a, j]) >= threshold and abs(b[a, j]) > zero),
+                      key=lambda t: (-t[1], t[0]))
+        if kept:
+            out[int(present[a])] = kept
+    return out, ambiguous
