@@ -32,6 +32,10 @@ DIRTY = "dirty"
 # in-memory databases: token -> (factor, version), the few most recent builds of this process
 _MEMORY: OrderedDict[str, tuple[EaseFactor, str]] = OrderedDict()
 _MEMORY_KEPT = 4
+# database files: path -> (mapped buffer, version), kept mapped between the refreshes of a
+# long-running process (serve, tail), whose pages then stay faulted in (a new mapping of a
+# 9,700-item inverse costs 0.6 s of page faults)
+_MAPPED: dict[str, tuple[np.ndarray, str]] = {}
 
 
 class InverseStore:
@@ -74,11 +78,13 @@ class InverseStore:
         factor.buffer.flush()
         os.replace(self._temporary(), self.data)
         self._write_meta(version, factor)
+        _MAPPED[str(self.data)] = (factor.buffer, version)
         return version
 
     def discard(self) -> None:
         """No inverse any more (the item lists come from another measure)."""
         if self.data is not None:
+            _MAPPED.pop(str(self.data), None)
             for path in (self.meta, self.data, self._temporary()):
                 path.unlink(missing_ok=True)
 
@@ -98,7 +104,9 @@ class InverseStore:
             capacity = int(meta["capacity"])
             if self.data.stat().st_size != capacity * capacity * 8:
                 return None
-            buffer = np.memmap(self.data, np.float64, "r+", shape=(capacity, capacity))
+            mapped = _MAPPED.get(str(self.data))
+            buffer = mapped[0] if mapped and mapped[1] == version else \
+                np.memmap(self.data, np.float64, "r+", shape=(capacity, capacity))
         except (OSError, ValueError, KeyError, TypeError):
             return None
         return EaseFactor(np.asarray(meta["rows"], np.int64), float(meta["lam"]), buffer)
@@ -109,6 +117,7 @@ class InverseStore:
             token = next(t for t, (f, _) in _MEMORY.items() if f is factor)
             _MEMORY[token] = (factor, DIRTY)
         else:
+            _MAPPED.pop(str(self.data), None)
             self._write_meta(DIRTY, factor)
 
     def end_update(self, factor: EaseFactor, version: str) -> str:
@@ -120,6 +129,7 @@ class InverseStore:
         else:
             factor.buffer.flush()
             self._write_meta(new, factor)
+            _MAPPED[str(self.data)] = (factor.buffer, new)
         return new
 
     def _write_meta(self, version: str, factor: EaseFactor) -> None:

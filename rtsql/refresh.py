@@ -695,7 +695,7 @@ def _update_ease(con, values: dict, state: dict, cols: dict, users: np.ndarray, 
                              shape=(len(users), m.shape[0]))
 
     store.begin_update(factor)
-    factor.update(m, rows_of(old), rows_of(new))
+    factor.update(m, rows_of(old), rows_of(new), measure.threads)
     lists = factor.lists(measure, present)
     _set_state(con, ease_version=store.end_update(factor, state["ease_version"]))
     con.execute("delete from item_neighbors")

@@ -31,6 +31,7 @@ from collections.abc import Callable
 
 import numpy as np
 import scipy.sparse as sp
+from numba import njit
 
 from .base import Measure, Model, Notice, Progress
 from .engine import Neighbors
@@ -114,76 +115,62 @@ class EaseFactor:
             square[...] = np.triu(square) + np.triu(square, 1).T
         return factor
 
-    def update(self, m: sp.csr_matrix, old: sp.csr_matrix, new: sp.csr_matrix) -> int:
+    def update(self, m: sp.csr_matrix, old: sp.csr_matrix, new: sp.csr_matrix,
+               threads: int = 1) -> int:
         """Fold changed users into P: ``old`` and ``new`` are their rows (users x items, the
         same users in the same order) before and after, ``m`` (items x users) the matrix after.
-        Items of ``m`` with entries that are not yet rows join (at the end). Returns the rank of
-        the update (Woodbury terms plus joined items)."""
+        Items of ``m`` with entries that are not yet rows join (at the end). Both changes are
+        low-rank corrections of the old block, applied in one pass over it. Returns the rank
+        (Woodbury terms plus joined items).
+
+        Users (Woodbury): dG = sum over users of x d' + d x' + d d' (x the old row, d = new -
+        old) = W' C W, W stacking each user's x and d, C = [[0, 1], [1, 1]] per user ([1] for a
+        user with no old row), so P1 = P - Y' Z with Y = W P, Z = (C^-1 + W P W')^-1 Y.
+        Items (bordered inverse): with A = G[joined, rows] and the Schur complement
+        S = G[joined, joined] + lam I - A P1 A', the inverse is
+        [[P1 + (A P1)' S^-1 (A P1), -(A P1)' S^-1], [-S^-1 (A P1), S^-1]], where
+        A P1 = A P - (A Y') Z needs only the old P."""
         n = len(self.rows)
         position = np.full(m.shape[0], -1, np.int64)
         position[self.rows] = np.arange(n)
         joined = np.flatnonzero((np.diff(m.indptr) > 0) & (position < 0))
-        rank = self._woodbury(_columns(old, position, n), _columns(new, position, n))
-        if len(joined):
-            self._border(m, joined)
-        return rank + len(joined)
-
-    def _woodbury(self, old: sp.csr_matrix, new: sp.csr_matrix) -> int:
-        """P <- (G + dG + lam I)^-1 with dG = sum over users of x d' + d x' + d d' (x the old
-        row, d = new - old) = W' C W, W stacking each user's x and d, C = [[0, 1], [1, 1]] per
-        user ([1] for a user with no old row): P - (W P)' (C^-1 + W P W')^-1 (W P)."""
-        delta = (new - old).tocsr()
-        delta.eliminate_zeros()
-        moved = np.diff(delta.indptr) > 0
-        if not moved.any():
-            return 0
-        old, delta = old[moved], delta[moved]
-        has_old = np.diff(old.indptr) > 0
-        # rows of W: user j's old row (if any) then its delta, interleaved
-        stacked = sp.vstack([old[has_old], delta]).tocsr()
-        users = np.flatnonzero(has_old)
-        first = np.cumsum(np.r_[0, has_old + 1])[:-1]  # where user j's rows start in W
-        order = np.empty(stacked.shape[0], np.int64)
-        order[first[users]] = np.arange(len(users))
-        order[first + has_old] = len(users) + np.arange(len(has_old))
-        w = stacked[order]
-        r = w.shape[0]
-        c_inverse = np.zeros((r, r))
-        at = first[users]  # 2 x 2 blocks: inverse of [[0, 1], [1, 1]] is [[-1, 1], [1, 0]]
-        c_inverse[at, at] = -1.0
-        c_inverse[at, at + 1] = c_inverse[at + 1, at] = 1.0
-        single = first[~has_old]
-        c_inverse[single, single] = 1.0
-        p = self.p
-        y = np.asarray(w @ p)  # r x n (P is symmetric: W P = (P W')')
-        z = np.linalg.solve(c_inverse + np.asarray(w @ y.T), y)
-        for start in range(0, len(p), BLOCK_ROWS):
-            p[start:start + BLOCK_ROWS] -= y[:, start:start + BLOCK_ROWS].T @ z
-        return r
-
-    def _border(self, m: sp.csr_matrix, joined: np.ndarray) -> None:
-        """Add items as rows: with A = G[joined, rows] and S = G[joined, joined] + lam I -
-        A P A' (the Schur complement), the inverse of the bordered matrix is
-        [[P + (P A') S^-1 (A P), -(P A') S^-1], [-S^-1 (A P), S^-1]]."""
-        n, extra = len(self.rows), len(joined)
+        extra = len(joined)
         if n + extra > self.buffer.shape[0]:
             raise ValueError(f"ease: {n + extra} items do not fit the inverse's capacity "
                              f"{self.buffer.shape[0]}: a full refresh rebuilds it")
-        sub, part = m[self.rows].tocsr(), m[joined].tocsr()
-        a = np.asarray((part @ sub.T).toarray())  # extra x n
+        w, c_inverse = _woodbury_terms(_columns(old, position, n), _columns(new, position, n))
+        r = w.shape[0]
+        if not r and not extra:
+            return 0
+        part = m[joined].tocsr()
+        a = (part @ m[self.rows].T).tocsr()  # extra x n, columns in P's order
         p = self.p
-        ap = a @ p  # A P (= (P A')')
-        schur = (part @ part.T).toarray() + self.lam * np.eye(extra) - ap @ a.T
-        s_inverse = np.linalg.inv(schur)
-        s_inverse = (s_inverse + s_inverse.T) / 2
-        t = s_inverse @ ap  # S^-1 A P
+        products = _sparse_times(sp.vstack([w, a]).tocsr(), p, threads)  # [W; A] P
+        y, ap = products[:r], products[r:]
+        left, right = [], []
+        if r:
+            z = np.linalg.solve(c_inverse + np.asarray(w @ y.T), y)
+            left.append(-y)
+            right.append(z)
+            if extra:
+                ap = ap - np.asarray(w @ ap.T).T @ z  # A P1
+        if extra:
+            schur = (part @ part.T).toarray() + self.lam * np.eye(extra) - np.asarray(a @ ap.T)
+            s_inverse = np.linalg.inv((schur + schur.T) / 2)
+            s_inverse = (s_inverse + s_inverse.T) / 2
+            t = s_inverse @ ap
+            left.append(ap)
+            right.append(t)
+        left, right = np.vstack(left), np.vstack(right)
         for start in range(0, n, BLOCK_ROWS):
-            p[start:start + BLOCK_ROWS] += ap[:, start:start + BLOCK_ROWS].T @ t
-        self.rows = np.r_[self.rows, joined].astype(np.int64)
-        p = self.p
-        p[n:, :n] = -t
-        p[:n, n:] = -t.T
-        p[n:, n:] = s_inverse
+            p[start:start + BLOCK_ROWS] += left[:, start:start + BLOCK_ROWS].T @ right
+        if extra:
+            self.rows = np.r_[self.rows, joined].astype(np.int64)
+            p = self.p
+            p[n:, :n] = -t
+            p[:n, n:] = -t.T
+            p[n:, n:] = s_inverse
+        return r + extra
 
     def lists(self, measure: Measure, active: np.ndarray | None = None,
               progress: Progress | None = None) -> Neighbors:
@@ -192,6 +179,60 @@ class EaseFactor:
         describes, from B = I - P diag(1 / diag P) computed block by block (P is kept)."""
         keys = self.rows if active is None else self.rows[active[self.rows]]
         return _select(self.p, self.rows, np.sort(keys), measure, progress)
+
+
+def _woodbury_terms(old: sp.csr_matrix, new: sp.csr_matrix) -> tuple[sp.csr_matrix, np.ndarray]:
+    """W and C^-1 of dG = W' C W for users whose rows go from ``old`` to ``new``: each user's
+    old row x (if any) then d = new - old, interleaved; C^-1 block diagonal, [[-1, 1], [1, 0]]
+    (the inverse of [[0, 1], [1, 1]]) per user with an old row, [1] for one without. Pairing
+    x with d (not the old row with the new one, which nearly cancel) keeps C^-1 + W P W' well
+    conditioned."""
+    delta = (new - old).tocsr()
+    delta.eliminate_zeros()
+    moved = np.diff(delta.indptr) > 0
+    old, delta = old[moved], delta[moved]
+    has_old = np.diff(old.indptr) > 0
+    stacked = sp.vstack([old[has_old], delta]).tocsr()
+    users = np.flatnonzero(has_old)
+    first = np.cumsum(np.r_[0, has_old + 1])[:-1].astype(np.int64)  # user j's first row in W
+    order = np.empty(stacked.shape[0], np.int64)
+    order[first[users]] = np.arange(len(users))
+    order[first + has_old] = len(users) + np.arange(len(has_old))
+    r = stacked.shape[0]
+    c_inverse = np.zeros((r, r))
+    at = first[users]
+    c_inverse[at, at] = -1.0
+    c_inverse[at, at + 1] = c_inverse[at + 1, at] = 1.0
+    single = first[~has_old]
+    c_inverse[single, single] = 1.0
+    return stacked[order].tocsr(), c_inverse
+
+
+def _sparse_times(w: sp.csr_matrix, p: np.ndarray, threads: int) -> np.ndarray:
+    """W P (W sparse, P dense with any row stride), its rows split over ``threads``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    out = np.zeros((w.shape[0], p.shape[1]))
+    bounds = np.linspace(0, w.shape[0], max(1, threads) + 1).astype(np.int64)
+
+    def part(i: int) -> None:
+        lo, hi = bounds[i], bounds[i + 1]
+        _sparse_times_rows(w.indptr[lo:hi + 1], w.indices, w.data, p, out[lo:hi])
+
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        list(pool.map(part, range(len(bounds) - 1)))
+    return out
+
+
+@njit(nogil=True, cache=True)
+def _sparse_times_rows(indptr, indices, data, p, out):
+    """out += W P for W in CSR and P dense (any row stride: the leading block of a larger
+    buffer, which scipy's product would first copy whole)."""
+    for i in range(len(indptr) - 1):
+        for e in range(indptr[i], indptr[i + 1]):
+            weight, row = data[e], indices[e]
+            for j in range(out.shape[1]):
+                out[i, j] += weight * p[row, j]
 
 
 def _columns(rows: sp.csr_matrix, position: np.ndarray, n: int) -> sp.csr_matrix:
@@ -216,7 +257,9 @@ def ease(m: sp.csr_matrix, measure: Measure, progress: Progress | None = None,
 
 def _select(p: np.ndarray, rows: np.ndarray, keys: np.ndarray, measure: Measure,
             progress: Progress | None) -> Neighbors:
-    """The lists of the items ``keys`` (ascending) among themselves, from P over ``rows``."""
+    """The lists of the items ``keys`` (ascending) among themselves, from P over ``rows``:
+    one compiled pass over P gives each row's ``cap`` largest |B| (no row keeps more), whose
+    budget-th largest overall is the global threshold; blocks of rows run on ``threads``."""
     n = len(keys)
     cap = min(list_cap(measure), n - 1)
     if cap <= 0:  # no item or one: no neighbours
@@ -224,54 +267,79 @@ def _select(p: np.ndarray, rows: np.ndarray, keys: np.ndarray, measure: Measure,
     position = np.full(int(rows.max()) + 1, -1, np.int64)
     position[rows] = np.arange(len(rows))
     at = position[keys]
-    whole = np.array_equal(at, np.arange(len(p)))  # P's order is the keys': slices, no copies
-    diag = p.diagonal()[at].copy()
-    step = max(1, min(BLOCK_ROWS, measure.block_cells // n))
+    scale = -1.0 / p.diagonal()[at]  # B[a, b] = P[a, b] x scale[b]
+    starts = list(range(0, n, BLOCK_ROWS))
+    cols = np.empty((n, cap), np.int64)
+    vals = np.empty((n, cap))
+    largest = np.zeros(n)
 
-    def b_block(start: int) -> np.ndarray:
-        """B's rows keys[start:start + step] (columns: keys), B[a, b] = -P[a, b] / P[b, b]."""
-        block = (p[start:start + step] if whole else p[np.ix_(at[start:start + step], at)]) \
-            / -diag[None, :]
-        block[np.arange(len(block)), np.arange(start, start + len(block))] = 0.0
-        return block
+    def block(start: int) -> None:
+        end = min(start + BLOCK_ROWS, n)
+        _row_candidates(p, at, scale, start, end, cols[start:end], vals[start:end],
+                        largest[start:end])
 
-    # pass 1: each row's cap largest magnitudes (no row keeps more), whose budget-th largest
-    # overall is the global threshold; blocks keep the temporaries at block_cells entries
-    best, kept, largest = [], [], 0.0
-    for start in range(0, n, step):
-        magnitude = np.abs(b_block(start))
-        largest = max(largest, float(magnitude.max()))
-        best.append(_row_best(magnitude, cap))
-        kept.append(np.take_along_axis(magnitude, best[-1], axis=1).ravel())
-    zero = NUMERICAL_ZERO * largest
-    magnitudes = np.concatenate(kept)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max(1, measure.threads)) as pool:
+        for done, _ in enumerate(pool.map(block, starts), 1):
+            if progress:
+                progress(min(starts[done - 1] + BLOCK_ROWS, n), n)
+    zero = NUMERICAL_ZERO * float(largest.max())
+    magnitudes = np.abs(vals).ravel()
     budget = min(measure.k * n, len(magnitudes))  # >= 1: n >= 2, k >= 1
     threshold = np.partition(magnitudes, len(magnitudes) - budget)[len(magnitudes) - budget]
-    # pass 2: each row's kept entries, ordered
-    parts = []
-    for block, start in enumerate(range(0, n, step)):
-        cols = best[block]
-        vals = np.take_along_axis(b_block(start), cols, axis=1)
-        keep = (np.abs(vals) >= threshold) & (np.abs(vals) > zero)
-        count = keep.sum(axis=1)
-        # order within a row: weight desc, then key asc; dropped entries sort last
-        key = np.where(keep, -vals, np.inf)
-        nb = keys[cols]
-        order = np.lexsort((nb, key), axis=1) if cols.size else cols
-        parts.append(Neighbors.from_rows(keys[start:start + step], count,
-                                         np.take_along_axis(nb, order, axis=1),
-                                         np.take_along_axis(vals, order, axis=1),
-                                         np.empty(0, np.int64)))
-        if progress:
-            progress(min(start + step, n), n)
-    return Neighbors.concat(parts)
+    keep = (np.abs(vals) >= threshold) & (np.abs(vals) > zero)
+    row = np.broadcast_to(np.arange(n)[:, None], keep.shape)[keep]
+    nb, score = keys[cols[keep]], vals[keep]
+    order = np.lexsort((nb, -score, row))  # within a row: weight desc, then key asc
+    row, nb, score = row[order], nb[order], score[order]
+    count = np.bincount(row, minlength=n)
+    first = np.r_[0, np.cumsum(count)[:-1]]
+    return Neighbors(keys[row], nb, score, (np.arange(len(row)) - first[row] + 1).astype(np.int64))
 
 
-def _row_best(magnitude: np.ndarray, cap: int) -> np.ndarray:
-    """Column indices of each row's ``cap`` largest magnitudes (any order)."""
-    if cap >= magnitude.shape[1]:
-        return np.broadcast_to(np.arange(magnitude.shape[1]), magnitude.shape).copy()
-    return np.argpartition(-magnitude, cap - 1, axis=1)[:, :cap]
+@njit(nogil=True, cache=True)
+def _row_candidates(p, at, scale, start, end, cols, vals, largest):
+    """For rows start..end of B (B[i, j] = P[at[i], at[j]] x scale[j], 0 on the diagonal):
+    the ``cap`` (cols' width) entries of largest magnitude, any order, by a min-heap per row
+    (most entries are below its root and cost one comparison); and each row's largest |B|."""
+    n, cap = len(at), cols.shape[1]
+    heap = np.empty(cap)  # magnitudes, min-heap
+    slot = np.empty(cap, np.int64)  # heap position -> column
+    for r in range(end - start):
+        i = start + r
+        row = at[i]
+        size = 0
+        top = 0.0
+        for j in range(n):
+            value = 0.0 if j == i else p[row, at[j]] * scale[j]
+            magnitude = abs(value)
+            top = max(top, magnitude)
+            if size < cap:  # sift up
+                k = size
+                size += 1
+                while k > 0 and heap[(k - 1) // 2] > magnitude:
+                    heap[k], slot[k] = heap[(k - 1) // 2], slot[(k - 1) // 2]
+                    k = (k - 1) // 2
+                heap[k], slot[k] = magnitude, j
+            elif magnitude > heap[0]:  # replace the root, sift down
+                k = 0
+                while True:
+                    child = 2 * k + 1
+                    if child >= cap:
+                        break
+                    if child + 1 < cap and heap[child + 1] < heap[child]:
+                        child += 1
+                    if heap[child] >= magnitude:
+                        break
+                    heap[k], slot[k] = heap[child], slot[child]
+                    k = child
+                heap[k], slot[k] = magnitude, j
+        largest[r] = top
+        for k in range(cap):
+            j = slot[k]
+            cols[r, k] = j
+            vals[r, k] = 0.0 if j == i else p[row, at[j]] * scale[j]
 
 
 @functools.cache
