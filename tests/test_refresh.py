@@ -259,6 +259,27 @@ def test_ease_rebuilds_when_lambdas_unit_drifts(tmp_path, write):
     assert_ease_lists_are_the_closed_form(con, 3, ties=True)
     con.close()
 
+
+def test_ease_rebuilds_when_new_items_outgrow_the_inverse(tmp_path, write):
+    """The stored inverse has room for ease_max_items rows at most: items beyond it make the
+    refresh a full one (which keeps the most popular, says so, and stores no inverse)."""
+    con = rtsql.connect(tmp_path / "e.duckdb")
+    configure(con, similarity="ease", neighbors=2, ease_max_items=7)
+    rows = "".join(f"u{u},i{(u + j) % 6},view,2026-10-0{1 + j}T00:00:00,\n"
+                   for u in range(8) for j in range(3))
+    ingest.ingest(con, [write("a.csv", HEADER + rows)])
+    refresh.refresh(con)
+    ingest.ingest(con, [write("b.csv", HEADER + "u1,i6,view,2026-10-06T00:00:00,\n")])
+    assert refresh.refresh(con).mode == "incremental"  # 7 items: room for them
+    ingest.ingest(con, [write("c.csv", HEADER + "u2,i7,view,2026-10-07T00:00:00,\n")])
+    result = refresh.refresh(con)
+    assert result.mode == "full", result.summary()
+    assert any("more than the stored inverse has room for (7)" in n for n in result.notes)
+    assert any("ease_max_items" in n for n in result.notes)
+    assert refresh._state(con)["ease_version"] == ""
+    assert not (tmp_path / "e.duckdb.ease").exists()
+    con.close()
+
 def test_a_rolled_back_ease_update_leaves_an_inverse_no_version_names(tmp_path, write,
                                                                       monkeypatch):
     """The inverse is written in place before the refresh's transaction commits: when the
