@@ -122,6 +122,10 @@ def main() -> None:
     rows = []
     if args.db:
         shutil.copyfile(args.db, db)
+        for suffix in (".ease", ".ease.json"):  # EASE's stored inverse (sparse: cp keeps it so)
+            if Path(args.db + suffix).exists():
+                subprocess.run(["cp", "--sparse=always", args.db + suffix, db + suffix],
+                               check=True)
         refresh_seconds = float("nan")
     else:
         data = dataset(args.events, "parquet")

@@ -75,7 +75,7 @@ class InverseStore:
                 _MEMORY.popitem(last=False)
             return version
         self._write_meta(DIRTY, factor)
-        factor.buffer.flush()
+        _flush(self._temporary())
         os.replace(self._temporary(), self.data)
         self._write_meta(version, factor)
         _MAPPED[str(self.data)] = (factor.buffer, version)
@@ -127,7 +127,7 @@ class InverseStore:
         if self.data is None:
             _MEMORY[token] = (factor, new)
         else:
-            factor.buffer.flush()
+            _flush(self.data)
             self._write_meta(new, factor)
             _MAPPED[str(self.data)] = (factor.buffer, new)
         return new
@@ -138,3 +138,15 @@ class InverseStore:
             "version": version, "capacity": factor.buffer.shape[0], "lam": factor.lam,
             "rows": factor.rows.tolist()}))
         os.replace(temporary, self.meta)
+
+
+def _flush(path: Path) -> None:
+    """Write the mapped buffer's dirty pages to disk. fsync on the file covers pages dirtied
+    through a shared mapping (Linux), and os.fsync releases the GIL, where numpy's
+    memmap.flush (msync) holds it: 0.3-0.5 s of a 9,700-item inverse during which the
+    server's requests waited."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -108,11 +108,7 @@ class EaseFactor:
             p[start:start + BLOCK_ROWS] = (sub[start:start + BLOCK_ROWS] @ sub.T).toarray()
         p[np.diag_indices(n)] += lam
         _cholesky_inverse(factor.buffer, n)
-        for start in range(0, n, BLOCK_ROWS):  # dpotri fills the upper triangle: mirror it
-            end = start + BLOCK_ROWS
-            p[start:end, :start] = p[:start, start:end].T
-            square = p[start:end, start:end]
-            square[...] = np.triu(square) + np.triu(square, 1).T
+        _mirror_upper(p)  # dpotri fills the upper triangle
         return factor
 
     def update(self, m: sp.csr_matrix, old: sp.csr_matrix, new: sp.csr_matrix,
@@ -162,8 +158,12 @@ class EaseFactor:
             left.append(ap)
             right.append(t)
         left, right = np.vstack(left), np.vstack(right)
+        # the correction is symmetric: the upper triangle's blocks, then mirrored (half the
+        # multiply-adds of the whole square for one more pass over memory)
         for start in range(0, n, BLOCK_ROWS):
-            p[start:start + BLOCK_ROWS] += left[:, start:start + BLOCK_ROWS].T @ right
+            end = start + BLOCK_ROWS
+            p[start:end, start:] += left[:, start:end].T @ right[:, start:]
+        _mirror_upper(p)
         if extra:
             self.rows = np.r_[self.rows, joined].astype(np.int64)
             p = self.p
@@ -179,6 +179,15 @@ class EaseFactor:
         describes, from B = I - P diag(1 / diag P) computed block by block (P is kept)."""
         keys = self.rows if active is None else self.rows[active[self.rows]]
         return _select(self.p, self.rows, np.sort(keys), measure, progress)
+
+
+def _mirror_upper(p: np.ndarray) -> None:
+    """Copy the upper triangle of the square ``p`` onto its lower one, block by block."""
+    for start in range(0, len(p), BLOCK_ROWS):
+        end = start + BLOCK_ROWS
+        p[start:end, :start] = p[:start, start:end].T
+        square = p[start:end, start:end]
+        square[...] = np.triu(square) + np.triu(square, 1).T
 
 
 def _woodbury_terms(old: sp.csr_matrix, new: sp.csr_matrix) -> tuple[sp.csr_matrix, np.ndarray]:
