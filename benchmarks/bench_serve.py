@@ -15,7 +15,8 @@ Steps, on the synthetic set (cached under benchmarks/data/), in one run:
 5. rising rates (--rates), 10 s each: the highest with p99 <= 50 ms and no errors;
 6. POST /events in batches of 100 at --post-rate batches/s while GETs run at 200/s: events/s
    committed, GET and POST latencies, and freshness: after every 10th POST is answered, the
-   time until a GET shows its probe event (a new user's purchase);
+   time until a GET shows its probe event (a new user's purchase), and the time until a
+   refresh's lists include it (/health's watermark reaches the event id, polled every 100 ms);
 7. SIGTERM: the exit code.
 Latencies are measured from each request's scheduled send time. The machine is shared: same-run
 ratios are what count.
@@ -215,6 +216,9 @@ def main() -> None:
     rows.append(("  POST latency (ms p50/p99/max)", percentiles(got["post_ms"]), ""))
     rows.append(("  POST answered -> visible to GET, every 10th (ms p50/p99/max)",
                  percentiles(got["fresh_ms"]), ""))
+    rows.append(("  POST answered -> in the item lists, every 10th (ms p50/p99/max)",
+                 percentiles(got["model_ms"]),
+                 f"model freshness; {got['model_unfolded']} not folded in 60 s"))
     rss, peak = memory_mib(server.pid)
     rows.append(("serve: resident / peak memory at the end", f"{rss:.0f} / {peak:.0f} MiB", ""))
 

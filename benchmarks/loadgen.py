@@ -69,6 +69,9 @@ async def main(port: int, spec: dict) -> dict:
     seconds = spec["seconds"]
     get_lat, post_lat, fresh_lat, errors, statuses_seen = [], [], [], [0], []
     posted = [0]
+    # model freshness: (answered, the server's last event id then) of each probe POST, until
+    # a refresh's lists include it (/health's watermark reaches the id)
+    folding, model_lat = [], []
 
     async def get(scheduled: float, user: str):
         status, _ = await pool.request("GET", f"/recommend/{user}?k={spec.get('k', 10)}")
@@ -95,6 +98,9 @@ async def main(port: int, spec: dict) -> dict:
         posted[0] += json.loads(data)["accepted"]
         if n % spec.get("probe_every", 10):
             return
+        status, data = await pool.request("GET", "/health")
+        if status == 200:
+            folding.append((answered, json.loads(data)["last_event_id"]))
         # freshness, on every probe_every-th POST (probing each one would double the read
         # load): the probe user's purchase must show in the next read
         while True:
@@ -131,15 +137,40 @@ async def main(port: int, spec: dict) -> dict:
                 time.sleep(delay)
             loop.call_soon_threadsafe(launch, when, kind, n)
 
+    sending = [True]
+
+    async def watch_model():
+        """Poll /health every 100 ms; a probe is in the model once the watermark reaches it
+        (after the load, wait up to model_wait seconds for the last ones)."""
+        deadline = None
+        while folding or sending[0]:
+            if not sending[0]:
+                deadline = deadline or now() + spec.get("model_wait", 60)
+                if now() > deadline:
+                    break
+            await asyncio.sleep(0.1)
+            status, data = await pool.request("GET", "/health")
+            if status != 200:
+                continue
+            watermark = json.loads(data)["watermark"] or 0
+            for probe in [f for f in folding if f[1] <= watermark]:
+                model_lat.append(now() - probe[0])
+                folding.remove(probe)
+
+    watcher = asyncio.ensure_future(watch_model()) if spec.get("post_rate") else None
     wall = time.perf_counter()
     await loop.run_in_executor(None, scheduler)
     await asyncio.sleep(0)  # the last launch callbacks
     results = await asyncio.gather(*tasks, return_exceptions=True)
     wall = time.perf_counter() - wall
+    sending[0] = False
+    if watcher is not None:
+        await watcher
     failures = [r for r in results if isinstance(r, BaseException)]
     statuses = sorted(set(statuses_seen))
     return {"get_ms": [x * 1000 for x in get_lat], "post_ms": [x * 1000 for x in post_lat],
             "fresh_ms": [x * 1000 for x in fresh_lat], "errors": errors[0] + len(failures),
+            "model_ms": [x * 1000 for x in model_lat], "model_unfolded": len(folding),
             "late_ms": [x * 1000 for x in late],
             "failure": repr(failures[0]) if failures else None, "statuses": statuses,
             "events": posted[0],

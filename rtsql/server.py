@@ -96,6 +96,18 @@ def create_app(service: Service, *, token: str | None = None,
         lambda: service.follower.last_publish_seconds or 0)
     Gauge("rtsql_pending_events", "events served from the overlay, not yet refreshed",
           registry=registry).set_function(lambda: service.health()["pending_events"])
+    Gauge("rtsql_model_age_seconds", "the served item lists hold every event committed more "
+          "than this long ago (since the start of the refresh they come from)",
+          registry=registry).set_function(service.model_age)
+    refreshes = Gauge("rtsql_refreshes", "refreshes by this process, by kind", ["kind"],
+                      registry=registry)
+    durations = Gauge("rtsql_last_refresh_seconds", "duration of the last refresh of each kind",
+                      ["kind"], registry=registry)
+    for kind in ("full", "incremental", "none"):
+        refreshes.labels(kind).set_function(
+            lambda kind=kind: service.follower.refresh_counts.get(kind, 0))
+        durations.labels(kind).set_function(
+            lambda kind=kind: service.follower.refresh_seconds.get(kind, 0.0))
 
     expected = f"Bearer {token}".encode() if token else None
 

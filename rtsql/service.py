@@ -71,6 +71,7 @@ class Service:
         self._sequence = itertools.count(1)
         self.counters = {"events": 0, "rejects": 0, "impressions": 0}
         self.last_refresh: float | None = None  # wall clock of the last reload after a refresh
+        self.model_as_of: float | None = None  # the served lists hold the events before this
         self.pending_since: float | None = None  # first write not yet folded into a refresh
         self.state: ServingState | None = None
         self._generation = 0  # bumped when a write replaces the state (forget)
@@ -261,6 +262,7 @@ class Service:
                 break
         _freeze()
         self.last_refresh = time.time()
+        self.model_as_of = self.follower.refreshed_as_of
 
     # ------------------------------------------------------------------ reads
 
@@ -270,6 +272,11 @@ class Service:
                 "watermark": state.model.watermark, "last_event_id": state.seen["event_id"],
                 "pending_events": sum(len(v) for v in list(state.pending.values())),
                 "last_refresh": self.last_refresh}
+
+    def model_age(self) -> float:
+        """Seconds since the served lists were current: they hold every event committed more
+        than this long ago (0 before the first refresh of this process)."""
+        return 0.0 if self.model_as_of is None else time.time() - self.model_as_of
 
     def refresh_lag(self) -> float:
         """Seconds since the oldest write not yet folded into a refresh (0: none)."""

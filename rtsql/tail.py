@@ -117,6 +117,12 @@ class Tail:
         self.wake = threading.Event()
         self.totals = ScanResult()
         self.last_refresh: tuple[float, float] | None = None  # (when, seconds)
+        # per kind of refresh (full, incremental, none): how many, and the last one's seconds
+        self.refresh_counts = {"full": 0, "incremental": 0, "none": 0}
+        self.refresh_seconds = {"full": 0.0, "incremental": 0.0, "none": 0.0}
+        # wall clock at which the last finished refresh began: its lists hold every event
+        # committed before then
+        self.refreshed_as_of: float | None = None
         self.last_publish_seconds: float | None = None
         self.pending_since: float | None = None
         self.rotated_grace = ROTATED_GRACE_SECONDS
@@ -310,7 +316,8 @@ class Tail:
             self._refreshed()
         if self.opt.refresh and (arrived or self._refresh_pending):
             if not background_refresh:
-                self._record_refresh(refresh_mod.refresh(self.con))
+                began = time.time()
+                self._record_refresh(refresh_mod.refresh(self.con), began)
                 self._refreshed()
             elif self._refresher is None and self._refresh_due():
                 self._start_refresh()
@@ -363,8 +370,11 @@ class Tail:
             self.last_publish_seconds = (self.publisher.full(self.con) if full
                                          else self.publisher.events(self.con))
 
-    def _record_refresh(self, done) -> None:
+    def _record_refresh(self, done, began: float) -> None:
         self.last_refresh = (time.time(), done.seconds)
+        self.refresh_counts[done.mode] = self.refresh_counts.get(done.mode, 0) + 1
+        self.refresh_seconds[done.mode] = done.seconds
+        self.refreshed_as_of = began
 
     def _refresh_due(self) -> bool:
         """tail_refresh_seconds after the last start, and at least REFRESH_DUTY times the last
@@ -385,8 +395,10 @@ class Tail:
                 if self.opt.refresh_nice and hasattr(os, "setpriority"):
                     os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
                                    self.opt.refresh_nice)
+                began = time.time()
                 self._record_refresh(refresh_mod.refresh(cursor,
-                                                         threads=self.opt.refresh_threads))
+                                                         threads=self.opt.refresh_threads),
+                                     began)
             except Exception as exc:  # reported by the loop; the next batch tries again
                 self._refresh_error = exc
             finally:

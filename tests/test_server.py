@@ -192,6 +192,38 @@ def test_bad_input_gets_a_4xx_naming_the_field(server):
     assert b"Traceback" not in server.call("GET", "/recommend/u?k=-1")[1]
 
 
+def metric(text: bytes, name: str) -> float:
+    for line in text.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def test_metrics_say_how_fresh_the_model_is_and_what_refreshes_cost(server):
+    """A write makes serve's follower refresh in the background (incremental: the database
+    was refreshed before), and /metrics then gives that refresh's kind and duration and the
+    model's age (seconds since the refresh began: its lists hold every event committed
+    before then)."""
+    status, _ = server.json("POST", "/events", json.dumps([{
+        "user_id": "u-metrics", "item_id": "sku-3", "event_type": "view",
+        "ts": "2026-11-30T11:00:00"}]).encode())
+    assert status == 200
+    deadline = time.monotonic() + 60
+    while True:
+        text = server.call("GET", "/metrics")[1]
+        # folded in, and no write waits for another refresh (which would reset the age)
+        if metric(text, 'rtsql_refreshes{kind="incremental"}') >= 1 \
+                and metric(text, "rtsql_refresh_lag_seconds") == 0:
+            break
+        assert time.monotonic() < deadline, text.decode()
+        time.sleep(0.2)
+    assert metric(text, 'rtsql_last_refresh_seconds{kind="incremental"}') > 0
+    age = metric(text, "rtsql_model_age_seconds")
+    assert 0 < age < 60
+    time.sleep(1.0)
+    assert metric(server.call("GET", "/metrics")[1], "rtsql_model_age_seconds") >= age + 0.9
+
+
 def test_health_metrics_docs_and_forget(server):
     status, health = server.json("GET", "/health")
     assert status == 200 and health["status"] == "ok"
