@@ -172,15 +172,19 @@ def main() -> None:
 
     port = free_port()
     start = time.perf_counter()
+    # the server's log goes to a file: a pipe nobody reads fills up (64 KB) and then stalls
+    # the server on its next status line
+    log_path = work / "serve.log"
+    log = open(log_path, "w")
     server = subprocess.Popen(cli(db) + ["serve", "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.DEVNULL, stderr=log, text=True)
     while True:
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).read()
             break
         except OSError:
             if server.poll() is not None:
-                sys.exit(f"server failed: {server.stderr.read()[-2000:]}")
+                sys.exit(f"server failed: {log_path.read_text()[-2000:]}")
             time.sleep(0.1)
     ready = time.perf_counter() - start
     rss, peak = memory_mib(server.pid)
@@ -222,9 +226,21 @@ def main() -> None:
     rss, peak = memory_mib(server.pid)
     rows.append(("serve: resident / peak memory at the end", f"{rss:.0f} / {peak:.0f} MiB", ""))
 
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read()
+    def by_kind(name: str) -> dict[str, float]:
+        return {line.split('"')[1]: float(line.split()[-1])
+                for line in metrics.decode().splitlines() if line.startswith(name + "{")}
+
+    kinds, last = by_kind("rtsql_refreshes"), by_kind("rtsql_last_refresh_seconds")
+    rows.append(("background refreshes: full / incremental (count; last s)",
+                 f"{kinds.get('full', 0):.0f} / {kinds.get('incremental', 0):.0f}",
+                 f"last {last.get('full', 0):.2f} s / {last.get('incremental', 0):.2f} s"))
     server.send_signal(signal.SIGTERM)
     server.wait(timeout=300)
+    log.close()
     rows.append(("SIGTERM: exit code", str(server.returncode), ""))
+    notes = [line for line in log_path.read_text().splitlines() if "note:" in line]
+    print("\n".join(["serve's refresh notes:"] + notes[-10:]) if notes else "", file=sys.stderr)
     print(f"bench_serve: {events:,} events, {os.cpu_count()} cores")
     print_table(["measure", "value", "note"], rows)
     shutil.rmtree(work, ignore_errors=True)

@@ -380,8 +380,12 @@ class Tail:
         """tail_refresh_seconds after the last start, and at least REFRESH_DUTY times the last
         refresh's duration: under a heavy write load (each refresh folds in more events and
         takes longer) background refreshes take at most 1/REFRESH_DUTY of the time instead
-        of running back to back and starving ingest and requests."""
-        last = self.last_refresh[1] if self.last_refresh else 0.0
+        of running back to back and starving ingest and requests. The duration is the last
+        incremental refresh's when there was one: a full rebuild (EASE's lambda drifted, a
+        setting changed) is rare, and waiting three times its duration would hold every
+        later event out of the lists for that long."""
+        last = self.refresh_seconds["incremental"] if self.refresh_counts["incremental"] \
+            else (self.last_refresh[1] if self.last_refresh else 0.0)
         wait = max(self.refresh_interval, REFRESH_DUTY * last)
         return time.monotonic() - self._refresh_started >= wait
 

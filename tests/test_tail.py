@@ -371,3 +371,26 @@ def test_sigterm_stops_cleanly_and_readers_use_the_snapshot(tmp_path):
     con = duckdb.connect(str(db), read_only=True)
     assert con.execute("select count(*) from events").fetchall()[0][0] == 51
     con.close()
+
+
+def test_background_refreshes_are_paced_by_the_last_incremental_one(tmp_path):
+    """A background refresh waits tail_refresh_seconds and REFRESH_DUTY times the last
+    incremental refresh's duration; a rare full rebuild (minutes of EASE, say) does not hold
+    the following events out of the lists for three times as long."""
+    con = rtsql.connect(tmp_path / "d.duckdb")
+    t = tail.Tail(con, tmp_path, tail.TailOptions(publish=None))
+    t.refresh_interval = 1.0
+
+    class Done:
+        def __init__(self, mode, seconds):
+            self.mode, self.seconds = mode, seconds
+
+    t._record_refresh(Done("full", 30.0), time.time())  # no incremental one yet: 3 x 30 s
+    t._refresh_started = time.monotonic() - 10.0
+    assert not t._refresh_due()
+    t._record_refresh(Done("incremental", 2.0), time.time())
+    t._record_refresh(Done("full", 30.0), time.time())
+    assert t._refresh_due()  # 10 s since the start >= 3 x 2 s
+    t._refresh_started = time.monotonic() - 5.0
+    assert not t._refresh_due()
+    con.close()
