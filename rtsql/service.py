@@ -176,21 +176,31 @@ class Service:
                         for j in jobs]
                     self.counters["impressions"] += sum(r["loaded"] for r in results)
                     self.counters["rejects"] += sum(r["rejected"] for r in results)
-                else:
-                    results = [self._forget(j.payload) for j in jobs]
+                else:  # each forget has its own outcome (an unknown id fails alone)
+                    results = [self._forget_one(j.payload) for j in jobs]
                 self.state.catch_up(self.con)
                 self.pending_since = self.pending_since or time.time()
-            if kind == "forget":  # answered once no byte of the user is left anywhere
+            forgotten = [r for r in results if isinstance(r, privacy.ForgetResult)]
+            if kind == "forget" and forgotten:  # answered once no byte is left anywhere
                 republished, seconds = self.follower.between_batches(self._scrub).result()
-                for result in results:
+                for result in forgotten:
                     result.republished, result.compact_seconds = republished, seconds
         except BaseException as exc:  # every waiting request gets the error
             for job in jobs:
                 job.future.set_exception(exc)
             return
         for job, result in zip(jobs, results):
-            job.future.set_result(result)
+            if isinstance(result, Exception):
+                job.future.set_exception(result)
+            else:
+                job.future.set_result(result)
         self.follower.notify()
+
+    def _forget_one(self, user_id: str) -> privacy.ForgetResult | Exception:
+        try:
+            return self._forget(user_id)
+        except Exception as exc:  # this request's answer; the group's other forgets go on
+            return exc
 
     def _ingest(self, jobs: list[_Job]) -> tuple[list[_Job], list]:
         """The bodies that parse (JSON arrays become JSON lines here, off the event loop),

@@ -131,3 +131,39 @@ def test_rejects_lose_the_id_only_where_it_stands_whole(tmp_path, write):
                    "<forgotten>,i1,teleport,2026-10-01T00:00:00,",
                    "u-42,i1,teleport,2026-10-01T00:00:00,",
                    "xu-4,i1,teleport,2026-10-01T00:00:00,"]
+
+
+@pytest.mark.parametrize("order", ["unknown first", "unknown last"])
+def test_forgets_committed_together_each_have_their_own_outcome(shop, order):
+    """(Reliability issue, item 3.) The server commits the forgets queued meanwhile in one
+    group: an unknown id among them fails alone, each known user is forgotten, and the file
+    is rewritten, in either order."""
+    import time
+
+    from rtsql.errors import UnknownUser
+    from rtsql.service import Service
+
+    service = Service(shop).start()
+    try:
+        with service.lock:  # the writer takes the first job and waits: the rest queue up
+            first = service.submit_forget("u1")
+            time.sleep(0.3)
+            ids = ["nobody-xyz", SECRET, "u2"] if order == "unknown first" \
+                else [SECRET, "u2", "nobody-xyz"]
+            futures = {user: service.submit_forget(user) for user in ids}
+        assert first.result(timeout=120).refresh.mode
+        for user, future in futures.items():
+            if user == "nobody-xyz":
+                with pytest.raises(UnknownUser):
+                    future.result(timeout=120)
+            else:
+                assert future.result(timeout=120).compact_seconds > 0, user
+    finally:
+        service.stop()
+    assert occurrences(shop) == 0
+    con = rtsql.connect(shop)
+    try:
+        assert count(con, "select count(*) from users where user_id in ('u1', 'u2', ?)",
+                     [SECRET]) == 0
+    finally:
+        con.close()
