@@ -374,7 +374,7 @@ def settings_cmd(state: State, name, value, reset, fmt):
 
 
 @main.command()
-@click.option("--limit", default=20, show_default=True, type=click.IntRange(0, None),
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(0, 2**62, clamp=True),
               help="How many rows to show.")
 @click.option("--source", help="Only rejects from this file (path as ingested).")
 @FORMAT_OPTION
@@ -877,7 +877,7 @@ def variants(state: State, assignments, variant_settings, clear, fmt):
     con = state.connect()
     if clear:
         feedback.set_variants(con, {}, {})
-    elif assignments:
+    elif assignments or variant_settings:  # --setting alone is refused: it names no share
         feedback.set_variants_from_options(con, assignments, variant_settings)
     _emit(["variant", "share", "settings"], feedback.variants(con), fmt)
 

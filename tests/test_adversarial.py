@@ -135,6 +135,15 @@ def test_out_of_range_numbers_are_usage_errors_not_tracebacks(shop):
         assert result.exit_code == 2 and "Traceback" not in result.output, (args, result.output)
 
 
+def test_a_huge_limit_shows_everything_and_a_setting_without_its_variant_is_refused(shop):
+    """(Reliability issue, item 7.) `rejects --limit 99999999999999999999` printed DuckDB's
+    error; `variants --setting A.x=nan` without --set was silently ignored (exit 0)."""
+    result = run(shop, "rejects", "--limit", "99999999999999999999")
+    assert result.exit_code == 0 and "Error" not in result.output, result.output
+    result = run(shop, "variants", "--setting", "A.weight_item_cf=nan")
+    assert result.exit_code == 1 and "--set" in result.output, result.output
+
+
 def test_every_numeric_setting_at_its_upper_bound_still_refreshes(shop):
     """Each bound is one the refresh can run with: every numeric setting at its highest
     accepted value at once, then a full refresh and a recommendation."""
