@@ -277,6 +277,13 @@ def serve(state: State, host, port, token, tail_dir, patterns, recursive, poll, 
 
     if tail_dir is not None and not Path(tail_dir).expanduser().is_dir():
         raise click.ClickException(f"{tail_dir} is not a directory")
+    if token is not None and not token.strip():
+        raise click.ClickException("the token is empty (--token or RTSQL_TOKEN): give one, or "
+                                   "leave both out to serve without authentication")
+    if not token and not _is_loopback(host):
+        click.echo(f"rtsql serve: warning: listening on {host} without a token: anyone who can "
+                   "reach this port can read recommendations and write or forget data; give "
+                   "--token (or RTSQL_TOKEN)", err=True)
     options = service_mod.ServiceOptions(
         tail_dir=tail_dir,
         tail=tail_mod.TailOptions(
@@ -286,11 +293,25 @@ def serve(state: State, host, port, token, tail_dir, patterns, recursive, poll, 
         publish=Path(publish_path) if publish_path else snapshot.default_path(state.db_path))
     service = service_mod.Service(state.db_path, options, log=lambda line: click.echo(line, err=True))
     sock = server.bind(host, port)
-    click.echo(f"rtsql serve: http://{host}:{sock.getsockname()[1]} (docs at /docs), database "
-               f"{state.db_path}, snapshot {options.publish}"
-               + (", token required" if token else ""), err=True)
-    server.run(service, sock, token=token, max_body_bytes=max_body_mb << 20)
+
+    def ready() -> None:  # once the database is ours and the state loaded, not before
+        click.echo(f"rtsql serve: http://{host}:{sock.getsockname()[1]} (docs at /docs), "
+                   f"database {state.db_path}, snapshot {options.publish}"
+                   + (", token required" if token else ""), err=True)
+
+    server.run(service, sock, token=token, max_body_bytes=max_body_mb << 20, on_ready=ready)
     click.echo("rtsql serve: stopped", err=True)
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @main.command()

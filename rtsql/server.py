@@ -17,7 +17,7 @@ import re
 import sys
 import time
 from enum import Enum
-from typing import Annotated
+from typing import Annotated, Callable
 from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Path, Query, Request
@@ -324,9 +324,11 @@ def bind(host: str = "127.0.0.1", port: int = 8000):
 
 
 def run(service: Service, sock, *, token: str | None = None,
-        max_body_bytes: int = MAX_BODY_BYTES, log_level: str = "warning") -> None:
+        max_body_bytes: int = MAX_BODY_BYTES, log_level: str = "warning",
+        on_ready: Callable[[], None] | None = None) -> None:
     """Serve on ``sock`` (from ``bind``) until SIGINT/SIGTERM: in-flight requests finish,
-    queued writes commit, the follower stops, then the process exits 0."""
+    queued writes commit, the follower stops, then the process exits 0. ``on_ready`` runs
+    once the service has started (the database is this process's)."""
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -341,6 +343,8 @@ def run(service: Service, sock, *, token: str | None = None,
     # refresh runs Python code (the default switch interval is 5 ms, a visible p99 step)
     sys.setswitchinterval(0.0005)
     service.start()
+    if on_ready is not None:
+        on_ready()
     try:
         config = uvicorn.Config(create_app(service, token=token, max_body_bytes=max_body_bytes),
                                 log_level=log_level, access_log=False, lifespan="off",

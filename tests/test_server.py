@@ -324,3 +324,25 @@ def test_an_address_in_use_is_a_clear_error(tmp_path):
     assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr and "--port" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "x.duckdb").exists()  # nothing opened
+
+
+def test_serve_warns_off_loopback_without_a_token_and_says_ready_only_when_it_is(tmp_path):
+    """(Reliability issue, item 7.) An empty token used to turn authentication off silently;
+    a non-loopback address without a token gave no warning; the "listening" banner came
+    before the server refused to start (here: the database is another process's)."""
+    db = build_database(tmp_path / "w.duckdb")
+    empty = subprocess.run([sys.executable, "-m", "rtsql.cli", "--db", str(db), "serve",
+                            "--token", ""], capture_output=True, text=True, timeout=60)
+    assert empty.returncode == 1 and "token is empty" in empty.stderr, empty.stderr
+    holder = rtsql.connect(db)  # this process owns the file for writing
+    try:
+        refused = subprocess.run(
+            [sys.executable, "-m", "rtsql.cli", "--db", str(db), "serve", "--host", "0.0.0.0",
+             "--port", str(free_port())], capture_output=True, text=True, timeout=120,
+            env={k: v for k, v in os.environ.items() if k != "RTSQL_TOKEN"})
+    finally:
+        holder.close()
+    assert refused.returncode != 0
+    assert "without a token" in refused.stderr, refused.stderr
+    assert "rtsql serve: http://" not in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr
