@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .errors import BadEventFile, InputPathError
 from .ingest import ColumnMapping, detect_format
-from .sqlutil import add_new_ids, quote_identifier, scalar, transaction
+from .sqlutil import add_new_ids, quote_identifier, scalar, transaction, trim_id
 
 CATALOG_COLUMNS = ("item_id", "title", "category", "tags", "description", "embedding")
 
@@ -70,13 +70,14 @@ def load_items(con, path: str | os.PathLike, *, fmt: str | None = None,
     attributes = ("json_object(" + ", ".join(
         f"'{n.replace(chr(39), chr(39) * 2)}', r.{quote_identifier(n)}" for n in extras) + ")"
                   if extras else "NULL")
+    item_id = trim_id(f"cast({col('item_id')} as VARCHAR)")
     with transaction(con):
         # a scan of the staged rows keeps the file order: row_number() is the data row
         con.execute(f"create or replace temp table _rtsql_catalog_raw as select * from {reader}",
                     params)
         con.execute(f"""
             create or replace temp table _rtsql_catalog as
-            select row_number() over () as line, trim(cast({col('item_id')} as VARCHAR)) as item_id,
+            select row_number() over () as line, {item_id} as item_id,
                    cast({col('title')} as VARCHAR) as title,
                    trim(cast({col('category')} as VARCHAR)) as category,
                    {tags} as tags, cast({col('description')} as VARCHAR) as description,

@@ -395,7 +395,7 @@ def settings_cmd(state: State, name, value, reset, fmt):
 
 
 @main.command()
-@click.option("--limit", default=20, show_default=True, type=click.IntRange(0, 2**62, clamp=True),
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(0, None),
               help="How many rows to show.")
 @click.option("--source", help="Only rejects from this file (path as ingested).")
 @FORMAT_OPTION
@@ -409,6 +409,7 @@ def rejects(state: State, limit, source, fmt):
     """
     from . import events
 
+    limit = min(limit, 2**62)  # beyond: every row (SQL's LIMIT stops at 2^63)
     _emit(["source", "line", "reason", "raw"],
           [(_short(s), line, reason, raw)
            for s, line, reason, raw in events.rejects(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .errors import BadEventFile, InputPathError, InvalidSetting
 from .ingest import detect_format
-from .sqlutil import add_new_ids, quote_identifier, scalar, transaction
+from .sqlutil import add_new_ids, quote_identifier, scalar, transaction, trim_id
 
 
 def load_impressions(con, path: str | os.PathLike) -> dict[str, int]:
@@ -65,8 +65,8 @@ def _load_impressions(con, reader: str, reader_params: list, names: list[str], s
     with transaction(con):
         con.execute(f"""
             create or replace temp table _rtsql_imp as
-            select row_number() over () + ? as line, trim({col('user_id')}) as user_id,
-                   trim({col('item_id')}) as item_id, {col('ts')} as ts_text,
+            select row_number() over () + ? as line, {trim_id(col('user_id'))} as user_id,
+                   {trim_id(col('item_id'))} as item_id, {col('ts')} as ts_text,
                    coalesce(timezone('UTC', try_cast({col('ts')} as TIMESTAMPTZ)),
                             try(make_timestamp(try_cast(try_cast({col('ts')} as DOUBLE) * 1e6
                                                         as BIGINT)))) as ts,

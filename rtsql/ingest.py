@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 
 from . import ledger, settings
 from .errors import BadEventFile, InputPathError, InvalidSetting
-from .sqlutil import add_new_ids, one, quote_identifier, scalar
+from .sqlutil import add_new_ids, one, quote_identifier, scalar, trim_id
 
 CANONICAL_COLUMNS = ("user_id", "item_id", "event_type", "ts", "value")
 REQUIRED_COLUMNS = ("user_id", "item_id", "ts")  # event_type too, unless --event-type is given
@@ -328,8 +328,8 @@ def _csv_chunk_sql(positions: dict[str, int | None], n_fields: int, mapping: Col
                              (len(x) >= 2 and starts_with(x, '"') and ends_with(x, '"')))) > 0
                         then 'unbalanced quotes (a record must fit on one line)'
                end as early_reason,
-               trim({field_expr('user_id')}) as user_id,
-               trim({field_expr('item_id')}) as item_id,
+               {trim_id(field_expr('user_id'))} as user_id,
+               {trim_id(field_expr('item_id'))} as item_id,
                {et_expr} as event_type,
                {field_expr('ts')} as ts_text,
                {field_expr('value') or 'NULL'} as value_text
@@ -363,7 +363,7 @@ def _json_chunk_sql(mapping: ColumnMapping) -> tuple[str, list]:
                     when not ok then 'malformed JSON'
                     when f is null then 'JSON line is not an object'
                end as early_reason,
-               trim(f[1]) as user_id, trim(f[2]) as item_id,
+               {trim_id('f[1]')} as user_id, {trim_id('f[2]')} as item_id,
                case when f is not null then {et_expr} end as event_type,
                f[4] as ts_text, f[5] as value_text
         from (
@@ -427,8 +427,8 @@ def _parquet_sql(path: Path, con, mapping: ColumnMapping) -> tuple[str, list]:
     source = f"""
         select file_row_number + 1 as line, NULL as raw_text, false as blank,
                NULL as early_reason,
-               trim({as_text('user_id')}) as user_id,
-               trim({as_text('item_id')}) as item_id,
+               {trim_id(as_text('user_id'))} as user_id,
+               {trim_id(as_text('item_id'))} as item_id,
                {et_expr} as event_type,
                {ts} as ts, {ts_text} as ts_text,
                {value} as value, {value_text} as value_text

@@ -134,3 +134,14 @@ def add_new_ids(con, source: str, column: str, where: str = "true") -> None:
                           where {where} and {column} is not null and {column} <> ''
                           group by {column}) n
                     anti join {table} using ({column})""")
+
+
+# what surrounds an id and is not part of it: spaces, tabs, line breaks (a CRLF file's \r)
+ID_SPACE = "' ' || chr(9) || chr(10) || chr(11) || chr(12) || chr(13)"
+
+
+def trim_id(expr: str) -> str:
+    """SQL for the id in ``expr`` without the whitespace around it (README: surrounding
+    whitespace is not part of an id), the one rule of every input: files, bodies, catalog,
+    impressions."""
+    return f"trim({expr}, {ID_SPACE})"

@@ -287,15 +287,16 @@ def test_ids_lose_surrounding_whitespace_in_every_format(tmp_path, write):
     duckdb.sql(f"copy (select '  lead' as user_id, 'i1' as item_id, 'view' as event_type, "
                f"timestamp '2026-10-01' as ts) to '{parquet}'")
     files = [write("a.csv", HEADER + '"  lead",i1,view,2026-10-01T00:00:00,\n'
-                   + " lead ,i2,view,2026-10-01T00:00:00,\n"),
-             write("b.jsonl", '{"user_id": "  lead", "item_id": "i3", "event_type": "view", '
+                   + " lead ,i2,view,2026-10-01T00:00:00,\n"
+                   + "\tlead\r,i4,view,2026-10-01T00:00:00,\n"),  # TAB and CR too
+             write("b.jsonl", '{"user_id": "  lead\\t", "item_id": "i3", "event_type": "view", '
                               '"ts": "2026-10-01T00:00:00"}\n'), parquet]
     db = tmp_path / "w.duckdb"
     assert run(db, "ingest", *map(str, files)).exit_code == 0
     con = rtsql.connect(db)
     try:
         assert con.execute("select user_id from users").fetchall() == [("lead",)]
-        assert count(con, "select count(*) from events") == 4
+        assert count(con, "select count(*) from events") == 5
     finally:
         con.close()
 
