@@ -717,11 +717,14 @@ def json_array_as_lines(body: bytes) -> bytes:
         return body
     try:
         items = json.loads(body)
+        return "".join(json.dumps(item, separators=(",", ":")) + "\n" for item in items).encode()
     except ValueError as exc:
         error = InvalidSetting(f"the body starts like a JSON array but is not one: {exc}")
-        error.field = "body"
-        raise error from None
-    return "".join(json.dumps(item, separators=(",", ":")) + "\n" for item in items).encode()
+    except RecursionError:  # Python's parser recurses per nesting level
+        error = InvalidSetting("the body nests arrays or objects thousands of levels deep; an "
+                               "event is one flat object")
+    error.field = "body"
+    raise error from None
 
 
 def ingest_bodies(con, bodies: list[tuple[str, bytes]], *, fmt: str = "jsonl",

@@ -179,6 +179,12 @@ def test_bad_input_gets_a_4xx_naming_the_field(server):
     assert server.json("GET", "/similar-users/no-such-user")[0] == 404
     status, got = server.json("POST", "/events", b'[{"user_id": "a"')
     assert status == 400 and got["field"] == "body"
+    # (Reliability issue, item 7) 100,000 levels of nesting: was a 500 and a traceback
+    status, got = server.json("POST", "/events", b"[" * 100_000 + b"]" * 100_000)
+    assert status == 400 and got["field"] == "body" and "deep" in got["error"], got
+    status, got = server.json("POST", "/events", b'[{"user_id": ' + b"[" * 100_000
+                              + b"]" * 100_000 + b"}]")
+    assert status == 400 and got["field"] == "body", got
     status, got = server.json("POST", "/impressions", b'{"not": "a list"}')
     assert status == 400 and got["field"] == "body"
     # a body over the limit is refused from its Content-Length, before it is read
