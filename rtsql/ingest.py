@@ -362,11 +362,26 @@ def _json_chunk_sql(mapping: ColumnMapping) -> tuple[str, list]:
                case when txt is null then 'invalid UTF-8'
                     when not ok then 'malformed JSON'
                     when f is null then 'JSON line is not an object'
+                    when id_types[1] not in ('VARCHAR', 'BIGINT', 'UBIGINT', 'NULL')
+                        then 'user_id is a JSON ' || lower(id_types[1])
+                             || ': an id is a string or an integer'
+                    when id_types[2] not in ('VARCHAR', 'BIGINT', 'UBIGINT', 'NULL')
+                        then 'item_id is a JSON ' || lower(id_types[2])
+                             || ': an id is a string or an integer'
                end as early_reason,
                {trim_id('f[1]')} as user_id, {trim_id('f[2]')} as item_id,
                case when f is not null then {et_expr} end as event_type,
                f[4] as ts_text, f[5] as value_text
         from (
+            select *,
+                   -- an id's JSON type, read again only where its text could be a number
+                   -- with a fraction or exponent, a boolean, an object or an array
+                   case when regexp_full_match(f[1], '[-+0-9.eE]+|true|false')
+                             or regexp_full_match(f[2], '[-+0-9.eE]+|true|false')
+                             or left(f[1], 1) in ('[', chr(123)) or left(f[2], 1) in ('[', chr(123))
+                        then json_type(txt, ?::VARCHAR[])
+                        else ['VARCHAR', 'VARCHAR'] end as id_types
+            from (
             select line, txt, raw_text, ok,
                    case when ok and json_type(txt) = 'OBJECT'
                         then json_extract_string(txt, ?::VARCHAR[]) end as f
@@ -375,10 +390,11 @@ def _json_chunk_sql(mapping: ColumnMapping) -> tuple[str, list]:
                        coalesce(json_valid(txt), false) as ok
                 from {{lines}}
             )
+            )
         )
     """
     return (_TYPED_SELECT.format(source=_text_source(inner.format(lines=_DECODED_LINES))),
-            params + [paths])
+            params + [paths[:2], paths])
 
 
 # Lines as Arrow binary (newline included) -> text without the line break. Invalid UTF-8 leaves

@@ -336,3 +336,27 @@ def test_tail_leaves_files_outside_its_folder_alone(tmp_path, write):
                 ("active",)]
     finally:
         con.close()
+
+
+def test_json_ids_are_strings_or_integers(tmp_path, write):
+    """(Reliability issue, item 7.) A JSON number with a fraction or an exponent, a boolean,
+    an object or an array as an id became a string ("1e3" -> "1000.0"): now each such line
+    is rejected with the reason; integers stay ids, as in CSV."""
+    lines = [('42', '"i1"'), ('1e3', '"i1"'), ('true', '"i1"'), ('"u1"', '{"a": 1}'),
+             ('"1.5"', '"[x]"'), ('-7', '[1]')]
+    path = write("ids.jsonl", "".join(
+        f'{{"user_id": {u}, "item_id": {i}, "event_type": "view", '
+        f'"ts": "2026-10-01T00:00:00"}}\n' for u, i in lines))
+    db = tmp_path / "j.duckdb"
+    assert run(db, "ingest", str(path)).exit_code == 0
+    con = rtsql.connect(db)
+    try:
+        assert sorted(r[0] for r in con.execute("select user_id from users").fetchall()) \
+            == ["1.5", "42"]
+        assert con.execute("select line, reason from rejects order by line").fetchall() == [
+            (2, "user_id is a JSON double: an id is a string or an integer"),
+            (3, "user_id is a JSON boolean: an id is a string or an integer"),
+            (4, "item_id is a JSON object: an id is a string or an integer"),
+            (6, "item_id is a JSON array: an id is a string or an integer")]
+    finally:
+        con.close()
