@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import uuid
 from pathlib import Path
 
 import duckdb
@@ -86,13 +87,29 @@ class Publisher:
     def __init__(self, target: str | os.PathLike, database: str | os.PathLike | None = None):
         self.target = check_target(target, database)
         self.base = self.target.with_name("." + self.target.name + ".base")
-        self.tmp = self.target.with_name("." + self.target.name + ".tmp")
+
+    def _temporary(self) -> Path:
+        """A name of this publish's own beside the target: a fixed one would delete whatever
+        file happened to sit there (and a publish that dies leaves a hidden file, never
+        someone else's file gone)."""
+        return self.target.with_name(f".{self.target.name}.{uuid.uuid4().hex[:12]}.tmp")
 
     def full(self, con) -> float:
         start = time.perf_counter()
-        self._clear_tmp()
+        tmp = self._temporary()
+        try:
+            self._full(con, tmp)
+        except BaseException:
+            self._discard(tmp)
+            raise
+        # remembered, so that forget can republish every copy of the data (privacy.forget_user)
+        con.execute("insert or ignore into snapshot_targets values (?, now())",
+                    [str(self.target.resolve())])
+        return time.perf_counter() - start
+
+    def _full(self, con, tmp: Path) -> None:
         con.execute(f"attach ? as rtsql_snapshot (storage_version '{STORAGE_VERSION}')",
-                    [str(self.tmp)])
+                    [str(tmp)])
         try:
             # each table from its own DDL, so keys and indexes (recommend()'s lookups) come along
             ddl = {table: table_ddl(con, table) for table in SERVING_TABLES}
@@ -105,18 +122,14 @@ class Publisher:
             con.execute(f"create table rtsql_snapshot.events as {_PENDING}", [None])
         finally:
             con.execute("detach rtsql_snapshot")
-        snap = db.open_file(self.tmp)
+        snap = db.open_file(tmp)
         try:
             migrate.install_definitions(snap)
             snap.execute("checkpoint")
         finally:
             snap.close()
-        shutil.copyfile(self.tmp, self.base)
-        self._install()
-        # remembered, so that forget can republish every copy of the data (privacy.forget_user)
-        con.execute("insert or ignore into snapshot_targets values (?, now())",
-                    [str(self.target.resolve())])
-        return time.perf_counter() - start
+        shutil.copyfile(tmp, self.base)
+        db.replace_atomically(tmp, self.target)
 
     def events(self, con) -> float:
         if not self.base.exists():
@@ -134,17 +147,19 @@ class Publisher:
             con.execute("checkpoint rtsql_base")
         finally:
             con.execute("detach rtsql_base")
-        self._clear_tmp()
-        shutil.copyfile(self.base, self.tmp)
-        self._install()
+        tmp = self._temporary()
+        try:
+            shutil.copyfile(self.base, tmp)
+            db.replace_atomically(tmp, self.target)
+        except BaseException:
+            self._discard(tmp)
+            raise
         return time.perf_counter() - start
 
-    def _clear_tmp(self) -> None:
-        for leftover in (self.tmp, Path(str(self.tmp) + ".wal")):
+    @staticmethod
+    def _discard(tmp: Path) -> None:
+        for leftover in (tmp, Path(str(tmp) + ".wal")):
             leftover.unlink(missing_ok=True)
-
-    def _install(self) -> None:
-        db.replace_atomically(self.tmp, self.target)
 
 
 def republish_all(con) -> list[Path]:

@@ -70,3 +70,16 @@ def test_publish_replaces_an_earlier_snapshot(shop, tmp_path):
     target = tmp_path / "s.duckdb"
     assert tail_once(shop, tmp_path / "in", target).exit_code == 0
     assert tail_once(shop, tmp_path / "in", target).exit_code == 0  # a snapshot: replaced
+
+
+def test_publish_leaves_a_file_at_its_old_temporary_name_alone(shop, tmp_path):
+    """(Reliability issue, item 7.) Publishing wrote through a fixed hidden name beside the
+    target and deleted whatever sat there first. Each publish now uses a name of its own and
+    leaves no temporary file behind."""
+    target = tmp_path / "s.duckdb"
+    bystander = tmp_path / ".s.duckdb.tmp"
+    bystander.write_text("someone's file\n")
+    assert tail_once(shop, tmp_path / "in", target).exit_code == 0
+    assert tail_once(shop, tmp_path / "in", target).exit_code == 0
+    assert bystander.read_text() == "someone's file\n"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp") and p != bystander]
