@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import InvalidSetting, UnknownItem, UnknownUser
-from .sqlutil import scalar
+from .sqlutil import clean_id, scalar
 
 # The strategies recommend() blends: name -> (the setting holding its blend weight, its column
 # in the macro's cfg). 'hybrid' blends them all with those weights; any other strategy scores
@@ -76,20 +76,23 @@ def recommend(con, user_id: str, k: int = DEFAULT_K, *, strategy: str = DEFAULT_
     check_request(k, strategy)
     check_variant([r[0] for r in con.execute("select name from ab_variants").fetchall()],
                   variant)
+    exclude = [clean_id(i) for i in exclude] if exclude else exclude
     return _rows(con, "select * from recommend(?, k := ?, exclude := ?, category := ?, "
-                      "strategy := ?, variant := ?)", [user_id, k, exclude, category, strategy,
-                                                       variant])
+                      "strategy := ?, variant := ?)", [clean_id(user_id), k, exclude, category,
+                                                       strategy, variant])
 
 
 def recommend_for_items(con, item_ids: list[str], k: int = DEFAULT_K) -> Rows:
     _check_k(k)
-    return _rows(con, "select * from recommend_for_items(?, k := ?)", [list(item_ids), k])
+    return _rows(con, "select * from recommend_for_items(?, k := ?)",
+                 [[clean_id(i) for i in item_ids], k])
 
 
 def similar_items(con, item_id: str, k: int = DEFAULT_K, by: str = "cf") -> Rows:
     _check_k(k)
     if by not in ("cf", "content"):
         raise InvalidSetting("by must be 'cf' or 'content'")
+    item_id = clean_id(item_id)
     if scalar(con, "select count(*) from items where item_id = ?", [item_id]) == 0:
         raise UnknownItem(f"no item {item_id!r} in the events or the catalog")
     return _rows(con, "select * from similar_items(?, k := ?, method := ?)", [item_id, k, by])
@@ -97,6 +100,7 @@ def similar_items(con, item_id: str, k: int = DEFAULT_K, by: str = "cf") -> Rows
 
 def similar_users(con, user_id: str, k: int = DEFAULT_K) -> Rows:
     _check_k(k)
+    user_id = clean_id(user_id)
     if scalar(con, "select count(*) from users where user_id = ?", [user_id]) == 0:
         raise UnknownUser(f"no user {user_id!r} in the events")
     return _rows(con, "select * from similar_users(?, k := ?)", [user_id, k])

@@ -36,6 +36,7 @@ from .inverse_store import InverseStore
 from .measures.ease import ease_rows, mean_square
 from .sqlutil import (
     arrow_column,
+    clean_id,
     database_path,
     keys_column,
     recreate_empty,
@@ -871,6 +872,7 @@ def forget(con, user_id: str) -> RefreshResult:
     This is the database's part; ``rtsql.privacy.forget_user`` also rewrites the file and
     republishes snapshots, so no byte of the id is left behind.
     """
+    user_id = clean_id(user_id)
     user_key = scalar(con, "select user_key from users where user_id = ?", [user_id])
     if user_key is None:
         raise UnknownUser(f"no user {user_id!r}; nothing to forget")

@@ -34,7 +34,7 @@ from . import settings as settings_mod
 from .errors import InvalidSetting, ModelError, UnknownItem, UnknownUser
 from .recommend import (DEFAULT_STRATEGY, PART_CONTENT, PART_ITEM, PART_NAMES, PART_TRENDING,
                         PART_USER, Rows, blend_weights, check_request)
-from .sqlutil import arrow_table
+from .sqlutil import arrow_table, clean_id
 
 COLUMNS = ["rank", "item_id", "score", "reason"]
 # the items of recommend_for_items() count as a history with this event type and time
@@ -331,7 +331,7 @@ class ServingState:
     # ------------------------------------------------------------------ lookups
 
     def user_key(self, user_id: str) -> int | None:
-        return self.user_keys.get(user_id)
+        return self.user_keys.get(clean_id(user_id))
 
     def history(self, user_key: int | None) -> History:
         """``rtsql_user_history``: the refreshed row plus the pending events, per item: weights
@@ -363,6 +363,7 @@ class ServingState:
 
     def basket(self, item_ids: list[str]) -> History:
         """``recommend_for_items``: the known items, weight 1, type 'basket', one time."""
+        item_ids = [clean_id(i) for i in item_ids]
         keys = sorted({self.item_keys[i] for i in item_ids if i in self.item_keys})
         return History(np.array(keys, np.int64), np.ones(len(keys)),
                        np.full(len(keys), len(self.model.event_types), np.int64),
@@ -414,7 +415,7 @@ class ServingState:
         if by not in ("cf", "content"):
             raise InvalidSetting("by must be 'cf' or 'content'")
         check_request(k)
-        key = self.item_keys.get(item_id)
+        key = self.item_keys.get(clean_id(item_id))
         if key is None:
             raise UnknownItem(f"no item {item_id!r} in the events or the catalog")
         lists = self.model.item_lists if by == "cf" else self.model.content
@@ -456,6 +457,7 @@ class ServingState:
         n_items = len(self.item_ids)
         keys, scores, parts, because = (np.empty(k, np.int64), np.empty(k),
                                         np.empty(k, np.int64), np.empty(k, np.int64))
+        exclude = [clean_id(i) for i in exclude] if exclude else exclude
         excluded = np.array([self.item_keys[i] for i in exclude if i in self.item_keys]
                             if exclude else [], np.int64)
         allowed = _NO_MASK if category is None else self._category_mask(category, n_items)

@@ -145,3 +145,9 @@ def trim_id(expr: str) -> str:
     whitespace is not part of an id), the one rule of every input: files, bodies, catalog,
     impressions."""
     return f"trim({expr}, {ID_SPACE})"
+
+
+def clean_id(value: str) -> str:
+    """An id given at an edge of Python (an HTTP path, a CLI argument) as ingest stores it:
+    without the whitespace around it (trim_id's characters)."""
+    return value.strip(" \t\n\v\f\r")

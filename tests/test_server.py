@@ -352,3 +352,17 @@ def test_serve_warns_off_loopback_without_a_token_and_says_ready_only_when_it_is
     assert "without a token" in refused.stderr, refused.stderr
     assert "rtsql serve: http://" not in refused.stderr, refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_ids_in_paths_and_arguments_lose_surrounding_whitespace_as_ingest_does(server):
+    """(Reliability issue, item 7.) Ingest trims ids, but `GET /recommend/%20user-43%20` was
+    a cold start (and `rtsql recommend ' user-43 '` too)."""
+    plain = server.json("GET", "/recommend/user-43?k=5&strategy=item")[1]["items"]
+    assert plain
+    assert server.json("GET", "/recommend/%20user-43%09?k=5&strategy=item")[1]["items"] == plain
+    assert server.json("GET", "/similar-users/%20user-43%20")[0] == 200
+    cli = [sys.executable, "-m", "rtsql.cli", "--db", str(server.db_path)]
+    listed = [subprocess.run(cli + ["recommend", user, "-k", "5", "--strategy", "item",
+                                    "--format", "json"], capture_output=True, text=True,
+                             timeout=120).stdout for user in ("user-43", " user-43\t")]
+    assert listed[0] == listed[1] and json.loads(listed[0])
