@@ -420,7 +420,7 @@ def rejects(state: State, limit, source, fmt):
 @FORMAT_OPTION
 @click.pass_obj
 def status(state: State, fmt):
-    """Counts of what the database holds.
+    """Counts of what the database holds (from its snapshot while tail or serve holds it).
 
     \b
     Example:
@@ -428,7 +428,7 @@ def status(state: State, fmt):
     """
     from . import events
 
-    _emit(["what", "count"], events.summary(state.connect()).items(), fmt)
+    _emit(["what", "count"], events.summary(state.connect_reader()).items(), fmt)
 
 
 @main.command()

@@ -49,7 +49,23 @@ def rejects(con, limit: int = 20, source: str | None = None) -> list[tuple]:
         "order by rejected_at, source, line limit ?", [source, source, int(limit)]).fetchall()
 
 
-def summary(con) -> dict[str, int]:
+def summary(con) -> dict[str, int | None]:
+    """Counts of what the database holds. On a snapshot (what readers get while tail or serve
+    holds the database), events are those folded into the interaction matrix plus those after
+    its watermark, and the ingest ledger's counts (rejects, source files) are not there."""
+    tables = {r[0] for r in con.execute(
+        "select table_name from information_schema.tables").fetchall()}
+    if "source_files" not in tables:
+        return {
+            "events": scalar(con, "select coalesce(sum(events), 0) from interactions")
+            + scalar(con, "select count(*) from events where event_id > coalesce((select "
+                          "value::BIGINT from model_state where name = 'watermark'), -1)"),
+            "users": scalar(con, "select count(*) from users"),
+            "items": scalar(con, "select count(*) from items"),
+            "catalog items": scalar(con, "select count(*) from item_catalog"),
+            "rejects": None,
+            "source files": None,
+        }
     return {
         "events": scalar(con, "select count(*) from events"),
         "users": scalar(con, "select count(*) from users"),

@@ -25,6 +25,7 @@ from rtsql import catalog, ingest, recommend, refresh, snapshot
 pytestmark = pytest.mark.slow
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_events"
+SAMPLE_EVENTS = 6000  # at least: the sample holds 6,001 valid events, and a test may forget
 
 
 def free_port() -> int:
@@ -366,3 +367,18 @@ def test_ids_in_paths_and_arguments_lose_surrounding_whitespace_as_ingest_does(s
                                     "--format", "json"], capture_output=True, text=True,
                              timeout=120).stdout for user in ("user-43", " user-43\t")]
     assert listed[0] == listed[1] and json.loads(listed[0])
+
+
+def test_status_answers_from_the_snapshot_while_serve_holds_the_database(server):
+    """(Reliability issue, item 8.) `rtsql status` refused while serve ran, although
+    `recommend` answered from the snapshot. Its event count: every event of the sample
+    (folded in or pending when the snapshot was published), at most the server's."""
+    result = subprocess.run([sys.executable, "-m", "rtsql.cli", "--db", str(server.db_path),
+                             "status", "--format", "json"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "answered from the snapshot" in result.stderr
+    counts = {row["what"]: row["count"] for row in json.loads(result.stdout)}
+    health = server.json("GET", "/health")[1]
+    assert SAMPLE_EVENTS <= counts["events"] <= health["last_event_id"]
+    assert 0 < counts["users"] <= health["users"] and counts["rejects"] is None
