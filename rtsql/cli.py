@@ -297,9 +297,12 @@ def serve(state: State, host, port, token, tail_dir, patterns, recursive, poll, 
     def ready() -> None:  # once the database is ours and the state loaded, not before
         click.echo(f"rtsql serve: http://{host}:{sock.getsockname()[1]} (docs at /docs), "
                    f"database {state.db_path}, snapshot {options.publish}"
-                   + (", token required" if token else ""), err=True)
+                   + (", token required" if token else "")
+                   + "; loading the compiled scorer (the first start after an install "
+                     "compiles it: up to half a minute, requests get 503 meanwhile)", err=True)
 
-    server.run(service, sock, token=token, max_body_bytes=max_body_mb << 20, on_ready=ready)
+    server.run(service, sock, token=token, max_body_bytes=max_body_mb << 20, on_ready=ready,
+               log=lambda line: click.echo(line, err=True))
     click.echo("rtsql serve: stopped", err=True)
 
 

@@ -15,6 +15,7 @@ import hmac
 import json
 import re
 import sys
+import threading
 import time
 from enum import Enum
 from typing import Annotated, Callable
@@ -136,6 +137,15 @@ def create_app(service: Service, *, token: str | None = None,
                     await response(scope, receive, send_wrapper)
                     requests.labels("unauthorized", "401").inc()
                     return
+            if not service.ready.is_set() and scope["path"] != "/metrics":
+                response = _json({"status": "warming up",
+                                  "error": "the server is loading its compiled scorer (the "
+                                           "first start after an install compiles it, up to "
+                                           "half a minute): retry shortly"}, 503)
+                response.headers["Retry-After"] = "2"
+                await response(scope, receive, send_wrapper)
+                requests.labels("warming up", "503").inc()
+                return
             body = fast_recommend(scope) if scope["path"].startswith(_FAST) else None
             if body is not None:
                 await send({"type": "http.response.start", "status": 200,
@@ -325,10 +335,12 @@ def bind(host: str = "127.0.0.1", port: int = 8000):
 
 def run(service: Service, sock, *, token: str | None = None,
         max_body_bytes: int = MAX_BODY_BYTES, log_level: str = "warning",
-        on_ready: Callable[[], None] | None = None) -> None:
+        on_ready: Callable[[], None] | None = None,
+        log: Callable[[str], None] = lambda line: None) -> None:
     """Serve on ``sock`` (from ``bind``) until SIGINT/SIGTERM: in-flight requests finish,
     queued writes commit, the follower stops, then the process exits 0. ``on_ready`` runs
-    once the service has started (the database is this process's)."""
+    once the service has started (the database is this process's). Requests get 503
+    "warming up" until the scorer is loaded, in the background (``log`` says when)."""
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -342,9 +354,16 @@ def run(service: Service, sock, *, token: str | None = None,
     # the event loop answers reads; hand it the GIL back sooner when the writer or the
     # refresh runs Python code (the default switch interval is 5 ms, a visible p99 step)
     sys.setswitchinterval(0.0005)
-    service.start()
+    service.start(warm=False)
     if on_ready is not None:
         on_ready()
+
+    def warm() -> None:
+        started = time.perf_counter()
+        service.warm()
+        log(f"rtsql serve: ready (scorer loaded in {time.perf_counter() - started:.1f} s)")
+
+    threading.Thread(target=warm, name="rtsql-warm-up", daemon=True).start()
     try:
         config = uvicorn.Config(create_app(service, token=token, max_body_bytes=max_body_bytes),
                                 log_level=log_level, access_log=False, lifespan="off",

@@ -75,17 +75,21 @@ class Service:
         self.pending_since: float | None = None  # first write not yet folded into a refresh
         self.state: ServingState | None = None
         self._generation = 0  # bumped when a write replaces the state (forget)
+        self.ready = threading.Event()  # the scorer is compiled: requests can be answered
 
     # ------------------------------------------------------------------ life cycle
 
-    def start(self) -> "Service":
+    def start(self, warm: bool = True) -> "Service":
+        """Own the database, load the state, start the writer and the follower; and, unless
+        ``warm`` is false (then call ``warm()``), load the compiled scorer."""
         db.validate_db_path(self.db_path)
         self._lock_fd = tail_mod.acquire_lock(self.db_path)
         try:
             self.con = db.connect(self.db_path)
             self._loader = self.con.cursor()
             self.state = ServingState.load(self._loader)
-            scoring.warm_up()  # numba's machine code loaded before the first request
+            if warm:
+                self.warm()
             _freeze()
             options = self.opt.tail
             options.publish = self.opt.publish or snapshot.default_path(self.db_path)
@@ -107,6 +111,13 @@ class Service:
         self._follow = threading.Thread(target=self.follower.run, name="rtsql-follower")
         self._follow.start()
         return self
+
+    def warm(self) -> None:
+        """Load numba's machine code for the scorer before the first request: a fraction of a
+        second from its cache, up to half a minute the first time after an install (it
+        compiles). ``ready`` is set after."""
+        scoring.warm_up()
+        self.ready.set()
 
     def stop(self) -> None:
         """Finish queued writes, the refresh under way and the follower; close the database."""

@@ -382,3 +382,36 @@ def test_status_answers_from_the_snapshot_while_serve_holds_the_database(server)
     health = server.json("GET", "/health")[1]
     assert SAMPLE_EVENTS <= counts["events"] <= health["last_event_id"]
     assert 0 < counts["users"] <= health["users"] and counts["rejects"] is None
+
+
+def test_serve_answers_503_warming_up_while_its_scorer_compiles(tmp_path):
+    """(Reliability issue, item 8.) The first serve after an install compiled the scorer for
+    about 25 s before answering anything (connections hung, the terminal said nothing). Now
+    it listens at once, says it is loading the scorer, answers 503 "warming up" (with
+    Retry-After) meanwhile, then serves. An empty numba cache makes it compile, as after an
+    install."""
+    db = build_database(tmp_path / "w.duckdb")
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rtsql.cli", "--db", str(db), "serve", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba-cache")})
+    seen, deadline = [], time.monotonic() + 180
+    try:
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=60) as r:
+                    seen.append((r.status, json.loads(r.read())["status"]))
+                    break
+            except urllib.error.HTTPError as error:
+                seen.append((error.code, json.loads(error.read())["status"]))
+                assert error.headers["Retry-After"]
+            except OSError:
+                pass
+            time.sleep(0.05)
+        assert (503, "warming up") in seen and seen[-1] == (200, "ok"), seen
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    assert "loading the compiled scorer" in err and "rtsql serve: ready" in err, err
+    assert proc.returncode == 0
