@@ -71,34 +71,57 @@ def load_items(con, path: str | os.PathLike, *, fmt: str | None = None,
         f"'{n.replace(chr(39), chr(39) * 2)}', r.{quote_identifier(n)}" for n in extras) + ")"
                   if extras else "NULL")
     item_id = trim_id(f"cast({col('item_id')} as VARCHAR)")
+    # a field that opens a quote it never closes (the reader keeps the quote in the value):
+    # the row is malformed, as in the events reader
+    unbalanced = " or ".join(
+        f"(starts_with(r.{quote_identifier(n)}, '\"') and (length(r.{quote_identifier(n)}) - "
+        f"length(replace(r.{quote_identifier(n)}, '\"', ''))) % 2 = 1)" for n in names) \
+        if fmt == "csv" else "false"
     with transaction(con):
         # a scan of the staged rows keeps the file order: row_number() is the data row
         con.execute(f"create or replace temp table _rtsql_catalog_raw as select * from {reader}",
                     params)
+        # the file line of each data row: CSV lines after the header, less the lines the
+        # reader set aside (a row the reader rejects is not among the data rows)
+        set_aside = f"select distinct line from {_CSV_ERRORS}" if fmt == "csv" else \
+            "select NULL::BIGINT as line where false"
+        con.execute(f"""
+            create or replace temp table _rtsql_catalog_lines as
+            select row_number() over (order by l) as row, l as line
+            from range({2 if fmt == "csv" else 1},
+                       (select count(*) from _rtsql_catalog_raw)
+                       + (select count(*) from ({set_aside})) + 2) t(l)
+            where l not in ({set_aside}) order by l""")
         con.execute(f"""
             create or replace temp table _rtsql_catalog as
-            select row_number() over () as line, {item_id} as item_id,
+            select l.line, case when {unbalanced} then NULL else {item_id} end as item_id,
+                   {unbalanced} as unbalanced,
                    cast({col('title')} as VARCHAR) as title,
                    trim(cast({col('category')} as VARCHAR)) as category,
                    {tags} as tags, cast({col('description')} as VARCHAR) as description,
                    {attributes} as attributes, {embedding} as embedding,
                    to_json(r)::VARCHAR as raw
-            from _rtsql_catalog_raw r""")
+            from _rtsql_catalog_raw r positional join _rtsql_catalog_lines l""")
+        con.execute("drop table _rtsql_catalog_lines")
         rejected = scalar(con, """
             select count(*) from _rtsql_catalog where item_id is null or item_id = ''""")
-        if fmt == "csv":  # the rows the CSV reader set aside, with its reason
-            rejected += scalar(con, f"select count(*) from {_CSV_ERRORS}")
+        if fmt == "csv":  # the rows the CSV reader set aside: one each, with its first reason
+            rejected += scalar(con, f"select count(distinct line) from {_CSV_ERRORS}")
             con.execute(f"""
-                insert into rejects select NULL, ?, line, csv_line,
-                       'catalog row: ' || error_message, now()::TIMESTAMP
-                from {_CSV_ERRORS} order by line""", [str(path)])
+                insert into rejects select NULL, ?, line, first(csv_line order by error_message),
+                       'catalog row: ' || first(error_message order by error_message),
+                       now()::TIMESTAMP
+                from {_CSV_ERRORS} group by line order by line""", [str(path)])
             con.execute(f"drop table {_CSV_ERRORS}")
             con.execute(f"drop table {_CSV_SCANS}")
         con.execute("""
             insert into rejects
-            select NULL, ?, line + ?, raw, 'catalog row without item_id', now()::TIMESTAMP
-            from _rtsql_catalog where item_id is null or item_id = ''""",
-                    [str(path), 1 if fmt == "csv" else 0])  # CSV line 1 is the header
+            select NULL, ?, line, raw,
+                   case when unbalanced then 'catalog row: unbalanced quotes (a record must '
+                                             || 'fit on one line)'
+                        else 'catalog row without item_id' end, now()::TIMESTAMP
+            from _rtsql_catalog where item_id is null or item_id = '' order by line""",
+                    [str(path)])
         new_items = scalar(con, """
             select count(*) from (select distinct item_id from _rtsql_catalog
                                   where item_id <> '') anti join items using (item_id)""")

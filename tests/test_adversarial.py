@@ -360,3 +360,28 @@ def test_json_ids_are_strings_or_integers(tmp_path, write):
             (6, "item_id is a JSON array: an id is a string or an integer")]
     finally:
         con.close()
+
+
+def test_catalog_rejects_are_one_per_bad_row_at_its_own_line(tmp_path, write):
+    """(Reliability issue, item 6.) Under a 6-column header a short row gave 4 reject rows
+    (one per missing column), a row without an id was reported at the line of the row before
+    it (the reader's rejected rows were not counted), and an unclosed quote was accepted."""
+    path = write("items.csv", "item_id,title,category,tags,price,brand\n"
+                              "sku-1,Shoe,run,a|b,10,x\n"
+                              "sku-2,Short row\n"
+                              ",No id,run,a,1,y\n"
+                              'sku-4,"Unbalanced,run,a,1,y\n'
+                              "sku-5,Fine,run,a,2,z\n")
+    db = tmp_path / "c.duckdb"
+    result = run(db, "items", str(path))
+    assert "2 catalog rows upserted (2 new items), 3 rejected" in result.output, result.output
+    con = rtsql.connect(db)
+    try:
+        assert con.execute("select line, reason from rejects order by line").fetchall() == [
+            (3, "catalog row: Expected Number of Columns: 6 Found: 2"),
+            (4, "catalog row without item_id"),
+            (5, "catalog row: unbalanced quotes (a record must fit on one line)")]
+        assert con.execute("select item_id from item_catalog join items using (item_key) "
+                           "order by 1").fetchall() == [("sku-1",), ("sku-5",)]
+    finally:
+        con.close()
