@@ -15,7 +15,7 @@ import click
 
 from . import catalog, db, output, settings
 from . import ingest as ingest_mod
-from .errors import RtsqlError
+from .errors import RtsqlError, UnknownUser
 from .recommend import DEFAULT_K, DEFAULT_STRATEGY, MAX_K, STRATEGIES
 
 FORMAT_OPTION = click.option(
@@ -683,10 +683,13 @@ def trending_cmd(state: State, k, fmt):
 
 
 @main.command()
-@click.argument("user_id")
+@click.argument("user_id", required=False)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--stdin", "from_stdin", is_flag=True,
+              help="Read the ids from standard input, one per line (ids too long for a "
+                   "command line); needs --yes.")
 @click.pass_obj
-def forget(state: State, user_id, yes):
+def forget(state: State, user_id, yes, from_stdin):
     """Delete a user's events and everything derived from them (right to be forgotten).
 
     Also removes the user's impressions and the id from rejected rows, retires the user's key,
@@ -696,13 +699,33 @@ def forget(state: State, user_id, yes):
     \b
     Example:
         rtsql forget user-42 --yes
+        rtsql forget --stdin --yes < ids.txt
     """
     from . import privacy
 
+    if (user_id is None) == (not from_stdin):
+        raise click.UsageError("give one USER_ID, or --stdin with the ids on standard input")
+    if from_stdin and not yes:
+        raise click.UsageError("--stdin needs --yes (standard input holds the ids, not an "
+                               "answer)")
+    ids = [user_id] if user_id is not None else \
+        [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
     if not yes and not click.confirm(f"Delete every event of {user_id} and what was derived?"):
         raise click.Abort()
-    result = privacy.forget_user(state.db_path, user_id)
-    click.echo(f"forgot {user_id}: {result.summary()}")
+    failed = 0
+    for one in ids:
+        shown = one if len(one) <= 80 else one[:60] + f"... ({len(one)} characters)"
+        try:
+            result = privacy.forget_user(state.db_path, one)
+        except UnknownUser as exc:
+            if len(ids) == 1:
+                raise
+            click.echo(f"error: {str(exc).replace(repr(one), repr(shown))}", err=True)
+            failed += 1
+            continue
+        click.echo(f"forgot {shown}: {result.summary()}")
+    if failed:
+        raise click.ClickException(f"{failed} of {len(ids)} ids were not forgotten")
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import db, refresh, snapshot
+from .errors import UnknownUser
+from .sqlutil import scalar
 
 
 @dataclass
@@ -29,13 +31,59 @@ class ForgetResult:
                 f"database file rewritten in {self.compact_seconds:.1f}s")
 
 
+# model_state's flag: a forget deleted rows and the file rewrite that removes their bytes has
+# not finished yet (another process opened the file, a crash): the next forget, or serve's
+# start, finishes it
+REWRITE_PENDING = "file_rewrite_pending"
+
+
 def forget_user(db_path: str | os.PathLike, user_id: str) -> ForgetResult:
-    """Forget ``user_id`` in the database at ``db_path`` (opened here, for writing)."""
+    """Forget ``user_id`` in the database at ``db_path`` (opened here, for writing). A user
+    already deleted by a forget whose file rewrite did not finish gets that rewrite now."""
     con = db.connect(db_path)
     try:
-        result = ForgetResult(refresh.forget(con, user_id))
+        try:
+            result = ForgetResult(refresh.forget(con, user_id))
+        except UnknownUser:
+            if not rewrite_pending(con):
+                raise
+            result = ForgetResult(refresh.RefreshResult("forget", notes=[
+                f"no user {user_id!r} any more: an earlier forget deleted the rows; its file "
+                "rewrite, which had not finished, is done now"]))
         result.republished = snapshot.republish_all(con)
     finally:
         con.close()
-    result.compact_seconds = db.compact(db_path)
+    result.compact_seconds = _compact(db_path)
     return result
+
+
+def rewrite_pending(con) -> bool:
+    return scalar(con, "select count(*) from model_state where name = ?", [REWRITE_PENDING]) > 0
+
+
+def finish_pending_rewrite(db_path: str | os.PathLike) -> float | None:
+    """If a forget's file rewrite did not finish, republish and rewrite now (seconds, or
+    None when nothing was pending)."""
+    con = db.connect(db_path)
+    try:
+        if not rewrite_pending(con):
+            return None
+        snapshot.republish_all(con)
+    finally:
+        con.close()
+    return _compact(db_path)
+
+
+def clear_pending(con) -> None:
+    con.execute("delete from model_state where name = ?", [REWRITE_PENDING])
+
+
+def _compact(db_path: str | os.PathLike) -> float:
+    """Rewrite the file (no byte of deleted rows left), then drop the pending flag."""
+    seconds = db.compact(db_path)
+    con = db.connect(db_path)
+    try:
+        clear_pending(con)
+    finally:
+        con.close()
+    return seconds

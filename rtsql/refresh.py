@@ -875,7 +875,14 @@ def forget(con, user_id: str) -> RefreshResult:
     user_id = clean_id(user_id)
     user_key = scalar(con, "select user_key from users where user_id = ?", [user_id])
     if user_key is None:
-        raise UnknownUser(f"no user {user_id!r}; nothing to forget")
+        if not _rejects_mentioning(con, user_id):
+            raise UnknownUser(f"no user {user_id!r}; nothing to forget")
+        # every row of this person was rejected: their id is in rejects only
+        with transaction(con):
+            _redact_rejects(con, user_id)
+            _set_state(con, file_rewrite_pending="true")
+        return RefreshResult("forget", notes=[
+            f"{user_id!r} was only in rejected rows; the id is replaced there"])
     refresh(con)
     start = time.perf_counter()
     with _refresh_lock(con):
@@ -892,6 +899,9 @@ def forget(con, user_id: str) -> RefreshResult:
                 con.execute(f"delete from {table} where user_key = ?", [user_key])
             _redact_rejects(con, user_id)
             con.execute("insert into forgotten_users values (?, now())", [user_key])
+            # the file still holds the id's bytes until privacy rewrites it: until then, the
+            # next forget (or serve's start) finishes that first
+            _set_state(con, file_rewrite_pending="true")
             _materialize_if_on(con, values, result)
     result.mode = "forget"
     result.seconds = time.perf_counter() - start
@@ -901,15 +911,47 @@ def forget(con, user_id: str) -> RefreshResult:
 REDACTED = "<forgotten>"
 
 
+_ID_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.@")
+
+
+def _without_id(text: str | None, user_id: str) -> str | None:
+    """``text`` with each occurrence of the id that stands as a whole token (between
+    characters that cannot be part of an id: quotes, commas, spaces, brackets, or the ends)
+    replaced by REDACTED, so ``u-4`` leaves ``u-42`` alone. A scan, not a regular expression:
+    an id may be a megabyte long."""
+    if not text or user_id not in text:
+        return text
+    out, at = [], 0
+    while (found := text.find(user_id, at)) >= 0:
+        end = found + len(user_id)
+        whole = ((found == 0 or text[found - 1] not in _ID_CHARACTERS)
+                 and (end == len(text) or text[end] not in _ID_CHARACTERS))
+        out.append(text[at:found] + (REDACTED if whole else user_id))
+        at = end
+    return "".join(out) + text[at:]
+
+
+def _rejects_with_id(con, user_id: str) -> list[tuple]:
+    """(rowid, raw, reason) of the rejected rows where the id stands as a whole token, with
+    the id replaced."""
+    rows = con.execute("select rowid, raw, reason from rejects "
+                       "where contains(raw, $1) or contains(reason, $1)", [user_id]).fetchall()
+    changed = []
+    for rowid, raw, reason in rows:
+        new_raw, new_reason = _without_id(raw, user_id), _without_id(reason, user_id)
+        if (new_raw, new_reason) != (raw, reason):
+            changed.append((rowid, new_raw, new_reason))
+    return changed
+
+
+def _rejects_mentioning(con, user_id: str) -> int:
+    return len(_rejects_with_id(con, user_id))
+
+
 def _redact_rejects(con, user_id: str) -> None:
     """Replace the id in rejected rows' raw text and reason where it stands as a whole token
-    (between characters that cannot be part of an id: quotes, commas, spaces, brackets), so
-    ``u-4`` leaves ``u-42``'s rows alone. The rows stay (rows in = events + rejects)."""
-    literal = "".join(c if c.isascii() and c.isalnum() else f"\\x{{{ord(c):x}}}" for c in user_id)
-    token = r"(^|[^A-Za-z0-9_\-.@])" + literal + r"($|[^A-Za-z0-9_\-.@])"
-    # twice: two occurrences one separator apart share that separator
-    redact = "regexp_replace(regexp_replace({col}, $1, $3, 'g'), $1, $3, 'g')"
-    con.execute(f"""update rejects set raw = {redact.format(col='raw')},
-                                       reason = {redact.format(col='reason')}
-                    where contains(raw, $2) or contains(reason, $2)""",
-                [token, user_id, "\\1" + REDACTED + "\\2"])
+    (``_without_id``). The rows stay (rows in = events + rejects)."""
+    rows = _rejects_with_id(con, user_id)
+    if rows:
+        con.executemany("update rejects set raw = ?, reason = ? where rowid = ?",
+                        [[raw, reason, rowid] for rowid, raw, reason in rows])

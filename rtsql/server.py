@@ -298,12 +298,29 @@ def create_app(service: Service, *, token: str | None = None,
         result = await asyncio.wrap_future(service.submit_impressions(rows))
         return _json(result)
 
-    @app.post("/users/{user_id}/forget", summary="Delete a user and everything derived")
-    async def forget(user_id: Annotated[str, Path()]):
+    async def forget_answer(user_id: str) -> Response:
         result = await asyncio.wrap_future(service.submit_forget(user_id))
         return _json({"forgotten": user_id, "seconds": round(result.refresh.seconds, 3),
                       "snapshots_republished": [str(p) for p in result.republished],
                       "compact_seconds": round(result.compact_seconds, 3)})
+
+    @app.post("/users/{user_id}/forget", summary="Delete a user and everything derived")
+    async def forget(user_id: Annotated[str, Path()]):
+        return await forget_answer(user_id)
+
+    @app.post("/forget", summary='The same, the id in the body: {"user_id": "..."} (for ids '
+              "too long for a URL)")
+    async def forget_in_body(request: Request):
+        body = await read_body(request)
+        if isinstance(body, Response):
+            return body
+        try:
+            user_id = json.loads(body).get("user_id")
+        except (ValueError, AttributeError, RecursionError):
+            user_id = None
+        if not isinstance(user_id, str) or not user_id:
+            return _error(400, 'the body must be a JSON object {"user_id": "..."}', "user_id")
+        return await forget_answer(user_id)
 
     @app.get("/health", summary="Liveness and counts (no token needed)")
     async def health():

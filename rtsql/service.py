@@ -85,6 +85,8 @@ class Service:
         db.validate_db_path(self.db_path)
         self._lock_fd = tail_mod.acquire_lock(self.db_path)
         try:
+            if privacy.finish_pending_rewrite(self.db_path) is not None:
+                self.log("serve: finished the file rewrite of an earlier forget")
             self.con = db.connect(self.db_path)
             self._loader = self.con.cursor()
             self.state = ServingState.load(self._loader)
@@ -259,6 +261,7 @@ class Service:
             self.con = db.connect(self.db_path)
             self._loader = self.con.cursor()
             self.follower.con = self.con.cursor()
+        privacy.clear_pending(self.con)
         return republished, seconds
 
     # ------------------------------------------------------------------ follower hooks

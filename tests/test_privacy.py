@@ -167,3 +167,62 @@ def test_forgets_committed_together_each_have_their_own_outcome(shop, order):
                      [SECRET]) == 0
     finally:
         con.close()
+
+
+def test_a_person_known_only_from_rejected_rows_can_be_forgotten(tmp_path, write):
+    """(Reliability issue, item 4.) Every row of this person was rejected: forget said "no
+    user; nothing to forget" and the id stayed in rejects and in the file's bytes."""
+    db = tmp_path / "shop.duckdb"
+    rows = "".join(f"u{u},i{u % 3},view,2026-10-01T00:00:00,\n" for u in range(5))
+    rows += f"{SECRET},i1,teleport,2026-10-01T00:00:00,\n{SECRET},i2,fly,2026-10-01T00:00:00,\n"
+    cli(db, "ingest", str(write("ev.csv", HEADER + rows)))
+    assert occurrences(db) > 0
+    result = cli(db, "forget", SECRET, "--yes")
+    assert "only in rejected rows" in result.output, result.output
+    assert occurrences(db) == 0
+    assert CliRunner().invoke(main, ["--db", str(db), "forget", "nobody", "--yes"]).exit_code == 1
+
+
+def test_a_forget_whose_rewrite_did_not_finish_finishes_on_the_retry(shop):
+    """(Reliability issue, item 4.) The rows were deleted, then the file rewrite failed
+    (another process had opened the file); the retry said "no user" and the id's bytes
+    stayed. The deletion now leaves a flag that the retry (or serve's start) acts on."""
+    import duckdb
+
+    from rtsql import refresh
+
+    con = rtsql.connect(shop)
+    refresh.forget(con, SECRET)  # the database part only, as when the rewrite failed
+    con.execute("checkpoint")
+    con.close()
+    assert occurrences(shop) > 0  # deleted rows' bytes are still in the file
+    result = cli(shop, "forget", SECRET, "--yes")
+    assert "is done now" in result.output, result.output
+    assert occurrences(shop) == 0
+    raw = duckdb.connect(str(shop), read_only=True)
+    try:
+        assert raw.execute("select count(*) from model_state where name = "
+                           "'file_rewrite_pending'").fetchall() == [(0,)]
+    finally:
+        raw.close()
+    assert CliRunner().invoke(main, ["--db", str(shop), "forget", SECRET, "--yes"]).exit_code == 1
+
+
+def test_ids_of_any_accepted_length_can_be_forgotten(tmp_path, write):
+    """(Reliability issue, item 4.) A 1 MB id is accepted by ingest, but no command line or
+    URL can carry it: `forget --stdin` reads ids from standard input."""
+    long_id = "L" * (1 << 20)
+    db = tmp_path / "shop.duckdb"
+    rows = "".join(f"u{u},i{u % 3},view,2026-10-01T00:00:00,\n" for u in range(5))
+    cli(db, "ingest", str(write("ev.csv", HEADER + rows + f"{long_id},i1,view,2026-10-01T00:00:00,\n")))
+    result = CliRunner().invoke(main, ["--db", str(db), "forget", "--stdin", "--yes"],
+                                input=f"{long_id}\nu1\n")
+    assert result.exit_code == 0, result.output
+    assert "1048576 characters" in result.output and "forgot u1" in result.output
+    con = rtsql.connect(db)
+    try:
+        assert count(con, "select count(*) from users where length(user_id) > 100 "
+                          "or user_id = 'u1'") == 0
+    finally:
+        con.close()
+    assert CliRunner().invoke(main, ["--db", str(db), "forget", "--stdin"]).exit_code == 2

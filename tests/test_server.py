@@ -415,3 +415,18 @@ def test_serve_answers_503_warming_up_while_its_scorer_compiles(tmp_path):
         _, err = proc.communicate(timeout=120)
     assert "loading the compiled scorer" in err and "rtsql serve: ready" in err, err
     assert proc.returncode == 0
+
+
+def test_forget_takes_the_id_in_the_body_for_ids_too_long_for_a_url(server):
+    """(Reliability issue, item 4.) A 1 MB id is accepted by POST /events, but no URL can
+    carry it to /users/{id}/forget: POST /forget takes it in the body."""
+    long_id = "L" * (1 << 20)
+    status, got = server.json("POST", "/events", json.dumps([{
+        "user_id": long_id, "item_id": "sku-3", "event_type": "view",
+        "ts": "2026-11-30T11:00:00"}]).encode())
+    assert status == 200 and got["accepted"] == 1, got
+    status, got = server.json("POST", "/forget", json.dumps({"user_id": long_id}).encode())
+    assert status == 200 and got["forgotten"] == long_id
+    assert server.json("POST", "/forget", json.dumps({"user_id": long_id}).encode())[0] == 404
+    status, got = server.json("POST", "/forget", b'{"user": 1}')
+    assert status == 400 and got["field"] == "user_id"
