@@ -34,7 +34,58 @@ def validate_db_path(path: str | os.PathLike, *, must_exist: bool = False) -> Pa
     return p
 
 
+# The owner lock of `rtsql tail` / `rtsql serve` (a file beside the database, held with
+# flock for the process's life). Other processes' opens for writing are refused while it is
+# held, also in the moments when the owner's own DuckDB connection is closed (forget's swap
+# of the file), which DuckDB's lock alone would let them through. Paths this process owns:
+_OWNED: set[str] = set()
+
+
+def owner_lock_path(db_path: str | os.PathLike) -> str:
+    return str(db_path) + ".tail.lock"
+
+
+def acquire_owner_lock(db_path: str | os.PathLike) -> int:
+    """Own the database for this process's life (one tail or serve per file); returns the
+    lock's file descriptor for ``release_owner_lock``."""
+    import fcntl
+
+    fd = os.open(owner_lock_path(db_path), os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DatabaseLocked(f"another `rtsql tail` or `rtsql serve` is running on {db_path}; "
+                             "stop it first (one writer per database)") from None
+    _OWNED.add(os.path.realpath(db_path))
+    return fd
+
+
+def release_owner_lock(db_path: str | os.PathLike, fd: int) -> None:
+    _OWNED.discard(os.path.realpath(db_path))
+    os.close(fd)
+
+
+def _check_owner(path: Path) -> None:
+    """DatabaseLocked when another process owns the database (``acquire_owner_lock``)."""
+    import fcntl
+
+    if os.path.realpath(path) in _OWNED or not os.path.exists(owner_lock_path(path)):
+        return
+    fd = os.open(owner_lock_path(path), os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # refused while an owner holds it
+    except BlockingIOError:
+        raise DatabaseLocked(f"database {path} is owned by a running `rtsql serve` or `rtsql "
+                             "tail`: send events to it (POST /events, its folder), or stop "
+                             "it first") from None
+    finally:
+        os.close(fd)
+
+
 def _open(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    if not read_only:
+        _check_owner(path)
     try:
         return duckdb.connect(str(path), read_only=read_only)
     except duckdb.IOException as exc:

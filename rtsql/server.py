@@ -322,9 +322,11 @@ def create_app(service: Service, *, token: str | None = None,
             return _error(400, 'the body must be a JSON object {"user_id": "..."}', "user_id")
         return await forget_answer(user_id)
 
-    @app.get("/health", summary="Liveness and counts (no token needed)")
+    @app.get("/health", summary="Liveness and counts (no token needed); 503 with the "
+             "problems when the server cannot write or refresh")
     async def health():
-        return _json(service.health())
+        answer = service.health()
+        return _json(answer, 503 if answer["problems"] else 200)
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics():

@@ -42,6 +42,7 @@ from .serving import ServingState
 PUBLISH_INTERVAL_SECONDS = 30.0
 REFRESH_NICE = 10  # scheduling priority of the background refresh's threads (0: normal)
 FORGET_WAIT_SECONDS = 120.0  # how long forget waits for a background refresh to finish
+RECONNECT_SECONDS = 30.0  # how long serve retries opening its file again after forget's swap
 
 
 @dataclass
@@ -76,6 +77,7 @@ class Service:
         self.state: ServingState | None = None
         self._generation = 0  # bumped when a write replaces the state (forget)
         self.ready = threading.Event()  # the scorer is compiled: requests can be answered
+        self.lost: str | None = None  # why the database cannot be written, if it cannot
 
     # ------------------------------------------------------------------ life cycle
 
@@ -106,7 +108,7 @@ class Service:
             # readers (the CLI, BI tools) find a current snapshot from the first request on
             self.follower.publish(full=True)
         except BaseException:
-            os.close(self._lock_fd)
+            tail_mod.release_lock(self.db_path, self._lock_fd)
             raise
         self._writer = threading.Thread(target=self._write_loop, name="rtsql-writer")
         self._writer.start()
@@ -131,7 +133,7 @@ class Service:
         self._loader.close()
         self.follower.con.close()
         self.con.close()
-        os.close(self._lock_fd)
+        tail_mod.release_lock(self.db_path, self._lock_fd)
 
     def __enter__(self) -> "Service":
         return self.start()
@@ -258,11 +260,29 @@ class Service:
         try:
             seconds = db.compact(self.db_path)
         finally:
-            self.con = db.connect(self.db_path)
-            self._loader = self.con.cursor()
-            self.follower.con = self.con.cursor()
+            self._reconnect()
         privacy.clear_pending(self.con)
         return republished, seconds
+
+    def _reconnect(self) -> None:
+        """Open the database again after the swap. Other rtsql processes cannot take it
+        meanwhile (the owner lock), but another DuckDB client can, in that moment: retry for
+        RECONNECT_SECONDS, then say so in /health (and every write fails) instead of dying."""
+        deadline = time.monotonic() + RECONNECT_SECONDS
+        while True:
+            try:
+                self.con = db.connect(self.db_path)
+                break
+            except DatabaseLocked as exc:
+                self.lost = (f"another process opened {self.db_path} for writing while a "
+                             f"forget swapped in its rewritten file ({exc}); stop that process "
+                             "and restart serve")
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        self.lost = None
+        self._loader = self.con.cursor()
+        self.follower.con = self.con.cursor()
 
     # ------------------------------------------------------------------ follower hooks
 
@@ -290,9 +310,20 @@ class Service:
 
     # ------------------------------------------------------------------ reads
 
+    def problems(self) -> list[str]:
+        """Why this server cannot do its job (empty: it can): /health answers 503 with them."""
+        found = [self.lost] if self.lost else []
+        if not self._writer.is_alive():
+            found.append("the writer thread stopped: writes are not committed")
+        if not self._follow.is_alive():
+            found.append("the follower thread stopped: no refreshes, snapshots or folder")
+        return found
+
     def health(self) -> dict:
         state = self.state
-        return {"status": "ok", "users": len(state.user_keys), "items": len(state.item_keys),
+        problems = self.problems()
+        return {"status": "failing" if problems else "ok", "problems": problems,
+                "users": len(state.user_keys), "items": len(state.item_keys),
                 "watermark": state.model.watermark, "last_event_id": state.seen["event_id"],
                 "pending_events": sum(len(v) for v in list(state.pending.values())),
                 "last_refresh": self.last_refresh}

@@ -17,7 +17,6 @@ is stable (or when renamed in from a temporary name).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import fnmatch
 import hashlib
 import os
@@ -35,7 +34,7 @@ from . import ingest as ingest_mod
 from . import ledger
 from . import refresh as refresh_mod
 from . import snapshot
-from .errors import BadEventFile, DatabaseLocked, InputPathError
+from .errors import BadEventFile, InputPathError
 from .ingest import ColumnMapping, Segment
 from .sqlutil import database_path
 
@@ -497,15 +496,17 @@ def wake_handler(wake: threading.Event):
 
 
 def acquire_lock(db_path: str) -> int:
-    """One tail per database: a second one gets a clear error."""
-    fd = os.open(str(db_path) + ".tail.lock", os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise DatabaseLocked(f"another `rtsql tail` or `rtsql serve` is running on {db_path}; "
-                             "stop it first (one writer per database)") from None
-    return fd
+    """One tail or serve per database: a second one gets a clear error (db.py's owner
+    lock, which also keeps other processes from opening the file for writing)."""
+    from . import db
+
+    return db.acquire_owner_lock(db_path)
+
+
+def release_lock(db_path: str, fd: int) -> None:
+    from . import db
+
+    db.release_owner_lock(db_path, fd)
 
 
 def follow(db_path: str | os.PathLike, directory: str | os.PathLike, options: TailOptions,
@@ -525,4 +526,4 @@ def follow(db_path: str | os.PathLike, directory: str | os.PathLike, options: Ta
         finally:
             con.close()
     finally:
-        os.close(lock)
+        release_lock(str(db_path), lock)

@@ -226,3 +226,24 @@ def test_ids_of_any_accepted_length_can_be_forgotten(tmp_path, write):
     finally:
         con.close()
     assert CliRunner().invoke(main, ["--db", str(db), "forget", "--stdin"]).exit_code == 2
+
+
+def test_health_says_when_the_server_cannot_write_or_refresh(shop):
+    """(Reliability issue, item 2.) The follower thread died and POSTs failed, while /health
+    still said "ok". health() now lists what stopped, and the route answers 503 with it."""
+    from rtsql.service import Service
+
+    service = Service(shop).start()
+    try:
+        assert service.health()["status"] == "ok" and service.health()["problems"] == []
+        service.follower.stop.set()  # the follower's loop ends, as when it died
+        service.follower.wake.set()
+        service._follow.join(timeout=60)
+        health = service.health()
+        assert health["status"] == "failing"
+        assert any("follower thread stopped" in p for p in health["problems"]), health
+        service.lost = "another process opened the file"
+        assert "another process opened the file" in service.health()["problems"]
+    finally:
+        service.lost = None
+        service.stop()

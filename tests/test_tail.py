@@ -182,7 +182,28 @@ def test_second_tail_is_refused(db_path):
         with pytest.raises(DatabaseLocked, match="another `rtsql tail`"):
             tail.acquire_lock(str(db_path))
     finally:
-        os.close(fd)
+        tail.release_lock(str(db_path), fd)
+
+
+def test_an_owned_database_refuses_other_writers_even_between_its_owners_connections(db_path):
+    """(Reliability issue, item 2.) serve closes its DuckDB connections while forget swaps
+    in the rewritten file; DuckDB's lock alone let another process (a cron `rtsql ingest`)
+    open the file for writing in that moment and keep it. The owner lock (serve's, tail's)
+    refuses other processes' writers for as long as the owner runs; readers still open."""
+    rtsql.connect(db_path).close()
+    owner = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from rtsql import tail; tail.acquire_lock(sys.argv[1]); "
+        "print('owned', flush=True); time.sleep(60)"), str(db_path)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout.readline().strip() == "owned"  # and no DuckDB connection open
+        with pytest.raises(DatabaseLocked, match="owned by a running `rtsql serve`"):
+            rtsql.connect(db_path)
+        rtsql.connect(db_path, read_only=True).close()
+    finally:
+        owner.kill()
+        owner.wait()
+    rtsql.connect(db_path).close()  # the owner gone, writers open again
 
 
 @pytest.mark.slow
