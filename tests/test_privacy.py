@@ -247,3 +247,50 @@ def test_health_says_when_the_server_cannot_write_or_refresh(shop):
     finally:
         service.lost = None
         service.stop()
+
+
+GRABBER = """
+import sys, time, rtsql
+from rtsql.errors import DatabaseLocked
+deadline = time.monotonic() + float(sys.argv[2])
+print("trying", flush=True)
+while time.monotonic() < deadline:
+    try:
+        con = rtsql.connect(sys.argv[1])
+    except DatabaseLocked:
+        continue
+    print("GOT", flush=True)
+    con.close()
+    break
+"""
+
+
+def test_no_other_rtsql_process_gets_the_file_while_serve_swaps_in_a_rewritten_one(shop):
+    """(Reliability issue, item 2.) A cron `rtsql ingest` retrying without pause to open the
+    database for writing, while serve forgets users (each forget closes serve's connections
+    and swaps in a rewritten file): it never gets the file, and serve keeps writing. (A
+    non-rtsql DuckDB client can still slip into the moment between serve's close and its
+    reopen; serve then retries and /health says so: the next test.)"""
+    import json
+    import subprocess
+    import sys
+
+    from rtsql.service import Service
+
+    service = Service(shop).start()
+    grabber = subprocess.Popen([sys.executable, "-c", GRABBER, str(shop), "60"],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert grabber.stdout.readline().strip() == "trying"
+        for user in ("u1", "u2", "u3", "u4", "u5", SECRET):
+            assert service.submit_forget(user).result(timeout=120).compact_seconds > 0
+        body = json.dumps([{"user_id": "u7", "item_id": "i1", "event_type": "view",
+                            "ts": "2026-10-05T00:00:00"}]).encode()
+        assert service.submit_events(body).result(timeout=60).ingested == 1
+        assert service.health()["status"] == "ok"
+    finally:
+        grabber.kill()
+        out, _ = grabber.communicate()
+        service.stop()
+    assert "GOT" not in out
+    assert occurrences(shop) == 0
