@@ -283,16 +283,24 @@ def create_app(service: Service, *, token: str | None = None,
                       "rejects": [{"line": line, "reason": reason}
                                   for line, reason in result.rejects]})
 
-    @app.post("/impressions", summary="Record what was shown: a JSON array of objects with "
-              "user_id, item_id, ts, strategy[, variant, rec_id, rank]")
-    async def impressions(request: Request):
+    async def read_json(request: Request):
+        """The body as JSON, or the 4xx Response to answer instead."""
         body = await read_body(request)
         if isinstance(body, Response):
             return body
         try:
-            rows = json.loads(body)
+            return json.loads(body)
         except ValueError as exc:
             return _error(400, f"the body is not JSON: {exc}", "body")
+        except RecursionError:
+            return _error(400, "the body nests thousands of levels deep", "body")
+
+    @app.post("/impressions", summary="Record what was shown: a JSON array of objects with "
+              "user_id, item_id, ts, strategy[, variant, rec_id, rank]")
+    async def impressions(request: Request):
+        rows = await read_json(request)
+        if isinstance(rows, Response):
+            return rows
         if not isinstance(rows, list):
             return _error(400, "the body must be a JSON array of impressions", "body")
         result = await asyncio.wrap_future(service.submit_impressions(rows))
@@ -311,13 +319,10 @@ def create_app(service: Service, *, token: str | None = None,
     @app.post("/forget", summary='The same, the id in the body: {"user_id": "..."} (for ids '
               "too long for a URL)")
     async def forget_in_body(request: Request):
-        body = await read_body(request)
+        body = await read_json(request)
         if isinstance(body, Response):
             return body
-        try:
-            user_id = json.loads(body).get("user_id")
-        except (ValueError, AttributeError, RecursionError):
-            user_id = None
+        user_id = body.get("user_id") if isinstance(body, dict) else None
         if not isinstance(user_id, str) or not user_id:
             return _error(400, 'the body must be a JSON object {"user_id": "..."}', "user_id")
         return await forget_answer(user_id)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from hypothesis import assume, given, settings, strategies as st
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from rtsql import measures
 from rtsql.measures import ease, engine
@@ -165,7 +165,12 @@ def brute_force_sparse_ease(x: np.ndarray, k: int, lam: float, m: int, tol: floa
     return brute_force_ease_lists(weights, present, k, tol)
 
 
-@settings(deadline=None)
+# ties are common on purpose (small integer weights), so many examples are ambiguous at a
+# cut and skipped: enough remain, and hypothesis must not call that a failed health check
+AMBIGUOUS_OFTEN = settings(deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+
+
+@AMBIGUOUS_OFTEN
 @given(matrices, st.integers(1, 6), st.sampled_from([0.05, 0.5, 30.0]),
        st.sampled_from([1 << 24, 7]), st.sampled_from([1.0, 4.5]))
 def test_ease_equals_its_closed_form(rng, k, lam, block_cells, unit):
@@ -199,7 +204,7 @@ def _changed_rows(rng, x: np.ndarray, fresh: list[int]) -> np.ndarray:
     return y
 
 
-@settings(deadline=None)
+@AMBIGUOUS_OFTEN
 @given(matrices, st.integers(1, 5), st.sampled_from([0.05, 0.5, 30.0]),
        st.integers(1, 4), st.sampled_from([1 << 24, 7]))
 def test_ease_update_equals_a_rebuild_at_the_same_lambda(rng, k, lam, batches, block_cells):
@@ -256,7 +261,7 @@ def test_ease_beyond_its_item_limit_keeps_the_most_popular_and_says_so():
     assert len(notes) == 1 and "12 items" in notes[0] and "ease_max_items" in notes[0]
 
 
-@settings(deadline=None)
+@AMBIGUOUS_OFTEN
 @given(matrices, st.integers(1, 6), st.sampled_from([0.05, 0.5, 30.0]), st.integers(1, 8),
        st.sampled_from([1.0, 4.5]), st.sampled_from([1, 2]))
 def test_sparse_ease_equals_its_definition(rng, k, lam, m, unit, threads):

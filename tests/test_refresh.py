@@ -240,9 +240,8 @@ def test_ease_updates_its_stored_inverse_and_rebuilds_when_it_cannot_trust_it(tm
 
 
 
-def test_ease_rebuilds_when_lambdas_unit_drifts(tmp_path, write):
-    """lambda' is frozen between full refreshes in units of the mean squared weight: once
-    that has moved by more than EASE_LAMBDA_DRIFT, the refresh rebuilds (and says why)."""
+def ease_with_a_new_batch(tmp_path, write):
+    """A database file with similarity ease (neighbors 3), refreshed, then one new view."""
     con = rtsql.connect(tmp_path / "e.duckdb")
     configure(con, similarity="ease", neighbors=3)
     rows = "".join(f"u{u},i{(u + j) % 6},view,2026-10-0{1 + j}T00:00:00,\n"
@@ -250,6 +249,13 @@ def test_ease_rebuilds_when_lambdas_unit_drifts(tmp_path, write):
     ingest.ingest(con, [write("a.csv", HEADER + rows)])
     refresh.refresh(con)
     ingest.ingest(con, [write("b.csv", HEADER + "u1,i5,view,2026-10-06T00:00:00,\n")])
+    return con
+
+
+def test_ease_rebuilds_when_lambdas_unit_drifts(tmp_path, write):
+    """lambda' is frozen between full refreshes in units of the mean squared weight: once
+    that has moved by more than EASE_LAMBDA_DRIFT, the refresh rebuilds (and says why)."""
+    con = ease_with_a_new_batch(tmp_path, write)
     assert refresh.refresh(con).mode == "incremental"  # weights all 1: no drift
     purchases = "".join(f"u{u},i{u % 6},purchase,2026-10-07T00:00:00,\n" for u in range(8))
     ingest.ingest(con, [write("c.csv", HEADER + purchases)])
@@ -285,13 +291,7 @@ def test_a_rolled_back_ease_update_leaves_an_inverse_no_version_names(tmp_path, 
     """The inverse is written in place before the refresh's transaction commits: when the
     transaction fails afterwards, the database keeps its old version and the next refresh
     rebuilds instead of updating an inverse that already holds the lost batch."""
-    con = rtsql.connect(tmp_path / "e.duckdb")
-    configure(con, similarity="ease", neighbors=3)
-    rows = "".join(f"u{u},i{(u + j) % 6},view,2026-10-0{1 + j}T00:00:00,\n"
-                   for u in range(8) for j in range(3))
-    ingest.ingest(con, [write("a.csv", HEADER + rows)])
-    refresh.refresh(con)
-    ingest.ingest(con, [write("b.csv", HEADER + "u1,i5,view,2026-10-06T00:00:00,\n")])
+    con = ease_with_a_new_batch(tmp_path, write)
 
     def fail(*args, **kwargs):
         raise RuntimeError("disk full")
