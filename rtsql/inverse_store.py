@@ -42,7 +42,16 @@ class InverseStore:
     """The inverse of one database (``con``'s file, or this process for an in-memory one)."""
 
     def __init__(self, con):
-        path = database_path(con)
+        self._at(database_path(con))
+
+    @classmethod
+    def for_path(cls, path: str) -> "InverseStore":
+        """The store of the database file at ``path`` (without a connection to it)."""
+        store = cls.__new__(cls)
+        store._at(path)
+        return store
+
+    def _at(self, path: str | None) -> None:
         self.data = Path(path + ".ease") if path else None
         self.meta = Path(path + ".ease.json") if path else None
 

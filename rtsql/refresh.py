@@ -585,7 +585,7 @@ def _delete_rows(con, table: str, key: str, rows: np.ndarray) -> None:
 
 
 def _incremental(con, values: dict, state: dict, forget_users: np.ndarray | None = None,
-                 progress: Progress | None = None) -> RefreshResult:
+                 progress: Progress | None = None, isolate: bool = False) -> RefreshResult:
     watermark = int(state["watermark"])
     new_events = scalar(con, "select count(*) from events where event_id > ?", [watermark])
     users = con.execute("select distinct user_key from events where event_id > ? "
@@ -617,7 +617,7 @@ def _incremental(con, values: dict, state: dict, forget_users: np.ndarray | None
     cols = _capped_entries(con, values)
     notes: list[str] = []
     if _similarity_in_effect(values, state) == "ease":
-        recomputed = _update_ease(con, values, state, cols, users, old, new, notes)
+        recomputed = _update_ease(con, values, state, cols, users, old, new, notes, isolate)
         if recomputed is None:  # the inverse cannot take this change: rebuild everything
             result = _full(con, values, progress)
             result.notes[:0] = notes
@@ -667,7 +667,7 @@ def _build_ease(store: InverseStore, m: sp.csr_matrix, measure: measures.Measure
 
 
 def _update_ease(con, values: dict, state: dict, cols: dict, users: np.ndarray, old: dict,
-                 new: dict, notes: list[str]) -> int | None:
+                 new: dict, notes: list[str], isolate: bool = False) -> int | None:
     """Fold the changed users' rows (``old`` -> ``new``, capped entries of ``users``) into the
     stored EASE inverse and rewrite the item lists from it; None when it cannot (no stored
     inverse, more items than it has room for, lambda's unit drifted): rebuild."""
@@ -696,10 +696,18 @@ def _update_ease(con, values: dict, state: dict, cols: dict, users: np.ndarray, 
                               (at, entries["item_key"].astype(np.int64))),
                              shape=(len(users), m.shape[0]))
 
-    store.begin_update(factor)
-    factor.update(m, rows_of(old), rows_of(new), measure.threads)
-    lists = factor.lists(measure, present)
-    _set_state(con, ease_version=store.end_update(factor, state["ease_version"]))
+    if isolate and store.data is not None:  # in the worker process (rtsql/compute_worker.py)
+        from . import compute_worker
+
+        lists, version = compute_worker.ease_update(
+            str(store.data)[:-len(".ease")], state["ease_version"], m, rows_of(old),
+            rows_of(new), present, measure)
+    else:
+        store.begin_update(factor)
+        factor.update(m, rows_of(old), rows_of(new), measure.threads)
+        lists = factor.lists(measure, present)
+        version = store.end_update(factor, state["ease_version"])
+    _set_state(con, ease_version=version)
     con.execute("delete from item_neighbors")
     con.execute("delete from item_neighbor_lists")
     _write_lists(con, "item_neighbors", "item_key", lists, measures.model(measure).served(measure))
@@ -781,10 +789,13 @@ def _refresh_content(con, values: dict, progress: Progress | None) -> None:
 # --------------------------------------------------------------------------- entry points
 
 def refresh(con, *, full: bool = False, progress: Progress | None = None,
-            threads: int | None = None, drop_external: bool = False) -> RefreshResult:
+            threads: int | None = None, drop_external: bool = False,
+            isolate: bool = False) -> RefreshResult:
     """Bring the derived tables up to date. Incremental unless ``full``, the database was never
     refreshed, or a model setting changed since the last full refresh. ``threads`` overrides
-    the setting for the similarity engine (the server keeps a core for requests).
+    the setting for the similarity engine (the server keeps a core for requests); ``isolate``
+    runs EASE's update in a worker process at the lowest priority (rtsql/compute_worker.py:
+    the server's requests do not share the interpreter or the cores with it on equal terms).
 
     A model built by Spark from files outside the database (``--events``) holds events this
     process cannot read: a full refresh here would drop them, so it is refused (ExternalModel)
@@ -822,7 +833,7 @@ def refresh(con, *, full: bool = False, progress: Progress | None = None,
                 con.execute("delete from external_recent_events")
                 con.execute("delete from model_state where name = 'external_events'")
             result = _full(con, values, progress) if needs_full \
-                else _incremental(con, values, state, progress=progress)
+                else _incremental(con, values, state, progress=progress, isolate=isolate)
             if rebuild and not full:
                 result.notes.append(EASE_NOT_STORED if in_effect == "ease" else (
                     f"similarity {in_effect} has no incremental update: the new events made "

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import db, feedback, privacy, scoring, settings, snapshot
+from . import compute_worker, db, feedback, privacy, scoring, settings, snapshot
 from . import ingest as ingest_mod
 from . import refresh as refresh_mod
 from . import tail as tail_mod
@@ -102,6 +102,7 @@ class Service:
             options.refresh_threads = (options.refresh_threads
                                        or max(1, settings.usable_cores() - 1))
             options.refresh_nice = options.refresh_nice or REFRESH_NICE
+            options.refresh_isolated = True  # EASE's update in a worker process
             self.follower = tail_mod.Tail(self.con.cursor(), self.opt.tail_dir, options,
                                           log=self.log, lock=self.lock,
                                           on_ingest=self._caught_up, on_refresh=self._reload)
@@ -133,6 +134,7 @@ class Service:
         self._loader.close()
         self.follower.con.close()
         self.con.close()
+        compute_worker.shutdown()
         tail_mod.release_lock(self.db_path, self._lock_fd)
 
     def __enter__(self) -> "Service":

@@ -69,6 +69,7 @@ class TailOptions:
     # scheduling priority (nice, Linux: per thread, inherited by the threads it starts)
     refresh_threads: int | None = None
     refresh_nice: int = 0
+    refresh_isolated: bool = False  # EASE's update in a worker process (serve)
 
 
 @dataclass
@@ -400,7 +401,8 @@ class Tail:
                                    self.opt.refresh_nice)
                 began = time.time()
                 self._record_refresh(refresh_mod.refresh(cursor,
-                                                         threads=self.opt.refresh_threads),
+                                                         threads=self.opt.refresh_threads,
+                                                         isolate=self.opt.refresh_isolated),
                                      began)
             except Exception as exc:  # reported by the loop; the next batch tries again
                 self._refresh_error = exc

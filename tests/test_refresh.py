@@ -252,6 +252,29 @@ def ease_with_a_new_batch(tmp_path, write):
     return con
 
 
+
+def test_ease_update_in_the_worker_process_equals_the_closed_form(tmp_path, write):
+    """serve's background refresh runs EASE's update in a worker process (isolate): the
+    worker maps the stored inverse itself and hands back the lists, which equal the closed
+    form at the frozen lambda', and the database names the worker's new version."""
+    from rtsql import compute_worker
+
+    con = ease_with_a_new_batch(tmp_path, write)
+    rng = np.random.default_rng(2)
+    try:
+        for name in ("c.csv", "d.csv"):
+            rows = "".join(f"u{rng.integers(0, 12)},i{rng.integers(0, 8)},rating,"
+                           f"2026-10-07T00:00:00,{rng.integers(1, 6)}\n" for _ in range(30))
+            ingest.ingest(con, [write(name, HEADER + rows)])
+            with patch.object(refresh, "EASE_LAMBDA_DRIFT", math.inf):
+                result = refresh.refresh(con, isolate=True)
+            assert result.mode == "incremental", result.summary()
+            assert_ease_lists_are_the_closed_form(con, 3)
+        assert compute_worker._POOL is not None  # it ran there
+    finally:
+        compute_worker.shutdown()
+        con.close()
+
 def test_ease_rebuilds_when_lambdas_unit_drifts(tmp_path, write):
     """lambda' is frozen between full refreshes in units of the mean squared weight: once
     that has moved by more than EASE_LAMBDA_DRIFT, the refresh rebuilds (and says why)."""
