@@ -414,4 +414,8 @@ def test_background_refreshes_are_paced_by_the_last_incremental_one(tmp_path):
     assert t._refresh_due()  # 10 s since the start >= 3 x 2 s
     t._refresh_started = time.monotonic() - 5.0
     assert not t._refresh_due()
+    t.opt.refresh_isolated = True  # serve: the heavy part in the niced worker process
+    assert t._refresh_due()  # 5 s since the start >= 1 x 2 s
+    t._refresh_started = time.monotonic() - 1.5
+    assert not t._refresh_due()  # tail_refresh_seconds (1 s) passed, the last one's 2 s not
     con.close()
