@@ -58,13 +58,10 @@ def ease_update(db_path: str, version: str, m: sp.csr_matrix, old: sp.csr_matrix
 
 
 def _ease_update(db_path, version, m, old, new, present, measure):
-    from .inverse_store import InverseStore
+    from .inverse_store import InverseStore, update_stored
 
     store = InverseStore.for_path(db_path)
     factor = store.load(version)
     if factor is None:
         raise RuntimeError(f"the stored EASE inverse of {db_path} is not version {version}")
-    store.begin_update(factor)
-    factor.update(m, old, new, measure.threads)
-    lists = factor.lists(measure, present)
-    return lists, store.end_update(factor, version)
+    return update_stored(store, factor, version, m, old, new, present, measure)

@@ -52,6 +52,7 @@ class InverseStore:
         return store
 
     def _at(self, path: str | None) -> None:
+        self.db_path = path  # None: an in-memory database
         self.data = Path(path + ".ease") if path else None
         self.meta = Path(path + ".ease.json") if path else None
 
@@ -159,3 +160,14 @@ def _flush(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def update_stored(store: InverseStore, factor: EaseFactor, version: str, m, old, new,
+                  present, measure):
+    """Fold changed rows into the stored inverse (EaseFactor.update), bracketed by the
+    version protocol, and select the lists from it: (lists, the new version). The one
+    sequence of the refresh, in its process or in the worker (compute_worker.py)."""
+    store.begin_update(factor)
+    factor.update(m, old, new, measure.threads)
+    lists = factor.lists(measure, present)
+    return lists, store.end_update(factor, version)

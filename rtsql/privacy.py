@@ -31,10 +31,9 @@ class ForgetResult:
                 f"database file rewritten in {self.compact_seconds:.1f}s")
 
 
-# model_state's flag: a forget deleted rows and the file rewrite that removes their bytes has
-# not finished yet (another process opened the file, a crash): the next forget, or serve's
-# start, finishes it
-REWRITE_PENDING = "file_rewrite_pending"
+# refresh.REWRITE_PENDING, set by a forget that deleted rows: the next forget, or serve's
+# start, finishes the file rewrite (another process opened the file, a crash)
+REWRITE_PENDING = refresh.REWRITE_PENDING
 
 
 def forget_user(db_path: str | os.PathLike, user_id: str) -> ForgetResult:

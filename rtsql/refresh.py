@@ -32,7 +32,7 @@ import scipy.sparse as sp
 
 from . import content, measures, settings
 from .errors import DatabaseLocked, ExternalModel, InputPathError, UnknownUser
-from .inverse_store import InverseStore
+from .inverse_store import InverseStore, update_stored
 from .measures.ease import ease_rows, mean_square
 from .sqlutil import (
     arrow_column,
@@ -673,12 +673,12 @@ def _update_ease(con, values: dict, state: dict, cols: dict, users: np.ndarray, 
     inverse, more items than it has room for, lambda's unit drifted): rebuild."""
     store = InverseStore(con)
     factor = store.load(state.get("ease_version"))
-    m = _matrix(con, cols).T.tocsr()
-    present = np.diff(m.indptr) > 0
-    items = len(np.union1d(factor.rows, np.flatnonzero(present))) if factor else 0
     if factor is None:
         notes.append(EASE_NOT_STORED)
         return None
+    m = _matrix(con, cols).T.tocsr()
+    present = np.diff(m.indptr) > 0
+    items = len(np.union1d(factor.rows, np.flatnonzero(present)))
     if items > factor.buffer.shape[0]:
         notes.append(f"ease: {items} items, more than the stored inverse has room for "
                      f"({factor.buffer.shape[0]}): rebuilt in full")
@@ -696,17 +696,15 @@ def _update_ease(con, values: dict, state: dict, cols: dict, users: np.ndarray, 
                               (at, entries["item_key"].astype(np.int64))),
                              shape=(len(users), m.shape[0]))
 
-    if isolate and store.data is not None:  # in the worker process (rtsql/compute_worker.py)
+    if isolate and store.db_path is not None:  # in the worker process (compute_worker.py)
         from . import compute_worker
 
         lists, version = compute_worker.ease_update(
-            str(store.data)[:-len(".ease")], state["ease_version"], m, rows_of(old),
-            rows_of(new), present, measure)
+            store.db_path, state["ease_version"], m, rows_of(old), rows_of(new), present,
+            measure)
     else:
-        store.begin_update(factor)
-        factor.update(m, rows_of(old), rows_of(new), measure.threads)
-        lists = factor.lists(measure, present)
-        version = store.end_update(factor, state["ease_version"])
+        lists, version = update_stored(store, factor, state["ease_version"], m, rows_of(old),
+                                       rows_of(new), present, measure)
     _set_state(con, ease_version=version)
     con.execute("delete from item_neighbors")
     con.execute("delete from item_neighbor_lists")
@@ -809,8 +807,8 @@ def refresh(con, *, full: bool = False, progress: Progress | None = None,
         # a full refresh that saw no events fixed no decay landmark worth keeping (t0 = 0
         # would overflow every later event's forward-decayed weight): the next one is full too
         never = state.get("watermark", "0") == "0" and state.get("external_events") != "true"
-        # a measure without an exact incremental update (rp3beta, ease): new events mean a
-        # full refresh, and the result says so (mode "full", and a note)
+        # a measure without an update (rp3beta, sparse_ease, ease without its stored
+        # inverse): new events mean a full refresh, and the result says so (a note)
         in_effect = _similarity_in_effect(values, state)
         rebuild = not _updatable(con, in_effect, state) and _has_new_events(con, state)
         needs_full = (full or never or rebuild
@@ -891,7 +889,7 @@ def forget(con, user_id: str) -> RefreshResult:
         # every row of this person was rejected: their id is in rejects only
         with transaction(con):
             _redact_rejects(con, user_id)
-            _set_state(con, file_rewrite_pending="true")
+            _set_state(con, **{REWRITE_PENDING: "true"})
         return RefreshResult("forget", notes=[
             f"{user_id!r} was only in rejected rows; the id is replaced there"])
     refresh(con)
@@ -912,7 +910,7 @@ def forget(con, user_id: str) -> RefreshResult:
             con.execute("insert into forgotten_users values (?, now())", [user_key])
             # the file still holds the id's bytes until privacy rewrites it: until then, the
             # next forget (or serve's start) finishes that first
-            _set_state(con, file_rewrite_pending="true")
+            _set_state(con, **{REWRITE_PENDING: "true"})
             _materialize_if_on(con, values, result)
     result.mode = "forget"
     result.seconds = time.perf_counter() - start
@@ -920,6 +918,9 @@ def forget(con, user_id: str) -> RefreshResult:
 
 
 REDACTED = "<forgotten>"
+# model_state's flag: a forget deleted rows and the file rewrite that removes their bytes
+# (rtsql.privacy) has not finished yet
+REWRITE_PENDING = "file_rewrite_pending"
 
 
 _ID_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.@")
