@@ -1,25 +1,31 @@
-"""A process of its own for the refresh's heaviest compute, so a server's requests neither
-wait for the GIL behind it nor compete with it for the cores on equal terms.
+"""A process of its own for the refresh's compute, so a server's requests neither wait for the
+GIL behind it nor compete with it for the cores on equal terms.
 
-Today it runs EASE's update (measures/ease.py ``EaseFactor.update`` and the list selection):
-the inverse is a file (inverse_store.py), so the worker maps it itself; it receives the
-changed rows (small) and returns the lists (k x n entries). The process is started once
-(spawn: no copy of the server's threads or DuckDB state), at the lowest scheduling priority
-(nice 19, for its BLAS and numba threads too), and kept for the life of the caller. The
-database stays the caller's: the worker never opens it.
+The refresh (refresh.py) reads and writes the database; every similarity computation between
+those steps goes through ``run``, which calls it here or, for a refresh with ``isolate`` (the
+server's background refreshes), in the worker: full lists of every measure (the EASE build
+writes its inverse file there), the incremental lists' products, EASE's update (the inverse is
+a file, inverse_store.py, so the worker maps it itself). Arguments and results are arrays,
+pickled across (the changed rows and candidate lists of a refresh; a full build's lists). The
+process is started once (spawn: no copy of the server's threads or DuckDB state), at the
+lowest scheduling priority (nice 19, for its BLAS and numba threads too), and kept for the
+life of the caller. The database stays the caller's: the worker never opens it.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import TypeVar
 
 import numpy as np
 import scipy.sparse as sp
 
 from .measures import Measure, Neighbors
 
+T = TypeVar("T")
 _POOL: ProcessPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 NICE = 19
@@ -49,15 +55,33 @@ def shutdown() -> None:
             _POOL = None
 
 
+def run(isolate: bool, function: Callable[..., T], *args) -> T:
+    """``function(*args)``: in the worker process when ``isolate`` (a module-level function,
+    picklable arguments), else here."""
+    return pool().submit(function, *args).result() if isolate else function(*args)
+
+
+def submit(isolate: bool, function: Callable[..., T], *args) -> Future:
+    """``run`` without waiting (here: on a thread of its own), a future of the result."""
+    if isolate:
+        return pool().submit(function, *args)
+    future: Future = Future()
+
+    def work() -> None:
+        try:
+            future.set_result(function(*args))
+        except BaseException as exc:  # the caller's result() raises it
+            future.set_exception(exc)
+
+    threading.Thread(target=work, name="rtsql-compute", daemon=True).start()
+    return future
+
+
 def ease_update(db_path: str, version: str, m: sp.csr_matrix, old: sp.csr_matrix,
                 new: sp.csr_matrix, present: np.ndarray, measure: Measure
                 ) -> tuple[Neighbors, str]:
     """The stored inverse of ``db_path`` at ``version``, updated (and its new version), and
-    the EASE lists from it; in the worker process."""
-    return pool().submit(_ease_update, db_path, version, m, old, new, present, measure).result()
-
-
-def _ease_update(db_path, version, m, old, new, present, measure):
+    the EASE lists from it (``run`` it)."""
     from .inverse_store import InverseStore, update_stored
 
     store = InverseStore.for_path(db_path)

@@ -20,7 +20,6 @@ import math
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
-from . import content, measures, settings
+from . import compute_worker, content, measures, settings
 from .errors import DatabaseLocked, ExternalModel, InputPathError, UnknownUser
 from .inverse_store import InverseStore, update_stored
 from .measures.ease import ease_rows, mean_square
@@ -285,7 +284,8 @@ def _write_served_lists(con, table: str, lists: measures.Neighbors) -> None:
 
 # --------------------------------------------------------------------------- full
 
-def _full(con, values: dict, progress: Progress | None) -> RefreshResult:
+def _full(con, values: dict, progress: Progress | None, isolate: bool = False
+          ) -> RefreshResult:
     # the decay landmark: the latest event, or the wall clock while there are no events (a
     # landmark of 0 would overflow the forward-decayed weight of every event that follows)
     t0 = scalar(con, "select coalesce(epoch(max(ts)), epoch(now())) from events")
@@ -305,28 +305,34 @@ def _full(con, values: dict, progress: Progress | None) -> RefreshResult:
                      f"it fits in memory, cosine beyond that)")
     item_measure = _measure(values, kind, idf_n)  # user-user is always cosine
     store = InverseStore(con)
+    isolate = isolate and store.db_path is not None  # the worker maps the inverse's file
+    if isolate:
+        progress = None  # a callback stays in this process
     if kind == "ease":  # kept, so the next refreshes update it (_update_ease)
-        items, ease_version = _build_ease(store, x.T.tocsr(), item_measure,
-                                          _stage(progress, "items"), notes.append)
+        items, ease_version, said = compute_worker.run(
+            isolate, _build_ease, store.db_path, x.T.tocsr(), item_measure,
+            _stage(progress, "items"))
     else:
         store.discard()
         ease_version = ""
-        items = measures.full(x.T.tocsr(), item_measure, _stage(progress, "items"), notes.append)
-    # user-user is computed on a worker thread while DuckDB writes the item lists
-    with ThreadPoolExecutor(1) as worker:
-        users = worker.submit(
-            measures.full, _matrix(con, cols, most_recent_per_item(cols, values["max_item_users"])),
-            _measure(values), _stage(progress, "users")) if values["user_cf"] else None
-        recreate_empty(con, "item_neighbors")
-        recreate_empty(con, "item_neighbor_lists")
-        _write_lists(con, "item_neighbors", "item_key", items,
-                     measures.model(item_measure).served(item_measure))
-        recomputed = items.row_count()
-        recreate_empty(con, "user_neighbors")
-        if users is not None:
-            users = users.result()
-            _write_lists(con, "user_neighbors", "user_key", users, values["neighbors"])
-            recomputed += users.row_count()
+        items, said = compute_worker.run(isolate, _full_lists, x.T.tocsr(), item_measure,
+                                         _stage(progress, "items"))
+    notes += said
+    # user-user is computed beside the writes of the item lists (a thread, or the worker)
+    users = compute_worker.submit(
+        isolate, _full_lists,
+        _matrix(con, cols, most_recent_per_item(cols, values["max_item_users"])),
+        _measure(values), _stage(progress, "users")) if values["user_cf"] else None
+    recreate_empty(con, "item_neighbors")
+    recreate_empty(con, "item_neighbor_lists")
+    _write_lists(con, "item_neighbors", "item_key", items,
+                 measures.model(item_measure).served(item_measure))
+    recomputed = items.row_count()
+    recreate_empty(con, "user_neighbors")
+    if users is not None:
+        users = users.result()[0]
+        _write_lists(con, "user_neighbors", "user_key", users, values["neighbors"])
+        recomputed += users.row_count()
     _refresh_content(con, values, progress)
     _refresh_trending_counts(con, values)
     _set_state(con, watermark=scalar(con, "select coalesce(max(event_id), 0) from events"),
@@ -517,7 +523,7 @@ def _stored(con, table: str, key: str, changed: np.ndarray
 
 
 def _apply_incremental(con, table: str, key: str, matrix: sp.csr_matrix, changed: np.ndarray,
-                       measure: measures.Measure) -> int:
+                       measure: measures.Measure, isolate: bool = False) -> int:
     """Update one neighbour table after ``changed`` rows of ``matrix`` changed.
 
     Replaced rows (changed or recomputed) are rewritten whole. A merged row keeps the stored
@@ -529,7 +535,7 @@ def _apply_incremental(con, table: str, key: str, matrix: sp.csr_matrix, changed
     if not len(changed):
         return 0
     stored, pointing = _stored(con, table, key, changed)
-    result = measures.incremental(matrix, changed, stored, measure)
+    result = compute_worker.run(isolate, measures.incremental, matrix, changed, stored, measure)
     with registered(con, "_rtsql_merge", keys_column(result.merge_rows)), \
             registered(con, "_rtsql_changed", keys_column(changed)):
         kept = con.execute(f"""select t.{key} as row, t.neighbor_key as nb, t.score, t.rank,
@@ -619,20 +625,21 @@ def _incremental(con, values: dict, state: dict, forget_users: np.ndarray | None
     if _similarity_in_effect(values, state) == "ease":
         recomputed = _update_ease(con, values, state, cols, users, old, new, notes, isolate)
         if recomputed is None:  # the inverse cannot take this change: rebuild everything
-            result = _full(con, values, progress)
+            result = _full(con, values, progress, isolate)
             result.notes[:0] = notes
             return result
     else:
         recomputed = _apply_incremental(
             con, "item_neighbors", "item_key", _matrix(con, cols).T.tocsr(), changed_items,
-            _measure(values, _similarity_in_effect(values, state), float(state.get("idf_n", 0))))
+            _measure(values, _similarity_in_effect(values, state), float(state.get("idf_n", 0))),
+            isolate)
     if values["user_cf"]:
         item_cap = values["max_item_users"]
         recomputed += _apply_incremental(
             con, "user_neighbors", "user_key",
             _matrix(con, cols, most_recent_per_item(cols, item_cap)),
             _moved_by_item_cap(cols, old, users, changed_items, item_cap, n_items)
-            if item_cap > 0 else changed_users, _measure(values))
+            if item_cap > 0 else changed_users, _measure(values), isolate)
     _refresh_trending_counts(con, values)
     _refresh_content_if_changed(con, values, state)
     _set_state(con, watermark=max(watermark, scalar(
@@ -649,21 +656,32 @@ EASE_NOT_STORED = ("ease: no stored inverse matches the lists (the first refresh
                    "upgrade, an interrupted refresh, or a copied database file): rebuilt in full")
 
 
-def _build_ease(store: InverseStore, m: sp.csr_matrix, measure: measures.Measure,
-                progress: Progress | None, notice) -> tuple[measures.Neighbors, str]:
+def _full_lists(m: sp.csr_matrix, measure: measures.Measure, progress: Progress | None
+                ) -> tuple[measures.Neighbors, list[str]]:
+    """measures.full and its notices, as values (for compute_worker.run)."""
+    notes: list[str] = []
+    return measures.full(m, measure, progress, notes.append), notes
+
+
+def _build_ease(db_path: str | None, m: sp.csr_matrix, measure: measures.Measure,
+                progress: Progress | None) -> tuple[measures.Neighbors, str, list[str]]:
     """Full EASE lists, keeping the inverse for updates when every item with interactions is
-    in it. Its buffer has room for an eighth more items than today's (at least 1,024 more, at
-    most ease_max_items): rows of the file are capacity wide, and file systems allocate the
-    unused tail of each row too (measured on ext4: twice the items' room cost 1.6x the disk)."""
-    rows = ease_rows(m, measure, notice)
+    in it: (lists, its version or "", notices). Its buffer has room for an eighth more items
+    than today's (at least 1,024 more, at most ease_max_items): rows of the file are capacity
+    wide, and file systems allocate the unused tail of each row too (measured on ext4: twice
+    the items' room cost 1.6x the disk). ``db_path`` is the database's file (None: this
+    process keeps the inverse); this may run in the worker process (compute_worker.run)."""
+    store = InverseStore.for_path(db_path)
+    notes: list[str] = []
+    rows = ease_rows(m, measure, notes.append)
     factor = store.build(m, rows, measure.ease_lambda * mean_square(m[rows]),
                          min(measure.ease_max_items, len(rows) + max(1024, len(rows) // 8)))
     lists = factor.lists(measure, progress=progress)
     items = int(np.count_nonzero(np.diff(m.indptr)))
     if items > len(rows):  # the most popular only: which ones may change, rebuild each time
         store.discard()
-        return lists, ""
-    return lists, store.publish(factor)
+        return lists, "", notes
+    return lists, store.publish(factor), notes
 
 
 def _update_ease(con, values: dict, state: dict, cols: dict, users: np.ndarray, old: dict,
@@ -696,12 +714,10 @@ def _update_ease(con, values: dict, state: dict, cols: dict, users: np.ndarray, 
                               (at, entries["item_key"].astype(np.int64))),
                              shape=(len(users), m.shape[0]))
 
-    if isolate and store.db_path is not None:  # in the worker process (compute_worker.py)
-        from . import compute_worker
-
-        lists, version = compute_worker.ease_update(
-            store.db_path, state["ease_version"], m, rows_of(old), rows_of(new), present,
-            measure)
+    if isolate and store.db_path is not None:  # the worker maps the file itself
+        lists, version = compute_worker.run(
+            True, compute_worker.ease_update, store.db_path, state["ease_version"], m,
+            rows_of(old), rows_of(new), present, measure)
     else:
         lists, version = update_stored(store, factor, state["ease_version"], m, rows_of(old),
                                        rows_of(new), present, measure)
@@ -792,8 +808,10 @@ def refresh(con, *, full: bool = False, progress: Progress | None = None,
     """Bring the derived tables up to date. Incremental unless ``full``, the database was never
     refreshed, or a model setting changed since the last full refresh. ``threads`` overrides
     the setting for the similarity engine (the server keeps a core for requests); ``isolate``
-    runs EASE's update in a worker process at the lowest priority (rtsql/compute_worker.py:
-    the server's requests do not share the interpreter or the cores with it on equal terms).
+    runs the similarity compute (full lists, incremental products, EASE's build and update)
+    in a worker process at the lowest priority (rtsql/compute_worker.py: the server's
+    requests do not share the interpreter or the cores with it on equal terms); this process
+    keeps the database reads and writes.
 
     A model built by Spark from files outside the database (``--events``) holds events this
     process cannot read: a full refresh here would drop them, so it is refused (ExternalModel)
@@ -830,7 +848,7 @@ def refresh(con, *, full: bool = False, progress: Progress | None = None,
                 con.execute("delete from external_item_counts")
                 con.execute("delete from external_recent_events")
                 con.execute("delete from model_state where name = 'external_events'")
-            result = _full(con, values, progress) if needs_full \
+            result = _full(con, values, progress, isolate) if needs_full \
                 else _incremental(con, values, state, progress=progress, isolate=isolate)
             if rebuild and not full:
                 result.notes.append(EASE_NOT_STORED if in_effect == "ease" else (

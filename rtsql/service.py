@@ -102,7 +102,7 @@ class Service:
             options.refresh_threads = (options.refresh_threads
                                        or max(1, settings.usable_cores() - 1))
             options.refresh_nice = options.refresh_nice or REFRESH_NICE
-            options.refresh_isolated = True  # EASE's update in a worker process
+            options.refresh_isolated = True  # the similarity compute in a worker process
             self.follower = tail_mod.Tail(self.con.cursor(), self.opt.tail_dir, options,
                                           log=self.log, lock=self.lock,
                                           on_ingest=self._caught_up, on_refresh=self._reload)

@@ -69,7 +69,7 @@ class TailOptions:
     # scheduling priority (nice, Linux: per thread, inherited by the threads it starts)
     refresh_threads: int | None = None
     refresh_nice: int = 0
-    refresh_isolated: bool = False  # EASE's update in a worker process (serve)
+    refresh_isolated: bool = False  # the refresh's compute in a worker process (serve)
 
 
 @dataclass

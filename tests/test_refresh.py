@@ -275,6 +275,50 @@ def test_ease_update_in_the_worker_process_equals_the_closed_form(tmp_path, writ
         compute_worker.shutdown()
         con.close()
 
+@pytest.mark.parametrize("similarity", ["cosine", "sparse_ease", "ease"])
+def test_refreshes_with_their_compute_in_the_worker_equal_refreshes_in_process(tmp_path,
+                                                                              similarity):
+    """serve's background refreshes (isolate) compute in the worker process: full lists of
+    every measure, the incremental products (item-item cosine, user-user) and EASE's build
+    and update. Batch by batch they leave the same tables as the same refreshes in process."""
+    from rtsql import compute_worker
+
+    rng = np.random.default_rng(7)
+    batches = [[(int(rng.integers(0, 10)), int(rng.integers(0, 12)), "rating", 3 * b + h % 3,
+                 int(rng.integers(1, 6))) for h in range(40)] for b in range(3)]
+    states, modes, ran = [], [], set()
+    real_pool = compute_worker.pool
+
+    class Spy:  # records what ran in the worker
+        def submit(self, function, *args):
+            ran.add(function.__name__)
+            return real_pool().submit(function, *args)
+
+    try:
+        for isolate in (False, True):
+            con = rtsql.connect(tmp_path / f"isolated_{isolate}.duckdb")
+            configure(con, similarity=similarity, neighbors=3, max_item_users=4)
+            done = []
+            for n, batch in enumerate(batches):
+                ingest.ingest(con, [write_batch(tmp_path, f"{isolate}_{n}.csv", batch)])
+                with patch.object(refresh, "EASE_LAMBDA_DRIFT", math.inf), \
+                        patch.object(compute_worker, "pool", Spy):
+                    done.append(refresh.refresh(con, isolate=isolate).mode)
+            states.append(snapshot(con))
+            modes.append(done)
+            con.close()
+    finally:
+        compute_worker.shutdown()
+    assert modes[0] == modes[1]
+    assert modes[0][1:] == (["full", "full"] if similarity == "sparse_ease"
+                            else ["incremental", "incremental"])
+    assert ran == {"cosine": {"_full_lists", "incremental"},
+                   "sparse_ease": {"_full_lists"},
+                   "ease": {"_build_ease", "ease_update", "_full_lists", "incremental"}
+                   }[similarity]
+    assert_same_state(states[1], states[0])
+
+
 def test_ease_rebuilds_when_lambdas_unit_drifts(tmp_path, write):
     """lambda' is frozen between full refreshes in units of the mean squared weight: once
     that has moved by more than EASE_LAMBDA_DRIFT, the refresh rebuilds (and says why)."""
