@@ -158,9 +158,9 @@ SETTINGS: dict[str, Setting] = {
         Setting("ease_max_items", int, 15_000,
                 "ease: at most this many items (the most popular) enter the dense n x n "
                 "inverse: about 16 n^2 bytes of memory and n^3 multiply-adds per refresh; the "
-                "others get no item-item list. similarity auto uses cosine beyond it.",
+                "others get no item-item list. similarity auto uses sparse_ease beyond it.",
                 _positive(lambda: math.isqrt((physical_mib() << 20) // 16))),
-        Setting("ease_neighbors", int, 256,
+        Setting("ease_neighbors", int, 192,
                 "sparse_ease: each item is regressed on this many items it co-occurs with most "
                 "(m): about n x m^3 / 3 multiply-adds and 64 x n x m bytes for n items.",
                 _positive(2000)),

@@ -42,7 +42,7 @@ class Measure:
     buffer_length: int = 0  # entries kept per row (>= k; 0: k): a buffer that refills lists
     ease_lambda: float = 300.0  # ease: L2 regularization of the closed form
     ease_max_items: int = 15_000  # ease: the most popular rows that enter the dense inverse
-    ease_neighbors: int = 256  # sparse_ease: the regressors of each item (its top co-occurring)
+    ease_neighbors: int = 192  # sparse_ease: the regressors of each item (its top co-occurring)
 
     @property
     def list_length(self) -> int:
