@@ -327,7 +327,7 @@ class Service:
         return {"status": "failing" if problems else "ok", "problems": problems,
                 "users": len(state.user_keys), "items": len(state.item_keys),
                 "watermark": state.model.watermark, "last_event_id": state.seen["event_id"],
-                "pending_events": sum(len(v) for v in list(state.pending.values())),
+                "pending_events": state.pending_events,
                 "last_refresh": self.last_refresh}
 
     def model_age(self) -> float:

@@ -166,6 +166,7 @@ class ServingState:
         self.item_ids = item_ids  # key -> item id (None where no item has the key)
         self.item_keys = item_keys  # item id -> key
         self.pending = pending  # user key -> [(item key, weight, type code, ts_us, event_id)]
+        self.pending_events = sum(len(rows) for rows in pending.values())  # /health reads it
         self.seen = seen  # {"event_id", "user_key", "item_key"}: what catch_up has read
 
     # ------------------------------------------------------------------ loading
@@ -291,6 +292,7 @@ class ServingState:
             rows.append((item, weight, code.get(event_type, 0), ts, event_id))
         if events:
             self.seen["event_id"] = max(self.seen["event_id"], events[-1][0])
+        self.pending_events += len(events)
         return len(events)
 
     def read_new(self, con) -> tuple[list, list, list]:
@@ -326,6 +328,7 @@ class ServingState:
         event_id, user, item, event_type, ts, weight = event
         self.pending.setdefault(user, []).append(
             (item, weight, self.model.type_codes.get(event_type, 0), ts, event_id))
+        self.pending_events += 1
         self.seen["event_id"] = max(self.seen["event_id"], event_id)
 
     # ------------------------------------------------------------------ lookups
@@ -453,7 +456,6 @@ class ServingState:
         """The macro's steps for one user, compiled (rtsql.scoring.score_user)."""
         from . import scoring
 
-        m = self.model
         n_items = len(self.item_ids)
         keys, scores, parts, because = (np.empty(k, np.int64), np.empty(k),
                                         np.empty(k, np.int64), np.empty(k, np.int64))

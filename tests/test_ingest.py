@@ -263,3 +263,27 @@ def test_rows_in_equal_events_plus_rejects_plus_skipped(tmp_path_factory, rows):
     assert again.status in ("unchanged", "empty")
     assert count(con, "select count(*) from events") == res.ingested
     con.close()
+
+
+@settings(deadline=None, max_examples=60)
+@given(st.lists(st.one_of(
+    st.dictionaries(st.sampled_from(["user_id", "item_id", "event_type", "ts", "value"]),
+                    st.one_of(st.text(max_size=8), st.integers(), st.floats(allow_nan=False),
+                              st.none(), st.lists(st.integers(), max_size=2))),
+    st.integers(), st.text(max_size=5)), max_size=6), st.sampled_from([None, 1, 2]))
+def test_a_json_array_body_becomes_one_line_per_element_with_its_own_text(items, indent):
+    """Each element of an array body is one JSON line equal to it (pretty-printed elements
+    included), in order; the line is the client's text, not an encoding of it again."""
+    body = json.dumps(items, indent=indent).encode()
+    lines = ingest.json_array_as_lines(body).decode().splitlines()
+    assert [json.loads(line) for line in lines] == items
+    compact = json.dumps(items, separators=(", ", ": ")).encode()
+    assert ingest.json_array_as_lines(compact).decode().splitlines() == [
+        json.dumps(item, separators=(", ", ": ")) for item in items]
+
+
+@pytest.mark.parametrize("body", [b'[{"a": 1}', b'[{"a": 1},]', b'[{"a": 1} {"b": 2}]',
+                                  b'[{"a": 1}] trailing', b'[\xff]'])
+def test_a_body_that_starts_like_an_array_and_is_not_one_is_refused(body):
+    with pytest.raises(InvalidSetting, match="starts like a JSON array"):
+        ingest.json_array_as_lines(body)

@@ -127,7 +127,9 @@ def test_catch_up_reads_what_was_committed_after_loading(db_path, tmp_path):
     ingest.ingest(con, [live])
     before = state.recommend("newcomer", 5)
     assert all(r[3].startswith(("trending", "popular")) for r in before.rows)
+    assert state.pending_events == 0
     assert state.catch_up(con) == 2
+    assert state.pending_events == 2 == sum(len(rows) for rows in state.pending.values())
     after = state.recommend("newcomer", 5)
     assert_same_rows(after, recommend.recommend(con, "newcomer", 5), "newcomer")
     assert after.rows[0][3].startswith("item-cf: because you bought")
