@@ -2,7 +2,7 @@
 
     python benchmarks/bench_prequential.py [--dataset ml|tafeng] [--limit 3000|all]
                                            [--recency 0,1] [--refresh-every 100]
-                                           [--engine memory,sql]
+                                           [--engine memory,sql] [--set NAME=V1/V2]
 
 rtsql runs through `rtsql.evaluate.prequential`: the first 80% of the events (by time, user,
 item) are ingested and refreshed in a scratch database, then the stream replays one event at a
@@ -26,6 +26,7 @@ rtsql's replay uses, for both sides).
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import tempfile
 import time
@@ -84,6 +85,9 @@ def main():
     parser.add_argument("--engine", default="memory")
     parser.add_argument("--recency", default="0,1")
     parser.add_argument("--refresh-every", type=int, default=100)
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting of rtsql's scratch database (repeatable); "
+                             "NAME=V1/V2 replays once per value")
     args = parser.parse_args()
     dataset = DATASETS[args.dataset]
     dataset.require()
@@ -95,18 +99,23 @@ def main():
     table = []
     with tempfile.TemporaryDirectory() as tmp:
         con = dataset.build_database(Path(tmp) / "all.duckdb", events)
-        for engine in args.engine.split(","):
-            for recency in args.recency.split(","):
-                start = time.perf_counter()
-                res = evaluate.prequential(con, limit=limit, refresh_every=args.refresh_every,
-                                           overrides={"recency_half_life_days": recency},
-                                           engine=engine)
-                wall = time.perf_counter() - start
-                p50, p99 = evaluate.summarize_latencies(res.latencies)
-                table.append((f"rtsql {engine}, recency_half_life_days={recency}", res.evaluated,
-                              round(res.hit_rate, 4), round(p50, 2), round(p99, 2),
-                              round(wall, 1)))
-                print(table[-1], file=sys.stderr)
+        names = [text.split("=", 1)[0] for text in args.set]
+        grid = list(itertools.product(*(text.split("=", 1)[1].split("/") for text in args.set)))
+        for engine, recency, values in itertools.product(
+                args.engine.split(","), args.recency.split(","), grid):
+            chosen = dict(zip(names, values))
+            start = time.perf_counter()
+            res = evaluate.prequential(
+                con, limit=limit, refresh_every=args.refresh_every,
+                overrides={"recency_half_life_days": recency, **chosen}, engine=engine)
+            wall = time.perf_counter() - start
+            p50, p99 = evaluate.summarize_latencies(res.latencies)
+            label = "".join(f", {k}={v}" for k, v in chosen.items())
+            table.append((f"rtsql {engine}, recency_half_life_days={recency}{label}",
+                          res.evaluated,
+                          round(res.hit_rate, 4), round(p50, 2), round(p99, 2),
+                          round(wall, 1)))
+            print(table[-1], file=sys.stderr)
         con.close()
     start = time.perf_counter()
     hr, evaluated, latencies = peer(events, limit if limit is not None else len(events))

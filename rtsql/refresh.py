@@ -335,11 +335,13 @@ def _full(con, values: dict, progress: Progress | None, isolate: bool = False
         recomputed += users.row_count()
     _refresh_content(con, values, progress)
     _refresh_trending_counts(con, values)
-    _set_state(con, watermark=scalar(con, "select coalesce(max(event_id), 0) from events"),
-               t0=t0, decay_rate=lam, idf_n=idf_n, model_config=_model_config(con, values),
-               item_measure=kind, ease_version=ease_version,
-               catalog_version=_catalog_version(con), full_refresh_at=time.time())
-    return RefreshResult("full", scalar(con, "select count(*) from events"),
+    watermark, events = con.execute(
+        "select coalesce(max(event_id), 0), count(*) from events").fetchall()[0]
+    _set_state(con, watermark=watermark, t0=t0, decay_rate=lam, idf_n=idf_n,
+               model_config=_model_config(con, values), item_measure=kind,
+               ease_version=ease_version, catalog_version=_catalog_version(con),
+               full_refresh_at=time.time(), full_watermark=watermark, full_events=events)
+    return RefreshResult("full", events,
                          scalar(con, "select count(*) from users"), x.shape[1], recomputed,
                          notes=notes)
 
@@ -432,6 +434,24 @@ def _updatable(con, measure: str, state: dict) -> bool:
     if measure == "ease":
         return InverseStore(con).load(state.get("ease_version")) is not None
     return measures.MODELS[measure].incremental
+
+
+def _deferred_rebuild(con, values: dict, state: dict, measure: str) -> str | None:
+    """For item lists with no exact update (sparse_ease, rp3beta): whether they may wait for a
+    later full refresh (setting rebuild_fraction), as the note that says so; None: rebuild
+    now. They wait while the events since the last full refresh are at most rebuild_fraction
+    of the events it saw."""
+    fraction = values["rebuild_fraction"]
+    if measure == "ease" or measures.MODELS[measure].incremental or fraction <= 0 \
+            or "full_events" not in state:
+        return None
+    since = scalar(con, "select count(*) from events where event_id > ?",
+                   [int(state["full_watermark"])])
+    allowed = math.floor(fraction * int(state["full_events"]))
+    if since > allowed:
+        return None
+    return (f"{measure} item lists kept from the last full refresh ({since} events since it; "
+            f"rebuilt beyond {allowed}, rebuild_fraction {fraction:g})")
 
 
 def _has_new_events(con, state: dict) -> bool:
@@ -622,17 +642,19 @@ def _incremental(con, values: dict, state: dict, forget_users: np.ndarray | None
     changed_users, changed_items = _changes(old, new, n_items)
     cols = _capped_entries(con, values)
     notes: list[str] = []
-    if _similarity_in_effect(values, state) == "ease":
+    kind = _similarity_in_effect(values, state)
+    if kind == "ease":
         recomputed = _update_ease(con, values, state, cols, users, old, new, notes, isolate)
         if recomputed is None:  # the inverse cannot take this change: rebuild everything
             result = _full(con, values, progress, isolate)
             result.notes[:0] = notes
             return result
+    elif not measures.MODELS[kind].incremental:  # no update: kept (refresh's rebuild_fraction)
+        recomputed = 0
     else:
         recomputed = _apply_incremental(
             con, "item_neighbors", "item_key", _matrix(con, cols).T.tocsr(), changed_items,
-            _measure(values, _similarity_in_effect(values, state), float(state.get("idf_n", 0))),
-            isolate)
+            _measure(values, kind, float(state.get("idf_n", 0))), isolate)
     if values["user_cf"]:
         item_cap = values["max_item_users"]
         recomputed += _apply_incremental(
@@ -829,6 +851,8 @@ def refresh(con, *, full: bool = False, progress: Progress | None = None,
         # inverse): new events mean a full refresh, and the result says so (a note)
         in_effect = _similarity_in_effect(values, state)
         rebuild = not _updatable(con, in_effect, state) and _has_new_events(con, state)
+        deferred = _deferred_rebuild(con, values, state, in_effect) if rebuild else None
+        rebuild = rebuild and deferred is None
         needs_full = (full or never or rebuild
                       or state.get("model_config") != _model_config(con, values)
                       or _landmark_too_old(con, state))
@@ -853,7 +877,10 @@ def refresh(con, *, full: bool = False, progress: Progress | None = None,
             if rebuild and not full:
                 result.notes.append(EASE_NOT_STORED if in_effect == "ease" else (
                     f"similarity {in_effect} has no incremental update: the new events made "
-                    "this a full refresh (cosine, tfidf and ease update incrementally)"))
+                    "this a full refresh (cosine, tfidf and ease update incrementally; "
+                    "rebuild_fraction lets the others wait)"))
+            if deferred and result.mode == "incremental":
+                result.notes.append(deferred)
             _materialize_if_on(con, values, result, progress)
     result.seconds = time.perf_counter() - start
     return result

@@ -141,9 +141,9 @@ SETTINGS: dict[str, Setting] = {
                 "ease (Steck's closed-form item-item regression, dense, signed weights: "
                 "ease_lambda, ease_max_items); or sparse_ease (the same regression on each "
                 "item's ease_neighbors top co-occurring items: cost linear in the items). cosine "
-                "and tfidf lists are updated exactly by the incremental refresh; the others have "
-                "no exact update, so every refresh with new events rebuilds them in full and "
-                "says so.",
+                "and tfidf lists are updated exactly by the incremental refresh, ease's from "
+                "its stored inverse; sparse_ease and rp3beta have no exact update and are "
+                "rebuilt in full as rebuild_fraction says.",
                 choices=(AUTO, *MEASURES)),
         Setting("rp3_alpha", float, 1.0,
                 "rp3beta: transition probabilities are raised to this power.", _positive(10)),
@@ -199,6 +199,13 @@ SETTINGS: dict[str, Setting] = {
         Setting("refresh_block_mb", int, 128,
                 "Memory for one block of similarities during refresh, per thread.",
                 _positive(physical_mib)),
+        Setting("rebuild_fraction", float, 0.01,
+                "sparse_ease and rp3beta (no exact update): an incremental refresh keeps their "
+                "item lists from the last full refresh until the events since it exceed this "
+                "fraction of the events it saw, then rebuilds them in full. Users' histories "
+                "are always current; what waits is the item-item weights. 0: rebuild at every "
+                "refresh with new events. Not a model setting: a change applies from the next "
+                "refresh.", _non_negative(1e6)),
         Setting("tail_refresh_seconds", float, 10.0,
                 "rtsql tail starts a background refresh at most this often (new events reach "
                 "recommend() at once regardless; this bounds how stale neighbour lists get).",

@@ -525,7 +525,7 @@ def test_measures_without_an_exact_update_are_rebuilt_in_full_when_events_arrive
     system: no incremental update exists, so a refresh with new events is a full one (and
     says so in a note), and one without new events changes nothing."""
     con = rtsql.connect(tmp_path / "r.duckdb")
-    configure(con, similarity=measure, neighbors=3)
+    configure(con, similarity=measure, neighbors=3, rebuild_fraction=0)
     rows = "".join(f"u{u},i{(u * 3 + j) % 7},view,2026-10-0{1 + j}T00:00:00,\n"
                    for u in range(6) for j in range(3))
     ingest.ingest(con, [write("a.csv", HEADER + rows)])
@@ -537,6 +537,52 @@ def test_measures_without_an_exact_update_are_rebuilt_in_full_when_events_arrive
     assert any(f"similarity {measure} has no incremental update" in n
                for n in result.notes), result.notes
     assert "note:" in result.summary()
+    got = con.execute("select * from item_neighbors order by all").fetchall()
+    refresh.refresh(con, full=True)
+    assert con.execute("select * from item_neighbors order by all").fetchall() == got
+    con.close()
+
+
+@pytest.mark.parametrize("measure", ["rp3beta", "sparse_ease"])
+def test_lists_without_an_exact_update_wait_for_rebuild_fraction_of_new_events(
+        tmp_path, write, measure):
+    """With rebuild_fraction f, a refresh keeps such item lists while the events since the
+    last full refresh are at most f x the events it saw (and says so); everything else (the
+    interactions, user-user) is what a full refresh gives. Beyond f it rebuilds them; a
+    forget always does, so no list keeps a forgotten user's part."""
+    con = rtsql.connect(tmp_path / "r.duckdb")
+    configure(con, similarity=measure, neighbors=3, rebuild_fraction=0.25)
+    rows = "".join(f"u{u},i{(u * 3 + j) % 7},view,2026-10-0{1 + j}T00:00:00,\n"
+                   for u in range(8) for j in range(3))
+    ingest.ingest(con, [write("a.csv", HEADER + rows)])  # 24 events: 6 may wait
+    assert refresh.refresh(con).mode == "full"
+    built = con.execute("select * from item_neighbors order by all").fetchall()
+    assert built
+    more = "".join(f"u{u},i{(u + 5) % 9},click,2026-10-05T00:00:00,\n" for u in range(6))
+    ingest.ingest(con, [write("b.csv", HEADER + more)])
+    result = refresh.refresh(con)
+    assert result.mode == "incremental", result.summary()
+    assert any(f"{measure} item lists kept from the last full refresh (6 events since it; "
+               "rebuilt beyond 6" in n for n in result.notes), result.notes
+    assert con.execute("select * from item_neighbors order by all").fetchall() == built
+    kept = snapshot(con)
+    assert refresh.refresh(con, full=True).mode == "full"
+    fresh = snapshot(con)
+    assert fresh["item_neighbors"] != kept["item_neighbors"]  # the kept lists were stale
+    for part in ("item_neighbors", "served"):  # the rest is a full refresh's
+        kept[part] = fresh[part]
+    assert_same_state(kept, fresh)
+    # past the fraction (30 events seen: 7 may wait), the next refresh rebuilds
+    ingest.ingest(con, [write("c.csv", HEADER + "".join(
+        f"u{u},i{u % 4},purchase,2026-10-06T00:00:00,\n" for u in range(8)))])
+    assert refresh.refresh(con).mode == "full"
+    got = con.execute("select * from item_neighbors order by all").fetchall()
+    refresh.refresh(con, full=True)
+    assert con.execute("select * from item_neighbors order by all").fetchall() == got
+    # a forget while lists wait rebuilds them without the user
+    ingest.ingest(con, [write("d.csv", HEADER + "u1,i8,view,2026-10-07T00:00:00,\n")])
+    assert refresh.refresh(con).mode == "incremental"
+    refresh.forget(con, "u2")
     got = con.execute("select * from item_neighbors order by all").fetchall()
     refresh.refresh(con, full=True)
     assert con.execute("select * from item_neighbors order by all").fetchall() == got

@@ -23,7 +23,8 @@ lambda' and the lists are as ease.py's: ``ease_lambda`` x the mean squared weigh
 weights of largest magnitude, at most ``ease.LIST_CAP_FACTOR`` x k per item, served signed.
 A column whose truncated system is not positive definite (possible only because weak pairs
 count as 0) is solved again with twice the regularization, until it is; the build says how
-many. Lists are rebuilt in full by a refresh with new events (``incremental`` is false).
+many. There is no exact update (``incremental`` is false): the refresh keeps the lists until
+enough new events arrive (setting ``rebuild_fraction``), then rebuilds them in full.
 """
 
 from __future__ import annotations
