@@ -2,12 +2,14 @@
 
     python benchmarks/bench_scale.py [--sizes 1000000,10000000] [--repeat 3]
                                      [--users 1000] [--batches 7] [--skip-nocap]
+                                     [--cosine]
 
 For each size, on the Foundation generator's synthetic set (cached under benchmarks/data/):
 - batch ingest from Parquet (and from CSV at the largest size), whole `rtsql ingest` processes;
 - full refresh, a whole `rtsql refresh --full` process (item-item top-50 and everything
   recommend() needs: interaction matrix, user-user, content, trending), time and peak RSS, with
-  the default history cap and with the cap off (max_history 0);
+  the default history cap and with the cap off (max_history 0), and with --cosine at
+  similarity cosine (the measure of the peer below; the default, auto, picks by catalog size);
 - the peer on the same interaction matrix: implicit's CosineRecommender(K=50).fit, in-process
   time and the peak RSS of its process (implicit has no cap: compare it with both rows);
 - end to end: ingest + full refresh processes against a peer script that reads the same Parquet
@@ -101,6 +103,8 @@ def main():
     parser.add_argument("--users", type=int, default=1000, help="calls per latency figure")
     parser.add_argument("--batches", type=int, default=7, help="incremental batches of 1,000")
     parser.add_argument("--skip-nocap", action="store_true", help="no cap-off refresh row")
+    parser.add_argument("--cosine", action="store_true",
+                        help="also a full refresh at similarity cosine, implicit's measure")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     peer = have_implicit()
@@ -130,18 +134,22 @@ def main():
 
             fit = fit_peak = None
             refresh_runs = {}
-            for label, cap in (("default cap 500", "500"), ("cap off", "0")):
-                if cap == "0" and args.skip_nocap:
-                    continue
-                run_process(cli(db) + ["settings", "max_history", cap])
+            runs = [("default cap 500", {"max_history": "500"})]
+            runs += [] if args.skip_nocap else [("cap off", {"max_history": "0"})]
+            runs += [("similarity cosine", {"similarity": "cosine"})] if args.cosine else []
+            for label, changed in runs:
+                for name, value in changed.items():
+                    run_process(cli(db) + ["settings", name, value])
                 refresh_runs[label] = timed_processes(cli(db) + ["refresh", "--full"],
                                                       args.repeat)
+                for name in changed:
+                    run_process(cli(db) + ["settings", name, "--reset"])
+                cap = changed.get("max_history")
                 if cap == "500" and peer:
                     fits = [run_output([sys.executable, "-c", PEER_FIT, db])
                             for _ in range(args.repeat)]
                     fit = median([float(out) for out, _ in fits])
                     fit_peak = max(p for _, p in fits)
-            run_process(cli(db) + ["settings", "max_history", "500"])
             run_process(cli(db) + ["refresh", "--full"])
             for label, (wall, peak) in refresh_runs.items():
                 row(f"full refresh, {label} (process)", events, f"{wall:.2f}", "s",
