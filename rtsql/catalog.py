@@ -1,4 +1,5 @@
-"""The item catalog: titles, categories, tags, descriptions, free attributes and embeddings.
+"""The item catalog: titles, categories, tags, descriptions, free attributes, embeddings and
+availability (rtsql.availability).
 
 ``load_items`` upserts a CSV, JSON-lines or Parquet file into ``item_catalog`` (new item ids get
 keys in ``items``). Columns other than the known ones are kept as a JSON object in
@@ -10,11 +11,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from . import availability
 from .errors import BadEventFile, InputPathError
 from .ingest import ColumnMapping, detect_format
 from .sqlutil import add_new_ids, quote_identifier, scalar, transaction, trim_id
 
-CATALOG_COLUMNS = ("item_id", "title", "category", "tags", "description", "embedding")
+CATALOG_COLUMNS = ("item_id", "title", "category", "tags", "description", "embedding",
+                   *availability.COLUMNS)
 
 
 _CSV_ERRORS, _CSV_SCANS = "_rtsql_csv_errors", "_rtsql_csv_scans"
@@ -34,7 +37,10 @@ def _reader(path: Path, fmt: str) -> tuple[str, list]:
 def load_items(con, path: str | os.PathLike, *, fmt: str | None = None,
                mapping: ColumnMapping | None = None) -> dict[str, int]:
     """Upsert one catalog file. Returns counts: {'upserted': n, 'new_items': n, 'rejected': n}.
-    Rows without an item id go to ``rejects``."""
+    Rows without an item id, and rows whose ``available`` / ``available_from`` /
+    ``available_until`` do not parse or make an empty window, go to ``rejects`` with the
+    reason. When the file has any of those columns, each of its items' availability is set
+    from its row (``available`` empty: true; an empty bound: none)."""
     path = Path(path).expanduser().resolve()
     if not path.is_file():
         raise InputPathError(f"{path} does not exist or is not a file")
@@ -71,6 +77,10 @@ def load_items(con, path: str | os.PathLike, *, fmt: str | None = None,
         f"'{n.replace(chr(39), chr(39) * 2)}', r.{quote_identifier(n)}" for n in extras) + ")"
                   if extras else "NULL")
     item_id = trim_id(f"cast({col('item_id')} as VARCHAR)")
+    # availability (rtsql.availability): a value given that does not parse rejects the row
+    given = {c: f"nullif(trim(cast({col(c)} as VARCHAR)), '')" for c in availability.COLUMNS}
+    when = {c: f"try_cast({given[c]} as TIMESTAMPTZ)::TIMESTAMP"
+            for c in ("available_from", "available_until")}
     # a field that opens a quote it never closes (the reader keeps the quote in the value):
     # the row is malformed, as in the events reader
     unbalanced = " or ".join(
@@ -96,6 +106,15 @@ def load_items(con, path: str | os.PathLike, *, fmt: str | None = None,
             create or replace temp table _rtsql_catalog as
             select l.line, case when {unbalanced} then NULL else {item_id} end as item_id,
                    {unbalanced} as unbalanced,
+                   {given['available']} is not null
+                       and try_cast({given['available']} as BOOLEAN) is null as bad_available,
+                   {given['available_from']} is not null
+                       and {when['available_from']} is null as bad_from,
+                   {given['available_until']} is not null
+                       and {when['available_until']} is null as bad_until,
+                   coalesce(try_cast({given['available']} as BOOLEAN), true) as available,
+                   {when['available_from']} as available_from,
+                   {when['available_until']} as available_until,
                    cast({col('title')} as VARCHAR) as title,
                    trim(cast({col('category')} as VARCHAR)) as category,
                    {tags} as tags, cast({col('description')} as VARCHAR) as description,
@@ -103,8 +122,21 @@ def load_items(con, path: str | os.PathLike, *, fmt: str | None = None,
                    to_json(r)::VARCHAR as raw
             from _rtsql_catalog_raw r positional join _rtsql_catalog_lines l""")
         con.execute("drop table _rtsql_catalog_lines")
-        rejected = scalar(con, """
-            select count(*) from _rtsql_catalog where item_id is null or item_id = ''""")
+        con.execute("""
+            create or replace temp table _rtsql_catalog as
+            select *, case
+                when unbalanced then 'catalog row: unbalanced quotes (a record must fit on '
+                                     || 'one line)'
+                when item_id is null or item_id = '' then 'catalog row without item_id'
+                when bad_available then 'catalog row: available is not a boolean (true/false, '
+                                        || 'yes/no, 1/0)'
+                when bad_from or bad_until then 'catalog row: available_'
+                    || case when bad_from then 'from' else 'until' end || ' is not a timestamp'
+                when available_until <= available_from then 'catalog row: available_until is '
+                                                            || 'not after available_from'
+            end as reason
+            from _rtsql_catalog""")
+        rejected = scalar(con, "select count(*) from _rtsql_catalog where reason is not null")
         if fmt == "csv":  # the rows the CSV reader set aside: one each, with its first reason
             rejected += scalar(con, f"select count(distinct line) from {_CSV_ERRORS}")
             con.execute(f"""
@@ -116,25 +148,28 @@ def load_items(con, path: str | os.PathLike, *, fmt: str | None = None,
             con.execute(f"drop table {_CSV_SCANS}")
         con.execute("""
             insert into rejects
-            select NULL, ?, line, raw,
-                   case when unbalanced then 'catalog row: unbalanced quotes (a record must '
-                                             || 'fit on one line)'
-                        else 'catalog row without item_id' end, now()::TIMESTAMP
-            from _rtsql_catalog where item_id is null or item_id = '' order by line""",
-                    [str(path)])
+            select NULL, ?, line, raw, reason, now()::TIMESTAMP
+            from _rtsql_catalog where reason is not null order by line""", [str(path)])
+        con.execute("delete from _rtsql_catalog where reason is not null")
         new_items = scalar(con, """
-            select count(*) from (select distinct item_id from _rtsql_catalog
-                                  where item_id <> '') anti join items using (item_id)""")
+            select count(*) from (select distinct item_id from _rtsql_catalog)
+            anti join items using (item_id)""")
         add_new_ids(con, "_rtsql_catalog", "item_id")
-        upserted = scalar(con, """
-            select count(distinct item_id) from _rtsql_catalog where item_id <> ''""")
+        upserted = scalar(con, "select count(distinct item_id) from _rtsql_catalog")
+        con.execute("""
+            create or replace temp table _rtsql_catalog as
+            select c.*, i.item_key from _rtsql_catalog c join items i using (item_id)
+            qualify row_number() over (partition by item_id order by line desc) = 1""")
         con.execute("""
             insert or replace into item_catalog
-            select i.item_key, c.title, c.category, c.tags, c.description, c.attributes,
-                   c.embedding, now()::TIMESTAMP
-            from (select * from _rtsql_catalog where item_id <> ''
-                  qualify row_number() over (partition by item_id order by line desc) = 1) c
-            join items i using (item_id)""")
+            select item_key, title, category, tags, description, attributes, embedding,
+                   now()::TIMESTAMP
+            from _rtsql_catalog""")
+        if any(source[c] in names for c in availability.COLUMNS):  # the file says, per row
+            con.execute("""
+                insert or replace into item_availability
+                select item_key, available, available_from, available_until, now()::TIMESTAMP
+                from _rtsql_catalog""")
         con.execute("drop table _rtsql_catalog")
         con.execute("drop table _rtsql_catalog_raw")
     return {"upserted": upserted, "new_items": new_items, "rejected": rejected}

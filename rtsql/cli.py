@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from . import catalog, db, output, settings
+from . import availability, catalog, db, output, settings
 from . import ingest as ingest_mod
 from .errors import RtsqlError, UnknownUser
 from .recommend import DEFAULT_K, DEFAULT_STRATEGY, MAX_K, STRATEGIES
@@ -337,6 +337,45 @@ def items(state: State, path, maps, in_format, in_format_alias):
                                 mapping=mapping)
     click.echo(f"{counts['upserted']} catalog rows upserted ({counts['new_items']} new items), "
                f"{counts['rejected']} rejected")
+
+
+@main.group()
+def item():
+    """Hide items from every list (sold out, withdrawn) and show them again.
+
+    \b
+    Example:
+        rtsql item hide sku-12
+    """
+
+
+@item.command("hide")
+@click.argument("item_ids", nargs=-1, required=True)
+@click.pass_obj
+def item_hide(state: State, item_ids):
+    """Leave items out of every list from now on: recommend, similar_items, trending,
+    user_recommendations, the server. No refresh needed; their events still count.
+
+    \b
+    Example:
+        rtsql item hide sku-12 sku-40
+    """
+    count = availability.set_available(state.connect(), list(item_ids), False)
+    click.echo(f"{count} item{'s' if count != 1 else ''} hidden")
+
+
+@item.command("show")
+@click.argument("item_ids", nargs=-1, required=True)
+@click.pass_obj
+def item_show(state: State, item_ids):
+    """Show hidden items again (an availability window from the catalog still applies).
+
+    \b
+    Example:
+        rtsql item show sku-12
+    """
+    count = availability.set_available(state.connect(), list(item_ids), True)
+    click.echo(f"{count} item{'s' if count != 1 else ''} shown")
 
 
 def catalog_mapping(maps) -> ingest_mod.ColumnMapping:

@@ -571,7 +571,7 @@ def _clear(acc, c):
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def score_users(users, h_indptr, h_keys, h_weights, h_types, k,
+def score_users(users, h_indptr, h_keys, h_weights, h_types, excluded, k,
                 w_item, w_user, w_content, w_trend, exclude_seen, served,
                 item_indptr, item_keys, item_values,
                 user_indptr, user_keys, user_values,
@@ -584,8 +584,8 @@ def score_users(users, h_indptr, h_keys, h_weights, h_types, k,
     (h_*: every entry, with the weights of the macro's h, NaN elsewhere, and the event type
     codes; x_*: the capped rows user-cf reads; a user past the matrix has an empty row),
     into row i of the out_* tables; out_type: the event type code of each row's because
-    item in the user's row (0: none)."""
-    no_exclude = np.empty(0, np.int64)
+    item in the user's row (0: none); ``excluded``: item keys left out of every list (the
+    items not available)."""
     everything = np.empty(0, np.bool_)
     for i in range(len(users)):
         u = users[i]
@@ -594,7 +594,7 @@ def score_users(users, h_indptr, h_keys, h_weights, h_types, k,
             lo = h_indptr[u]
             hi = h_indptr[u + 1]
         rows = score_user(
-            u, h_keys[lo:hi], h_weights[lo:hi], no_exclude, everything, k,
+            u, h_keys[lo:hi], h_weights[lo:hi], excluded, everything, k,
             w_item, w_user, w_content, w_trend, exclude_seen, served,
             item_indptr, item_keys, item_values, user_indptr, user_keys, user_values,
             content_indptr, content_keys, content_values, x_indptr, x_keys, x_values,
@@ -665,6 +665,7 @@ def warm_up() -> None:
                *weights, *model, np.int64(1), *scratch, i1, f1, i1.copy(), i1.copy())
     out = (np.zeros((1, 1), np.int64), np.zeros((1, 1)), np.zeros((1, 1), np.int64),
            np.zeros((1, 1), np.int64), np.zeros((1, 1), np.int64), np.zeros(1, np.int64))
-    score_users(i1, ptr, none_i, none_f, none_i, np.int64(1), *weights, *model, np.int64(1),
+    score_users(i1, ptr, none_i, none_f, none_i, none_i, np.int64(1), *weights, *model,
+                np.int64(1),
                 *scratch, *out)
     merge_history(i1, f1, i1, i1, i1)

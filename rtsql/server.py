@@ -29,6 +29,7 @@ from .errors import InvalidSetting, RtsqlError, UnknownItem, UnknownUser
 from .recommend import DEFAULT_K, DEFAULT_STRATEGY, MAX_K, STRATEGIES
 from .recommend import check_variant as _check_variant
 from .service import Service
+from .sqlutil import clean_id
 
 MAX_BODY_BYTES = 16 << 20
 TOKEN_ENV = "RTSQL_TOKEN"
@@ -311,6 +312,20 @@ def create_app(service: Service, *, token: str | None = None,
         return _json({"forgotten": user_id, "seconds": round(result.refresh.seconds, 3),
                       "snapshots_republished": [str(p) for p in result.republished],
                       "compact_seconds": round(result.compact_seconds, 3)})
+
+    async def availability_answer(item_id: str, available: bool) -> Response:
+        await asyncio.wrap_future(service.submit_availability(item_id, available))
+        return _json({"item_id": clean_id(item_id), "available": available})
+
+    @app.post("/items/{item_id}/hide", summary="Leave an item out of every list from now on "
+              "(sold out, withdrawn); its events still count")
+    async def hide_item(item_id: Annotated[str, Path()]):
+        return await availability_answer(item_id, False)
+
+    @app.post("/items/{item_id}/show", summary="Show a hidden item again (its availability "
+              "window, if it has one, still applies)")
+    async def show_item(item_id: Annotated[str, Path()]):
+        return await availability_answer(item_id, True)
 
     @app.post("/users/{user_id}/forget", summary="Delete a user and everything derived")
     async def forget(user_id: Annotated[str, Path()]):

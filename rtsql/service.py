@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import compute_worker, db, feedback, privacy, scoring, settings, snapshot
+from . import (availability, compute_worker, db, feedback, privacy, scoring, settings,
+               snapshot)
 from . import ingest as ingest_mod
 from . import refresh as refresh_mod
 from . import tail as tail_mod
@@ -160,6 +161,11 @@ class Service:
     def submit_forget(self, user_id: str) -> Future:
         return self._submit("forget", user_id)
 
+    def submit_availability(self, item_id: str, available: bool) -> Future:
+        """Hide (``available`` false) or show an item; the future gives the item id once every
+        list leaves it out (or takes it back), or raises UnknownItem."""
+        return self._submit("availability", (item_id, available))
+
     def _submit(self, kind: str, payload) -> Future:
         job = _Job(kind, payload)
         self._jobs.put(job)
@@ -193,8 +199,12 @@ class Service:
                         for j in jobs]
                     self.counters["impressions"] += sum(r["loaded"] for r in results)
                     self.counters["rejects"] += sum(r["rejected"] for r in results)
+                elif kind == "availability":  # each its own outcome (an unknown id fails alone)
+                    results = [_outcome(availability.set_available, self.con, [j.payload[0]],
+                                        j.payload[1]) for j in jobs]
+                    self.state.reload_availability(self.con)
                 else:  # each forget has its own outcome (an unknown id fails alone)
-                    results = [self._forget_one(j.payload) for j in jobs]
+                    results = [_outcome(self._forget, j.payload) for j in jobs]
                 self.state.catch_up(self.con)
                 self.pending_since = self.pending_since or time.time()
             forgotten = [r for r in results if isinstance(r, privacy.ForgetResult)]
@@ -212,12 +222,6 @@ class Service:
             else:
                 job.future.set_result(result)
         self.follower.notify()
-
-    def _forget_one(self, user_id: str) -> privacy.ForgetResult | Exception:
-        try:
-            return self._forget(user_id)
-        except Exception as exc:  # this request's answer; the group's other forgets go on
-            return exc
 
     def _ingest(self, jobs: list[_Job]) -> tuple[list[_Job], list]:
         """The bodies that parse (JSON arrays become JSON lines here, off the event loop),
@@ -303,6 +307,8 @@ class Service:
                 if generation != self._generation:
                     continue  # a forget replaced the state meanwhile: load again
                 fresh.catch_up(self.con)
+                # changes commit under this lock and update the serving state's copy at once
+                fresh.availability = self.state.availability
                 self.state = fresh
                 self.pending_since = None if not fresh.pending else started
                 break
@@ -338,6 +344,14 @@ class Service:
     def refresh_lag(self) -> float:
         """Seconds since the oldest write not yet folded into a refresh (0: none)."""
         return 0.0 if self.pending_since is None else time.time() - self.pending_since
+
+
+def _outcome(function, *args):
+    """``function(*args)``, or the exception it raised: one request's answer in a group."""
+    try:
+        return function(*args)
+    except Exception as exc:
+        return exc
 
 
 def _freeze() -> None:

@@ -31,6 +31,7 @@ from itertools import accumulate
 import numpy as np
 
 from . import settings as settings_mod
+from .availability import Availability
 from .errors import InvalidSetting, ModelError, UnknownItem, UnknownUser
 from .recommend import (DEFAULT_STRATEGY, PART_CONTENT, PART_ITEM, PART_NAMES, PART_TRENDING,
                         PART_USER, Rows, blend_weights, check_request)
@@ -274,6 +275,7 @@ class ServingState:
             item_ids[key] = i
         result = cls(model, user_keys, item_ids, item_keys, {},
                      {"event_id": watermark, "user_key": n_users - 1, "item_key": n_items - 1})
+        result.availability = Availability.load(con)
         result.catch_up(con)
         return result
 
@@ -310,6 +312,10 @@ class ServingState:
             "where e.event_id > ? order by e.event_id",
             [m.rate, m.t0, self.seen["event_id"]]).fetchall()
         return items, users, events
+
+    def reload_availability(self, con) -> None:
+        """After a change of item_availability committed (called by the one writer)."""
+        self.availability = Availability.load(con)
 
     def add_ids(self, items: list, users: list) -> None:
         """New (key, id) pairs of items and users, in key order."""
@@ -422,7 +428,8 @@ class ServingState:
         if key is None:
             raise UnknownItem(f"no item {item_id!r} in the events or the catalog")
         lists = self.model.item_lists if by == "cf" else self.model.content
-        _, pos = lists.expand(np.array([key]), k)
+        _, pos = lists.expand(np.array([key]))
+        pos = pos[~np.isin(lists.keys[pos], self.availability.unavailable())][:k]
         return Rows(["rank", "item_id", "score"],
                     [(r + 1, self.item_ids[n], s) for r, (n, s) in
                      enumerate(zip(lists.keys[pos].tolist(), lists.values[pos].tolist()))])
@@ -443,8 +450,9 @@ class ServingState:
     def trending(self, k: int = 10) -> Rows:
         check_request(k)
         m = self.model
-        top = m.order_trending[:k]
-        top = top[m.popularity[top] > 0]
+        unavailable = self.availability.unavailable()
+        top = m.order_trending[:k + len(unavailable)]
+        top = top[(m.popularity[top] > 0) & ~np.isin(top, unavailable)][:k]
         return Rows(["rank", "item_id", "score"],
                     [(r + 1, self.item_ids[i], s) for r, (i, s) in
                      enumerate(zip(top.tolist(), m.trend_score[top].tolist()))])
@@ -462,6 +470,7 @@ class ServingState:
         exclude = [clean_id(i) for i in exclude] if exclude else exclude
         excluded = np.array([self.item_keys[i] for i in exclude if i in self.item_keys]
                             if exclude else [], np.int64)
+        excluded = np.concatenate([excluded, self.availability.unavailable()])
         allowed = _NO_MASK if category is None else self._category_mask(category, n_items)
         scratch = scoring.Scratch.per_thread(_LOCAL, n_items + 1)
         rows = scoring.score_user(
@@ -508,13 +517,15 @@ class ServingState:
                "because_type": np.empty((len(users), k), np.int64),
                "rows": np.zeros(len(users), np.int64)}
         args = self._kernel_args(cfg)
+        unavailable = self.availability.unavailable()
         chunks = [slice(lo, min(lo + 2048, len(users))) for lo in range(0, len(users), 2048)]
         done = [0]
 
         def run(part: slice) -> None:
             scratch = scoring.Scratch.per_thread(_LOCAL, n_items + 1)
             scoring.score_users(users[part], m.inter.indptr, m.inter.keys, weights,
-                                m.inter_type, k, *args, n_items, *scratch.arrays(),
+                                m.inter_type, unavailable, k, *args, n_items,
+                                *scratch.arrays(),
                                 *(out[name][part] for name in ("keys", "score", "part",
                                                                "because", "because_type",
                                                                "rows")))
@@ -554,7 +565,8 @@ class ServingState:
                                         np.empty(k, np.int64), np.empty(k, np.int64))
         scratch = scoring.Scratch.per_thread(_LOCAL, n_items + 1)
         rows = scoring.score_user(user_key, hist.items, _query_weights(hist, cfg),
-                                  np.empty(0, np.int64), _NO_MASK, k, *self._kernel_args(cfg),
+                                  self.availability.unavailable(), _NO_MASK, k,
+                                  *self._kernel_args(cfg),
                                   n_items, *scratch.arrays(), keys, scores, parts, because)
         return {"user_key": np.full(rows, user_key, np.int64),
                 "rank": np.arange(1, rows + 1), "item_key": keys[:rows], "score": scores[:rows],

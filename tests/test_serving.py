@@ -174,7 +174,14 @@ def test_random_databases_equal_the_macros(tmp_path_factory, events, refreshed, 
     (folder / "b.csv").write_text(HEADER + "".join(lines[cut:]))
     (folder / "items.csv").write_text("item_id,title,category\n" + "".join(
         f"i{i},Item {i},{'even' if i % 2 == 0 else 'odd'}\n" for i in range(0, 15, 3)))
+    # availability: hidden, a window not yet open, one closed, one open now
+    windows = random.Random(seed).sample(["false,,", "true,2099-01-01,", ",,2000-01-01",
+                                          ",2000-01-01,2099-01-01"] + [None] * 8, 12)
+    (folder / "available.csv").write_text("item_id,available,available_from,available_until\n"
+                                          + "".join(f"i{i},{w}\n" for i, w in enumerate(windows)
+                                                    if w is not None))
     ingest.ingest(con, [folder / "a.csv"])
+    catalog.load_items(con, folder / "available.csv")  # the next file keeps availability
     catalog.load_items(con, folder / "items.csv")
     refresh.refresh(con)
     ingest.ingest(con, [folder / "b.csv"])

@@ -68,6 +68,8 @@ excluded as (
     union all
     select item_key from items
     where p_exclude is not null and list_contains(p_exclude, item_id)
+    union all
+    select item_key from rtsql_unavailable()  -- hidden or outside their window
 ),
 -- one row per candidate: each strategy's sum, scaled by its best candidate (NULL where the
 -- strategy did not score it, or where no candidate's sum is positive), times its blend weight;

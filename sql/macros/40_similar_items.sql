@@ -11,7 +11,9 @@ n as (
     select rank, neighbor_key, score from content_neighbors
     where method = 'content' and item_key = (select item_key from i)
 )
-select n.rank, j.item_id, n.score
+-- items not available now (rtsql_unavailable) are left out and the rest ranked again
+select row_number() over (order by n.rank) as rank, j.item_id, n.score
 from n join items j on j.item_key = n.neighbor_key
-where n.rank <= k  -- both tables hold the served K only
-order by n.rank;
+where n.neighbor_key not in (select item_key from rtsql_unavailable())
+qualify row_number() over (order by n.rank) <= k  -- both tables hold the served K only
+order by 1;
