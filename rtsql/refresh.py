@@ -397,7 +397,8 @@ def _load_full(con, values: dict, folder: Path, progress: Progress | None) -> Re
     _set_state(con, watermark=model["watermark"], t0=model["t0"],
                decay_rate=model["decay_rate"], idf_n=model["idf_n"],
                model_config=_model_config(con, values), catalog_version=_catalog_version(con),
-               full_refresh_at=time.time(), item_measure="cosine")  # Spark builds cosine
+               full_refresh_at=time.time(), item_measure="cosine",  # Spark builds cosine
+               full_watermark=model["watermark"], full_events=model["events"])
     return RefreshResult("full", model["events"], scalar(con, "select count(*) from users"),
                          _shape(con)[1], recomputed)
 

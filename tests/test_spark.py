@@ -53,8 +53,9 @@ def cosine_db(path):
 def tables(con) -> dict:
     out = {t: con.execute(f"select * from {t} order by all").fetchall() for t in SPARK_TABLES}
     out["content_neighbors"] = con.execute("select * from content_neighbors order by all").fetchall()
+    # when the last full build ran is bookkeeping, not the model
     out["model_state"] = {k: v for k, v in con.execute("select * from model_state").fetchall()
-                          if k != "full_refresh_at"}
+                          if k not in ("full_refresh_at", "full_watermark", "full_events")}
     return out
 
 
