@@ -470,7 +470,9 @@ class ServingState:
         exclude = [clean_id(i) for i in exclude] if exclude else exclude
         excluded = np.array([self.item_keys[i] for i in exclude if i in self.item_keys]
                             if exclude else [], np.int64)
-        excluded = np.concatenate([excluded, self.availability.unavailable()])
+        unavailable = self.availability.unavailable()
+        if len(unavailable):
+            excluded = np.concatenate([excluded, unavailable])
         allowed = _NO_MASK if category is None else self._category_mask(category, n_items)
         scratch = scoring.Scratch.per_thread(_LOCAL, n_items + 1)
         rows = scoring.score_user(
@@ -547,7 +549,7 @@ class ServingState:
                   "item_key": out["keys"][used], "score": out["score"][used],
                   "part": out["part"][used], "because": out["because"][used],
                   "because_type": out["because_type"][used]}
-        extra = [self._recommend_codes(int(u), k, cfg) for u in fresh.tolist()]
+        extra = [self._recommend_codes(int(u), k, cfg, unavailable) for u in fresh.tolist()]
         if extra:
             for name in result:
                 result[name] = np.concatenate([result[name]] + [e[name] for e in extra])
@@ -555,8 +557,10 @@ class ServingState:
             progress(len(users) + len(fresh), len(users) + len(fresh))
         return result
 
-    def _recommend_codes(self, user_key: int, k: int, cfg: Config) -> dict[str, np.ndarray]:
-        """One user's rows as recommend_all gives them (for users with pending events)."""
+    def _recommend_codes(self, user_key: int, k: int, cfg: Config, unavailable: np.ndarray
+                         ) -> dict[str, np.ndarray]:
+        """One user's rows as recommend_all gives them (for users with pending events), with
+        the same items left out as its other users."""
         from . import scoring
 
         hist = self.history(user_key)
@@ -565,7 +569,7 @@ class ServingState:
                                         np.empty(k, np.int64), np.empty(k, np.int64))
         scratch = scoring.Scratch.per_thread(_LOCAL, n_items + 1)
         rows = scoring.score_user(user_key, hist.items, _query_weights(hist, cfg),
-                                  self.availability.unavailable(), _NO_MASK, k,
+                                  unavailable, _NO_MASK, k,
                                   *self._kernel_args(cfg),
                                   n_items, *scratch.arrays(), keys, scores, parts, because)
         return {"user_key": np.full(rows, user_key, np.int64),
