@@ -88,13 +88,13 @@ def brute_force_ease_lists(b: np.ndarray, present: np.ndarray, k: int, tol: floa
     candidates = []
     for a in range(n):
         by_size = sorted(range(n), key=lambda j: (-abs(b[a, j]), j))
-        if 0 < cap < n:
+        if 0 < cap < n and abs(b[a, by_size[cap - 1]]) > zero:  # zeros are left out anyway
             ambiguous |= abs(abs(b[a, by_size[cap - 1]]) - abs(b[a, by_size[cap]])) <= tol
         candidates += [(a, j) for j in by_size[:cap]]
     sizes = sorted((abs(b[a, j]) for a, j in candidates), reverse=True)
     budget = min(k * n, len(sizes))
     threshold = sizes[budget - 1] if budget else np.inf
-    if budget < len(sizes):
+    if budget < len(sizes) and threshold > zero:
         ambiguous |= abs(threshold - sizes[budget]) <= tol
     out = {}
     for a in range(n):

@@ -278,6 +278,23 @@ def test_sparse_ease_equals_its_definition(rng, k, lam, m, unit, threads):
     assert_same_lists(got, want, tol=1e-9)
 
 
+def test_sparse_ease_reads_a_pair_from_whichever_list_holds_it():
+    """Small neighbourhoods over many items make lists one-sided (c among a's strongest, a not
+    among c's): the system must still hold G[a, c], whichever of the two regressors comes
+    first in N(b). Seeded matrices, so every run covers such cases."""
+    checked = 0
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        x = (0.5 + rng.random((14, 12))) * (rng.random((14, 12)) < 0.45)  # no ties
+        want, ambiguous = brute_force_sparse_ease(x, 4, 0.5, 3)
+        if ambiguous:
+            continue
+        measure = measures.Measure(k=4, kind="sparse_ease", ease_lambda=0.5, ease_neighbors=3)
+        assert_same_lists(_as_dict(measures.full(sp.csr_matrix(x), measure)), want, tol=1e-9)
+        checked += 1
+    assert checked >= 10
+
+
 def test_sparse_ease_with_every_item_a_regressor_is_dense_ease():
     """Where every pair of items co-occurs and the neighbourhoods hold every other item, the
     restricted regressions are dense EASE's columns (the block inverse), so the lists agree."""

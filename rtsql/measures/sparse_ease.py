@@ -74,47 +74,57 @@ def column_weights(lists: sp.csr_matrix, diag: np.ndarray, lam: float, threads: 
                    progress: Progress | None = None) -> tuple[np.ndarray, int]:
     """For each row b of ``lists`` (its regressors N(b) and G[N(b), b]), the weights
     B[N(b), b], aligned with ``lists.data``; and how many systems needed more regularization.
-    ``progress`` hears the rows solved, piece by piece."""
+    ``progress`` hears the rows solved, piece by piece.
+
+    Rows are solved in the order of their strongest regressor, not of their keys: consecutive
+    systems then read many of the same regressors' lists, which stay in cache (measured at
+    10M events: the fill of the systems 7.7 s -> 6.1 s on one thread)."""
     n = lists.shape[0]
-    size = np.diff(lists.indptr).astype(np.float64)
-    cost = np.cumsum(size ** 3 + size)
+    size = np.diff(lists.indptr)
+    strongest = np.full(n, -1, np.int64)
+    strongest[size > 0] = lists.indices[lists.indptr[:-1][size > 0]]
+    order = np.argsort(strongest, kind="stable")
+    cost = np.cumsum(size[order].astype(np.float64) ** 3 + size[order])
     pieces = max(1, threads * PIECES_PER_THREAD)
     bounds = np.searchsorted(cost, np.linspace(0, cost[-1] if n else 0, pieces + 1)[1:-1])
     starts = np.unique(np.r_[0, bounds, n])
     width = int(size.max(initial=0))
+    out = np.zeros(lists.nnz)
 
-    def solve(span):
-        return _solve_columns(span[0], span[1], lists.indptr, lists.indices, lists.data, diag,
-                              lam, n, width)
+    def solve(span):  # each piece writes its own rows' entries of out
+        return _solve_columns(order[span[0]:span[1]], lists.indptr, lists.indices, lists.data,
+                              diag, lam, n, width, out)
 
     spans = list(zip(starts[:-1], starts[1:]))
-    out = np.zeros(lists.nnz)
-    retried = 0
+    retried = done = 0
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        for (start, end), (weights, again) in zip(spans, pool.map(solve, spans)):
-            out[lists.indptr[start]:lists.indptr[end]] = weights
+        for (start, end), again in zip(spans, pool.map(solve, spans)):
             retried += again
+            done += int(end - start)
             if progress:
-                progress(int(end), n)
+                progress(done, n)
     return out, retried
 
 
 # fastmath: the dot products of the Cholesky and the substitutions vectorize (reassociated
 # sums: 4.5x faster on a 256 x 256 system; results agree with the numpy reference to 1e-9)
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=True)
-def _solve_columns(start, end, indptr, nb, g, diag, lam, n, width):
-    """The regressions of rows start..end-1: for row b with regressors N = nb[indptr[b]:
-    indptr[b + 1]], A = G[N, N] + lam I (G[a, c] from a's list or c's, 0 when in neither;
-    G[a, a] = diag[a]), and A w = G[N, b] by Cholesky. Returns the w's, concatenated, and the
-    number of systems solved again with doubled lam (not positive definite)."""
-    base = indptr[start]
-    out = np.zeros(indptr[end] - base)
-    position = np.full(n, -1, np.int64)
-    a_mat = np.empty((width, width))
+def _solve_columns(rows, indptr, nb, g, diag, lam, n, width, out):
+    """The regressions of ``rows``: for row b with regressors N = nb[indptr[b]:indptr[b + 1]],
+    A = G[N, N] + lam I (G[a, c] from a's list or c's, 0 when in neither; G[a, a] = diag[a]),
+    and A w = G[N, b] by Cholesky; w goes to out[indptr[b]:indptr[b + 1]]. Returns the number
+    of systems solved again with doubled lam (not positive definite).
+
+    The fill is branch-free: items outside N map to the spare row and column ``width``, which
+    collect the writes nobody reads. Each regressor's list fills its own row; the lower
+    triangle then takes G[a, c] from the later regressor's list where both lists hold it (the
+    same value either way, up to the order of the sums)."""
+    position = np.full(n, width, np.int32)
+    a_mat = np.empty((width + 1, width + 1))
     low = np.empty((width, width))
     x = np.empty(width)
     retried = 0
-    for b in range(start, end):
+    for b in rows:
         s = indptr[b]
         c = indptr[b + 1] - s
         if c == 0:
@@ -126,14 +136,16 @@ def _solve_columns(start, end, indptr, nb, g, diag, lam, n, width):
                 a_mat[p, q] = 0.0
         for p in range(c):
             a = nb[s + p]
-            a_mat[p, p] = diag[a]
+            row = a_mat[p]
             for t in range(indptr[a], indptr[a + 1]):
-                q = position[nb[t]]
-                if q >= 0:
-                    a_mat[p, q] = g[t]
-                    a_mat[q, p] = g[t]
+                row[position[nb[t]]] = g[t]
         for p in range(c):
-            position[nb[s + p]] = -1
+            position[nb[s + p]] = width
+        for p in range(c):
+            a_mat[p, p] = diag[nb[s + p]]
+            for q in range(p):
+                if a_mat[p, q] == 0.0:  # lists hold only G > 0: 0 is "not in p's list"
+                    a_mat[p, q] = a_mat[q, p]
         reg = lam
         while not _cholesky(a_mat, low, c, reg):
             reg *= 2.0
@@ -144,20 +156,21 @@ def _solve_columns(start, end, indptr, nb, g, diag, lam, n, width):
             for q in range(p):
                 acc -= low[p, q] * x[q]
             x[p] = acc / low[p, p]
-        for p in range(c - 1, -1, -1):  # back: L^T w = y
-            acc = x[p]
-            for q in range(p + 1, c):
-                acc -= low[q, p] * x[q]
-            x[p] = acc / low[p, p]
+        for p in range(c - 1, -1, -1):  # back: L^T w = y, by rows of L (contiguous)
+            x[p] /= low[p, p]
+            for q in range(p):
+                x[q] -= low[p, q] * x[p]
         for p in range(c):
-            out[s - base + p] = x[p]
-    return out, retried
+            out[s + p] = x[p]
+    return retried
 
 
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=True)
 def _cholesky(a_mat, low, c, reg):
-    """L with L L^T = a_mat[:c, :c] + reg I, in low's lower triangle; False when not positive
-    definite."""
+    """L with L L^T = a_mat[:c, :c] + reg I (lower triangle read), in low's lower triangle;
+    False when not positive definite. Column by column (Cholesky-Crout); the rows below the
+    diagonal go four at a time, so each load of L[j, :j] serves four dot products (0.77x the
+    time of one row at a time on the 10M benchmark's systems)."""
     for j in range(c):
         acc = a_mat[j, j] + reg
         for q in range(j):
@@ -166,11 +179,23 @@ def _cholesky(a_mat, low, c, reg):
             return False
         d = np.sqrt(acc)
         low[j, j] = d
-        for i in range(j + 1, c):
+        i = j + 1
+        while i + 3 < c:
+            a0, a1, a2, a3 = a_mat[i, j], a_mat[i + 1, j], a_mat[i + 2, j], a_mat[i + 3, j]
+            for q in range(j):
+                lj = low[j, q]
+                a0 -= low[i, q] * lj
+                a1 -= low[i + 1, q] * lj
+                a2 -= low[i + 2, q] * lj
+                a3 -= low[i + 3, q] * lj
+            low[i, j], low[i + 1, j], low[i + 2, j], low[i + 3, j] = a0 / d, a1 / d, a2 / d, a3 / d
+            i += 4
+        while i < c:
             acc = a_mat[i, j]
             for q in range(j):
                 acc -= low[i, q] * low[j, q]
             low[i, j] = acc / d
+            i += 1
     return True
 
 
@@ -194,9 +219,9 @@ def sparse_ease(m: sp.csr_matrix, measure: Measure, progress: Progress | None = 
     if retried and notice:
         notice(f"sparse_ease: {retried} of {len(rows)} items' systems were not positive "
                f"definite with weak co-occurrences left out; solved with more regularization")
-    # B[a, b] = weights of row b's entry a: transpose, so rows are history items
-    columns = np.repeat(np.arange(n), np.diff(lists.indptr))
-    b = sp.csr_matrix((weights, (lists.indices, columns)), shape=(n, n))
+    # B[a, b] = weights of row b's entry a: transpose, so rows are history items (the
+    # transposition leaves each row's columns ascending)
+    b = sp.csr_matrix((weights, lists.indices, lists.indptr), shape=(n, n)).T.tocsr()
     return select_lists(b, measure, len(rows))
 
 
@@ -218,8 +243,8 @@ def select_lists(b: sp.csr_matrix, measure: Measure, n_items: int) -> Neighbors:
     keep &= (np.abs(b.data) >= threshold) & (np.abs(b.data) > zero)
     row = np.repeat(np.arange(b.shape[0]), np.diff(b.indptr))[keep]
     nb, score = b.indices[keep].astype(np.int64), b.data[keep]
-    order = np.lexsort((nb, -score, row))
-    row, nb, score = row[order], nb[order], score[order]
+    order = _by_score_within_rows(row, score)
+    nb, score = nb[order], score[order]
     starts = np.flatnonzero(np.r_[True, row[1:] != row[:-1]])
     rank = np.arange(len(row)) - np.repeat(starts, np.diff(np.r_[starts, len(row)])) + 1
     return Neighbors(row.astype(np.int64), nb, score, rank.astype(np.int64))
@@ -243,3 +268,19 @@ def _row_cap(indptr, indices, data, cap):
             out[kept] = s + t
             kept += 1
     return out[:kept]
+
+
+@njit(nogil=True, cache=True)
+def _by_score_within_rows(row, score):
+    """The order of entries grouped by ascending ``row`` (columns ascending within a row)
+    that sorts each row by score descending, ties by the lower column: np.lexsort((nb,
+    -score, row)) without sorting what is already in order."""
+    order = np.arange(len(row))
+    s = 0
+    while s < len(row):
+        e = s + 1
+        while e < len(row) and row[e] == row[s]:
+            e += 1
+        order[s:e] = s + np.argsort(-score[s:e], kind="mergesort")
+        s = e
+    return order
