@@ -9,10 +9,11 @@ keys in ``items``). Columns other than the known ones are kept as a JSON object 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from . import availability
-from .errors import BadEventFile, InputPathError
+from .errors import BadEventFile, InputPathError, InvalidSetting
 from .ingest import ColumnMapping, detect_format
 from .sqlutil import add_new_ids, quote_identifier, scalar, transaction, trim_id
 
@@ -35,8 +36,10 @@ def _reader(path: Path, fmt: str) -> tuple[str, list]:
 
 
 def load_items(con, path: str | os.PathLike, *, fmt: str | None = None,
-               mapping: ColumnMapping | None = None) -> dict[str, int]:
+               mapping: ColumnMapping | None = None, source: str | None = None
+               ) -> dict[str, int]:
     """Upsert one catalog file. Returns counts: {'upserted': n, 'new_items': n, 'rejected': n}.
+    ``source`` names the input in rejects and errors (default: the file's path).
     Rows without an item id, and rows whose ``available`` / ``available_from`` /
     ``available_until`` do not parse or make an empty window, go to ``rejects`` with the
     reason. When the file has any of those columns, each of its items' availability is set
@@ -44,18 +47,20 @@ def load_items(con, path: str | os.PathLike, *, fmt: str | None = None,
     path = Path(path).expanduser().resolve()
     if not path.is_file():
         raise InputPathError(f"{path} does not exist or is not a file")
+    source_name = source or str(path)
     mapping = mapping or ColumnMapping()
     fmt, _ = detect_format(path, fmt)
     reader, params = _reader(path, fmt)
     try:
         described = con.execute(f"describe select * from {reader}", params).fetchall()
     except Exception as exc:  # duckdb raises many kinds for unreadable input
-        raise BadEventFile(f"cannot read catalog {path}: {str(exc).splitlines()[0]}") from None
+        raise BadEventFile(f"cannot read catalog {source_name}: "
+                           f"{str(exc).splitlines()[0]}") from None
     names = [r[0] for r in described]
     types = {r[0]: str(r[1]).upper() for r in described}
     source = {c: mapping.columns.get(c, c) for c in CATALOG_COLUMNS}
     if source["item_id"] not in names:
-        raise BadEventFile(f"catalog {path} has no column {source['item_id']!r} (columns: "
+        raise BadEventFile(f"catalog {source_name} has no column {source['item_id']!r} (columns: "
                            f"{', '.join(names)}); map it with --map item_id=COLUMN")
 
     def col(name: str) -> str:
@@ -93,14 +98,14 @@ def load_items(con, path: str | os.PathLike, *, fmt: str | None = None,
                     params)
         # the file line of each data row: CSV lines after the header, less the lines the
         # reader set aside (a row the reader rejects is not among the data rows)
+        first_line = 2 if fmt == "csv" else 1  # after the header
         set_aside = f"select distinct line from {_CSV_ERRORS}" if fmt == "csv" else \
             "select NULL::BIGINT as line where false"
         con.execute(f"""
             create or replace temp table _rtsql_catalog_lines as
             select row_number() over (order by l) as row, l as line
-            from range({2 if fmt == "csv" else 1},
-                       (select count(*) from _rtsql_catalog_raw)
-                       + (select count(*) from ({set_aside})) + 2) t(l)
+            from range({first_line}, {first_line} + (select count(*) from _rtsql_catalog_raw)
+                                     + (select count(*) from ({set_aside}))) t(l)
             where l not in ({set_aside}) order by l""")
         con.execute(f"""
             create or replace temp table _rtsql_catalog as
@@ -143,13 +148,13 @@ def load_items(con, path: str | os.PathLike, *, fmt: str | None = None,
                 insert into rejects select NULL, ?, line, first(csv_line order by error_message),
                        'catalog row: ' || first(error_message order by error_message),
                        now()::TIMESTAMP
-                from {_CSV_ERRORS} group by line order by line""", [str(path)])
+                from {_CSV_ERRORS} group by line order by line""", [source_name])
             con.execute(f"drop table {_CSV_ERRORS}")
             con.execute(f"drop table {_CSV_SCANS}")
         con.execute("""
             insert into rejects
             select NULL, ?, line, raw, reason, now()::TIMESTAMP
-            from _rtsql_catalog where reason is not null order by line""", [str(path)])
+            from _rtsql_catalog where reason is not null order by line""", [source_name])
         con.execute("delete from _rtsql_catalog where reason is not null")
         new_items = scalar(con, """
             select count(*) from (select distinct item_id from _rtsql_catalog)
@@ -173,3 +178,26 @@ def load_items(con, path: str | os.PathLike, *, fmt: str | None = None,
         con.execute("drop table _rtsql_catalog")
         con.execute("drop table _rtsql_catalog_raw")
     return {"upserted": upserted, "new_items": new_items, "rejected": rejected}
+
+
+def load_items_body(con, body: bytes, source: str, fmt: str = "jsonl") -> dict:
+    """Upsert catalog rows sent in a request (``POST /items``): a JSON array of objects, JSON
+    lines, or CSV text with a header. The body goes through ``load_items`` itself (staged in a
+    private temporary file), so it meets the same validation and rejects as a file; rejects
+    carry ``source`` and the line within the body. Returns load_items's counts and the
+    rejected lines with their reasons."""
+    from .ingest import json_array_as_lines
+
+    if fmt not in ("jsonl", "csv"):
+        raise InvalidSetting(f"catalog rows come as jsonl or csv, not {fmt!r}")
+    if fmt == "jsonl":
+        body = json_array_as_lines(body)
+    if not body.strip():
+        raise InvalidSetting("the body holds no catalog rows")
+    with tempfile.TemporaryDirectory(prefix="rtsql-items-") as folder:
+        staged = Path(folder) / f"items.{fmt}"
+        staged.write_bytes(body)
+        counts = load_items(con, staged, fmt=fmt, source=source)
+    counts["rejects"] = [{"line": line, "reason": reason} for line, reason in con.execute(
+        "select line, reason from rejects where source = ? order by line", [source]).fetchall()]
+    return counts

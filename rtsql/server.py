@@ -307,6 +307,20 @@ def create_app(service: Service, *, token: str | None = None,
         result = await asyncio.wrap_future(service.submit_impressions(rows))
         return _json(result)
 
+    @app.post("/items", summary="Add or update catalog items: a JSON array of objects, JSON "
+              "lines, or CSV (Content-Type text/csv)",
+              description="Columns as `rtsql items`: item_id, title, category, tags, "
+                          "description, embedding, available, available_from, available_until, "
+                          "and any others as attributes. The same validation and rejects as the "
+                          "file path; an availability set here applies to every list at once.")
+    async def upsert_items(request: Request):
+        body = await read_body(request)
+        if isinstance(body, Response):
+            return body
+        fmt = "csv" if request.headers.get("content-type", "").startswith("text/csv") \
+            else "jsonl"
+        return _json(await asyncio.wrap_future(service.submit_items(body, fmt)))
+
     async def forget_answer(user_id: str) -> Response:
         result = await asyncio.wrap_future(service.submit_forget(user_id))
         return _json({"forgotten": user_id, "seconds": round(result.refresh.seconds, 3),

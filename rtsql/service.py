@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import (availability, compute_worker, db, feedback, privacy, scoring, settings,
-               snapshot)
+from . import (availability, catalog, compute_worker, db, feedback, privacy, scoring,
+               settings, snapshot)
 from . import ingest as ingest_mod
 from . import refresh as refresh_mod
 from . import tail as tail_mod
@@ -166,6 +166,13 @@ class Service:
         list leaves it out (or takes it back), or raises UnknownItem."""
         return self._submit("availability", (item_id, available))
 
+    def submit_items(self, body: bytes, fmt: str = "jsonl") -> Future:
+        """Upsert catalog rows (a JSON array of objects, JSON lines, or CSV text with a
+        header), with the validation and rejects of ``rtsql items``; the future gives
+        catalog.load_items_body's counts and rejects once an availability they set applies
+        to every list."""
+        return self._submit("items", (fmt, body))
+
     def _submit(self, kind: str, payload) -> Future:
         job = _Job(kind, payload)
         self._jobs.put(job)
@@ -202,6 +209,11 @@ class Service:
                 elif kind == "availability":  # each its own outcome (an unknown id fails alone)
                     results = [_outcome(availability.set_available, self.con, [j.payload[0]],
                                         j.payload[1]) for j in jobs]
+                    self.state.reload_availability(self.con)
+                elif kind == "items":  # each body its own transaction and outcome
+                    results = [_outcome(catalog.load_items_body, self.con, j.payload[1],
+                                        f"http:POST /items#{next(self._sequence)}", j.payload[0])
+                               for j in jobs]
                     self.state.reload_availability(self.con)
                 else:  # each forget has its own outcome (an unknown id fails alone)
                     results = [_outcome(self._forget, j.payload) for j in jobs]

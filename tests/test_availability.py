@@ -4,6 +4,7 @@ once, in SQL and in the server, and come back; bad values are rejected with thei
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +148,35 @@ def test_bad_availability_values_are_rejected_with_their_line(shop, write):
                         "where item_id = 'sku-1'").fetchall() != [("One",)]
 
 
+def test_catalog_rows_from_a_request_body_meet_the_file_validation(shop):
+    """POST /items's loader: a JSON array upserts, sets availability and rejects bad rows with
+    the body's name and line, as a file would; CSV bodies too; a body that is no JSON array
+    or rows is refused, nothing written."""
+    before = shop.execute("select count(*) from item_catalog").fetchone()[0]
+    body = (b'[{"item_id": "sku-1", "title": "Renamed", "available": false},\n'
+            b' {"item_id": "sku-new", "title": "Brand new", "category": "tools"},\n'
+            b' {"item_id": "sku-2", "available": "maybe"},\n'
+            b' {"title": "no id"}]')
+    counts = catalog.load_items_body(shop, body, "http:POST /items#1")
+    assert (counts["upserted"], counts["new_items"], counts["rejected"]) == (2, 1, 2)
+    assert [r["line"] for r in counts["rejects"]] == [3, 4]
+    assert "available is not a boolean" in counts["rejects"][0]["reason"]
+    assert "without item_id" in counts["rejects"][1]["reason"]
+    assert shop.execute("select count(*) from item_catalog").fetchone()[0] == before + 1
+    assert shop.execute("select item_id from unavailable_items").fetchall() == [("sku-1",)]
+    assert "sku-1" not in [r[1] for r in shop.execute("select * from trending(50)").fetchall()]
+    csv = b"item_id,available\nsku-1,true\nsku-3,2026-13-45\n"
+    counts = catalog.load_items_body(shop, csv, "http:POST /items#2", "csv")
+    assert (counts["upserted"], counts["rejected"]) == (1, 1)
+    assert counts["rejects"][0]["line"] == 3  # the CSV header is line 1
+    assert shop.execute("select count(*) from unavailable_items").fetchone()[0] == 0
+    for bad in (b"", b"[1, 2", b"   "):
+        with pytest.raises(rtsql.errors.RtsqlError):
+            catalog.load_items_body(shop, bad, "http:POST /items#3")
+    assert shop.execute("select count(*) from rejects where source = 'http:POST /items#3'"
+                        ).fetchone()[0] == 0
+
+
 @pytest.mark.slow
 def test_hide_and_show_over_http_take_effect_at_once(tmp_path):
     from test_server import Server, build_database
@@ -164,6 +194,21 @@ def test_hide_and_show_over_http_take_effect_at_once(tmp_path):
         server.json("POST", f"/items/{top}/show")
         _, back = server.json("GET", "/trending?k=5")
         assert back == trending
+        # the catalog upsert: hides through `available`, adds an item, rejects a bad row
+        status, answer = server.json("POST", "/items", json.dumps([
+            {"item_id": top, "available": False}, {"item_id": "sku-brand-new", "title": "New"},
+            {"item_id": "sku-odd", "available_until": "someday"}]).encode())
+        assert status == 200 and (answer["upserted"], answer["new_items"],
+                                  answer["rejected"]) == (2, 1, 1)
+        assert answer["rejects"][0]["line"] == 3
+        _, after = server.json("GET", "/trending?k=5")
+        assert top not in [r["item_id"] for r in after["items"]]
+        status, answer = server.json("POST", "/items", b"item_id,available\n" +
+                                     top.encode() + b",true\n", {"Content-Type": "text/csv"})
+        assert status == 200 and answer["upserted"] == 1
+        assert server.json("GET", "/trending?k=5")[1] == trending
+        status, answer = server.json("POST", "/items", b"[{]")
+        assert status == 400 and "error" in answer
     finally:
         code, _ = server.stop()
     assert code == 0
