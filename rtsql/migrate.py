@@ -125,8 +125,9 @@ def render(sql: str) -> str:
     """Fill in what a view or macro takes from the Python definitions, so SQL never keeps a
     second copy: ``{{default:NAME}}``, the setting's default from the registry (a quoted
     literal, as stored in rtsql_settings); ``{{blend_settings}}`` and ``{{blend_weights}}``,
-    the recommend macro's per-strategy columns from rtsql.recommend.BLENDED."""
-    from .recommend import BLENDED
+    the recommend macro's per-strategy columns from rtsql.recommend.BLENDED; ``{{engaged}}``,
+    the event types of rtsql.recommend.ENGAGED."""
+    from .recommend import BLENDED, ENGAGED
     from .settings import SETTINGS, text_of
 
     def literal(name: str) -> str:
@@ -141,4 +142,5 @@ def render(sql: str) -> str:
         f"                else (p_strategy = '{name}')::DOUBLE end as {column},\n           "
         for name, (setting, column) in BLENDED.items())
     sql = sql.replace("{{blend_settings}}", settings_scan).replace("{{blend_weights}}", weights)
+    sql = sql.replace("{{engaged}}", ", ".join(f"'{t}'" for t in ENGAGED))
     return _DEFAULT.sub(lambda m: literal(m.group(1)), sql)

@@ -24,6 +24,9 @@ def blend_weights(strategy: str, weight_of) -> dict[str, float]:
     ``weight_of(setting)`` gives a weight setting's value."""
     return {column: float(weight_of(setting)) if strategy == "hybrid" else float(strategy == name)
             for name, (setting, column) in BLENDED.items()}
+# A click or better: the event types impression_outcomes credits to an impression, and that
+# lift a suppressed repeat (rtsql_engaged, rtsql_suppressed).
+ENGAGED = ("click", "cart", "purchase")
 DEFAULT_K = 10  # list length when a caller gives none (CLI, HTTP API, Python API)
 MAX_K = 1000  # the longest list the CLI and the HTTP API return
 # What explains a recommended row (its reason): the strategy that added the most, or the

@@ -201,9 +201,10 @@ class Service:
                     self.counters["events"] += sum(r.ingested for r in results)
                     self.counters["rejects"] += sum(len(r.rejects) for r in results)
                 elif kind == "impressions":
-                    results = [feedback.load_impression_rows(
-                        self.con, j.payload, f"http:POST /impressions#{next(self._sequence)}")
-                        for j in jobs]
+                    sources = [f"http:POST /impressions#{next(self._sequence)}" for _ in jobs]
+                    results = [feedback.load_impression_rows(self.con, j.payload, source)
+                               for j, source in zip(jobs, sources)]
+                    self.state.impressions_added(self.con, sources)  # no repeats, at once
                     self.counters["impressions"] += sum(r["loaded"] for r in results)
                     self.counters["rejects"] += sum(r["rejected"] for r in results)
                 elif kind == "availability":  # each its own outcome (an unknown id fails alone)
@@ -321,6 +322,11 @@ class Service:
                 fresh.catch_up(self.con)
                 # changes commit under this lock and update the serving state's copy at once
                 fresh.availability = self.state.availability
+                if (fresh.impressions.enabled, fresh.impressions.hours) == \
+                        (self.state.impressions.enabled, self.state.impressions.hours):
+                    fresh.impressions = self.state.impressions
+                else:  # the settings changed: read them again, with nothing committing
+                    fresh.impressions.read(self.con)
                 self.state = fresh
                 self.pending_since = None if not fresh.pending else started
                 break

@@ -32,6 +32,7 @@ import numpy as np
 
 from . import settings as settings_mod
 from .availability import Availability
+from .suppression import Impressions
 from .errors import InvalidSetting, ModelError, UnknownItem, UnknownUser
 from .recommend import (DEFAULT_STRATEGY, PART_CONTENT, PART_ITEM, PART_NAMES, PART_TRENDING,
                         PART_USER, Rows, blend_weights, check_request)
@@ -97,6 +98,8 @@ class Config:
     recency: float
     served: int
     max_history: int  # a user counts with its max_history most recent items (0: all)
+    suppress_after: int = 0  # no repeats (rtsql.suppression): 0 off
+    suppress_hours: float = 24.0
 
 
 @dataclass
@@ -169,6 +172,7 @@ class ServingState:
         self.pending = pending  # user key -> [(item key, weight, type code, ts_us, event_id)]
         self.pending_events = sum(len(rows) for rows in pending.values())  # /health reads it
         self.seen = seen  # {"event_id", "user_key", "item_key"}: what catch_up has read
+        self.impressions = Impressions(0.0, False)  # no repeats: set by load
 
     # ------------------------------------------------------------------ loading
 
@@ -276,6 +280,7 @@ class ServingState:
         result = cls(model, user_keys, item_ids, item_keys, {},
                      {"event_id": watermark, "user_key": n_users - 1, "item_key": n_items - 1})
         result.availability = Availability.load(con)
+        result.impressions = Impressions.load(con, values, variants)
         result.catch_up(con)
         return result
 
@@ -294,6 +299,7 @@ class ServingState:
             rows.append((item, weight, code.get(event_type, 0), ts, event_id))
         if events:
             self.seen["event_id"] = max(self.seen["event_id"], events[-1][0])
+            self.impressions.catch_up(events)  # a click or better answers what was shown
         self.pending_events += len(events)
         return len(events)
 
@@ -312,6 +318,15 @@ class ServingState:
             "where e.event_id > ? order by e.event_id",
             [m.rate, m.t0, self.seen["event_id"]]).fetchall()
         return items, users, events
+
+    def impressions_added(self, con, sources: list[str]) -> None:
+        """After impressions from ``sources`` committed (called by the one writer): their
+        users' unanswered impressions are read again."""
+        if self.impressions.enabled:
+            users = [r[0] for r in con.execute(
+                "select distinct user_key from impressions where source in "
+                "(select unnest(?::VARCHAR[]))", [sources]).fetchall()]
+            self.impressions.read(con, users)
 
     def reload_availability(self, con) -> None:
         """After a change of item_availability committed (called by the one writer)."""
@@ -390,7 +405,9 @@ class ServingState:
         w = blend_weights(strategy, value)
         return Config(w["w_item"], w["w_user"], w["w_content"], w["w_trend"],
                       bool(value("exclude_seen")), float(value("recency_half_life_days")),
-                      int(m.settings["neighbors"]), int(m.settings["max_history"]))
+                      int(m.settings["neighbors"]), int(m.settings["max_history"]),
+                      int(value("suppress_after_impressions")),
+                      float(value("suppress_window_hours")))
 
     def ab_variant(self, user_id: str) -> str | None:
         """The ``ab_variant`` macro: md5 bucket of the id against cumulative shares by name."""
@@ -471,8 +488,10 @@ class ServingState:
         excluded = np.array([self.item_keys[i] for i in exclude if i in self.item_keys]
                             if exclude else [], np.int64)
         unavailable = self.availability.unavailable()
-        if len(unavailable):
-            excluded = np.concatenate([excluded, unavailable])
+        suppressed = self.impressions.suppressed(user_key, cfg.suppress_after,
+                                                 cfg.suppress_hours)
+        if len(unavailable) or len(suppressed):
+            excluded = np.concatenate([excluded, unavailable, suppressed])
         allowed = _NO_MASK if category is None else self._category_mask(category, n_items)
         scratch = scoring.Scratch.per_thread(_LOCAL, n_items + 1)
         rows = scoring.score_user(
@@ -509,8 +528,12 @@ class ServingState:
         n_items = len(self.item_ids)
         users = np.array(sorted(self.user_ids), np.int64)
         # users with pending events go one by one (their history is not a row of the matrix;
-        # a user past the matrix with none has an empty one)
-        fresh = np.array(sorted(u for u in self.pending if u in self.user_ids), np.int64)
+        # a user past the matrix with none has an empty one), and so do users with repeats
+        # to leave out (their own excluded items)
+        fresh = np.array(sorted(u for u in set(self.pending) | set(self.impressions.by_user)
+                                if u in self.user_ids and (u in self.pending or len(
+                                    self.impressions.suppressed(u, cfg.suppress_after,
+                                                                cfg.suppress_hours)))), np.int64)
         users = np.setdiff1d(users, fresh)
         weights = _row_weights(m, cfg)
         out = {"keys": np.empty((len(users), k), np.int64), "score": np.empty((len(users), k)),
@@ -568,8 +591,10 @@ class ServingState:
         keys, scores, parts, because = (np.empty(k, np.int64), np.empty(k),
                                         np.empty(k, np.int64), np.empty(k, np.int64))
         scratch = scoring.Scratch.per_thread(_LOCAL, n_items + 1)
+        excluded = np.concatenate([unavailable, self.impressions.suppressed(
+            user_key, cfg.suppress_after, cfg.suppress_hours)])
         rows = scoring.score_user(user_key, hist.items, _query_weights(hist, cfg),
-                                  unavailable, _NO_MASK, k,
+                                  excluded, _NO_MASK, k,
                                   *self._kernel_args(cfg),
                                   n_items, *scratch.arrays(), keys, scores, parts, because)
         return {"user_key": np.full(rows, user_key, np.int64),

@@ -223,6 +223,13 @@ SETTINGS: dict[str, Setting] = {
         Setting("recency_half_life_days", float, 0.0,
                 "At query time, a history item counts 2^(-age/half-life) relative to the "
                 "user's latest event (0: off).", _non_negative(36_500)),
+        Setting("suppress_after_impressions", int, 0,
+                "No repeats: an item shown to a user this many times within "
+                "suppress_window_hours, with no click or better since, is left out of that "
+                "user's recommend() and user_recommendations (0: off).", Range(0, 1_000_000)),
+        Setting("suppress_window_hours", float, 24.0,
+                "The window of suppress_after_impressions: only impressions this recent count.",
+                _positive(24 * 366)),
         # --- batch output of each refresh
         Setting("materialize_recommendations", bool, False,
                 "Each refresh writes user_recommendations: every user's top materialize_k "
@@ -286,7 +293,8 @@ def parse(name: str, text: str) -> Any:
 
 
 SERVING_SETTINGS = ("weight_item_cf", "weight_user_cf", "weight_content", "weight_trending",
-                    "exclude_seen", "recency_half_life_days")
+                    "exclude_seen", "recency_half_life_days", "suppress_after_impressions",
+                    "suppress_window_hours")
 MODEL_SETTINGS = ("neighbors", "similarity", "rp3_alpha", "rp3_beta", "ease_lambda",
                   "ease_max_items", "ease_neighbors", "pair_weight", "shrinkage", "min_support",
                   "max_history", "max_item_users", "half_life_days",

@@ -194,5 +194,5 @@ def _in_database(con, database: str, statements: list[str], back: str) -> None:
 # and the clicks, carts and purchases of shown items, which impression_outcomes attributes
 _PENDING = """select * from events where event_id > coalesce(
     ?, (select value::BIGINT from model_state where name = 'watermark'), -1)
-    or (event_type in ('click', 'cart', 'purchase')
+    or (rtsql_engaged(event_type)
         and (user_key, item_key) in (select user_key, item_key from impressions))"""

@@ -153,12 +153,15 @@ events_strategy = st.lists(
 @given(events=events_strategy, refreshed=st.floats(0, 1), decay=st.sampled_from([0, 3]),
        recency=st.sampled_from(["0", "2"]), exclude_seen=st.booleans(),
        neighbors=st.sampled_from(["2", "5", "50"]), max_history=st.sampled_from(["0", "3", "500"]),
-       seed=st.integers(0, 1000), similarity=st.sampled_from(["auto", "cosine", "sparse_ease"]))
+       seed=st.integers(0, 1000), similarity=st.sampled_from(["auto", "cosine", "sparse_ease"]),
+       suppress=st.sampled_from(["0", "1", "2"]))
 def test_random_databases_equal_the_macros(tmp_path_factory, events, refreshed, decay,
                                            recency, exclude_seen, neighbors, max_history, seed,
-                                           similarity):
+                                           similarity, suppress):
     """Random events (ties in time and score are common at this size), a random share of them
-    refreshed, the rest pending; random serving settings, a catalog with categories, variants."""
+    refreshed, the rest pending; random serving settings, a catalog with categories, variants,
+    hidden items and windows, impressions (some answered by a later click) with repeats
+    suppressed after 1 or 2 of them, or not at all."""
     folder = tmp_path_factory.mktemp("db")
     con = rtsql.connect(folder / "r.duckdb")
     settings.set_value(con, "half_life_days", str(decay))
@@ -186,7 +189,21 @@ def test_random_databases_equal_the_macros(tmp_path_factory, events, refreshed, 
     refresh.refresh(con)
     ingest.ingest(con, [folder / "b.csv"])
     feedback.set_variants(con, {"x": 0.3, "y": 0.7}, {"y": {"weight_content": "1",
-                                                            "weight_trending": "0"}})
+                                                            "weight_trending": "0"},
+                                                      "x": {"suppress_after_impressions": "1"}})
+    # impressions of the last two days (the window is 24 hours), then clicks on some of them
+    settings.set_value(con, "suppress_after_impressions", suppress)
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    shown = random.Random(seed + 1)
+    impressions = [{"user_id": f"u{shown.randrange(12)}", "item_id": f"i{shown.randrange(15)}",
+                    "ts": (now - dt.timedelta(hours=shown.choice([1, 2, 5, 30, 40]))).isoformat(),
+                    "strategy": "hybrid"} for _ in range(shown.randrange(0, 60))]
+    feedback.load_impression_rows(con, impressions, "test")
+    answered = [r for r in impressions[: len(impressions) // 4]]
+    (folder / "c.csv").write_text(HEADER + "".join(
+        f"{r['user_id']},{r['item_id']},click,{(now - dt.timedelta(hours=3)).isoformat()},\n"
+        for r in answered))
+    ingest.ingest(con, [folder / "c.csv"])
     users = [r[0] for r in con.execute("select user_id from users order by 1").fetchall()]
     items = [r[0] for r in con.execute("select item_id from items order by 1").fetchall()]
     rng = random.Random(seed)

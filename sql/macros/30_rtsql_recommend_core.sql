@@ -70,6 +70,8 @@ excluded as (
     where p_exclude is not null and list_contains(p_exclude, item_id)
     union all
     select item_key from rtsql_unavailable()  -- hidden or outside their window
+    union all
+    select item_key from rtsql_suppressed(p_variant) where user_key = p_user_key  -- repeats
 ),
 -- one row per candidate: each strategy's sum, scaled by its best candidate (NULL where the
 -- strategy did not score it, or where no candidate's sum is positive), times its blend weight;

@@ -12,7 +12,7 @@ credited as (
     asof join impressions i
       on e.user_key = i.user_key and e.item_key = i.item_key and e.ts >= i.ts
     , window_hours w
-    where e.event_type in ('click', 'cart', 'purchase')
+    where rtsql_engaged(e.event_type)
       and epoch(e.ts) - epoch(i.ts) <= w.h * 3600
 )
 select u.user_id, it.item_id, i.ts, i.strategy, i.variant, i.rec_id, i.rank,

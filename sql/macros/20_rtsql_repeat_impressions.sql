@@ -1,0 +1,17 @@
+-- rtsql_repeat_impressions: the impressions after p_since that no click or better has
+-- answered: each (user, item, ts) shown later than the user's latest engaged event
+-- (rtsql_engaged) on that item, if any. rtsql_suppressed counts them; the server loads them
+-- (rtsql.suppression) to apply the same rule in memory.
+create or replace macro rtsql_repeat_impressions(p_since) as table
+with shown as (
+    select user_key, item_key, ts from impressions where ts > p_since
+),
+engaged as (
+    select e.user_key, e.item_key, max(e.ts) as ts
+    from events e semi join shown s using (user_key, item_key)
+    where rtsql_engaged(e.event_type)
+    group by e.user_key, e.item_key
+)
+select s.user_key, s.item_key, s.ts
+from shown s left join engaged g using (user_key, item_key)
+where g.ts is null or s.ts > g.ts;
