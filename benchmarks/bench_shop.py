@@ -55,7 +55,7 @@ def make_shop(db: str, users: list[str], hidden: float, seed: int = 7) -> dict:
                   "ts": (now - dt.timedelta(minutes=5)).isoformat()}
                  for item in rng.sample(items, 20)]
     loaded = feedback.load_impression_rows(con, rows, "bench_shop")
-    suppressed = con.execute("select count(*) from rtsql_suppressed(NULL)").fetchall()[0][0]
+    suppressed = con.execute("select count(*) from rtsql_suppressed(NULL, NULL)").fetchall()[0][0]
     con.close()
     return {"hidden": len(hide), "impressions": loaded["loaded"], "suppressed": suppressed}
 

@@ -70,7 +70,7 @@ class Impressions:
         else:
             self.by_user = {}
         rows = con.execute(f"""
-            select user_key, item_key, epoch_us(ts) from rtsql_repeat_impressions({since})
+            select user_key, item_key, epoch_us(ts) from rtsql_repeat_impressions({since}, NULL)
             {where} order by user_key, item_key, ts""", params).fetchall()
         for user, item, ts in rows:
             self.by_user.setdefault(user, {}).setdefault(item, []).append(ts)

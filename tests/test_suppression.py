@@ -65,7 +65,7 @@ def test_repeats_leave_the_list_after_n_impressions_and_a_click_lifts_them(shop,
     assert top not in [r[0] for r in shop.execute(
         "select item_id from user_recommendations where user_id = ?", [user]).fetchall()]
     # other users are not affected
-    other = shop.execute("select count(*) from rtsql_suppressed(NULL) s join users u "
+    other = shop.execute("select count(*) from rtsql_suppressed(NULL, NULL) s join users u "
                          "using (user_key) where u.user_id <> ?", [user]).fetchone()[0]
     assert other == 0
     # a wider window counts the old one too; a narrower one drops two of them
@@ -82,7 +82,7 @@ def test_repeats_leave_the_list_after_n_impressions_and_a_click_lifts_them(shop,
     feedback.load_impression_rows(shop, shown(user, top, 0.05, 0.04), "test#3")
     state.impressions_added(shop, ["test#3"])
     assert memory_items(state, user) == sql_items(shop, user)
-    assert shop.execute("select count(*) from rtsql_suppressed(NULL)").fetchone()[0] == 0
+    assert shop.execute("select count(*) from rtsql_suppressed(NULL, NULL)").fetchone()[0] == 0
 
 
 def test_a_variant_overrides_the_rule(shop):

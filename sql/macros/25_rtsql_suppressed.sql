@@ -2,9 +2,10 @@
 -- repeats"): the item was shown to the user at least N times within the last H hours with no
 -- click or better since (rtsql_repeat_impressions), so a click lifts it. N and H are the
 -- settings suppress_after_impressions (0: off) and suppress_window_hours, which the A/B
--- variant p_variant may override. recommend() and user_recommendations leave these out; the
--- server applies the same rule in memory (rtsql.suppression).
-create or replace macro rtsql_suppressed(p_variant) as table
+-- variant p_variant may override; for the user p_user_key, or everyone when NULL.
+-- recommend() and user_recommendations leave these out; the server applies the same rule in
+-- memory (rtsql.suppression).
+create or replace macro rtsql_suppressed(p_variant, p_user_key) as table
 with cfg as (
     select coalesce(json_extract_string(o, '$.suppress_after_impressions'), n,
                     {{default:suppress_after_impressions}})::INTEGER as n,
@@ -21,6 +22,7 @@ select r.user_key, r.item_key
 from rtsql_repeat_impressions(
          -- no window at all when off (NULL: no impression is after it)
          (select case when n > 0 then now()::TIMESTAMP - to_microseconds((h * 3600e6)::BIGINT)
-                 end from cfg)) r
+                 end from cfg),
+         p_user_key) r
 group by r.user_key, r.item_key
 having count(*) >= (select n from cfg);

@@ -71,7 +71,7 @@ excluded as (
     union all
     select item_key from rtsql_unavailable()  -- hidden or outside their window
     union all
-    select item_key from rtsql_suppressed(p_variant) where user_key = p_user_key  -- repeats
+    select item_key from rtsql_suppressed(p_variant, p_user_key)  -- repeats
 ),
 -- one row per candidate: each strategy's sum, scaled by its best candidate (NULL where the
 -- strategy did not score it, or where no candidate's sum is positive), times its blend weight;

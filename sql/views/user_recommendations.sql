@@ -14,4 +14,4 @@ join items i on i.item_key = r.item_key
 left join items b on b.item_key = r.because_key
 left join item_catalog c on c.item_key = r.because_key
 where r.item_key not in (select item_key from rtsql_unavailable())
-  and (r.user_key, r.item_key) not in (select (user_key, item_key) from rtsql_suppressed(NULL));
+  and (r.user_key, r.item_key) not in (select (user_key, item_key) from rtsql_suppressed(NULL, NULL));
