@@ -627,7 +627,7 @@ def _load_segment(con, path, fmt, compression, mapping, segment, progress, strea
         params = {"event_base": event_base, "file_id": file_id, "source": str(path),
                   "blank": BLANK}
         for column in ("user_id", "item_id"):
-            add_new_ids(con, "_rtsql_parsed", column, "reason is null")
+            add_new_ids(con, "_rtsql_parsed", column, "reason is null", "min(ts)")
         for statement in _COMMIT_PARSED:
             con.execute(statement, {k: v for k, v in params.items() if f"${k}" in statement})
         ingested, rejected, blanks = one(
@@ -819,7 +819,7 @@ def ingest_bodies(con, bodies: list[tuple[str, bytes]], *, fmt: str = "jsonl",
         con.execute(f"insert into _rtsql_parsed {_keep_raw_of_rejects(sql)}", params)
         con.unregister("_rtsql_chunk")
         for column in ("user_id", "item_id"):
-            add_new_ids(con, "_rtsql_parsed", column, "reason is null")
+            add_new_ids(con, "_rtsql_parsed", column, "reason is null", "min(ts)")
         event_base = _last_event_id(con, last_event_id)
         con.execute("""
             insert into events

@@ -31,8 +31,8 @@ DEFAULT_K = 10  # list length when a caller gives none (CLI, HTTP API, Python AP
 MAX_K = 1000  # the longest list the CLI and the HTTP API return
 # What explains a recommended row (its reason): the strategy that added the most, or the
 # backfill; the names are the macro's (rtsql_reason), the codes the compiled scorer's.
-PART_NAMES = ("item-cf", "user-cf", "content", "trending", "popular")
-PART_ITEM, PART_USER, PART_CONTENT, PART_TRENDING, PART_POPULAR = range(len(PART_NAMES))
+PART_NAMES = ("item-cf", "user-cf", "content", "trending", "popular", "new")
+PART_ITEM, PART_USER, PART_CONTENT, PART_TRENDING, PART_POPULAR, PART_NEW = range(len(PART_NAMES))
 
 
 @dataclass

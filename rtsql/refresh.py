@@ -365,8 +365,11 @@ def _load_full(con, values: dict, folder: Path, progress: Progress | None) -> Re
             raise InputPathError(f"{folder}: the database gave some of the job's new "
                                  f"{table[:-1]} keys to other ids since the job's config was "
                                  "written; write the config and run the job again")
-        con.execute(f"insert into {table} select {key}, {column} from {new} "
+        con.execute(f"insert into {table} ({key}, {column}) select {key}, {column} from {new} "
                     f"where {column} not in (select {column} from {table}) order by 1")
+    con.execute("""update items set first_seen = f.ts
+                   from (select item_key, min(ts) as ts from events group by item_key) f
+                   where items.item_key = f.item_key and items.first_seen is null""")
     recreate_empty(con, "interactions")
     con.execute(f"""insert into interactions select user_key, item_key, weight, events, last_ts,
                            last_event_type, peak from {parquet('interactions')}

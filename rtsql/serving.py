@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import threading
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import accumulate
@@ -34,8 +36,8 @@ from . import settings as settings_mod
 from .availability import Availability
 from .suppression import Impressions
 from .errors import InvalidSetting, ModelError, UnknownItem, UnknownUser
-from .recommend import (DEFAULT_STRATEGY, PART_CONTENT, PART_ITEM, PART_NAMES, PART_TRENDING,
-                        PART_USER, Rows, blend_weights, check_request)
+from .recommend import (DEFAULT_STRATEGY, PART_CONTENT, PART_ITEM, PART_NAMES, PART_NEW,
+                        PART_TRENDING, PART_USER, Rows, blend_weights, check_request)
 from .sqlutil import arrow_table, clean_id
 
 COLUMNS = ["rank", "item_id", "score", "reason"]
@@ -100,6 +102,8 @@ class Config:
     max_history: int  # a user counts with its max_history most recent items (0: all)
     suppress_after: int = 0  # no repeats (rtsql.suppression): 0 off
     suppress_hours: float = 24.0
+    explore: int = 0  # new-item slots: 0 off
+    new_days: float = 7.0
 
 
 @dataclass
@@ -173,6 +177,7 @@ class ServingState:
         self.pending_events = sum(len(rows) for rows in pending.values())  # /health reads it
         self.seen = seen  # {"event_id", "user_key", "item_key"}: what catch_up has read
         self.impressions = Impressions(0.0, False)  # no repeats: set by load
+        self.first_seen_us = np.full(len(item_ids), NO_TIME, np.int64)  # per item key
 
     # ------------------------------------------------------------------ loading
 
@@ -281,6 +286,7 @@ class ServingState:
                      {"event_id": watermark, "user_key": n_users - 1, "item_key": n_items - 1})
         result.availability = Availability.load(con)
         result.impressions = Impressions.load(con, values, variants)
+        result.read_first_seen(con, 0)
         result.catch_up(con)
         return result
 
@@ -290,6 +296,8 @@ class ServingState:
         Returns the number of new events. Called by the one writer, after each commit."""
         items, users, events = self.read_new(con)
         self.add_ids(items, users)
+        if items:
+            self.read_first_seen(con, items[0][0])
         pending = self.pending
         code = self.model.type_codes
         for event_id, user, item, event_type, ts, weight in events:  # add_event, inlined
@@ -318,6 +326,19 @@ class ServingState:
             "where e.event_id > ? order by e.event_id",
             [m.rate, m.t0, self.seen["event_id"]]).fetchall()
         return items, users, events
+
+    def read_first_seen(self, con, from_key: int) -> None:
+        """Each item's first_seen (epoch microseconds; NO_TIME where unknown) from key
+        ``from_key`` on, for the new-item slots."""
+        rows = con.execute("select item_key, epoch_us(first_seen) from items "
+                           "where item_key >= ? and first_seen is not null", [from_key]
+                           ).fetchnumpy()
+        size = len(self.item_ids)
+        if len(self.first_seen_us) < size:
+            grown = np.full(size, NO_TIME, np.int64)
+            grown[:len(self.first_seen_us)] = self.first_seen_us
+            self.first_seen_us = grown
+        self.first_seen_us[rows["item_key"].astype(np.int64)] = rows["epoch_us(first_seen)"]
 
     def impressions_added(self, con, sources: list[str]) -> None:
         """After impressions from ``sources`` committed (called by the one writer): their
@@ -407,7 +428,8 @@ class ServingState:
                       bool(value("exclude_seen")), float(value("recency_half_life_days")),
                       int(m.settings["neighbors"]), int(m.settings["max_history"]),
                       int(value("suppress_after_impressions")),
-                      float(value("suppress_window_hours")))
+                      float(value("suppress_window_hours")), int(value("explore_new_items")),
+                      float(value("new_item_days")))
 
     def ab_variant(self, user_id: str) -> str | None:
         """The ``ab_variant`` macro: md5 bucket of the id against cumulative shares by name."""
@@ -479,11 +501,7 @@ class ServingState:
     def _recommend(self, user_key, hist: History, k: int, exclude, category,
                    cfg: Config) -> Rows:
         """The macro's steps for one user, compiled (rtsql.scoring.score_user)."""
-        from . import scoring
-
         n_items = len(self.item_ids)
-        keys, scores, parts, because = (np.empty(k, np.int64), np.empty(k),
-                                        np.empty(k, np.int64), np.empty(k, np.int64))
         exclude = [clean_id(i) for i in exclude] if exclude else exclude
         excluded = np.array([self.item_keys[i] for i in exclude if i in self.item_keys]
                             if exclude else [], np.int64)
@@ -493,18 +511,75 @@ class ServingState:
         if len(unavailable) or len(suppressed):
             excluded = np.concatenate([excluded, unavailable, suppressed])
         allowed = _NO_MASK if category is None else self._category_mask(category, n_items)
+        keys, scores, parts, sources = self._score(user_key, hist, excluded, allowed, k, cfg)
+        codes = hist.types_of(sources).tolist()  # the history item's event type, per row
+        return Rows(COLUMNS, [
+            (rank, self.item_ids[key], score, self._reason(part, source, code))
+            for rank, (key, score, part, source, code) in enumerate(zip(
+                keys.tolist(), scores.tolist(), parts.tolist(), sources.tolist(), codes),
+                start=1)])
+
+    def _score(self, user_key, hist: History, excluded: np.ndarray, allowed: np.ndarray,
+               k: int, cfg: Config) -> tuple:
+        """score_user's top k, then the new-item slots: (keys, scores, parts, because)."""
+        from . import scoring
+
+        n_items = len(self.item_ids)
+        keys, scores, parts, because = (np.empty(k, np.int64), np.empty(k),
+                                        np.empty(k, np.int64), np.empty(k, np.int64))
         scratch = scoring.Scratch.per_thread(_LOCAL, n_items + 1)
         rows = scoring.score_user(
             -1 if user_key is None else user_key, hist.items, _query_weights(hist, cfg),
             excluded, allowed, k, *self._kernel_args(cfg), n_items, *scratch.arrays(), keys,
             scores, parts, because)
-        sources = because[:rows]
-        codes = hist.types_of(sources).tolist()  # the history item's event type, per row
-        return Rows(COLUMNS, [
-            (rank, self.item_ids[key], score, self._reason(part, source, code))
-            for rank, (key, score, part, source, code) in enumerate(zip(
-                keys[:rows].tolist(), scores[:rows].tolist(), parts[:rows].tolist(),
-                sources.tolist(), codes), start=1)])
+        out = keys[:rows], scores[:rows], parts[:rows], because[:rows]
+        return self._new_item_slots(hist, cfg, excluded, allowed, k, *out) \
+            if cfg.explore > 0 else out
+
+    def _new_item_slots(self, hist: History, cfg: Config, excluded: np.ndarray,
+                        allowed: np.ndarray, k: int, keys, scores, parts, because) -> tuple:
+        """The macro's is_new, slots and listed: while fewer than explore_new_items of the
+        list's rows are items first seen within new_item_days, the best other new items
+        (content sum from the history, then newest, then key) take the last rows that are
+        not new, or rows the list did not fill."""
+        cutoff = int(time.time() * 1e6) - round(cfg.new_days * 86400e6)
+        fresh = np.flatnonzero(self.first_seen_us > cutoff)
+        is_new = np.isin(keys, fresh)
+        want = min(cfg.explore, k) - int(is_new.sum())
+        if not len(fresh) or want <= 0:
+            return keys, scores, parts, because
+        barred = [keys, excluded] + ([hist.items] if cfg.exclude_seen else [])
+        candidates = fresh[~np.isin(fresh, np.concatenate(barred))]
+        if len(allowed):
+            candidates = candidates[allowed[candidates]]
+        if not len(candidates):
+            return keys, scores, parts, because
+        sums = self._content_sums(hist, cfg, candidates)
+        picks = np.array(sorted(candidates.tolist(), key=lambda c: (
+            -sums.get(c, 0.0), -int(self.first_seen_us[c]), c))[:want], np.int64)
+        keep = np.ones(len(keys), bool)
+        room = len(picks) - (k - len(keys))  # the rows the slots take from the list
+        if room > 0:
+            keep[np.flatnonzero(~is_new)[::-1][:room]] = False
+        n = len(picks)
+        return (np.concatenate([keys[keep], picks]), np.concatenate([scores[keep], np.zeros(n)]),
+                np.concatenate([parts[keep], np.full(n, PART_NEW, np.int64)]),
+                np.concatenate([because[keep], np.full(n, -1, np.int64)]))
+
+    def _content_sums(self, hist: History, cfg: Config, candidates: np.ndarray) -> dict:
+        """The content strategy's sum (the macro's content_s) of each of ``candidates`` that
+        it scores: fsum of h.w x score over the history's content lists."""
+        if cfg.w_content <= 0 or not len(hist.items):
+            return {}
+        content, wanted, terms = self.model.content, set(candidates.tolist()), {}
+        for item, w in zip(hist.items.tolist(), _query_weights(hist, cfg).tolist()):
+            if not w > 0 or item >= content.n_rows:  # not in h
+                continue
+            lo, hi = content.indptr[item], content.indptr[item + 1]
+            for nb, score in zip(content.keys[lo:hi].tolist(), content.values[lo:hi].tolist()):
+                if nb in wanted:
+                    terms.setdefault(nb, []).append(w * score)
+        return {key: math.fsum(values) for key, values in terms.items()}
 
     def _kernel_args(self, cfg: Config) -> tuple:
         """The settings and model arrays score_user takes, after the request's own."""
@@ -530,10 +605,10 @@ class ServingState:
         # users with pending events go one by one (their history is not a row of the matrix;
         # a user past the matrix with none has an empty one), and so do users with repeats
         # to leave out (their own excluded items)
-        fresh = np.array(sorted(u for u in set(self.pending) | set(self.impressions.by_user)
-                                if u in self.user_ids and (u in self.pending or len(
-                                    self.impressions.suppressed(u, cfg.suppress_after,
-                                                                cfg.suppress_hours)))), np.int64)
+        fresh = np.array(sorted(u for u in (self.user_ids if cfg.explore > 0 else set(
+            self.pending) | set(self.impressions.by_user)) if u in self.user_ids and (
+                cfg.explore > 0 or u in self.pending or len(self.impressions.suppressed(
+                    u, cfg.suppress_after, cfg.suppress_hours)))), np.int64)
         users = np.setdiff1d(users, fresh)
         weights = _row_weights(m, cfg)
         out = {"keys": np.empty((len(users), k), np.int64), "score": np.empty((len(users), k)),
@@ -584,23 +659,14 @@ class ServingState:
                          ) -> dict[str, np.ndarray]:
         """One user's rows as recommend_all gives them (for users with pending events), with
         the same items left out as its other users."""
-        from . import scoring
-
         hist = self.history(user_key)
-        n_items = len(self.item_ids)
-        keys, scores, parts, because = (np.empty(k, np.int64), np.empty(k),
-                                        np.empty(k, np.int64), np.empty(k, np.int64))
-        scratch = scoring.Scratch.per_thread(_LOCAL, n_items + 1)
         excluded = np.concatenate([unavailable, self.impressions.suppressed(
             user_key, cfg.suppress_after, cfg.suppress_hours)])
-        rows = scoring.score_user(user_key, hist.items, _query_weights(hist, cfg),
-                                  excluded, _NO_MASK, k,
-                                  *self._kernel_args(cfg),
-                                  n_items, *scratch.arrays(), keys, scores, parts, because)
+        keys, scores, parts, because = self._score(user_key, hist, excluded, _NO_MASK, k, cfg)
+        rows = len(keys)
         return {"user_key": np.full(rows, user_key, np.int64),
-                "rank": np.arange(1, rows + 1), "item_key": keys[:rows], "score": scores[:rows],
-                "part": parts[:rows], "because": because[:rows],
-                "because_type": hist.types_of(because[:rows])}
+                "rank": np.arange(1, rows + 1), "item_key": keys, "score": scores,
+                "part": parts, "because": because, "because_type": hist.types_of(because)}
 
     def _category_mask(self, category: str, n_items: int) -> np.ndarray:
         masks = self.model.category_masks
@@ -620,6 +686,8 @@ class ServingState:
             return f"content: similar to {self._title(source)}, which you {self._verb(code)}"
         if part == PART_USER:
             return "user-cf: people with similar taste liked it"
+        if part == PART_NEW:
+            return "new: recently added"
         return "trending: popular right now" if part == PART_TRENDING else \
             "popular: most events overall"
 
@@ -633,6 +701,7 @@ class ServingState:
 
 _LOCAL = threading.local()  # each thread's rtsql.scoring.Scratch
 _NO_MASK = np.empty(0, bool)  # "every item" for score_user's category mask
+NO_TIME = np.iinfo(np.int64).min  # an item's first_seen, unknown
 
 
 def _query_weights(hist: History, cfg: Config) -> np.ndarray:

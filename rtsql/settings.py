@@ -230,6 +230,14 @@ SETTINGS: dict[str, Setting] = {
         Setting("suppress_window_hours", float, 24.0,
                 "The window of suppress_after_impressions: only impressions this recent count.",
                 _positive(24 * 366)),
+        Setting("explore_new_items", int, 0,
+                "New items: up to this many rows of each recommend() list go to items first "
+                "seen within new_item_days (first event, or catalog row), the ones most similar "
+                "in content to the user's history first, then the newest; reason 'new' (0: off).",
+                Range(0, 1000)),
+        Setting("new_item_days", float, 7.0,
+                "How recent an item's first appearance must be for explore_new_items.",
+                _positive(36_500)),
         # --- batch output of each refresh
         Setting("materialize_recommendations", bool, False,
                 "Each refresh writes user_recommendations: every user's top materialize_k "
@@ -294,7 +302,7 @@ def parse(name: str, text: str) -> Any:
 
 SERVING_SETTINGS = ("weight_item_cf", "weight_user_cf", "weight_content", "weight_trending",
                     "exclude_seen", "recency_half_life_days", "suppress_after_impressions",
-                    "suppress_window_hours")
+                    "suppress_window_hours", "explore_new_items", "new_item_days")
 MODEL_SETTINGS = ("neighbors", "similarity", "rp3_alpha", "rp3_beta", "ease_lambda",
                   "ease_max_items", "ease_neighbors", "pair_weight", "shrinkage", "min_support",
                   "max_history", "max_item_users", "half_life_days",

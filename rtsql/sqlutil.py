@@ -120,17 +120,22 @@ _DICTIONARIES = {"user_id": ("users", "user_key", "(select max(user_key) from fo
                  "item_id": ("items", "item_key", "0")}
 
 
-def add_new_ids(con, source: str, column: str, where: str = "true") -> None:
+def add_new_ids(con, source: str, column: str, where: str = "true",
+                first_seen: str = "now()::TIMESTAMP") -> None:
     """Give the ids in ``source.column`` that the users/items dictionary lacks the next integer
     keys, in order of first appearance (``source.line``), so a file ingested whole gives the
     same keys as its lines arriving one by one (the tail, a prequential replay); a key once
-    given is never given again. ``source`` and ``where`` are rtsql's own SQL, never user input."""
+    given is never given again. A new item's ``first_seen`` is ``first_seen`` over its rows
+    (events pass min(ts): the item is as new as its first event). ``source``, ``where`` and
+    ``first_seen`` are rtsql's own SQL, never user input."""
     table, key, retired = _DICTIONARIES[column]
-    con.execute(f"""insert into {table}
+    seen = ", first_seen" if table == "items" else ""
+    con.execute(f"""insert into {table} ({key}, {column}{seen})
                     select greatest(coalesce((select max({key}) from {table}), 0),
                                     coalesce({retired}, 0))
-                           + row_number() over (order by first_line, {column}), {column}
-                    from (select {column}, min(line) as first_line from {source}
+                           + row_number() over (order by first_line, {column}), {column}{seen}
+                    from (select {column}, min(line) as first_line,
+                                 {first_seen} as first_seen from {source}
                           where {where} and {column} is not null and {column} <> ''
                           group by {column}) n
                     anti join {table} using ({column})""")

@@ -138,7 +138,9 @@ def test_catch_up_reads_what_was_committed_after_loading(db_path, tmp_path):
     con.close()
 
 
-T0 = dt.datetime(2026, 10, 1)
+# 75 days before today, so the events' first times fall on both sides of new_item_days 60
+T0 = (dt.datetime.now(dt.timezone.utc).replace(tzinfo=None, hour=0, minute=0, second=0,
+                                               microsecond=0) - dt.timedelta(days=75))
 
 events_strategy = st.lists(
     st.tuples(st.integers(0, 11), st.integers(0, 14),
@@ -154,14 +156,17 @@ events_strategy = st.lists(
        recency=st.sampled_from(["0", "2"]), exclude_seen=st.booleans(),
        neighbors=st.sampled_from(["2", "5", "50"]), max_history=st.sampled_from(["0", "3", "500"]),
        seed=st.integers(0, 1000), similarity=st.sampled_from(["auto", "cosine", "sparse_ease"]),
-       suppress=st.sampled_from(["0", "1", "2"]))
+       suppress=st.sampled_from(["0", "1", "2"]), explore=st.sampled_from(["0", "1", "3"]),
+       new_days=st.sampled_from(["7", "60"]))
 def test_random_databases_equal_the_macros(tmp_path_factory, events, refreshed, decay,
                                            recency, exclude_seen, neighbors, max_history, seed,
-                                           similarity, suppress):
+                                           similarity, suppress, explore, new_days):
     """Random events (ties in time and score are common at this size), a random share of them
     refreshed, the rest pending; random serving settings, a catalog with categories, variants,
     hidden items and windows, impressions (some answered by a later click) with repeats
-    suppressed after 1 or 2 of them, or not at all."""
+    suppressed after 1 or 2 of them, or not at all; new-item slots (items first seen within 7
+    or 60 days: the events' first times fall on both sides of 60 days ago, catalog-only items
+    are new)."""
     folder = tmp_path_factory.mktemp("db")
     con = rtsql.connect(folder / "r.duckdb")
     settings.set_value(con, "half_life_days", str(decay))
@@ -193,6 +198,8 @@ def test_random_databases_equal_the_macros(tmp_path_factory, events, refreshed, 
                                                       "x": {"suppress_after_impressions": "1"}})
     # impressions of the last two days (the window is 24 hours), then clicks on some of them
     settings.set_value(con, "suppress_after_impressions", suppress)
+    settings.set_value(con, "explore_new_items", explore)
+    settings.set_value(con, "new_item_days", new_days)
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     shown = random.Random(seed + 1)
     impressions = [{"user_id": f"u{shown.randrange(12)}", "item_id": f"i{shown.randrange(15)}",

@@ -1,7 +1,6 @@
 """rtsql tail: the scan logic on real file operations (no sleeping), one real observer, the
 crash test with SIGKILL, and readers of the published snapshot."""
 
-import os
 import random
 import signal
 import subprocess

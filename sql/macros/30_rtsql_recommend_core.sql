@@ -17,6 +17,10 @@ with cfg as (
                as exclude_seen,
            coalesce(json_extract_string(o, '$.recency_half_life_days'), recency, {{default:recency_half_life_days}})::DOUBLE
                as recency,
+           coalesce(json_extract_string(o, '$.explore_new_items'), explore, {{default:explore_new_items}})::INTEGER
+               as explore,
+           coalesce(json_extract_string(o, '$.new_item_days'), new_days, {{default:new_item_days}})::DOUBLE
+               as new_days,
            coalesce(served, {{default:neighbors}})::INTEGER as served,  -- user lists store a buffer beyond K
            coalesce(max_history, {{default:max_history}})::INTEGER as max_history
     from (
@@ -24,6 +28,8 @@ with cfg as (
         select {{blend_settings}}
                max(value) filter (where name = 'exclude_seen') as exclude_seen,
                max(value) filter (where name = 'recency_half_life_days') as recency,
+               max(value) filter (where name = 'explore_new_items') as explore,
+               max(value) filter (where name = 'new_item_days') as new_days,
                max(value) filter (where name = 'neighbors') as served,
                max(value) filter (where name = 'max_history') as max_history,
                coalesce((select settings from ab_variants where name = p_variant), '{}') as o
@@ -71,7 +77,8 @@ excluded as (
     union all
     select item_key from rtsql_unavailable()  -- hidden or outside their window
     union all
-    select item_key from rtsql_suppressed(p_variant, p_user_key)  -- repeats
+    -- repeats shown to this user (none for a basket: no user; NULL would mean every user)
+    select item_key from rtsql_suppressed(p_variant, coalesce(p_user_key, -1))
 ),
 -- one row per candidate: each strategy's sum, scaled by its best candidate (NULL where the
 -- strategy did not score it, or where no candidate's sum is positive), times its blend weight;
@@ -142,18 +149,49 @@ ranked as (
                                        coalesce(t.popularity, 0) desc, p.item_key) as rank
     from pool p left join item_trending t using (item_key), cfg
     qualify rank <= k
+),
+-- new-item slots (explore_new_items): items first seen within new_item_days
+is_new as (
+    select n.item_key, n.first_seen from items n, cfg
+    where cfg.explore > 0
+      and n.first_seen > now()::TIMESTAMP - to_microseconds((cfg.new_days * 86400e6)::BIGINT)
+),
+-- as many new items as the list's own fall short of explore: those most similar in content to
+-- the history (the content strategy's sum), then the newest, then the smallest key
+slots as (
+    select f.item_key,
+           row_number() over (order by coalesce(pp.content_s, 0) desc, f.first_seen desc,
+                                       f.item_key) as pick
+    from is_new f left join per_part pp using (item_key)
+    where f.item_key not in (select item_key from ranked)
+      and f.item_key not in (select item_key from excluded)
+      and (p_category is null
+           or f.item_key in (select item_key from item_catalog where category = p_category))
+    qualify pick <= (select least(explore, k) from cfg)
+                    - (select count(*) from ranked semi join is_new using (item_key))
+),
+listed as (
+    -- the ranked rows, less as many of the lowest-ranked ones that are not new as the slots
+    -- need room for, then the slots; the reason is the strategy that added the most
+    -- (trending when nothing else did)
+    select item_key, rank, score, part, because from (
+        select item_key, rank, score,
+               case when win is not null and (win.s >= trend or trend <= 0) then win.part
+                    when trend > 0 then 'trending' else 'popular' end as part,
+               case when win is not null and (win.s >= trend or trend <= 0) then win.because end
+                   as because,
+               item_key in (select item_key from is_new) as new,
+               row_number() over (partition by item_key in (select item_key from is_new)
+                                  order by rank desc) as from_end
+        from ranked
+    )
+    where new or from_end > (select count(*) from slots) - (k - (select count(*) from ranked))
+    union all
+    select item_key, k + pick, 0.0, 'new', NULL from slots
 )
-select r.rank, i.item_id, r.score,
+select row_number() over (order by r.rank) as rank, i.item_id, r.score,
        rtsql_reason(r.part, hh.event_type, coalesce(bc.title, bi.item_id)) as reason
-from (
-    -- the reason is the strategy that added the most (trending when nothing else did)
-    select item_key, rank, score,
-           case when win is not null and (win.s >= trend or trend <= 0) then win.part
-                when trend > 0 then 'trending' else 'popular' end as part,
-           case when win is not null and (win.s >= trend or trend <= 0) then win.because end
-               as because
-    from ranked
-) r
+from listed r
 join items i on i.item_key = r.item_key
 left join items bi on bi.item_key = r.because
 left join item_catalog bc on bc.item_key = r.because
