@@ -70,6 +70,22 @@ def memory_mib(pid: int) -> tuple[float, float]:
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
+def start_server(db: str, port: int, log_path: Path) -> subprocess.Popen:
+    """`rtsql serve` on ``port``, once /health answers; its log goes to ``log_path`` (a pipe
+    nobody reads fills up, 64 KB, and then stalls the server on its next status line)."""
+    log = open(log_path, "w")
+    server = subprocess.Popen(cli(db) + ["serve", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=log, text=True)
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).read()
+            return server
+        except OSError:
+            if server.poll() is not None:
+                sys.exit(f"server failed: {log_path.read_text()[-2000:]}")
+            time.sleep(0.1)
+
+
 def load(port: int, spec: dict) -> dict:
     out = subprocess.run([sys.executable, str(HERE / "loadgen.py"), str(port)],
                          input=json.dumps(spec), capture_output=True, text=True,
@@ -172,20 +188,8 @@ def main() -> None:
 
     port = free_port()
     start = time.perf_counter()
-    # the server's log goes to a file: a pipe nobody reads fills up (64 KB) and then stalls
-    # the server on its next status line
     log_path = work / "serve.log"
-    log = open(log_path, "w")
-    server = subprocess.Popen(cli(db) + ["serve", "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=log, text=True)
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).read()
-            break
-        except OSError:
-            if server.poll() is not None:
-                sys.exit(f"server failed: {log_path.read_text()[-2000:]}")
-            time.sleep(0.1)
+    server = start_server(db, port, log_path)
     ready = time.perf_counter() - start
     rss, peak = memory_mib(server.pid)
     rows.append(("serve: start to ready; resident / peak memory", f"{ready:.1f} s",
@@ -237,7 +241,6 @@ def main() -> None:
                  f"last {last.get('full', 0):.2f} s / {last.get('incremental', 0):.2f} s"))
     server.send_signal(signal.SIGTERM)
     server.wait(timeout=300)
-    log.close()
     rows.append(("SIGTERM: exit code", str(server.returncode), ""))
     notes = [line for line in log_path.read_text().splitlines() if "note:" in line]
     print("\n".join(["serve's refresh notes:"] + notes[-10:]) if notes else "", file=sys.stderr)

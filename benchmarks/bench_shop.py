@@ -20,16 +20,12 @@ import argparse
 import datetime as dt
 import random
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
-from bench_serve import cli, free_port, load, macro_and_scorer, percentiles
+from bench_serve import free_port, load, macro_and_scorer, percentiles, start_server
 from common import print_table
 
 
@@ -62,18 +58,8 @@ def make_shop(db: str, users: list[str], hidden: float, seed: int = 7) -> dict:
 
 def serve_gets(db: str, users: list[str], items: list[str], seconds: float) -> dict:
     port = free_port()
-    log = open(Path(db).with_suffix(".log"), "w")
-    server = subprocess.Popen(cli(db) + ["serve", "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=log, text=True)
+    server = start_server(db, port, Path(db).with_suffix(".log"))
     try:
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).read()
-                break
-            except OSError:
-                if server.poll() is not None:
-                    sys.exit(f"server failed: {Path(db).with_suffix('.log').read_text()[-2000:]}")
-                time.sleep(0.1)
         return load(port, {"users": users, "items": items, "probe_items": items,
                            "post_rate": 0, "post_size": 100, "seconds": seconds,
                            "get_rate": 200})
