@@ -144,6 +144,14 @@ class Publisher:
                 con.execute(f"""insert into rtsql_base.{table} select * from {table}
                                 where {key} > (select coalesce(max({key}), -1)
                                                from rtsql_base.{table})""")
+            # what leaves lists at once in the database: hidden items (a small table, copied
+            # whole) and impressions (append-only between forgets, whose republish is full:
+            # the rows after those the base has, in insertion order)
+            con.execute("delete from rtsql_base.item_availability")
+            con.execute("insert into rtsql_base.item_availability select * from item_availability")
+            held = scalar(con, "select count(*) from rtsql_base.impressions")
+            con.execute("insert into rtsql_base.impressions select * from impressions offset ?",
+                        [held])
             con.execute("checkpoint rtsql_base")
         finally:
             con.execute("detach rtsql_base")

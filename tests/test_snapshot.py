@@ -83,3 +83,38 @@ def test_publish_leaves_a_file_at_its_old_temporary_name_alone(shop, tmp_path):
     assert tail_once(shop, tmp_path / "in", target).exit_code == 0
     assert bystander.read_text() == "someone's file\n"
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp") and p != bystander]
+
+
+def test_a_batch_publish_carries_hidden_items_and_impressions(tmp_path):
+    """(Shop issue.) Between refreshes, serve and tail publish only what was added; hidden
+    items and impressions leave lists at once in the database, so the batch publish brings
+    them too: a BI tool on the snapshot sees them at the next publish, not the next refresh."""
+    import datetime as dt
+
+    import rtsql
+    from rtsql import availability, feedback, ingest, refresh, settings
+    from rtsql.snapshot import Publisher
+
+    db, target = tmp_path / "shop.duckdb", tmp_path / "shop.snapshot.duckdb"
+    (tmp_path / "a.csv").write_text(HEADER + "".join(
+        f"u{u},i{i},view,2026-10-01T00:0{i}:00,\n" for u in range(4) for i in range(4)))
+    con = rtsql.connect(db)
+    ingest.ingest(con, [tmp_path / "a.csv"])
+    settings.set_value(con, "suppress_after_impressions", "1")
+    settings.set_value(con, "exclude_seen", "false")
+    refresh.refresh(con)
+    publisher = Publisher(target, db)
+    publisher.full(con)
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None).isoformat()
+    availability.set_available(con, ["i1"], False)
+    feedback.load_impression_rows(con, [{"user_id": "u0", "item_id": "i2", "ts": now,
+                                         "strategy": "hybrid"}], "test")
+    publisher.events(con)
+    con.close()
+    snap = rtsql.db.open_file(target, read_only=True)
+    try:
+        listed = {r[1] for r in snap.execute("select * from recommend('u0', 10)").fetchall()}
+        assert "i1" not in listed and "i2" not in listed and {"i0", "i3"} <= listed
+        assert snap.execute("select count(*) from impressions").fetchone()[0] == 1
+    finally:
+        snap.close()
