@@ -505,11 +505,8 @@ class ServingState:
         exclude = [clean_id(i) for i in exclude] if exclude else exclude
         excluded = np.array([self.item_keys[i] for i in exclude if i in self.item_keys]
                             if exclude else [], np.int64)
-        unavailable = self.availability.unavailable()
-        suppressed = self.impressions.suppressed(user_key, cfg.suppress_after,
-                                                 cfg.suppress_hours)
-        if len(unavailable) or len(suppressed):
-            excluded = np.concatenate([excluded, unavailable, suppressed])
+        excluded = np.concatenate([excluded, self._left_out(
+            user_key, cfg, self.availability.unavailable())])
         allowed = _NO_MASK if category is None else self._category_mask(category, n_items)
         keys, scores, parts, sources = self._score(user_key, hist, excluded, allowed, k, cfg)
         codes = hist.types_of(sources).tolist()  # the history item's event type, per row
@@ -528,16 +525,24 @@ class ServingState:
         keys, scores, parts, because = (np.empty(k, np.int64), np.empty(k),
                                         np.empty(k, np.int64), np.empty(k, np.int64))
         scratch = scoring.Scratch.per_thread(_LOCAL, n_items + 1)
+        weights = _query_weights(hist, cfg)
         rows = scoring.score_user(
-            -1 if user_key is None else user_key, hist.items, _query_weights(hist, cfg),
-            excluded, allowed, k, *self._kernel_args(cfg), n_items, *scratch.arrays(), keys,
-            scores, parts, because)
+            -1 if user_key is None else user_key, hist.items, weights, excluded, allowed, k,
+            *self._kernel_args(cfg), n_items, *scratch.arrays(), keys, scores, parts, because)
         out = keys[:rows], scores[:rows], parts[:rows], because[:rows]
-        return self._new_item_slots(hist, cfg, excluded, allowed, k, *out) \
+        return self._new_item_slots(hist, weights, cfg, excluded, allowed, k, *out) \
             if cfg.explore > 0 else out
 
-    def _new_item_slots(self, hist: History, cfg: Config, excluded: np.ndarray,
-                        allowed: np.ndarray, k: int, keys, scores, parts, because) -> tuple:
+    def _left_out(self, user_key, cfg: Config, unavailable: np.ndarray) -> np.ndarray:
+        """The items no list of this user may hold, whatever the request: unavailable ones
+        and the user's suppressed repeats."""
+        suppressed = self.impressions.suppressed(user_key, cfg.suppress_after,
+                                                 cfg.suppress_hours)
+        return np.concatenate([unavailable, suppressed]) if len(suppressed) else unavailable
+
+    def _new_item_slots(self, hist: History, weights: np.ndarray, cfg: Config,
+                        excluded: np.ndarray, allowed: np.ndarray, k: int, keys, scores, parts,
+                        because) -> tuple:
         """The macro's is_new, slots and listed: while fewer than explore_new_items of the
         list's rows are items first seen within new_item_days, the best other new items
         (content sum from the history, then newest, then key) take the last rows that are
@@ -554,7 +559,7 @@ class ServingState:
             candidates = candidates[allowed[candidates]]
         if not len(candidates):
             return keys, scores, parts, because
-        sums = self._content_sums(hist, cfg, candidates)
+        sums = self._content_sums(hist, weights, cfg, candidates)
         picks = np.array(sorted(candidates.tolist(), key=lambda c: (
             -sums.get(c, 0.0), -int(self.first_seen_us[c]), c))[:want], np.int64)
         keep = np.ones(len(keys), bool)
@@ -566,13 +571,15 @@ class ServingState:
                 np.concatenate([parts[keep], np.full(n, PART_NEW, np.int64)]),
                 np.concatenate([because[keep], np.full(n, -1, np.int64)]))
 
-    def _content_sums(self, hist: History, cfg: Config, candidates: np.ndarray) -> dict:
+    def _content_sums(self, hist: History, weights: np.ndarray, cfg: Config,
+                      candidates: np.ndarray) -> dict:
         """The content strategy's sum (the macro's content_s) of each of ``candidates`` that
-        it scores: fsum of h.w x score over the history's content lists."""
+        it scores: fsum of h.w x score over the history's content lists (``weights``: h.w,
+        _query_weights of ``hist``)."""
         if cfg.w_content <= 0 or not len(hist.items):
             return {}
         content, wanted, terms = self.model.content, set(candidates.tolist()), {}
-        for item, w in zip(hist.items.tolist(), _query_weights(hist, cfg).tolist()):
+        for item, w in zip(hist.items.tolist(), weights.tolist()):
             if not w > 0 or item >= content.n_rows:  # not in h
                 continue
             lo, hi = content.indptr[item], content.indptr[item + 1]
@@ -604,11 +611,14 @@ class ServingState:
         users = np.array(sorted(self.user_ids), np.int64)
         # users with pending events go one by one (their history is not a row of the matrix;
         # a user past the matrix with none has an empty one), and so do users with repeats
-        # to leave out (their own excluded items)
-        fresh = np.array(sorted(u for u in (self.user_ids if cfg.explore > 0 else set(
-            self.pending) | set(self.impressions.by_user)) if u in self.user_ids and (
-                cfg.explore > 0 or u in self.pending or len(self.impressions.suppressed(
-                    u, cfg.suppress_after, cfg.suppress_hours)))), np.int64)
+        # to leave out (their own excluded items), or everyone when new-item slots are on
+        if cfg.explore > 0:
+            alone = set(self.user_ids)
+        else:
+            repeats = {u for u in self.impressions.by_user if len(self.impressions.suppressed(
+                u, cfg.suppress_after, cfg.suppress_hours))}
+            alone = (set(self.pending) | repeats) & self.user_ids.keys()
+        fresh = np.array(sorted(alone), np.int64)
         users = np.setdiff1d(users, fresh)
         weights = _row_weights(m, cfg)
         out = {"keys": np.empty((len(users), k), np.int64), "score": np.empty((len(users), k)),
@@ -660,9 +670,8 @@ class ServingState:
         """One user's rows as recommend_all gives them (for users with pending events), with
         the same items left out as its other users."""
         hist = self.history(user_key)
-        excluded = np.concatenate([unavailable, self.impressions.suppressed(
-            user_key, cfg.suppress_after, cfg.suppress_hours)])
-        keys, scores, parts, because = self._score(user_key, hist, excluded, _NO_MASK, k, cfg)
+        keys, scores, parts, because = self._score(
+            user_key, hist, self._left_out(user_key, cfg, unavailable), _NO_MASK, k, cfg)
         rows = len(keys)
         return {"user_key": np.full(rows, user_key, np.int64),
                 "rank": np.arange(1, rows + 1), "item_key": keys, "score": scores,

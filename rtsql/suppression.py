@@ -86,13 +86,12 @@ class Impressions:
             else:
                 del items[item]
 
-    def catch_up(self, events: list[tuple], event_types: set[str] | None = None) -> None:
+    def catch_up(self, events: list[tuple]) -> None:
         """Events read by ServingState.catch_up: (event_id, user, item, type, ts_us, weight)."""
         if not self.by_user:
             return
-        engaged = event_types or set(ENGAGED)
         for _, user, item, event_type, ts, _ in events:
-            if event_type in engaged:
+            if event_type in ENGAGED:
                 self.engaged(user, item, ts)
 
     def suppressed(self, user: int | None, after: int, hours: float,

@@ -64,6 +64,9 @@ def test_repeats_leave_the_list_after_n_impressions_and_a_click_lifts_them(shop,
     assert memory_items(state, user) == sql_items(shop, user)
     assert top not in [r[0] for r in shop.execute(
         "select item_id from user_recommendations where user_id = ?", [user]).fetchall()]
+    # a refresh's user_recommendations score this user with the item left out, k rows
+    from test_serving import assert_materialized_equal_per_user
+    assert_materialized_equal_per_user(shop, 10, "hybrid", threads=1)
     # other users are not affected
     other = shop.execute("select count(*) from rtsql_suppressed(NULL, NULL) s join users u "
                          "using (user_key) where u.user_id <> ?", [user]).fetchone()[0]
