@@ -194,10 +194,13 @@ def load_items_body(con, body: bytes, source: str, fmt: str = "jsonl") -> dict:
         body = json_array_as_lines(body)
     if not body.strip():
         raise InvalidSetting("the body holds no catalog rows")
+    # this load's rejects only: a server numbers its requests from 1 again after a restart
+    before = scalar(con, "select coalesce(max(rowid), -1) from rejects")
     with tempfile.TemporaryDirectory(prefix="rtsql-items-") as folder:
         staged = Path(folder) / f"items.{fmt}"
         staged.write_bytes(body)
         counts = load_items(con, staged, fmt=fmt, source=source)
     counts["rejects"] = [{"line": line, "reason": reason} for line, reason in con.execute(
-        "select line, reason from rejects where source = ? order by line", [source]).fetchall()]
+        "select line, reason from rejects where source = ? and rowid > ? order by line",
+        [source, before]).fetchall()]
     return counts

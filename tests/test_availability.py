@@ -165,6 +165,9 @@ def test_catalog_rows_from_a_request_body_meet_the_file_validation(shop):
     assert shop.execute("select count(*) from item_catalog").fetchone()[0] == before + 1
     assert shop.execute("select item_id from unavailable_items").fetchall() == [("sku-1",)]
     assert "sku-1" not in [r[1] for r in shop.execute("select * from trending(50)").fetchall()]
+    # the same name again (a restarted server numbers from 1): only this body's rejects
+    counts = catalog.load_items_body(shop, b'{"item_id": "sku-9"}', "http:POST /items#1")
+    assert (counts["upserted"], counts["rejects"]) == (1, [])
     csv = b"item_id,available\nsku-1,true\nsku-3,2026-13-45\n"
     counts = catalog.load_items_body(shop, csv, "http:POST /items#2", "csv")
     assert (counts["upserted"], counts["rejected"]) == (1, 1)
