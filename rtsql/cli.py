@@ -948,24 +948,50 @@ def report(state: State, since, by, plot_path, fmt):
 @click.option("--setting", "variant_settings", multiple=True, metavar="NAME.SETTING=VALUE",
               help="A serving setting of one variant (repeatable).")
 @click.option("--clear", is_flag=True, help="Remove every variant.")
+@click.option("--auto", "auto", type=click.Choice(["clicks", "purchases", "off"]),
+              help="Let each refresh move the shares toward the variant with the most clicks "
+                   "(or purchases) per impression, by Thompson sampling; off: keep them.")
+@click.option("--min-share", type=float, help="With --auto: the least share a variant keeps "
+                                                "(setting ab_min_share, default 0.05).")
+@click.option("--window-hours", type=float, help="With --auto: the hours of impressions the "
+                                                  "evidence covers (ab_auto_window_hours, 168).")
+@click.option("--history", is_flag=True, help="Print every change of the shares and its "
+                                              "evidence (table ab_allocations) instead.")
 @FORMAT_OPTION
 @click.pass_obj
-def variants(state: State, assignments, variant_settings, clear, fmt):
+def variants(state: State, assignments, variant_settings, clear, auto, min_share, window_hours,
+             history, fmt):
     """A/B variants: users split by a stable hash of their id, each with its serving settings.
+
+    Users keep their variant when the shares change, unless the change needs their bucket.
+    With --auto the shares follow the outcomes at each refresh (every change is recorded).
 
     \b
     Example:
         rtsql variants --set control=0.5 --set recent=0.5 \
             --setting recent.recency_half_life_days=1
         rtsql recommend user-42 --variant auto
+        rtsql variants --auto clicks --min-share 0.1
+        rtsql variants --history
     """
-    from . import feedback
+    from . import allocation, feedback
 
     con = state.connect()
     if clear:
         feedback.set_variants(con, {}, {})
     elif assignments or variant_settings:  # --setting alone is refused: it names no share
         feedback.set_variants_from_options(con, assignments, variant_settings)
+    for name, value in (("ab_auto_metric", auto), ("ab_min_share", min_share),
+                        ("ab_auto_window_hours", window_hours)):
+        if value is not None:
+            settings.set_value(con, name, str(value))
+    if history:
+        _emit(*allocation.history(con), fmt)
+        return
+    metric = settings.get(con, "ab_auto_metric")
+    if metric != allocation.AUTO_OFF:
+        click.echo(f"shares follow {metric} per impression at each refresh (ab_auto_metric; "
+                   "`rtsql variants --auto off` stops it)", err=True)
     _emit(["variant", "share", "settings"], feedback.variants(con), fmt)
 
 

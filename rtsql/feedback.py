@@ -12,6 +12,9 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+
+from . import allocation
 from .errors import BadEventFile, InputPathError, InvalidSetting
 from .ingest import detect_format
 from .sqlutil import add_new_ids, quote_identifier, scalar, transaction, trim_id
@@ -93,7 +96,8 @@ def _load_impressions(con, reader: str, reader_params: list, names: list[str], s
 
 
 def report(con, since: str | None = None, by: tuple[str, ...] = ("day", "strategy")):
-    """Impressions, clicks, CTR, purchases and conversion, grouped by day/strategy/variant."""
+    """Impressions, clicks, CTR, purchases and conversion, grouped by day/strategy/variant;
+    grouped by variant, also each rate's 95% credible interval (allocation.posterior)."""
     allowed = {"day": "cast(ts as DATE)", "strategy": "strategy",
                "variant": "coalesce(variant, '(none)')"}
     if not by or any(b not in allowed for b in by):
@@ -107,7 +111,17 @@ def report(con, since: str | None = None, by: tuple[str, ...] = ("day", "strateg
         from impression_outcomes
         where ? is null or ts >= cast(? as TIMESTAMP)
         group by all order by all""", [since, since])
-    return [d[0] for d in cur.description], cur.fetchall()
+    columns, rows = [d[0] for d in cur.description], cur.fetchall()
+    if "variant" in by and rows:  # comparing variants: each rate with its uncertainty
+        n = np.array([r[columns.index("impressions")] for r in rows])
+        extra = []
+        for successes in ("clicks", "purchases"):
+            _, low, high = allocation.posterior(
+                n, np.array([r[columns.index(successes)] for r in rows]))
+            extra += [np.round(low, 4), np.round(high, 4)]
+        rows = [(*row, *(float(e[i]) for e in extra)) for i, row in enumerate(rows)]
+        columns += ["ctr_low", "ctr_high", "conversion_low", "conversion_high"]
+    return columns, rows
 
 
 def plot_svg(columns, rows, path: str | os.PathLike, value: str = "ctr") -> Path:
@@ -178,6 +192,9 @@ def set_variants(con, shares: dict[str, float], variant_settings: dict[str, dict
             con.executemany("insert into ab_variants values (?, ?, ?)",
                             [[n, s, json.dumps(variant_settings.get(n, {}))]
                              for n, s in shares.items()])
+            allocation.record_manual(con, shares)
+        # the users of a variant that keeps its share keep their variant
+        allocation.write_shares(con, shares, stored=shares)
 
 
 def set_variants_from_options(con, shares: list[str], overrides: list[str]) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
-from . import compute_worker, content, measures, settings
+from . import allocation, compute_worker, content, measures, settings
 from .errors import DatabaseLocked, ExternalModel, InputPathError, UnknownUser
 from .inverse_store import InverseStore, update_stored
 from .measures.ease import ease_rows, mean_square
@@ -885,6 +885,9 @@ def refresh(con, *, full: bool = False, progress: Progress | None = None,
                     "rebuild_fraction lets the others wait)"))
             if deferred and result.mode == "incremental":
                 result.notes.append(deferred)
+            moved = allocation.allocate(con, values)  # the A/B bandit, when --auto is on
+            if moved:
+                result.notes.append(moved)
             _materialize_if_on(con, values, result, progress)
     result.seconds = time.perf_counter() - start
     return result

@@ -21,17 +21,16 @@ write sees it. After a refresh a new state is loaded and swapped in whole.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import threading
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
-from itertools import accumulate
 
 import numpy as np
 
+from . import allocation
 from . import settings as settings_mod
 from .availability import Availability
 from .suppression import Impressions
@@ -137,6 +136,7 @@ class Model:
     rate: float
     settings: dict
     variants: dict  # name -> (share, overrides)
+    buckets: list  # A/B hash bucket -> variant name (ab_buckets; None: no variants)
     verbs: dict  # event type -> past-tense phrase (from rtsql_verb)
     other_verb: str
     event_types: list  # code - 1 -> name; the last one is BASKET_TYPE
@@ -208,6 +208,7 @@ class ServingState:
         other_verb = con.execute("select rtsql_verb(NULL::VARCHAR)").fetchall()[0][0]
         variants = {name: (share, json.loads(text)) for name, share, text in con.execute(
             "select name, share, settings::VARCHAR from ab_variants order by name").fetchall()}
+        buckets = allocation.read_buckets(con)
         n_items = con.execute("select coalesce(max(item_key), -1) + 1 from items").fetchall()[0][0]
         n_users = con.execute("select coalesce(max(user_key), -1) + 1 from users").fetchall()[0][0]
 
@@ -265,6 +266,7 @@ class ServingState:
         model = Model(
             watermark=watermark, t0=float(state.get("t0", 0)),
             rate=float(state.get("decay_rate", 0)), settings=values, variants=variants,
+            buckets=buckets,
             verbs=verbs, other_verb=other_verb, event_types=types, item_lists=item_lists,
             user_lists=user_lists, content=content, inter=inter,
             inter_type=np.asarray(it["t"], np.int64), inter_ts=inter_ts, capped=capped,
@@ -432,13 +434,8 @@ class ServingState:
                       float(value("new_item_days")))
 
     def ab_variant(self, user_id: str) -> str | None:
-        """The ``ab_variant`` macro: md5 bucket of the id against cumulative shares by name."""
-        bucket = (int(hashlib.md5(user_id.encode()).hexdigest()[:8], 16) % 10000) / 10000.0
-        names = list(self.model.variants)
-        for name, upto in zip(names, accumulate(self.model.variants[n][0] for n in names)):
-            if upto > bucket:
-                return name
-        return None
+        """The ``ab_variant`` macro: the owner of the id's hash bucket."""
+        return self.model.buckets[allocation.bucket_of(user_id)]
 
     # ------------------------------------------------------------------ routes
 

@@ -251,6 +251,17 @@ SETTINGS: dict[str, Setting] = {
         Setting("attribution_window_hours", float, 24.0,
                 "A click or purchase within this many hours after an impression of the same "
                 "item for the same user is credited to it.", _positive(24 * 366)),
+        Setting("ab_auto_metric", str, "off",
+                "A/B shares follow the outcomes at each refresh (rtsql variants --auto): "
+                "clicks or purchases per impression, by Thompson sampling (off: the shares "
+                "stay as set).", choices=("off", "clicks", "purchases")),
+        Setting("ab_min_share", float, 0.05,
+                "rtsql variants --auto: every variant keeps at least this share of users (at "
+                "most an equal split), so each keeps gathering evidence.", Range(0, 0.5)),
+        Setting("ab_auto_window_hours", float, 168.0,
+                "rtsql variants --auto: the evidence is the impressions of this many hours "
+                "before the latest one (older outcomes age out, so a variant that becomes "
+                "better later is found again).", _positive(24 * 3660)),
         Setting("trending_window_days", float, 7.0,
                 "Trending compares this many most recent days with the ones before.",
                 _positive(3660)),

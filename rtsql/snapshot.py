@@ -25,7 +25,7 @@ STORAGE_VERSION = "v1.4.0"
 SERVING_TABLES = ("users", "items", "item_catalog", "item_availability", "event_types",
                   "interactions", "item_neighbors", "item_neighbor_lists", "user_neighbors",
                   "content_neighbors", "item_trending", "model_state", "rtsql_settings",
-                  "ab_variants", "impressions", "user_recommendation_rows", "_rtsql_migrations")
+                  "ab_variants", "ab_buckets", "impressions", "user_recommendation_rows", "_rtsql_migrations")
 
 
 def check_target(target: str | os.PathLike, database: str | os.PathLike | None) -> Path:

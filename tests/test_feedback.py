@@ -1,6 +1,7 @@
 import datetime as dt
 
 import pytest
+from scipy.stats import beta
 
 
 from rtsql import feedback, ingest, recommend, refresh
@@ -54,7 +55,12 @@ def test_report_by_strategy_and_variant_and_plot(shop, tmp_path):
     assert rows == [("content", 1, 0, 0.0, 0, 0.0), ("item-cf", 3, 2, 0.6667, 1, 0.3333),
                     ("trending", 1, 0, 0.0, 0, 0.0)]
     cols, rows = feedback.report(shop, by=("variant",))
-    assert rows == [("A", 4, 2, 0.5, 1, 0.25), ("B", 1, 0, 0.0, 0, 0.0)]
+    assert [r[:6] for r in rows] == [("A", 4, 2, 0.5, 1, 0.25), ("B", 1, 0, 0.0, 0, 0.0)]
+    assert cols[6:] == ["ctr_low", "ctr_high", "conversion_low", "conversion_high"]
+    # 95% equal-tailed interval of Beta(1 + successes, 1 + failures)
+    assert rows[0][6:] == tuple(round(float(beta.ppf(q, 1 + s, 1 + 4 - s)), 4)
+                                for s in (2, 1) for q in (0.025, 0.975))
+    assert rows[1][6:] == (0.0126, 0.8419, 0.0126, 0.8419)
     cols, rows = feedback.report(shop, by=("day", "strategy"))
     svg = feedback.plot_svg(cols, rows, tmp_path / "ctr.svg").read_text()
     assert svg.startswith("<svg") and svg.count("<polyline") == 3
