@@ -1,6 +1,7 @@
 import datetime as dt
 
 import pytest
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 from scipy.stats import beta
 
 
@@ -97,3 +98,44 @@ def test_variants_assign_by_stable_hash_and_change_serving(con, tmp_path):
         feedback.set_variants(con, {"a": 0.7}, {})
     with pytest.raises(InvalidSetting, match="not a serving setting"):
         feedback.set_variants(con, {"a": 1.0}, {"a": {"neighbors": "5"}})
+
+
+pair_events = st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2), st.integers(0, 40),
+                                 st.sampled_from(["view", "click", "cart", "purchase"])),
+                       max_size=25)
+pair_impressions = st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2), st.integers(0, 40)),
+                            max_size=15)
+
+
+@hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pair_events, pair_impressions, st.sampled_from([1.0, 5.0, 24.0]))
+def test_attribution_equals_a_brute_force_reference(con, events, shown, window):
+    """impression_outcomes against last touch done by hand: each click, cart or purchase goes
+    to the latest impression of its user and item at or before it, if within the window."""
+    for table in ("events", "impressions", "users", "items", "rtsql_settings"):
+        con.execute(f"delete from {table}")
+    con.execute("insert into users select k, 'u' || k from range(3) t(k)")
+    con.execute("insert into items select k, 'i' || k, NULL from range(3) t(k)")
+    con.execute("insert into rtsql_settings values ('attribution_window_hours', ?, now())",
+                [str(window)])
+    hour = dt.timedelta(hours=1)
+    for n, (u, i, h, kind) in enumerate(events):
+        con.execute("insert into events values (?, ?, ?, ?, NULL, ?, NULL, NULL)",
+                    [n, u, i, kind, T + h * hour])
+    for u, i, h in shown:
+        con.execute("insert into impressions values (?, ?, ?, 'hybrid', NULL, NULL, NULL, "
+                    "'test', NULL)", [u, i, T + h * hour])
+    expected = {}
+    for u, i, h in shown:
+        expected[(f"u{u}", f"i{i}", T + h * hour)] = [False, False]
+    for u, i, h, kind in events:
+        if kind == "view":
+            continue
+        before = [s for su, si, s in shown if (su, si) == (u, i) and s <= h]
+        if before and h - max(before) <= window:
+            flags = expected[(f"u{u}", f"i{i}", T + max(before) * hour)]
+            flags[kind == "purchase"] = True
+    got = con.execute("select user_id, item_id, ts, clicked, purchased "
+                      "from impression_outcomes").fetchall()
+    assert sorted(got) == sorted((*key, *expected[key]) for u, i, h in shown
+                                 for key in [(f"u{u}", f"i{i}", T + h * hour)])
