@@ -95,9 +95,11 @@ def _load_impressions(con, reader: str, reader_params: list, names: list[str], s
     return {"loaded": loaded, "rejected": rejected}
 
 
-def report(con, since: str | None = None, by: tuple[str, ...] = ("day", "strategy")):
+def report(con, since: str | None = None, by: tuple[str, ...] = ("day", "strategy"),
+           source: str = "impression_outcomes"):
     """Impressions, clicks, CTR, purchases and conversion, grouped by day/strategy/variant;
-    grouped by variant, also each rate's 95% credible interval (allocation.posterior)."""
+    grouped by variant, also each rate's 95% credible interval (allocation.posterior).
+    ``source``: the view, or a table of its rows made once for several reports."""
     allowed = {"day": "cast(ts as DATE)", "strategy": "strategy",
                "variant": "coalesce(variant, '(none)')"}
     if not by or any(b not in allowed for b in by):
@@ -108,7 +110,7 @@ def report(con, since: str | None = None, by: tuple[str, ...] = ("day", "strateg
                round(count(*) filter (where clicked) / count(*), 4) as ctr,
                count(*) filter (where purchased) as purchases,
                round(count(*) filter (where purchased) / count(*), 4) as conversion
-        from impression_outcomes
+        from {source}
         where ? is null or ts >= cast(? as TIMESTAMP)
         group by all order by all""", [since, since])
     columns, rows = [d[0] for d in cur.description], cur.fetchall()

@@ -18,13 +18,15 @@ import sys
 import threading
 import time
 from enum import Enum
+from http.cookies import CookieError, SimpleCookie
 from typing import Annotated, Callable
 from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.responses import RedirectResponse, Response
 
+from . import dashboard
 from .errors import InvalidSetting, RtsqlError, UnknownItem, UnknownUser
 from .recommend import DEFAULT_K, DEFAULT_STRATEGY, MAX_K, STRATEGIES
 from .recommend import check_variant as _check_variant
@@ -112,6 +114,24 @@ def create_app(service: Service, *, token: str | None = None,
             lambda kind=kind: service.follower.refresh_seconds.get(kind, 0.0))
 
     expected = f"Bearer {token}".encode() if token else None
+    session = dashboard.session_value(token).encode() if token else None
+    public = {"/health", *(f"/ui/{name}" for name in dashboard.PUBLIC_ASSETS), "/ui/login"}
+
+    def authorized(scope) -> bool:
+        """The bearer token; or, for a GET (nothing that changes data), the dashboard's
+        cookie."""
+        headers = dict(scope["headers"])
+        if hmac.compare_digest(headers.get(b"authorization", b""), expected):
+            return True
+        if scope["method"] not in ("GET", "HEAD") or b"cookie" not in headers:
+            return False
+        cookies = SimpleCookie()
+        try:
+            cookies.load(headers[b"cookie"].decode("latin-1"))
+        except CookieError:
+            return False
+        given = cookies.get(dashboard.COOKIE)
+        return given is not None and hmac.compare_digest(given.value.encode(), session)
 
     class Guard:
         """Auth and metrics as plain ASGI (cheaper than a BaseHTTPMiddleware per request)."""
@@ -130,15 +150,19 @@ def create_app(service: Service, *, token: str | None = None,
                     status[0] = message["status"]
                 await send(message)
 
-            if expected is not None and scope["path"] != "/health":
-                given = dict(scope["headers"]).get(b"authorization", b"")
-                if not hmac.compare_digest(given, expected):
+            path = scope["path"]
+            if expected is not None and path not in public and not authorized(scope):
+                if scope["method"] == "GET" and dashboard.is_page(path):
+                    response = RedirectResponse("/ui/login", 303)
+                else:
                     response = _error(401, "missing or wrong bearer token: send "
                                            "'Authorization: Bearer TOKEN'", "Authorization")
-                    await response(scope, receive, send_wrapper)
-                    requests.labels("unauthorized", "401").inc()
-                    return
-            if not service.ready.is_set() and scope["path"] != "/metrics":
+                await response(scope, receive, send_wrapper)
+                requests.labels("unauthorized", str(response.status_code)).inc()
+                return
+            # while warming up, the page and its own data load; the scorer's routes wait
+            if not service.ready.is_set() and path not in ("/metrics", "/") \
+                    and not path.startswith("/ui"):
                 response = _json({"status": "warming up",
                                   "error": "the server is loading its compiled scorer (the "
                                            "first start after an install compiles it, up to "
@@ -361,6 +385,9 @@ def create_app(service: Service, *, token: str | None = None,
     async def health():
         answer = service.health()
         return _json(answer, 503 if answer["problems"] else 200)
+
+    dashboard.mount(app, service, lambda: dashboard.route_buckets(
+        registry, "rtsql_http_request_seconds", _FAST_ROUTE), token)
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics():

@@ -19,6 +19,7 @@ planning. ``Service`` is the process that owns the file:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import queue
@@ -34,6 +35,7 @@ from . import (availability, catalog, compute_worker, db, feedback, privacy, sco
 from . import ingest as ingest_mod
 from . import refresh as refresh_mod
 from . import tail as tail_mod
+from .dashboard import Arrivals
 from .errors import DatabaseLocked, InvalidSetting
 from .serving import ServingState
 
@@ -79,6 +81,7 @@ class Service:
         self._generation = 0  # bumped when a write replaces the state (forget)
         self.ready = threading.Event()  # the scorer is compiled: requests can be answered
         self.lost: str | None = None  # why the database cannot be written, if it cannot
+        self.arrivals = Arrivals()  # events committed over time, for the dashboard
 
     # ------------------------------------------------------------------ life cycle
 
@@ -93,6 +96,7 @@ class Service:
             self.con = db.connect(self.db_path)
             self._loader = self.con.cursor()
             self.state = ServingState.load(self._loader)
+            self.arrivals.note(self.state.seen["event_id"])
             if warm:
                 self.warm()
             _freeze()
@@ -219,6 +223,7 @@ class Service:
                 else:  # each forget has its own outcome (an unknown id fails alone)
                     results = [_outcome(self._forget, j.payload) for j in jobs]
                 self.state.catch_up(self.con)
+                self.arrivals.note(self.state.seen["event_id"])
                 self.pending_since = self.pending_since or time.time()
             forgotten = [r for r in results if isinstance(r, privacy.ForgetResult)]
             if kind == "forget" and forgotten:  # answered once no byte is left anywhere
@@ -308,6 +313,7 @@ class Service:
     def _caught_up(self) -> None:
         """After the follower loaded files (under the writer lock)."""
         self.state.catch_up(self.con)
+        self.arrivals.note(self.state.seen["event_id"])
         self.pending_since = self.pending_since or time.time()
 
     def _reload(self) -> None:
@@ -335,6 +341,18 @@ class Service:
         self.model_as_of = self.follower.refreshed_as_of
 
     # ------------------------------------------------------------------ reads
+
+    @contextlib.contextmanager
+    def reading(self):
+        """A cursor of its own for a read in SQL (the dashboard), closed after; DuckDB runs
+        it beside the writer's transactions and sees what they committed."""
+        if self.lost:
+            raise DatabaseLocked(self.lost)
+        cursor = self.con.cursor()
+        try:
+            yield cursor
+        finally:
+            cursor.close()
 
     def problems(self) -> list[str]:
         """Why this server cannot do its job (empty: it can): /health answers 503 with them."""

@@ -116,7 +116,7 @@ class Tail:
         self.stop = threading.Event()
         self.wake = threading.Event()
         self.totals = ScanResult()
-        self.last_refresh: tuple[float, float] | None = None  # (when, seconds)
+        self.last_refresh: tuple[float, float, str] | None = None  # (when, seconds, kind)
         # per kind of refresh (full, incremental, none): how many, and the last one's seconds
         self.refresh_counts = {"full": 0, "incremental": 0, "none": 0}
         self.refresh_seconds = {"full": 0.0, "incremental": 0.0, "none": 0.0}
@@ -371,7 +371,7 @@ class Tail:
                                          else self.publisher.events(self.con))
 
     def _record_refresh(self, done, began: float) -> None:
-        self.last_refresh = (time.time(), done.seconds)
+        self.last_refresh = (time.time(), done.seconds, done.mode)
         self.refresh_counts[done.mode] = self.refresh_counts.get(done.mode, 0) + 1
         self.refresh_seconds[done.mode] = done.seconds
         self.refreshed_as_of = began

@@ -1,4 +1,5 @@
-"""The .sql files ship inside the wheel and load from the installed package."""
+"""The .sql files and the dashboard's page ship inside the wheel and load from the installed
+package."""
 
 import subprocess
 import sys
@@ -23,6 +24,8 @@ def test_wheel_carries_sql_and_loads_it_without_the_source_tree(tmp_path):
     for rel in sql_files:
         inside = "rtsql/" + rel
         assert inside in names, f"{rel} is missing from the wheel"
+    for asset in (ROOT / "rtsql" / "ui").iterdir():
+        assert f"rtsql/ui/{asset.name}" in names, f"the dashboard's {asset.name} is not in it"
 
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
@@ -30,6 +33,8 @@ def test_wheel_carries_sql_and_loads_it_without_the_source_tree(tmp_path):
         "import rtsql, rtsql.resources as r, rtsql.db as db\n"
         f"assert rtsql.__file__.startswith({str(site)!r}), rtsql.__file__\n"
         "con = db.connect_memory()\n"
+        "from rtsql import dashboard\n"
+        "assert all(dashboard.asset(name) for name in dashboard.ASSETS)\n"
         "print(len(r.migrations()), len(r.sql_objects('views')) + len(r.sql_objects('macros')))\n"
     )
     run = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(site)!r})\n"
