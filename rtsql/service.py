@@ -254,7 +254,8 @@ class Service:
             except InvalidSetting as exc:
                 job.future.set_exception(exc)
         results = ingest_mod.ingest_bodies(self.con, bodies, fmt=jobs[0].payload[0],
-                                           last_event_id=self.state.seen["event_id"]) \
+                                           last_event_id=self.state.seen["event_id"],
+                                           known_keys=self.state.keys_of) \
             if bodies else []
         return kept, results
 

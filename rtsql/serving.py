@@ -380,6 +380,13 @@ class ServingState:
     def user_key(self, user_id: str) -> int | None:
         return self.user_keys.get(clean_id(user_id))
 
+    def keys_of(self, column: str, ids: list[str]) -> list[int | None]:
+        """The keys of stored ids in the users ("user_id") or items dictionary, None where
+        the id has none (ingest_bodies' known_keys: the writer's batches skip the dictionary
+        joins when every id is known)."""
+        keys = self.user_keys if column == "user_id" else self.item_keys
+        return [keys.get(i) for i in ids]
+
     def history(self, user_key: int | None) -> History:
         """``rtsql_user_history``: the refreshed row plus the pending events, per item: weights
         added with fsum, the type of the latest event (ties: the later event), latest ts."""

@@ -1,4 +1,4 @@
--- Reference for tests: the straightforward formulation of recommend() (commit 756e26d), which
+-- Reference for tests: the straightforward formulation of recommend(), which
 -- scores every item in one pool. The served macro works on candidates only; tests check that
 -- both give the same rows. Installed as temp macros, so it never reaches a database file.
 -- rtsql_recommend_core: the hybrid scorer behind recommend() and recommend_for_items().

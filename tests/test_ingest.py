@@ -287,3 +287,37 @@ def test_a_json_array_body_becomes_one_line_per_element_with_its_own_text(items,
 def test_a_body_that_starts_like_an_array_and_is_not_one_is_refused(body):
     with pytest.raises(InvalidSetting, match="starts like a JSON array"):
         ingest.json_array_as_lines(body)
+
+
+body_rows = st.lists(st.tuples(st.sampled_from(["u1", "u2", " u3", "", "new-user"]),
+                               st.sampled_from(["i1", "i2", "new-item", ""]),
+                               st.sampled_from(["view", "purchase", "nope"])),
+                     min_size=1, max_size=12)
+
+
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(body_rows, min_size=1, max_size=3))
+def test_bodies_with_the_writers_known_keys_equal_the_dictionary_path(tmp_path_factory, batches):
+    """The server's fast path (every id known in memory: no dictionary joins) writes the same
+    events, keys and rejects as the dictionary path, and falls back to it for new ids."""
+    import rtsql
+    from rtsql.serving import ServingState
+
+    results = []
+    for fast in (False, True):
+        con = rtsql.connect(tmp_path_factory.mktemp("bodies") / "b.duckdb")
+        seed = "".join(f"u{n},i{n},view,2026-11-01T10:00:00,\n" for n in (1, 2, 3))
+        ingest.ingest_bodies(con, [("seed", (HEADER + seed).encode())], fmt="csv")
+        for n, rows in enumerate(batches):
+            body = "\n".join(json.dumps({"user_id": u, "item_id": i, "event_type": t,
+                                         "ts": f"2026-11-0{2 + n}T10:00:00"})
+                             for u, i, t in rows).encode()
+            known = ServingState.load(con).keys_of if fast else None
+            ingest.ingest_bodies(con, [(f"b{n}", body)], known_keys=known)
+        results.append([con.execute(sql).fetchall() for sql in (
+            "select event_id, user_key, item_key, event_type, ts, line from events order by 1",
+            "select * from users order by 1", "select item_key, item_id from items order by 1",
+            "select source, line, reason from rejects order by all")])
+        con.close()
+    assert results[0] == results[1]
