@@ -77,8 +77,7 @@ def peers(train, truth, n_train_items):
 
     warnings.filterwarnings("ignore", module="implicit")
     from implicit.als import AlternatingLeastSquares
-    from implicit.nearest_neighbours import (BM25Recommender, CosineRecommender,
-                                             TFIDFRecommender)
+    from implicit.nearest_neighbours import BM25Recommender, CosineRecommender, TFIDFRecommender
 
     users = sorted({u for u, *_ in train})
     items = sorted({str(i) for _, _, i, _ in train})

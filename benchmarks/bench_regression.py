@@ -20,8 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from common import (dataset, incremental_batches, macro_latencies, p50_p99_ms, print_table,
-                    run_process)
+from common import (
+    dataset,
+    incremental_batches,
+    macro_latencies,
+    p50_p99_ms,
+    print_table,
+    run_process,
+)
 
 
 def main():

@@ -32,8 +32,16 @@ from pathlib import Path
 
 import numpy as np
 
-from common import (dataset, incremental_batches, macro_latencies, median, p50_p99_ms,
-                    print_table, run_output, run_process)
+from common import (
+    dataset,
+    incremental_batches,
+    macro_latencies,
+    median,
+    p50_p99_ms,
+    print_table,
+    run_output,
+    run_process,
+)
 
 # implicit's fit on the weighted interaction matrix of a refreshed rtsql database
 PEER_FIT = """
@@ -119,7 +127,7 @@ def main():
             parquet = dataset(events, "parquet")
             db = str(Path(tmp) / f"r{events}.duckdb")
             ingest_wall, peak = timed_processes(cli(db) + ["ingest", str(parquet)], args.repeat,
-                                                lambda: remove_database(db))
+                                                lambda db=db: remove_database(db))
             row("ingest Parquet (process)", events, f"{events / ingest_wall:,.0f}", "events/s",
                 peak=int(peak))
             if events == max(sizes):
@@ -127,7 +135,7 @@ def main():
                 csv_db = str(Path(tmp) / "csv.duckdb")
                 wall_csv, peak_csv = timed_processes(
                     cli(csv_db) + ["ingest", str(csv)], args.repeat,
-                    lambda: remove_database(csv_db))
+                    lambda csv_db=csv_db: remove_database(csv_db))
                 remove_database(csv_db)
                 row("ingest CSV (process)", events, f"{events / wall_csv:,.0f}", "events/s",
                     peak=int(peak_csv))

@@ -18,9 +18,9 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from datasets import DATASETS  # noqa: E402
-
 from rtsql import evaluate  # noqa: E402
+
+from datasets import DATASETS  # noqa: E402
 
 
 def main(argv: list[str]) -> None:

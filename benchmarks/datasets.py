@@ -71,7 +71,7 @@ class Dataset:
             train += [(user, *e) for e in rows[:cut]]
             test[user] = {str(e[1]) for e in rows[cut:]}
         train_items: dict[str, set] = {}
-        for user, ts, item, value in train:
+        for user, _ts, item, _value in train:
             train_items.setdefault(user, set()).add(str(item))
         truth = {u: t - train_items.get(u, set()) for u, t in test.items()}
         truth = {u: t for u, t in truth.items() if t and u in train_items}

@@ -24,8 +24,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import db, ingest, refresh, settings
+from .measures import AUTO
+from .measures import MODELS as MEASURES
 from .recommend import DEFAULT_K, DEFAULT_STRATEGY
-from .measures import AUTO, MODELS as MEASURES
 from .sqlutil import arrow_table, transaction
 
 # Events with string ids, each user's events ordered by (ts, item id; numerically when the ids
@@ -288,7 +289,8 @@ def prequential(source, *, k: int = 10, limit: int | None = None, refresh_every:
                 for row, event in zip(chunk, arrived):
                     start = time.perf_counter()
                     _score(result, history, row, k,
-                           lambda u: [r[1] for r in state.recommend(u, k, strategy=strategy).rows])
+                           lambda u, state=state: [r[1] for r in
+                                          state.recommend(u, k, strategy=strategy).rows])
                     _, user_key, item_key = event[:3]
                     state.add_ids([(item_key, item_of.pop(item_key))] if item_key in item_of
                                   else [], [(user_key, user_of.pop(user_key))]

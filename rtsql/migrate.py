@@ -28,7 +28,7 @@ class MigrationStatus:
 
 def _ledger_exists(con) -> bool:
     return bool(
-        scalar(con, 
+        scalar(con,
             "select count(*) from information_schema.tables "
             "where table_name = ? and table_schema = 'main' and table_catalog = current_database()",
             [LEDGER],

@@ -40,6 +40,7 @@ _FAST_SINGLE = {"k", "category", "strategy", "variant"}  # its parameters beside
 _WHOLE = re.compile(r"[1-9][0-9]{0,3}")  # a k the route accepts as it is
 
 Strategy = Enum("Strategy", {name: name for name in STRATEGIES}, type=str)
+DEFAULT = Strategy(DEFAULT_STRATEGY)
 
 
 class Method(str, Enum):
@@ -252,7 +253,7 @@ def create_app(service: Service, *, token: str | None = None,
              "(recommend() in SQL)")
     async def recommend(user_id: str, k: K = DEFAULT_K, category: str | None = None,
                         exclude: Ids = None,
-                        strategy: Strategy = Strategy(DEFAULT_STRATEGY),
+                        strategy: Strategy = DEFAULT,
                         variant: str | None = None):
         return Response(recommend_body(user_id, k, category, exclude, strategy.value, variant),
                         media_type="application/json")
@@ -262,7 +263,7 @@ def create_app(service: Service, *, token: str | None = None,
     async def recommend_for_items(item: Annotated[list[str], Query(min_length=1)], k: K = DEFAULT_K,
                                   category: str | None = None,
                                   exclude: Ids = None,
-                                  strategy: Strategy = Strategy(DEFAULT_STRATEGY),
+                                  strategy: Strategy = DEFAULT,
                                   variant: str | None = None):
         check_variant(variant, allow_auto=False)
         rows = service.state.recommend_for_items(item, k, exclude=exclude, category=category,

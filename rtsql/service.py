@@ -30,8 +30,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import (availability, catalog, compute_worker, db, feedback, privacy, scoring,
-               settings, snapshot)
+from . import (
+    availability,
+    catalog,
+    compute_worker,
+    db,
+    feedback,
+    privacy,
+    scoring,
+    settings,
+    snapshot,
+)
 from . import ingest as ingest_mod
 from . import refresh as refresh_mod
 from . import tail as tail_mod

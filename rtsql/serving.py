@@ -33,11 +33,21 @@ import numpy as np
 from . import allocation
 from . import settings as settings_mod
 from .availability import Availability
-from .suppression import Impressions
 from .errors import InvalidSetting, ModelError, UnknownItem, UnknownUser
-from .recommend import (DEFAULT_STRATEGY, PART_CONTENT, PART_ITEM, PART_NAMES, PART_NEW,
-                        PART_TRENDING, PART_USER, Rows, blend_weights, check_request)
+from .recommend import (
+    DEFAULT_STRATEGY,
+    PART_CONTENT,
+    PART_ITEM,
+    PART_NAMES,
+    PART_NEW,
+    PART_TRENDING,
+    PART_USER,
+    Rows,
+    blend_weights,
+    check_request,
+)
 from .sqlutil import arrow_table, clean_id
+from .suppression import Impressions
 
 COLUMNS = ["rank", "item_id", "score", "reason"]
 # the items of recommend_for_items() count as a history with this event type and time

@@ -15,8 +15,9 @@ from datetime import datetime
 from typing import Any, Callable
 
 from .errors import InvalidSetting, UnknownSetting
+from .measures import AUTO
+from .measures import MODELS as MEASURES
 from .recommend import STRATEGIES
-from .measures import AUTO, MODELS as MEASURES
 
 
 @dataclass(frozen=True)

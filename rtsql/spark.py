@@ -24,8 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import refresh as refresh_mod
 from . import measures, settings
+from . import refresh as refresh_mod
 from .errors import InvalidSetting, RtsqlError
 from .sqlutil import scalar
 

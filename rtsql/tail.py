@@ -31,9 +31,8 @@ from pathlib import Path
 from typing import Callable
 
 from . import ingest as ingest_mod
-from . import ledger
+from . import ledger, snapshot
 from . import refresh as refresh_mod
-from . import snapshot
 from .errors import BadEventFile, InputPathError
 from .ingest import ColumnMapping, Segment
 from .sqlutil import database_path

@@ -40,7 +40,7 @@ def brute_force_topk(x: np.ndarray, k: int, shrinkage: float = 0.0, min_support:
 def lists_from_rows(rows):
     """{key: [(nb, score), ...]} from (key, nb, score, rank) rows."""
     out = defaultdict(list)
-    for key, nb, score, rank in sorted(rows, key=lambda r: (r[0], r[3])):
+    for key, nb, score, _rank in sorted(rows, key=lambda r: (r[0], r[3])):
         out[key].append((nb, score))
     return dict(out)
 
@@ -52,7 +52,7 @@ def assert_same_lists(got: dict, want: dict, tol: float = 1e-9):
     for key in want:
         g, w = got[key], want[key]
         assert len(g) == len(w), (key, g, w)
-        for (gn, gs), (wn, ws) in zip(g, w):
+        for (_, gs), (_, ws) in zip(g, w):
             assert abs(gs - ws) <= tol, (key, g, w)
         gset = {n for n, s in g if abs(s - w[-1][1]) > tol}
         wset = {n for n, s in w if abs(s - w[-1][1]) > tol}

@@ -7,7 +7,9 @@ import itertools
 import duckdb
 import numpy as np
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from rtsql import allocation, feedback, ingest, refresh, resources, settings
 from rtsql.allocation import BUCKETS

@@ -1,9 +1,10 @@
 import datetime as dt
 
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from scipy.stats import beta
-
 
 from rtsql import feedback, ingest, recommend, refresh
 from rtsql.errors import BadEventFile, InvalidSetting

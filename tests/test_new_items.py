@@ -8,14 +8,13 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
+from test_serving import assert_materialized_equal_per_user, assert_same_rows
 
 import rtsql
-from rtsql import catalog, ingest, refresh, settings
+from rtsql import catalog, ingest, recommend, refresh, settings
 from rtsql.serving import ServingState
 
 from conftest import HEADER
-from test_serving import assert_materialized_equal_per_user, assert_same_rows
-from rtsql import recommend
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_events"
 NEW = "new: recently added"

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import HEADER, count
 
 import rtsql
 from rtsql import snapshot
 from rtsql.cli import main
+
+from conftest import HEADER, count
 
 SECRET = "zq-secret-user-7781"
 

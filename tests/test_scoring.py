@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from hypothesis import given, settings as hyp_settings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 
 from rtsql import scoring
 

@@ -309,8 +309,9 @@ def test_cli_reads_from_the_snapshot_while_serve_runs(server):
 def test_sql_never_reaches_python_objects():
     """DuckDB's replacement scans are off on rtsql's connections (the server's too): a name
     that is not a table is an error, not a Python variable of the caller."""
-    from rtsql import db
     import duckdb
+
+    from rtsql import db
 
     con = db.connect_memory()
     secret = {"token": ["s3cret"]}  # noqa: F841 (a local the query must not see)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from helpers import assert_same_lists, lists_from_rows
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
@@ -21,6 +20,8 @@ from hypothesis import strategies as st
 import rtsql
 from rtsql import catalog, ingest, recommend, refresh, settings
 from rtsql.cli import main
+
+from helpers import assert_same_lists, lists_from_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_events"
@@ -182,7 +183,7 @@ def compare(got: dict, want: dict, exact: bool, served: int | None = None) -> No
         assert g[key][1:4] == w[key][1:4], key
         assert len(g[key]) == 5, "a new interactions column: compare it here"
     for table in ("item_neighbors", "user_neighbors"):
-        def rows(t):
+        def rows(t, table=table):
             return [r[:4] for r in t[table] if served is None or r[3] <= served]
         assert_same_lists(lists_from_rows(rows(got)), lists_from_rows(rows(want)))
     assert got["item_trending"] == want["item_trending"]

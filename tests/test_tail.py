@@ -149,9 +149,9 @@ def test_burst_of_appends(follow, con):
     f = folder / "burst.csv"
     f.write_text(HEADER)
     written = 0
-    for round_ in range(5):
+    for _ in range(5):
         with open(f, "a") as out:
-            for n in range(200):
+            for _ in range(200):
                 out.write(line(written))
                 written += 1
         t.scan()
@@ -344,8 +344,14 @@ def test_snapshot_readers_never_see_a_half_written_state(tmp_path, db_path, writ
 
 
 def test_handler_wakes_on_changes_only():
-    from watchdog.events import (DirCreatedEvent, FileClosedNoWriteEvent, FileCreatedEvent,
-                                 FileModifiedEvent, FileMovedEvent, FileOpenedEvent)
+    from watchdog.events import (
+        DirCreatedEvent,
+        FileClosedNoWriteEvent,
+        FileCreatedEvent,
+        FileModifiedEvent,
+        FileMovedEvent,
+        FileOpenedEvent,
+    )
 
     wake = threading.Event()
     handler = tail.wake_handler(wake)

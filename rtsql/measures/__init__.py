@@ -21,8 +21,7 @@ import scipy.sparse as sp
 from .base import Measure, Model, Notice, Progress, Weights
 from .cosine import Cosine, TfIdf, cosine
 from .ease import Ease
-from .engine import (IncrementalResult, Neighbors, StoredLists, merge_lists, top_k,
-                     top_per_row)
+from .engine import IncrementalResult, Neighbors, StoredLists, merge_lists, top_k, top_per_row
 from .rp3beta import RP3beta
 from .sparse_ease import SparseEase
 

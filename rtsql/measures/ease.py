@@ -26,8 +26,8 @@ the full build's value between full refreshes (a change of it is not low-rank).
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
