@@ -191,17 +191,23 @@ def connect_memory() -> duckdb.DuckDBPyConnection:
 
 
 
+def snapshot_path(db_path: str | os.PathLike) -> Path:
+    """Where a database's snapshot is published by default: ``shop.duckdb`` ->
+    ``shop.snapshot.duckdb`` in the same folder (readers look there while a writer holds the
+    database)."""
+    p = Path(db_path)
+    return p.with_name(p.stem + ".snapshot" + (p.suffix or ".duckdb"))
+
+
 def connect_for_reading(path: str | os.PathLike | None = None):
     """(connection, snapshot path or None): the database opened read-only, or, while another
     process (``rtsql tail`` or ``rtsql serve``) holds it for writing, its published snapshot.
     A database that needs migrating says so (``rtsql migrate`` once)."""
-    from . import snapshot
-
     path = path or default_path()
     try:
         return connect(path, read_only=True), None
     except DatabaseLocked:
-        snap = snapshot.default_path(path)
+        snap = snapshot_path(path)
         if not snap.exists():
             raise
         return connect(snap, read_only=True), snap

@@ -63,10 +63,7 @@ def is_snapshot(path: Path) -> bool:
     return "_rtsql_migrations" in tables and "source_files" not in tables
 
 
-def default_path(db_path: str | os.PathLike) -> Path:
-    """``shop.duckdb`` -> ``shop.snapshot.duckdb`` in the same folder."""
-    p = Path(db_path)
-    return p.with_name(p.stem + ".snapshot" + (p.suffix or ".duckdb"))
+default_path = db.snapshot_path  # shop.duckdb -> shop.snapshot.duckdb
 
 
 def publish(con, target: str | os.PathLike) -> float:

@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 import scipy.sparse as sp
 
-from .base import Measure, Progress, Weights
+from .params import Measure, Progress, Weights
 
 
 @dataclass

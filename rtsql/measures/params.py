@@ -1,0 +1,51 @@
+"""The parameters of one similarity build and what the sparse engine multiplies: plain data,
+shared by the measure contract (base.py) and the engine (engine.py), which import it and not
+each other's internals."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import scipy.sparse as sp
+
+Progress = Callable[[int, int], None]
+Notice = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One build's parameters: the measure's name (``kind``, a key of rtsql.measures.MODELS),
+    the engine's (list length, memory and threads) and each measure's own. rtsql/refresh.py
+    fills them from the settings registry."""
+
+    k: int = 50
+    shrinkage: float = 0.0
+    min_support: int = 1
+    block_cells: int = 1 << 24  # similarity entries held at once per thread
+    threads: int = 1  # blocks computed in parallel
+    kind: str = "cosine"
+    idf_n: float = 0.0  # tfidf: the user count, frozen at the last full refresh
+    alpha: float = 1.0  # rp3beta: transition probabilities raised to alpha
+    beta: float = 0.5  # rp3beta: a neighbour's score divided by its popularity^beta
+    buffer_length: int = 0  # entries kept per row (>= k; 0: k): a buffer that refills lists
+    ease_lambda: float = 300.0  # ease: L2 regularization of the closed form
+    ease_max_items: int = 15_000  # ease: the most popular rows that enter the dense inverse
+    ease_neighbors: int = 192  # sparse_ease: the regressors of each item (its top co-occurring)
+
+    @property
+    def list_length(self) -> int:
+        """The entries a row's list holds: max(buffer_length, k)."""
+        return max(self.buffer_length, self.k)
+
+
+@dataclass
+class Weights:
+    """What the sparse engine multiplies: sim(a, b) = (left[a] . right[:, b]) * scale[a] *
+    scale[b], then the support factor (engine.RowSimilarity). ``left`` is rows x features CSR,
+    ``right`` features x rows CSR, with the same pattern as the matrix (transposed)."""
+
+    left: sp.csr_matrix
+    right: sp.csr_matrix
+    scale: np.ndarray
