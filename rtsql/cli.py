@@ -16,7 +16,14 @@ import click
 from . import availability, catalog, db, output, settings
 from . import ingest as ingest_mod
 from .errors import RtsqlError, UnknownUser
-from .recommend import DEFAULT_K, DEFAULT_STRATEGY, MAX_K, STRATEGIES
+from .vocabulary import (
+    DEFAULT_K,
+    DEFAULT_METHOD,
+    DEFAULT_STRATEGY,
+    MAX_K,
+    SIMILAR_METHODS,
+    STRATEGIES,
+)
 
 FORMAT_OPTION = click.option(
     "--format", "fmt", type=click.Choice(output.FORMATS), default="table", show_default=True,
@@ -669,7 +676,7 @@ def recommend(state: State, user_id, k, strategy, exclude, category, variant, fm
 @main.command()
 @click.argument("item_id")
 @click.option("-k", default=DEFAULT_K, show_default=True, type=click.IntRange(1, MAX_K), help="How many items.")
-@click.option("--by", type=click.Choice(["cf", "content"]), default="cf", show_default=True,
+@click.option("--by", type=click.Choice(SIMILAR_METHODS), default=DEFAULT_METHOD, show_default=True,
               help="cf: people who interacted with it also did; content: catalog similarity.")
 @FORMAT_OPTION
 @click.pass_obj

@@ -24,10 +24,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import db, ingest, refresh, settings
-from .measures import AUTO
 from .measures import MODELS as MEASURES
-from .recommend import DEFAULT_K, DEFAULT_STRATEGY
 from .sqlutil import arrow_table, transaction
+from .vocabulary import AUTO, DEFAULT_K, DEFAULT_STRATEGY
 
 # Events with string ids, each user's events ordered by (ts, item id; numerically when the ids
 # are numbers) and numbered, with the user's event count: the protocol 1 split. Events of one

@@ -125,22 +125,29 @@ def render(sql: str) -> str:
     """Fill in what a view or macro takes from the Python definitions, so SQL never keeps a
     second copy: ``{{default:NAME}}``, the setting's default from the registry (a quoted
     literal, as stored in rtsql_settings); ``{{blend_settings}}`` and ``{{blend_weights}}``,
-    the recommend macro's per-strategy columns from rtsql.recommend.BLENDED; ``{{engaged}}``,
-    the event types of rtsql.recommend.ENGAGED."""
-    from .recommend import BLENDED, ENGAGED
+    the recommend macro's per-strategy columns from vocabulary.BLENDED; and the vocabulary's
+    words: ``{{default_k}}``, ``{{default_strategy}}``, ``{{default_method}}``,
+    ``{{engaged}}``, ``{{click_types}}``, ``{{purchase_types}}``."""
+    from . import vocabulary as v
     from .settings import SETTINGS, text_of
 
     def literal(name: str) -> str:
         return "'" + text_of(SETTINGS[name].default).replace("'", "''") + "'"
 
     settings_scan = "".join(f"max(value) filter (where name = '{setting}') as {column},\n"
-                            "               " for setting, column in BLENDED.values())
+                            "               " for setting, column in v.BLENDED.values())
     weights = "".join(
-        f"case when p_strategy = 'hybrid'\n"
+        f"case when p_strategy = '{v.DEFAULT_STRATEGY}'\n"
         f"                then coalesce(json_extract_string(o, '$.{setting}'), {column}, "
         f"{literal(setting)})::DOUBLE\n"
         f"                else (p_strategy = '{name}')::DOUBLE end as {column},\n           "
-        for name, (setting, column) in BLENDED.items())
+        for name, (setting, column) in v.BLENDED.items())
     sql = sql.replace("{{blend_settings}}", settings_scan).replace("{{blend_weights}}", weights)
-    sql = sql.replace("{{engaged}}", ", ".join(f"'{t}'" for t in ENGAGED))
+    for name, value in (("default_k", str(v.DEFAULT_K)),
+                        ("default_strategy", v.sql_list([v.DEFAULT_STRATEGY])),
+                        ("default_method", v.sql_list([v.DEFAULT_METHOD])),
+                        ("engaged", v.sql_list(v.ENGAGED)),
+                        ("click_types", v.sql_list(v.CLICK_TYPES)),
+                        ("purchase_types", v.sql_list(v.PURCHASE_TYPES))):
+        sql = sql.replace("{{" + name + "}}", value)
     return _DEFAULT.sub(lambda m: literal(m.group(1)), sql)

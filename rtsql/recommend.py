@@ -7,32 +7,7 @@ from dataclasses import dataclass
 
 from .errors import InvalidSetting, UnknownItem, UnknownUser
 from .sqlutil import clean_id, scalar
-
-# The strategies recommend() blends: name -> (the setting holding its blend weight, its column
-# in the macro's cfg). 'hybrid' blends them all with those weights; any other strategy scores
-# alone (weight 1, the others 0). The one definition: the settings' choices, the macro's cfg
-# (generated from this at install: migrate.render), the in-memory scorer, evaluate, tune and
-# the CLI's --strategy all read it.
-BLENDED = {"item": ("weight_item_cf", "w_item"), "user": ("weight_user_cf", "w_user"),
-           "content": ("weight_content", "w_content"), "trending": ("weight_trending", "w_trend")}
-DEFAULT_STRATEGY = "hybrid"  # the blend of every strategy
-STRATEGIES = (DEFAULT_STRATEGY, *BLENDED)
-
-
-def blend_weights(strategy: str, weight_of) -> dict[str, float]:
-    """The blend weight of each strategy (by its cfg column) when ``strategy`` is asked for;
-    ``weight_of(setting)`` gives a weight setting's value."""
-    return {column: float(weight_of(setting)) if strategy == "hybrid" else float(strategy == name)
-            for name, (setting, column) in BLENDED.items()}
-# A click or better: the event types impression_outcomes credits to an impression, and that
-# lift a suppressed repeat (rtsql_engaged, rtsql_suppressed).
-ENGAGED = ("click", "cart", "purchase")
-DEFAULT_K = 10  # list length when a caller gives none (CLI, HTTP API, Python API)
-MAX_K = 1000  # the longest list the CLI and the HTTP API return
-# What explains a recommended row (its reason): the strategy that added the most, or the
-# backfill; the names are the macro's (rtsql_reason), the codes the compiled scorer's.
-PART_NAMES = ("item-cf", "user-cf", "content", "trending", "popular", "new")
-PART_ITEM, PART_USER, PART_CONTENT, PART_TRENDING, PART_POPULAR, PART_NEW = range(len(PART_NAMES))
+from .vocabulary import DEFAULT_K, DEFAULT_METHOD, DEFAULT_STRATEGY, SIMILAR_METHODS, STRATEGIES
 
 
 @dataclass
@@ -57,6 +32,12 @@ def check_request(k: int, strategy: str = DEFAULT_STRATEGY) -> None:
     _check_k(k)
     if strategy not in STRATEGIES:
         raise InvalidSetting(f"strategy must be one of {', '.join(STRATEGIES)}")
+
+
+def check_method(by: str) -> None:
+    """similar_items' ``by``: one of SIMILAR_METHODS."""
+    if by not in SIMILAR_METHODS:
+        raise InvalidSetting(f"by must be one of {', '.join(SIMILAR_METHODS)}")
 
 
 def check_variant(known, variant: str | None, allow_auto: bool = True) -> None:
@@ -91,10 +72,9 @@ def recommend_for_items(con, item_ids: list[str], k: int = DEFAULT_K) -> Rows:
                  [[clean_id(i) for i in item_ids], k])
 
 
-def similar_items(con, item_id: str, k: int = DEFAULT_K, by: str = "cf") -> Rows:
+def similar_items(con, item_id: str, k: int = DEFAULT_K, by: str = DEFAULT_METHOD) -> Rows:
     _check_k(k)
-    if by not in ("cf", "content"):
-        raise InvalidSetting("by must be 'cf' or 'content'")
+    check_method(by)
     item_id = clean_id(item_id)
     if scalar(con, "select count(*) from items where item_id = ?", [item_id]) == 0:
         raise UnknownItem(f"no item {item_id!r} in the events or the catalog")

@@ -27,7 +27,7 @@ import threading
 import numpy as np
 from numba import njit
 
-from .recommend import PART_CONTENT, PART_ITEM, PART_POPULAR, PART_TRENDING, PART_USER
+from .vocabulary import PART_CONTENT, PART_ITEM, PART_POPULAR, PART_TRENDING, PART_USER
 
 _EPS = 2.0 ** -53
 # accumulator columns per candidate: the sum as hi + lo (TwoSum carries each addition's

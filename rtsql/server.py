@@ -28,10 +28,17 @@ from fastapi.responses import RedirectResponse, Response
 
 from . import dashboard
 from .errors import InvalidSetting, RtsqlError, UnknownItem, UnknownUser
-from .recommend import DEFAULT_K, DEFAULT_STRATEGY, MAX_K, STRATEGIES
 from .recommend import check_variant as _check_variant
 from .service import Service
 from .sqlutil import clean_id
+from .vocabulary import (
+    DEFAULT_K,
+    DEFAULT_METHOD,
+    DEFAULT_STRATEGY,
+    MAX_K,
+    SIMILAR_METHODS,
+    STRATEGIES,
+)
 
 MAX_BODY_BYTES = 16 << 20
 TOKEN_ENV = "RTSQL_TOKEN"
@@ -43,9 +50,8 @@ Strategy = Enum("Strategy", {name: name for name in STRATEGIES}, type=str)
 DEFAULT = Strategy(DEFAULT_STRATEGY)
 
 
-class Method(str, Enum):
-    cf = "cf"
-    content = "content"
+Method = Enum("Method", {name: name for name in SIMILAR_METHODS}, type=str)
+DEFAULT_BY = Method(DEFAULT_METHOD)
 
 
 K = Annotated[int, Query(ge=1, le=MAX_K, description="how many rows")]
@@ -271,7 +277,7 @@ def create_app(service: Service, *, token: str | None = None,
         return _json({"items": _rows(rows)})
 
     @app.get("/similar-items/{item_id}", summary="An item's neighbours (similar_items())")
-    async def similar_items(item_id: str, k: K = DEFAULT_K, by: Method = Method.cf):
+    async def similar_items(item_id: str, k: K = DEFAULT_K, by: Method = DEFAULT_BY):
         return _json({"item_id": item_id,
                       "items": _rows(service.state.similar_items(item_id, k, by.value))})
 

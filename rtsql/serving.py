@@ -33,8 +33,13 @@ import numpy as np
 from . import allocation
 from . import settings as settings_mod
 from .availability import Availability
-from .errors import InvalidSetting, ModelError, UnknownItem, UnknownUser
-from .recommend import (
+from .errors import ModelError, UnknownItem, UnknownUser
+from .recommend import Rows, check_method, check_request
+from .sqlutil import arrow_table, clean_id
+from .suppression import Impressions
+from .vocabulary import (
+    DEFAULT_K,
+    DEFAULT_METHOD,
     DEFAULT_STRATEGY,
     PART_CONTENT,
     PART_ITEM,
@@ -42,12 +47,9 @@ from .recommend import (
     PART_NEW,
     PART_TRENDING,
     PART_USER,
-    Rows,
+    SIMILAR_METHODS,
     blend_weights,
-    check_request,
 )
-from .sqlutil import arrow_table, clean_id
-from .suppression import Impressions
 
 COLUMNS = ["rank", "item_id", "score", "reason"]
 # the items of recommend_for_items() count as a history with this event type and time
@@ -456,7 +458,7 @@ class ServingState:
 
     # ------------------------------------------------------------------ routes
 
-    def recommend(self, user_id: str, k: int = 10, *, exclude: list[str] | None = None,
+    def recommend(self, user_id: str, k: int = DEFAULT_K, *, exclude: list[str] | None = None,
                   category: str | None = None, strategy: str = DEFAULT_STRATEGY,
                   variant: str | None = None) -> Rows:
         check_request(k, strategy)
@@ -466,28 +468,28 @@ class ServingState:
         return self._recommend(user_key, self.history(user_key), k, exclude, category,
                                self.config(strategy, variant))
 
-    def recommend_for_items(self, item_ids: list[str], k: int = 10, *,
+    def recommend_for_items(self, item_ids: list[str], k: int = DEFAULT_K, *,
                             exclude: list[str] | None = None, category: str | None = None,
                             strategy: str = DEFAULT_STRATEGY, variant: str | None = None) -> Rows:
         check_request(k, strategy)
         return self._recommend(None, self.basket(item_ids), k, exclude, category,
                                self.config(strategy, variant))
 
-    def similar_items(self, item_id: str, k: int = 10, by: str = "cf") -> Rows:
-        if by not in ("cf", "content"):
-            raise InvalidSetting("by must be 'cf' or 'content'")
+    def similar_items(self, item_id: str, k: int = DEFAULT_K, by: str = DEFAULT_METHOD
+                      ) -> Rows:
+        check_method(by)
         check_request(k)
         key = self.item_keys.get(clean_id(item_id))
         if key is None:
             raise UnknownItem(f"no item {item_id!r} in the events or the catalog")
-        lists = self.model.item_lists if by == "cf" else self.model.content
+        lists = self.model.item_lists if by == SIMILAR_METHODS[0] else self.model.content
         _, pos = lists.expand(np.array([key]))
         pos = pos[~np.isin(lists.keys[pos], self.availability.unavailable())][:k]
         return Rows(["rank", "item_id", "score"],
                     [(r + 1, self.item_ids[n], s) for r, (n, s) in
                      enumerate(zip(lists.keys[pos].tolist(), lists.values[pos].tolist()))])
 
-    def similar_users(self, user_id: str, k: int = 10) -> Rows:
+    def similar_users(self, user_id: str, k: int = DEFAULT_K) -> Rows:
         check_request(k)
         key = self.user_key(user_id)
         if key is None:
@@ -500,7 +502,7 @@ class ServingState:
                      enumerate(zip(lists.keys[pos].tolist(), lists.values[pos].tolist()))
                      if n in self.user_ids])
 
-    def trending(self, k: int = 10) -> Rows:
+    def trending(self, k: int = DEFAULT_K) -> Rows:
         check_request(k)
         m = self.model
         unavailable = self.availability.unavailable()

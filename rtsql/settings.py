@@ -15,9 +15,7 @@ from datetime import datetime
 from typing import Any, Callable
 
 from .errors import InvalidSetting, UnknownSetting
-from .measures import AUTO
-from .measures import MODELS as MEASURES
-from .recommend import STRATEGIES
+from .vocabulary import AUTO, DEFAULT_STRATEGY, MEASURE_NAMES, STRATEGIES
 
 
 @dataclass(frozen=True)
@@ -28,6 +26,9 @@ class Setting:
     help: str
     check: Callable[[Any], bool] = lambda v: True
     choices: tuple[str, ...] = ()
+    # "model": the lists depend on it (a change makes the next refresh a full one);
+    # "serving": read at query time, and a variant may override it; None: neither
+    kind: str | None = None
 
 
 def _bool(text: str) -> bool:
@@ -132,7 +133,7 @@ SETTINGS: dict[str, Setting] = {
         # --- models (a change makes the next refresh a full one)
         Setting("neighbors", int, 50,
                 "Top-K neighbours kept per item and per user (ease: k x items entries in all, "
-                "the largest weights, at most 8k per item).", _positive(1000)),
+                "the largest weights, at most 8k per item).", _positive(1000), kind="model"),
         Setting("similarity", str, "auto",
                 "Item-item measure: auto (ease while at most ease_max_items items have "
                 "interactions, sparse_ease beyond while its lists fit in memory, cosine beyond "
@@ -145,58 +146,60 @@ SETTINGS: dict[str, Setting] = {
                 "and tfidf lists are updated exactly by the incremental refresh, ease's from "
                 "its stored inverse; sparse_ease and rp3beta have no exact update and are "
                 "rebuilt in full as rebuild_fraction says.",
-                choices=(AUTO, *MEASURES)),
+                choices=(AUTO, *MEASURE_NAMES), kind="model"),
         Setting("rp3_alpha", float, 1.0,
-                "rp3beta: transition probabilities are raised to this power.", _positive(10)),
+                "rp3beta: transition probabilities are raised to this power.", _positive(10),
+                kind="model"),
         Setting("rp3_beta", float, 0.5,
                 "rp3beta: a neighbour's score is divided by its popularity to this power.",
-                _non_negative(10)),
+                _non_negative(10), kind="model"),
         Setting("ease_lambda", float, 300.0,
                 "ease: L2 regularization of the closed form, in units of the mean squared "
                 "interaction weight, so the same value fits binary events, ratings or decayed "
                 "weights (larger: closer to popularity).",
-                _positive(1e9)),
+                _positive(1e9), kind="model"),
         Setting("ease_max_items", int, 15_000,
                 "ease: at most this many items (the most popular) enter the dense n x n "
                 "inverse: about 16 n^2 bytes of memory and n^3 multiply-adds per refresh; the "
                 "others get no item-item list. similarity auto uses sparse_ease beyond it.",
-                _positive(lambda: math.isqrt((physical_mib() << 20) // 16))),
+                _positive(lambda: math.isqrt((physical_mib() << 20) // 16)), kind="model"),
         Setting("ease_neighbors", int, 192,
                 "sparse_ease: each item is regressed on this many items it co-occurs with most "
                 "(m): about n x m^3 / 3 multiply-adds and 64 x n x m bytes for n items.",
-                _positive(2000)),
+                _positive(2000), kind="model"),
         Setting("pair_weight", str, "max",
                 "How a user's events on one item weigh in the models: max (the strongest single "
                 "event: repeat purchases and repeated views add nothing) or sum (every event "
                 "counts). Serving's history weights are always the sum.",
-                choices=("max", "sum")),
+                choices=("max", "sum"), kind="model"),
         Setting("shrinkage", float, 0.0,
                 "Cosine is multiplied by support / (support + shrinkage): damps neighbours that "
                 "share few users.",
-                _non_negative(1e6)),
+                _non_negative(1e6), kind="model"),
         Setting("min_support", int, 1,
                 "Minimum number of users two items share (items a user shares) to be neighbours.",
-                _positive(1e6)),
+                _positive(1e6), kind="model"),
         Setting("max_history", int, 500,
                 "Each user counts with its this many most recent items (0: all): in the "
                 "co-occurrence, in the history recommend() scores, and in what it gives "
                 "its neighbours' user-cf.",
-                _non_negative(1e6)),
+                _non_negative(1e6), kind="model"),
         Setting("max_item_users", int, 100,
                 "Each item counts with its this many most recent users (0: all) in user-user "
                 "co-occurrence, so an item costs user-user at most this squared (max_history "
                 "does the same for item-item); recommend() still scores every neighbour's "
                 "whole capped row.",
-                _non_negative(1e6)),
+                _non_negative(1e6), kind="model"),
         Setting("half_life_days", float, 0.0,
                 "Exponential time decay of interaction weights (0: off). Forward decay: exact "
-                "under incremental refresh.", _non_negative(36_500)),
-        Setting("user_cf", bool, True, "Compute user-user neighbours (needed by weight_user_cf)."),
+                "under incremental refresh.", _non_negative(36_500), kind="model"),
+        Setting("user_cf", bool, True, "Compute user-user neighbours (needed by weight_user_cf).",
+                kind="model"),
         Setting("list_buffer", float, 1.2,
                 "Neighbour lists store neighbors x this many entries (>= 1); the extra ones "
                 "refill a list that loses entries in an incremental refresh instead of "
                 "recomputing it, at the price of longer lists to rewrite.",
-                Range(1, 10)),
+                Range(1, 10), kind="model"),
         Setting("refresh_block_mb", int, 128,
                 "Memory for one block of similarities during refresh, per thread.",
                 _positive(physical_mib)),
@@ -213,32 +216,34 @@ SETTINGS: dict[str, Setting] = {
                 _non_negative(86_400)),
         # --- serving (read by the SQL macros at query time; no refresh needed)
         Setting("weight_item_cf", float, 1.0, "Blend weight of item-item CF in recommend().",
-                _non_negative(1e6)),
+                _non_negative(1e6), kind="serving"),
         Setting("weight_user_cf", float, 0.1, "Blend weight of user-user CF in recommend().",
-                _non_negative(1e6)),
+                _non_negative(1e6), kind="serving"),
         Setting("weight_content", float, 0.05, "Blend weight of content similarity in recommend().",
-                _non_negative(1e6)),
+                _non_negative(1e6), kind="serving"),
         Setting("weight_trending", float, 0.05, "Blend weight of trending in recommend().",
-                _non_negative(1e6)),
-        Setting("exclude_seen", bool, True, "recommend() leaves out items the user interacted with."),
+                _non_negative(1e6), kind="serving"),
+        Setting("exclude_seen", bool, True,
+                "recommend() leaves out items the user interacted with.", kind="serving"),
         Setting("recency_half_life_days", float, 0.0,
                 "At query time, a history item counts 2^(-age/half-life) relative to the "
-                "user's latest event (0: off).", _non_negative(36_500)),
+                "user's latest event (0: off).", _non_negative(36_500), kind="serving"),
         Setting("suppress_after_impressions", int, 0,
                 "No repeats: an item shown to a user this many times within "
                 "suppress_window_hours, with no click or better since, is left out of that "
-                "user's recommend() and user_recommendations (0: off).", Range(0, 1_000_000)),
+                "user's recommend() and user_recommendations (0: off).", Range(0, 1_000_000),
+                kind="serving"),
         Setting("suppress_window_hours", float, 24.0,
                 "The window of suppress_after_impressions: only impressions this recent count.",
-                _positive(24 * 366)),
+                _positive(24 * 366), kind="serving"),
         Setting("explore_new_items", int, 0,
                 "New items: up to this many rows of each recommend() list go to items first "
                 "seen within new_item_days (first event, or catalog row), the ones most similar "
                 "in content to the user's history first, then the newest; reason 'new' (0: off).",
-                Range(0, 1000)),
+                Range(0, 1000), kind="serving"),
         Setting("new_item_days", float, 7.0,
                 "How recent an item's first appearance must be for explore_new_items.",
-                _positive(36_500)),
+                _positive(36_500), kind="serving"),
         # --- batch output of each refresh
         Setting("materialize_recommendations", bool, False,
                 "Each refresh writes user_recommendations: every user's top materialize_k "
@@ -246,7 +251,7 @@ SETTINGS: dict[str, Setting] = {
                 "Costs about a millisecond per user on each refresh."),
         Setting("materialize_k", int, 10, "Rows per user in user_recommendations.",
                 Range(0, 1000, open_low=True)),
-        Setting("materialize_strategy", str, "hybrid",
+        Setting("materialize_strategy", str, DEFAULT_STRATEGY,
                 "Strategy of user_recommendations (see recommend --strategy).",
                 choices=STRATEGIES),
         Setting("attribution_window_hours", float, 24.0,
@@ -312,13 +317,9 @@ def parse(name: str, text: str) -> Any:
     return value
 
 
-SERVING_SETTINGS = ("weight_item_cf", "weight_user_cf", "weight_content", "weight_trending",
-                    "exclude_seen", "recency_half_life_days", "suppress_after_impressions",
-                    "suppress_window_hours", "explore_new_items", "new_item_days")
-MODEL_SETTINGS = ("neighbors", "similarity", "rp3_alpha", "rp3_beta", "ease_lambda",
-                  "ease_max_items", "ease_neighbors", "pair_weight", "shrinkage", "min_support",
-                  "max_history", "max_item_users", "half_life_days",
-                  "user_cf", "list_buffer")
+SERVING_SETTINGS = tuple(n for n, s in SETTINGS.items() if s.kind == "serving")
+MODEL_SETTINGS = tuple(n for n, s in SETTINGS.items() if s.kind == "model")
+assert MODEL_SETTINGS and SERVING_SETTINGS
 
 
 def text_of(value: Any) -> str:

@@ -6,7 +6,7 @@ engaged event answered (``rtsql_repeat_impressions``). The server keeps those im
 memory (``Impressions``) and applies the same count at request time, so the in-memory scorer
 and the macro agree (tests/test_serving.py compares them); the writer brings them forward
 after each commit: new impressions are read again for their users, and a click or better
-(rtsql.recommend.ENGAGED) in catch-up drops the impressions it answers.
+(rtsql.vocabulary.ENGAGED) in catch-up drops the impressions it answers.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from .recommend import ENGAGED
+from .vocabulary import ENGAGED
 
 HOUR_US = 3_600_000_000
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from ..vocabulary import AUTO, MEASURE_NAMES  # noqa: F401 - AUTO: measures.AUTO for callers
 from .base import Measure, Model, Notice, Progress, Weights
 from .cosine import Cosine, TfIdf, cosine
 from .ease import Ease
@@ -26,9 +27,7 @@ from .rp3beta import RP3beta
 from .sparse_ease import SparseEase
 
 MODELS: dict[str, Model] = {m.name: m for m in (Cosine(), TfIdf(), RP3beta(), Ease(), SparseEase())}
-# the similarity setting's default: a choice among MODELS made at each full refresh
-# (rtsql.refresh.resolve_similarity)
-AUTO = "auto"
+assert tuple(MODELS) == MEASURE_NAMES, "rtsql.vocabulary.MEASURE_NAMES lists every measure"
 
 
 def model(measure: Measure) -> Model:

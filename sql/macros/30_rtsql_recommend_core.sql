@@ -10,8 +10,8 @@
 create or replace macro rtsql_recommend_core(p_user_key, p_hist, k, p_exclude, p_category,
                                              p_strategy, p_variant) as table
 with cfg as (
-    -- per strategy (rtsql.recommend.BLENDED): its weight setting under 'hybrid', else 1 for
-    -- the strategy asked for and 0 for the others
+    -- per strategy (rtsql.vocabulary.BLENDED): its weight setting under the default strategy
+    -- (hybrid), else 1 for the strategy asked for and 0 for the others
     select {{blend_weights}}
            coalesce(json_extract_string(o, '$.exclude_seen'), exclude_seen, {{default:exclude_seen}})::BOOLEAN
                as exclude_seen,

@@ -3,8 +3,8 @@
 -- Unknown users get trending and popular items. exclude: item ids to leave out; category: only
 -- items of that catalog category; strategy: hybrid (default), item, user, content or trending;
 -- variant: an A/B variant's serving settings ('auto': the user's own, from ab_variant()).
-create or replace macro recommend(p_user_id, k := 10, exclude := NULL, category := NULL,
-                                  strategy := 'hybrid', variant := NULL) as table
+create or replace macro recommend(p_user_id, k := {{default_k}}, exclude := NULL, category := NULL,
+                                  strategy := {{default_strategy}}, variant := NULL) as table
 select * from rtsql_recommend_core(
     (select user_key from users where user_id = p_user_id),
     (select list(struct_pack(item_key := item_key, weight := weight, event_type := event_type,

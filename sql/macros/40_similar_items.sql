@@ -1,6 +1,6 @@
 -- similar_items: an item's neighbours; method := 'cf' (co-occurrence, default) or 'content'.
 -- The cf lists are read by key from item_neighbor_lists (an index lookup, not a scan).
-create or replace macro similar_items(p_item_id, k := 10, method := 'cf') as table
+create or replace macro similar_items(p_item_id, k := {{default_k}}, method := {{default_method}}) as table
 with i as (select item_key from items where item_id = p_item_id),
 n as (
     select unnest(generate_series(1, len(l.neighbor_keys))) as rank,

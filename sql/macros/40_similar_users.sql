@@ -1,5 +1,5 @@
 -- similar_users: a user's nearest neighbours by cosine over their interaction rows.
-create or replace macro similar_users(p_user_id, k := 10) as table
+create or replace macro similar_users(p_user_id, k := {{default_k}}) as table
 select n.rank, v.user_id, n.score
 from user_neighbors n
 join users u on u.user_key = n.user_key

@@ -1,6 +1,6 @@
 -- trending: items gaining events: recent-window count times growth over the window before
 -- (windows of trending_window_days ending at the latest event), then overall popularity.
-create or replace macro trending(k := 10) as table
+create or replace macro trending(k := {{default_k}}) as table
 -- Items not available now (rtsql_unavailable) are left out and the rest ranked again.
 select row_number() over (order by t.rank_trending) as rank, i.item_id, t.score
 from item_trending t join items i using (item_key)

@@ -21,8 +21,8 @@ engaged as (
 ),
 credited as (
     select i.user_key, i.item_key, i.ts as impression_ts,
-           bool_or(e.event_type in ('click', 'cart')) as clicked,
-           bool_or(e.event_type = 'purchase') as purchased
+           bool_or(e.event_type in ({{click_types}})) as clicked,
+           bool_or(e.event_type in ({{purchase_types}})) as purchased
     from engaged e
     asof join impressions i
       on e.user_key = i.user_key and e.item_key = i.item_key and e.ts >= i.ts
