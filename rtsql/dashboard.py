@@ -22,11 +22,12 @@ from importlib import resources
 import numpy as np
 
 from . import allocation, feedback, settings
-from .errors import InvalidSetting, UnknownItem, UnknownUser
+from .errors import InvalidSetting
 from .sqlutil import clean_id
 
 COOKIE = "rtsql_ui"
 HISTORY_ROWS = 20  # a user's most recent items on the user view
+SAMPLE_USERS, SAMPLE_ITEMS = 5, 5  # where the overview suggests to start
 ARRIVAL_MINUTES = 30  # the overview's events-per-minute chart
 ASSETS = {"index.html": "text/html; charset=utf-8", "login.html": "text/html; charset=utf-8",
           "app.js": "text/javascript; charset=utf-8", "login.js": "text/javascript; charset=utf-8",
@@ -109,21 +110,20 @@ def overview(service, buckets: list[tuple[float, float]], now: float | None = No
     """The overview's numbers: the state's counts, the service's counters, the refreshes,
     and GET /recommend's latency quantiles from its /metrics histogram (``buckets``)."""
     now = time.time() if now is None else now
-    state = service.state
-    service.arrivals.note(state.seen["event_id"], now)
+    service.arrivals.note(service.last_event_id(), now)
     with service.reading() as con:
         events, rejects, impressions = con.execute(
             "select (select count(*) from events), (select count(*) from rejects), "
             "(select count(*) from impressions)").fetchall()[0]
         measure = con.execute("select any_value(value) from model_state "
-                              "where name = 'item_measure'").fetchone()[0]
-    follower = service.follower
-    last = getattr(follower, "last_refresh", None)
+                              "where name = 'item_measure'").fetchall()[0][0]
+    refreshes = service.refresh_stats()
+    last = refreshes["last"]
     per_minute = service.arrivals.per_minute(now, ARRIVAL_MINUTES)
     health = service.health()
     return {
         "status": health["status"], "problems": health["problems"],
-        "events": events, "users": len(state.user_keys), "items": len(state.item_keys),
+        "events": events, "users": health["users"], "items": health["items"],
         "rejects": rejects, "impressions": impressions,
         "events_last_minute": per_minute[-1],
         "events_per_minute": per_minute,
@@ -132,13 +132,13 @@ def overview(service, buckets: list[tuple[float, float]], now: float | None = No
         "last_refresh": _iso(last[0]) if last else None,
         "last_refresh_seconds": round(last[1], 3) if last else None,
         "last_refresh_kind": last[2] if last else None,
-        "refreshes": dict(follower.refresh_counts),
+        "refreshes": refreshes["counts"],
         "similarity": measure,
         "get_latency_ms": {"p50": _ms(histogram_quantile(0.5, buckets)),
                            "p99": _ms(histogram_quantile(0.99, buckets)),
                            "count": int(buckets[-1][1]) if buckets else 0},
-        "sample_users": _sample_users(state),
-        "trending_items": [row[1] for row in state.trending(5).rows],
+        "sample_users": service.most_active_users(SAMPLE_USERS),
+        "trending_items": [row[1] for row in service.trending(SAMPLE_ITEMS).rows],
         "as_of": _iso(now),
     }
 
@@ -161,45 +161,28 @@ def feedback_view(service, by: str, since: str | None) -> dict:
 def user_view(service, user_id: str) -> dict:
     """A user's most recent items (the history recommend() scores, refreshed rows and the
     events since), and the A/B variant of the id."""
-    state = service.state
-    key = state.user_key(user_id)
-    if key is None:
-        raise UnknownUser(f"no user {user_id!r} in the events")
-    history = state.history(key)
-    order = np.argsort(-history.ts_us, kind="stable")[:HISTORY_ROWS]
-    names = state.model.event_types
-    rows = [{"item_id": state.item_ids[int(history.items[i])],
-             "title": state.model.titles.get(int(history.items[i])),
-             "event_type": names[int(history.types[i]) - 1] if history.types[i] > 0 else None,
-             "weight": round(float(history.weights[i]), 6),
-             "ts": _iso(int(history.ts_us[i]) / 1e6)} for i in order]
-    return {"user_id": clean_id(user_id), "items_in_history": int(len(history.items)),
-            "history": rows, "variant": state.ab_variant(clean_id(user_id))}
+    found = service.recent_history(user_id, HISTORY_ROWS)
+    for row in found["history"]:
+        row["ts"] = _iso(row.pop("ts_us") / 1e6)
+    return found
 
 
 def item_view(service, item_id: str) -> dict:
     """An item's catalog row, availability, popularity and trending rank."""
-    state = service.state
-    key = state.item_keys.get(clean_id(item_id))
-    if key is None:
-        raise UnknownItem(f"no item {item_id!r} in the events or the catalog")
+    stats = service.item_stats(item_id)
     with service.reading() as con:
         cur = con.execute("select title, category, tags, description, "
                           "attributes::VARCHAR as attributes, updated_at from item_catalog "
-                          "where item_key = ?", [key])
-        row = cur.fetchone()
-        catalog = dict(zip([d[0] for d in cur.description], row)) if row else None
+                          "where item_key = ?", [stats["item_key"]])
+        rows = cur.fetchall()
+        catalog = dict(zip([d[0] for d in cur.description], rows[0])) if rows else None
         first_seen = con.execute("select first_seen from items where item_key = ?",
-                                 [key]).fetchone()[0]
-    m = state.model
-    ranked = key <= m.max_ranked_item and m.popularity[key] > 0
-    rank = int(np.flatnonzero(m.order_trending == key)[0]) + 1 if ranked else None
+                                 [stats["item_key"]]).fetchall()[0][0]
     if catalog and catalog["updated_at"] is not None:
         catalog["updated_at"] = catalog["updated_at"].isoformat(timespec="seconds")
     return {"item_id": clean_id(item_id), "catalog": catalog,
-            "available": bool(key not in set(state.availability.unavailable().tolist())),
-            "popularity": int(m.popularity[key]) if key < len(m.popularity) else 0,
-            "trending_rank": rank,
+            "available": stats["available"], "popularity": stats["popularity"],
+            "trending_rank": stats["trending_rank"],
             "first_seen": first_seen.isoformat() if first_seen else None}
 
 
@@ -235,13 +218,6 @@ def _plain(value):
     if isinstance(value, (dt.date, dt.datetime)):
         return value.isoformat()
     return value
-
-
-def _sample_users(state, n: int = 5) -> list[str]:
-    """A few users with the longest histories, to start from."""
-    lengths = np.diff(state.model.inter.indptr)
-    top = np.argsort(-lengths, kind="stable")[:n]
-    return [state.user_ids[int(k)] for k in top if int(k) in state.user_ids and lengths[k] > 0]
 
 
 # --------------------------------------------------------------------------- the routes

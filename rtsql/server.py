@@ -104,7 +104,7 @@ def create_app(service: Service, *, token: str | None = None,
           registry=registry).set_function(lambda: service.last_refresh or 0)
     Gauge("rtsql_last_publish_seconds", "how long the last snapshot publish took",
           registry=registry).set_function(
-        lambda: service.follower.last_publish_seconds or 0)
+        lambda: service.refresh_stats()["publish_seconds"])
     Gauge("rtsql_pending_events", "events served from the overlay, not yet refreshed",
           registry=registry).set_function(lambda: service.health()["pending_events"])
     Gauge("rtsql_model_age_seconds", "the served item lists hold every event committed more "
@@ -116,9 +116,9 @@ def create_app(service: Service, *, token: str | None = None,
                       ["kind"], registry=registry)
     for kind in ("full", "incremental", "none"):
         refreshes.labels(kind).set_function(
-            lambda kind=kind: service.follower.refresh_counts.get(kind, 0))
+            lambda kind=kind: service.refresh_stats()["counts"].get(kind, 0))
         durations.labels(kind).set_function(
-            lambda kind=kind: service.follower.refresh_seconds.get(kind, 0.0))
+            lambda kind=kind: service.refresh_stats()["seconds"].get(kind, 0.0))
 
     expected = f"Bearer {token}".encode() if token else None
     session = dashboard.session_value(token).encode() if token else None
@@ -227,7 +227,7 @@ def create_app(service: Service, *, token: str | None = None,
                        strategy: str, variant: str | None) -> bytes:
         """GET /recommend's JSON, for the route and the fast path alike."""
         check_variant(variant)
-        rows = service.state.recommend(user_id, k, exclude=exclude, category=category,
+        rows = service.recommend(user_id, k, exclude=exclude, category=category,
                                        strategy=strategy, variant=variant)
         return _dumps({"user_id": user_id, "items": _rows(rows)})
 
@@ -253,7 +253,7 @@ def create_app(service: Service, *, token: str | None = None,
         return _error(status, str(exc), getattr(exc, "field", None))
 
     def check_variant(variant: str | None, allow_auto: bool = True) -> None:
-        _check_variant(service.state.model.variants, variant, allow_auto)
+        _check_variant(service.variants(), variant, allow_auto)
 
     @app.get("/recommend/{user_id}", summary="Top-k items for a user, with reasons "
              "(recommend() in SQL)")
@@ -272,22 +272,22 @@ def create_app(service: Service, *, token: str | None = None,
                                   strategy: Strategy = DEFAULT,
                                   variant: str | None = None):
         check_variant(variant, allow_auto=False)
-        rows = service.state.recommend_for_items(item, k, exclude=exclude, category=category,
+        rows = service.recommend_for_items(item, k, exclude=exclude, category=category,
                                                  strategy=strategy.value, variant=variant)
         return _json({"items": _rows(rows)})
 
     @app.get("/similar-items/{item_id}", summary="An item's neighbours (similar_items())")
     async def similar_items(item_id: str, k: K = DEFAULT_K, by: Method = DEFAULT_BY):
         return _json({"item_id": item_id,
-                      "items": _rows(service.state.similar_items(item_id, k, by.value))})
+                      "items": _rows(service.similar_items(item_id, k, by.value))})
 
     @app.get("/similar-users/{user_id}", summary="A user's nearest users (similar_users())")
     async def similar_users(user_id: str, k: K = DEFAULT_K):
-        return _json({"user_id": user_id, "users": _rows(service.state.similar_users(user_id, k))})
+        return _json({"user_id": user_id, "users": _rows(service.similar_users(user_id, k))})
 
     @app.get("/trending", summary="Trending items (trending())")
     async def trending(k: K = DEFAULT_K):
-        return _json({"items": _rows(service.state.trending(k))})
+        return _json({"items": _rows(service.trending(k))})
 
     async def read_body(request: Request) -> bytes | Response:
         declared = request.headers.get("content-length")

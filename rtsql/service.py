@@ -351,6 +351,45 @@ class Service:
         self.model_as_of = self.follower.refreshed_as_of
 
     # ------------------------------------------------------------------ reads
+    # Every read takes the current state once: a refresh swaps in a new one whole.
+
+    def recommend(self, user_id: str, k: int, **options):
+        return self.state.recommend(user_id, k, **options)
+
+    def recommend_for_items(self, item_ids: list[str], k: int, **options):
+        return self.state.recommend_for_items(item_ids, k, **options)
+
+    def similar_items(self, item_id: str, k: int, by: str):
+        return self.state.similar_items(item_id, k, by)
+
+    def similar_users(self, user_id: str, k: int):
+        return self.state.similar_users(user_id, k)
+
+    def trending(self, k: int):
+        return self.state.trending(k)
+
+    def variants(self) -> list[str]:
+        """The A/B variants the served state knows."""
+        return list(self.state.model.variants)
+
+    def recent_history(self, user_id: str, limit: int) -> dict:
+        return self.state.recent_history(user_id, limit)
+
+    def item_stats(self, item_id: str) -> dict:
+        return self.state.item_stats(item_id)
+
+    def most_active_users(self, n: int) -> list[str]:
+        return self.state.most_active_users(n)
+
+    def last_event_id(self) -> int:
+        return self.state.seen["event_id"]
+
+    def refresh_stats(self) -> dict:
+        """The follower's refreshes: count and last duration by kind, the last one (when,
+        seconds, kind) and the last snapshot publish's seconds."""
+        f = self.follower
+        return {"counts": dict(f.refresh_counts), "seconds": dict(f.refresh_seconds),
+                "last": f.last_refresh, "publish_seconds": f.last_publish_seconds or 0.0}
 
     @contextlib.contextmanager
     def reading(self):

@@ -512,6 +512,45 @@ class ServingState:
                     [(r + 1, self.item_ids[i], s) for r, (i, s) in
                      enumerate(zip(top.tolist(), m.trend_score[top].tolist()))])
 
+    def recent_history(self, user_id: str, limit: int) -> dict:
+        """A user's most recent items (what recommend() scores: the refreshed row and the
+        events since), newest first, with the item's title, latest event type and weight; the
+        history's length and the id's A/B variant."""
+        key = self.user_key(user_id)
+        if key is None:
+            raise UnknownUser(f"no user {user_id!r} in the events")
+        history, m = self.history(key), self.model
+        order = np.argsort(-history.ts_us, kind="stable")[:limit]
+        rows = [{"item_id": self.item_ids[int(history.items[i])],
+                 "title": m.titles.get(int(history.items[i])),
+                 "event_type": (m.event_types[int(history.types[i]) - 1]
+                                if history.types[i] > 0 else None),
+                 "weight": round(float(history.weights[i]), 6),
+                 "ts_us": int(history.ts_us[i])} for i in order]
+        return {"user_id": clean_id(user_id), "items_in_history": int(len(history.items)),
+                "history": rows, "variant": self.ab_variant(clean_id(user_id))}
+
+    def item_stats(self, item_id: str) -> dict:
+        """An item's key, whether it is available now, its popularity (users) and its rank
+        in trending (None when it has no events in the trending tables)."""
+        key = self.item_keys.get(clean_id(item_id))
+        if key is None:
+            raise UnknownItem(f"no item {item_id!r} in the events or the catalog")
+        m = self.model
+        ranked = key <= m.max_ranked_item and m.popularity[key] > 0
+        return {"item_key": key,
+                "available": not bool(np.isin(key, self.availability.unavailable())),
+                "popularity": int(m.popularity[key]) if key < len(m.popularity) else 0,
+                "trending_rank": (int(np.flatnonzero(m.order_trending == key)[0]) + 1
+                                  if ranked else None)}
+
+    def most_active_users(self, n: int) -> list[str]:
+        """The ``n`` users with the longest refreshed histories."""
+        lengths = np.diff(self.model.inter.indptr)
+        top = np.argsort(-lengths, kind="stable")[:n]
+        return [self.user_ids[int(k)] for k in top
+                if int(k) in self.user_ids and lengths[k] > 0]
+
     # ------------------------------------------------------------------ the scorer
 
     def _recommend(self, user_key, hist: History, k: int, exclude, category,
