@@ -33,8 +33,8 @@ DIRTY = "dirty"
 _MEMORY: OrderedDict[str, tuple[EaseFactor, str]] = OrderedDict()
 _MEMORY_KEPT = 4
 # database files: path -> (mapped buffer, version), kept mapped between the refreshes of a
-# long-running process (serve, tail), whose pages then stay faulted in (a new mapping of a
-# 9,700-item inverse costs 0.6 s of page faults)
+# long-running process (serve, tail), whose pages then stay faulted in (a new mapping would
+# fault every page of the inverse in again)
 _MAPPED: dict[str, tuple[np.ndarray, str]] = {}
 
 

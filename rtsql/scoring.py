@@ -651,9 +651,8 @@ def warm_up() -> None:
     """Load score_user, score_users and merge_history from numba's cache (or compile them)
     ahead of their first real call: each call here has the argument types rtsql.serving
     passes (tests/test_scoring.py checks that no second signature appears), over a catalog
-    of one item and a user with no history. About 0.2 s after the import; serve does it
-    before its first request, a refresh that writes user_recommendations in a thread while
-    it computes the lists."""
+    of one item and a user with no history. Serve does it before its first request, a
+    refresh that writes user_recommendations in a thread while it computes the lists."""
     i1, f1 = np.zeros(1, np.int64), np.zeros(1)
     none_i, none_f = np.empty(0, np.int64), np.empty(0)
     ptr = np.zeros(2, np.int64)

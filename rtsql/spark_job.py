@@ -99,9 +99,8 @@ def build(spark, events_uri: str, config: dict, out_uri: str, stage=lambda name:
     stored = int(config["list_length"])
     ship_engine(spark)
     # blocks of rows, one task each: one per core. Every block receives the entries of the
-    # features its rows touch, so more blocks ship more copies (at 10M events on local[2]:
-    # item-item 7.2 s with 2 blocks, 11.0 s with 8); a cluster whose tasks need less memory
-    # each sets "blocks" in the config
+    # features its rows touch, so more blocks ship more copies; a cluster whose tasks need
+    # less memory each sets "blocks" in the config
     blocks = int(config.get("blocks") or spark.sparkContext.defaultParallelism)
     describe("rtsql: item-item lists")
     _lists(capped, "item_key", "user_key", config, stored, int(config["n_items"]), blocks) \

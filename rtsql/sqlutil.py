@@ -34,8 +34,8 @@ def one(con, sql: str, params=None):
 
 def arrow_column(values, arrow_type):
     """A numpy column as a pyarrow array, built from its buffer. ``pa.array`` would do, but it
-    imports pandas when pandas is installed (0.3-0.5 s, once per process: a third of a refresh
-    at 1M events). Fixed-width numbers and booleans only; integers are cast without overflow
+    imports pandas when pandas is installed, once per process, which costs more than a small
+    refresh. Fixed-width numbers and booleans only; integers are cast without overflow
     checks (keys fit INTEGER)."""
     import numpy as np
     import pyarrow as pa
@@ -104,8 +104,8 @@ def table_ddl(con, table: str) -> tuple[str, list[str]]:
 
 def recreate_empty(con, table: str) -> None:
     """Empty one of rtsql's tables by dropping it and creating it again from its own DDL and
-    indexes. Deleting every row of a large table costs a commit proportional to its rows (1.4 s
-    for the derived tables at 10M events); this costs nothing, and inside a transaction readers
+    indexes. Deleting every row of a large table costs a commit proportional to its rows;
+    this costs nothing, and inside a transaction readers
     still see the old table until the commit."""
     create, indexes = table_ddl(con, table)
     con.execute(f"drop table {table}")

@@ -154,7 +154,7 @@ class EaseFactor:
             t = s_inverse @ ap
         # the corrections are symmetric: the upper triangle's blocks, then mirrored (half the
         # multiply-adds of the whole square for one more pass over memory; BLAS's dsyr2k,
-        # which writes one triangle in place, measured 1.45x slower than these gemm blocks)
+        # which writes one triangle in place, is slower than these gemm blocks)
         for start in range(0, n, BLOCK_ROWS):
             end = start + BLOCK_ROWS
             if r:
@@ -236,7 +236,7 @@ def _sparse_times(w: sp.csr_matrix, p: np.ndarray, threads: int) -> np.ndarray:
     """W P (W sparse, P dense with any row stride: the leading block of a larger buffer, which
     scipy's product would first copy whole), in bands of P's columns on ``threads``: a band
     streams P's rows once (W by columns) into an accumulator that stays in cache, so P is read
-    from memory once in all, not once per entry of W (4x faster at 9,000 items)."""
+    from memory once in all, not once per entry of W."""
     from concurrent.futures import ThreadPoolExecutor
 
     wc = w.tocsc()
@@ -380,12 +380,12 @@ def _row_candidates(p, at, scale, start, end, cols, vals, largest):
 @functools.cache
 def _lapack(name: str):
     """LAPACK's ``name`` (uplo, n, a, lda, info) from SciPy's Cython LAPACK, called through
-    ctypes. scipy.linalg.lapack's wrappers hold the GIL for the whole call (measured: 0.9 s of
-    a 5,000-item inverse); a ctypes call releases it, so the tail and the HTTP server keep
+    ctypes. scipy.linalg.lapack's wrappers hold the GIL for the whole call (the whole
+    factorization of the inverse); a ctypes call releases it, so the tail and the HTTP server keep
     answering while a background refresh inverts."""
     import ctypes
 
-    from scipy.linalg import cython_lapack  # here: scipy.linalg adds ~0.1 s to every start
+    from scipy.linalg import cython_lapack  # here, not at the top: it slows every start
 
     capsule = cython_lapack.__pyx_capi__[name]
     get_name = ctypes.pythonapi.PyCapsule_GetName

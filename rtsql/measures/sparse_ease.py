@@ -77,8 +77,7 @@ def column_weights(lists: sp.csr_matrix, diag: np.ndarray, lam: float, threads: 
     ``progress`` hears the rows solved, piece by piece.
 
     Rows are solved in the order of their strongest regressor, not of their keys: consecutive
-    systems then read many of the same regressors' lists, which stay in cache (measured at
-    10M events: the fill of the systems 7.7 s -> 6.1 s on one thread)."""
+    systems then read many of the same regressors' lists, which stay in cache."""
     n = lists.shape[0]
     size = np.diff(lists.indptr)
     strongest = np.full(n, -1, np.int64)
@@ -107,7 +106,7 @@ def column_weights(lists: sp.csr_matrix, diag: np.ndarray, lam: float, threads: 
 
 
 # fastmath: the dot products of the Cholesky and the substitutions vectorize (reassociated
-# sums: 4.5x faster on a 256 x 256 system; results agree with the numpy reference to 1e-9)
+# sums; tests/test_measures.py holds the results to the numpy reference within 1e-9)
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=True)
 def _solve_columns(rows, indptr, nb, g, diag, lam, n, width, out):
     """The regressions of ``rows``: for row b with regressors N = nb[indptr[b]:indptr[b + 1]],
@@ -169,8 +168,7 @@ def _solve_columns(rows, indptr, nb, g, diag, lam, n, width, out):
 def _cholesky(a_mat, low, c, reg):
     """L with L L^T = a_mat[:c, :c] + reg I (lower triangle read), in low's lower triangle;
     False when not positive definite. Column by column (Cholesky-Crout); the rows below the
-    diagonal go four at a time, so each load of L[j, :j] serves four dot products (0.77x the
-    time of one row at a time on the 10M benchmark's systems)."""
+    diagonal go four at a time, so each load of L[j, :j] serves four dot products."""
     for j in range(c):
         acc = a_mat[j, j] + reg
         for q in range(j):
