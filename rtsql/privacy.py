@@ -4,8 +4,8 @@
 (the models equal a rebuild without the user). That alone leaves the id in two places: in the
 database file's free blocks (DuckDB does not clear them) and in every snapshot published
 before. ``forget_user`` therefore also republishes every snapshot target the database knows
-(``snapshot_targets``) and rewrites the file (``db.compact``). The server does the same steps
-in its own threads (rtsql.service).
+(``snapshot_targets``) and rewrites the file (``db.compact``): ``delete`` then ``scrub``, the
+one sequence, which the CLI runs here and the server in its own threads (rtsql.service).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from . import db, refresh, snapshot
 from .errors import UnknownUser
@@ -37,23 +38,49 @@ REWRITE_PENDING = refresh.REWRITE_PENDING
 
 
 def forget_user(db_path: str | os.PathLike, user_id: str) -> ForgetResult:
-    """Forget ``user_id`` in the database at ``db_path`` (opened here, for writing). A user
-    already deleted by a forget whose file rewrite did not finish gets that rewrite now."""
+    """Forget ``user_id`` in the database at ``db_path`` (opened here, for writing): the one
+    sequence, ``delete`` then ``scrub``, that the server runs too (in its own threads)."""
     con = db.connect(db_path)
+    holder = [con]
     try:
-        try:
-            result = ForgetResult(refresh.forget(con, user_id))
-        except UnknownUser:
-            if not rewrite_pending(con):
-                raise
-            result = ForgetResult(refresh.RefreshResult("forget", notes=[
-                f"no user {user_id!r} any more: an earlier forget deleted the rows; its file "
-                "rewrite, which had not finished, is done now"]))
-        result.republished = snapshot.republish_all(con)
+        result = delete(con, user_id)
+        result.republished, result.compact_seconds = scrub(
+            con, db_path, con.close, lambda: holder.append(db.connect(db_path)) or holder[-1])
     finally:
-        con.close()
-    result.compact_seconds = _compact(db_path)
+        holder[-1].close()
     return result
+
+
+def delete(con, user_id: str, *, unfinished_is_done: bool = True) -> ForgetResult:
+    """The first step: the user's rows and everything derived from them, in one transaction
+    (refresh.forget). With ``unfinished_is_done``, a user already deleted by a forget whose
+    file rewrite did not finish is not an error: the scrub that follows finishes it. The
+    server passes False: it finishes such a rewrite when it starts, and the flag it sees
+    later is its own group's, so an unknown id there is unknown."""
+    try:
+        return ForgetResult(refresh.forget(con, user_id))
+    except UnknownUser:
+        if not (unfinished_is_done and rewrite_pending(con)):
+            raise
+        return ForgetResult(refresh.RefreshResult("forget", notes=[
+            f"no user {user_id!r} any more: an earlier forget deleted the rows; its file "
+            "rewrite, which had not finished, is done now"]))
+
+
+def scrub(con, db_path: str | os.PathLike, close_all: Callable[[], None],
+          reopen: Callable[[], object]) -> tuple[list[Path], float]:
+    """The second and third steps: republish every snapshot target from ``con``, then close
+    every connection to the file (``close_all``), rewrite it (db.compact: no byte of deleted
+    rows left), open it again (``reopen`` returns a connection) and drop the pending flag.
+    Returns (the snapshots republished, the rewrite's seconds)."""
+    republished = snapshot.republish_all(con)
+    close_all()
+    try:
+        seconds = db.compact(db_path)
+    finally:
+        reopened = reopen()
+    clear_pending(reopened)
+    return republished, seconds
 
 
 def rewrite_pending(con) -> bool:
@@ -61,28 +88,18 @@ def rewrite_pending(con) -> bool:
 
 
 def finish_pending_rewrite(db_path: str | os.PathLike) -> float | None:
-    """If a forget's file rewrite did not finish, republish and rewrite now (seconds, or
-    None when nothing was pending)."""
+    """If a forget's file rewrite did not finish, scrub now (the rewrite's seconds, or None
+    when nothing was pending)."""
     con = db.connect(db_path)
+    holder = [con]
     try:
         if not rewrite_pending(con):
             return None
-        snapshot.republish_all(con)
+        return scrub(con, db_path, con.close,
+                     lambda: holder.append(db.connect(db_path)) or holder[-1])[1]
     finally:
-        con.close()
-    return _compact(db_path)
+        holder[-1].close()
 
 
 def clear_pending(con) -> None:
     con.execute("delete from model_state where name = ?", [REWRITE_PENDING])
-
-
-def _compact(db_path: str | os.PathLike) -> float:
-    """Rewrite the file (no byte of deleted rows left), then drop the pending flag."""
-    seconds = db.compact(db_path)
-    con = db.connect(db_path)
-    try:
-        clear_pending(con)
-    finally:
-        con.close()
-    return seconds

@@ -42,7 +42,6 @@ from . import (
     snapshot,
 )
 from . import ingest as ingest_mod
-from . import refresh as refresh_mod
 from . import tail as tail_mod
 from .dashboard import Arrivals
 from .errors import DatabaseLocked, InvalidSetting
@@ -269,12 +268,12 @@ class Service:
         return kept, results
 
     def _forget(self, user_id: str) -> privacy.ForgetResult:
-        """Forget under the writer lock, waiting for a background refresh to finish first;
-        then the state is reloaded without the user."""
+        """privacy.delete under the writer lock, waiting for a background refresh to finish
+        first; then the state is reloaded without the user."""
         deadline = time.monotonic() + FORGET_WAIT_SECONDS
         while True:
             try:
-                result = privacy.ForgetResult(refresh_mod.forget(self.con, user_id))
+                result = privacy.delete(self.con, user_id, unfinished_is_done=False)
                 break
             except DatabaseLocked:
                 if time.monotonic() > deadline:
@@ -286,17 +285,17 @@ class Service:
 
     def _scrub(self) -> tuple[list, float]:
         """After a forget, in the follower's thread with no refresh running and the writer
-        lock held: republish every snapshot, then rewrite the database file (privacy), which
-        needs every connection closed and opened again."""
-        republished = snapshot.republish_all(self.follower.con)
-        for connection in (self._loader, self.follower.con, self.con):
-            connection.close()
-        try:
-            seconds = db.compact(self.db_path)
-        finally:
+        lock held: privacy.scrub, closing every connection of this process and opening them
+        again around the file's rewrite."""
+        def close_all() -> None:
+            for connection in (self._loader, self.follower.con, self.con):
+                connection.close()
+
+        def reopen():
             self._reconnect()
-        privacy.clear_pending(self.con)
-        return republished, seconds
+            return self.con
+
+        return privacy.scrub(self.follower.con, self.db_path, close_all, reopen)
 
     def _reconnect(self) -> None:
         """Open the database again after the swap. Other rtsql processes cannot take it
