@@ -116,6 +116,7 @@ class Service:
                                        or max(1, settings.usable_cores() - 1))
             options.refresh_nice = options.refresh_nice or REFRESH_NICE
             options.refresh_isolated = True  # the similarity compute in a worker process
+            options.name = "serve"
             self.follower = tail_mod.Tail(self.con.cursor(), self.opt.tail_dir, options,
                                           log=self.log, lock=self.lock,
                                           on_ingest=self._caught_up, on_refresh=self._reload)

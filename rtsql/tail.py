@@ -69,6 +69,7 @@ class TailOptions:
     refresh_threads: int | None = None
     refresh_nice: int = 0
     refresh_isolated: bool = False  # the refresh's compute in a worker process (serve)
+    name: str = "tail"  # the process the status lines speak for (serve runs this loop too)
 
 
 @dataclass
@@ -293,7 +294,7 @@ class Tail:
 
     def _end(self, file_id: int, status: str, message: str) -> None:
         ledger.set_status(self.con, file_id, status)
-        self.log(f"tail: {message}")
+        self.log(f"{self.opt.name}: {message}")
 
     # ------------------------------------------------------------------ batch and loop
 
@@ -304,7 +305,7 @@ class Tail:
         it is done (DuckDB's MVCC gives it a consistent view; it writes only derived tables)."""
         result = self.scan()
         for warning in result.warnings:
-            self.log(f"tail: warning: {warning}")
+            self.log(f"{self.opt.name}: warning: {warning}")
         arrived = bool(result.events or result.rejects or self._arrived_elsewhere)
         self._arrived_elsewhere = False
         if arrived or self._publish_held:
@@ -424,7 +425,7 @@ class Tail:
             self._refresher = None
         if self._refresh_error is not None:
             error, self._refresh_error = self._refresh_error, None
-            self.log(f"tail: warning: refresh failed: {error}")
+            self.log(f"{self.opt.name}: warning: refresh failed: {error}")
             self._refresh_pending = True
 
     def run(self, once: bool = False) -> ScanResult:
@@ -474,7 +475,7 @@ class Tail:
                      + f" ({self.last_refresh[1] * 1000:.0f} ms)") if self.last_refresh else "never"
         published = (f", publish {self.last_publish_seconds * 1000:.0f} ms"
                      if self.last_publish_seconds is not None else "")
-        return (f"tail: {rate:.0f} events/s, lag {lag:.1f}s, {self.totals.events} events, "
+        return (f"{self.opt.name}: {rate:.0f} events/s, lag {lag:.1f}s, {self.totals.events} events, "
                 f"{self.totals.rejects} rejects, last refresh {refreshed}{published}")
 
     def _observer(self):
