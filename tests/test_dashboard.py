@@ -172,8 +172,8 @@ CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 def browser(profile: Path):
     if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
-        if os.environ.get("CI"):
-            pytest.fail("CI must install chromium and chromium-driver (.ci/run does)")
+        if os.environ.get("RTSQL_BROWSER_REQUIRED"):
+            pytest.fail("chromium and chromium-driver are missing (.ci/run installs them)")
         pytest.skip("needs Debian's chromium and chromium-driver: "
                     "apt-get install chromium chromium-driver")
     os.environ.setdefault("SE_OFFLINE", "true")  # never let selenium fetch a driver
