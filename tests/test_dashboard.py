@@ -261,7 +261,9 @@ def test_every_view_in_a_real_browser(shop, tmp_path):
         driver.save_screenshot(str(shots / "feedback.png"))
 
         user = api("/ui/api/overview")["sample_users"][0]
-        go("user/" + urllib.parse.quote(user), "#recs tbody tr")
+        go("user", ".chips a")[0].click()  # no id: ids to start from, the first is this user
+        shown("#recs tbody tr")
+        assert driver.current_url.endswith("#/user/" + urllib.parse.quote(user))
         recommended = api(f"/recommend/{user}?k=10")["items"]
         assert column("recs", "item_id") == [r["item_id"] for r in recommended]
         assert column("recs", "reason") == [r["reason"] for r in recommended]
@@ -272,7 +274,9 @@ def test_every_view_in_a_real_browser(shop, tmp_path):
         driver.save_screenshot(str(shots / "user.png"))
 
         item = api("/trending?k=1")["items"][0]["item_id"]
-        go("item/" + urllib.parse.quote(item), "#similar-cf tbody tr")
+        go("item", ".chips a")[0].click()  # no id: trending items to start from
+        shown("#similar-cf tbody tr")
+        assert driver.current_url.endswith("#/item/" + urllib.parse.quote(item))
         assert column("similar-cf", "item_id") == [
             r["item_id"] for r in api(f"/similar-items/{item}?k=10&by=cf")["items"]]
         assert column("similar-content", "item_id") == [

@@ -239,14 +239,16 @@ function lookup(kind, id, placeholder) {
   }}}, input, el("button", {type: "submit", text: "Show"}));
 }
 
+// a user or item view without an id: the lookup box and a few ids to start from
+async function startFrom(gen, title, kind, label, pick) {
+  const d = await api("/ui/api/overview");
+  if (gen !== generation) return;
+  view.replaceChildren(el("h2", {text: title}), lookup(kind, "", kind + " id"),
+    el("p", {class: "chips"}, label, pick(d)));
+}
+
 async function userView(gen, id) {
-  if (!id) {
-    const d = await api("/ui/api/overview");
-    if (gen !== generation) return;
-    view.replaceChildren(el("h2", {text: "A user"}), lookup("user", "", "user id"),
-      el("p", {class: "chips"}, "for example: ", d.sample_users.map(userLink)));
-    return;
-  }
+  if (!id) return startFrom(gen, "A user", "user", "for example: ", (d) => d.sample_users.map(userLink));
   const path = encodeURIComponent(id);
   const [user, recs, similar] = await Promise.all([
     api("/ui/api/user/" + path), api("/recommend/" + path + "?k=10"),
@@ -272,13 +274,7 @@ async function userView(gen, id) {
 }
 
 async function itemView(gen, id) {
-  if (!id) {
-    const d = await api("/ui/api/overview");
-    if (gen !== generation) return;
-    view.replaceChildren(el("h2", {text: "An item"}), lookup("item", "", "item id"),
-      el("p", {class: "chips"}, "trending: ", d.trending_items.map(itemLink)));
-    return;
-  }
+  if (!id) return startFrom(gen, "An item", "item", "trending: ", (d) => d.trending_items.map(itemLink));
   const path = encodeURIComponent(id);
   const [item, cf, content] = await Promise.all([
     api("/ui/api/item/" + path), api("/similar-items/" + path + "?k=10&by=cf"),
