@@ -45,6 +45,7 @@ TOKEN_ENV = "RTSQL_TOKEN"
 _FAST, _FAST_ROUTE = "/recommend/", "/recommend/{user_id}"  # the fast path's route
 _FAST_SINGLE = {"k", "category", "strategy", "variant"}  # its parameters besides exclude
 _WHOLE = re.compile(r"[1-9][0-9]{0,3}")  # a k the route accepts as it is
+LATENCY_METRIC = "rtsql_http_request_seconds"
 
 Strategy = Enum("Strategy", {name: name for name in STRATEGIES}, type=str)
 DEFAULT = Strategy(DEFAULT_STRATEGY)
@@ -74,61 +75,74 @@ def _rows(rows) -> list[dict]:
     return [dict(zip(rows.columns, row)) for row in rows.rows]
 
 
-def create_app(service: Service, *, token: str | None = None,
-               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
-    """The ASGI app over a started ``Service``."""
-    from prometheus_client import (
-        CollectorRegistry,
-        Counter,
-        Gauge,
-        Histogram,
-        generate_latest,
-    )
+class Metrics:
+    """The Prometheus registry of one app: request counts and latency by route, and gauges
+    read from the service when /metrics is scraped."""
 
-    app = FastAPI(title="rtsql", version="1",
-                  description="Real-time recommendations from an rtsql database. Answers equal "
-                              "the database's SQL macros (recommend(), similar_items(), ...).")
-    registry = CollectorRegistry()
-    requests = Counter("rtsql_http_requests", "HTTP requests", ["route", "status"],
-                       registry=registry)
-    latency = Histogram("rtsql_http_request_seconds", "HTTP request latency", ["route"],
-                        buckets=(.0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 5),
-                        registry=registry)
-    Gauge("rtsql_events_ingested", "events accepted through HTTP", registry=registry
-          ).set_function(lambda: service.counters["events"])
-    Gauge("rtsql_rejects", "rows rejected through HTTP (events and impressions)",
-          registry=registry).set_function(lambda: service.counters["rejects"])
-    Gauge("rtsql_refresh_lag_seconds", "age of the oldest write not yet in a refresh",
-          registry=registry).set_function(service.refresh_lag)
-    Gauge("rtsql_last_refresh_timestamp_seconds", "when the last refresh was loaded",
-          registry=registry).set_function(lambda: service.last_refresh or 0)
-    Gauge("rtsql_last_publish_seconds", "how long the last snapshot publish took",
-          registry=registry).set_function(
-        lambda: service.refresh_stats()["publish_seconds"])
-    Gauge("rtsql_pending_events", "events served from the overlay, not yet refreshed",
-          registry=registry).set_function(lambda: service.health()["pending_events"])
-    Gauge("rtsql_model_age_seconds", "the served item lists hold every event committed more "
-          "than this long ago (since the start of the refresh they come from)",
-          registry=registry).set_function(service.model_age)
-    refreshes = Gauge("rtsql_refreshes", "refreshes by this process, by kind", ["kind"],
-                      registry=registry)
-    durations = Gauge("rtsql_last_refresh_seconds", "duration of the last refresh of each kind",
-                      ["kind"], registry=registry)
-    for kind in ("full", "incremental", "none"):
-        refreshes.labels(kind).set_function(
-            lambda kind=kind: service.refresh_stats()["counts"].get(kind, 0))
-        durations.labels(kind).set_function(
-            lambda kind=kind: service.refresh_stats()["seconds"].get(kind, 0.0))
+    def __init__(self, service: Service):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-    expected = f"Bearer {token}".encode() if token else None
-    session = dashboard.session_value(token).encode() if token else None
-    public = {"/health", *(f"/ui/{name}" for name in dashboard.PUBLIC_ASSETS), "/ui/login"}
+        self.registry = registry = CollectorRegistry()
+        self.requests = Counter("rtsql_http_requests", "HTTP requests", ["route", "status"],
+                                registry=registry)
+        self.latency = Histogram(LATENCY_METRIC, "HTTP request latency", ["route"],
+                                 buckets=(.0005, .001, .002, .005, .01, .025, .05, .1, .25, .5,
+                                          1, 5), registry=registry)
+        gauges = [
+            ("rtsql_events_ingested", "events accepted through HTTP",
+             lambda: service.counters["events"]),
+            ("rtsql_rejects", "rows rejected through HTTP (events and impressions)",
+             lambda: service.counters["rejects"]),
+            ("rtsql_refresh_lag_seconds", "age of the oldest write not yet in a refresh",
+             service.refresh_lag),
+            ("rtsql_last_refresh_timestamp_seconds", "when the last refresh was loaded",
+             lambda: service.last_refresh or 0),
+            ("rtsql_last_publish_seconds", "how long the last snapshot publish took",
+             lambda: service.refresh_stats()["publish_seconds"]),
+            ("rtsql_pending_events", "events served from the overlay, not yet refreshed",
+             lambda: service.health()["pending_events"]),
+            ("rtsql_model_age_seconds", "the served item lists hold every event committed "
+             "more than this long ago (since the start of the refresh they come from)",
+             service.model_age),
+        ]
+        for name, doc, read in gauges:
+            Gauge(name, doc, registry=registry).set_function(read)
+        refreshes = Gauge("rtsql_refreshes", "refreshes by this process, by kind", ["kind"],
+                          registry=registry)
+        durations = Gauge("rtsql_last_refresh_seconds", "duration of the last refresh of each "
+                          "kind", ["kind"], registry=registry)
+        for kind in ("full", "incremental", "none"):
+            refreshes.labels(kind).set_function(
+                lambda kind=kind: service.refresh_stats()["counts"].get(kind, 0))
+            durations.labels(kind).set_function(
+                lambda kind=kind: service.refresh_stats()["seconds"].get(kind, 0.0))
 
-    def authorized(scope) -> bool:
-        """The bearer token; or, for a GET (nothing that changes data), the dashboard's
-        cookie."""
+    def observe(self, route: str, status: int, seconds: float | None = None) -> None:
+        self.requests.labels(route, str(status)).inc()
+        if seconds is not None:
+            self.latency.labels(route).observe(seconds)
+
+    def recommend_buckets(self) -> list[tuple[float, float]]:
+        """GET /recommend's latency histogram (the dashboard's quantiles)."""
+        return dashboard.route_buckets(self.registry, LATENCY_METRIC, _FAST_ROUTE)
+
+
+class Auth:
+    """Who may call what: with a token, every route but /health and the login page's own
+    files needs ``Authorization: Bearer TOKEN``; a GET or HEAD may show the dashboard's
+    cookie instead (derived from the token; it never authorizes a write)."""
+
+    def __init__(self, token: str | None):
+        self.expected = f"Bearer {token}".encode() if token else None
+        self.session = dashboard.session_value(token).encode() if token else None
+        self.public = {"/health", "/ui/login",
+                       *(f"/ui/{name}" for name in dashboard.PUBLIC_ASSETS)}
+
+    def allows(self, scope) -> bool:
+        if self.expected is None or scope["path"] in self.public:
+            return True
         headers = dict(scope["headers"])
-        if hmac.compare_digest(headers.get(b"authorization", b""), expected):
+        if hmac.compare_digest(headers.get(b"authorization", b""), self.expected):
             return True
         if scope["method"] not in ("GET", "HEAD") or b"cookie" not in headers:
             return False
@@ -138,100 +152,119 @@ def create_app(service: Service, *, token: str | None = None,
         except CookieError:
             return False
         given = cookies.get(dashboard.COOKIE)
-        return given is not None and hmac.compare_digest(given.value.encode(), session)
+        return given is not None and hmac.compare_digest(given.value.encode(), self.session)
 
-    class Guard:
-        """Auth and metrics as plain ASGI (cheaper than a BaseHTTPMiddleware per request)."""
+    @staticmethod
+    def refusal(scope) -> Response:
+        """A page the browser navigates to goes to the login page; anything else gets 401."""
+        if scope["method"] == "GET" and dashboard.is_page(scope["path"]):
+            return RedirectResponse("/ui/login", 303)
+        return _error(401, "missing or wrong bearer token: send 'Authorization: Bearer TOKEN'",
+                      "Authorization")
 
-        def __init__(self, inner):
-            self.inner = inner
 
-        async def __call__(self, scope, receive, send):
-            if scope["type"] != "http":
-                return await self.inner(scope, receive, send)
-            start = time.perf_counter()
-            status = [500]
+class Guard:
+    """Auth, warm-up, the fast path and metrics as plain ASGI (cheaper than a
+    BaseHTTPMiddleware per request)."""
 
-            async def send_wrapper(message):
-                if message["type"] == "http.response.start":
-                    status[0] = message["status"]
-                await send(message)
+    def __init__(self, inner, *, service: Service, auth: Auth, metrics: Metrics,
+                 fast: Callable[[dict], bytes | None]):
+        self.inner, self.service, self.auth, self.metrics, self.fast = (
+            inner, service, auth, metrics, fast)
 
-            path = scope["path"]
-            if expected is not None and path not in public and not authorized(scope):
-                if scope["method"] == "GET" and dashboard.is_page(path):
-                    response = RedirectResponse("/ui/login", 303)
-                else:
-                    response = _error(401, "missing or wrong bearer token: send "
-                                           "'Authorization: Bearer TOKEN'", "Authorization")
-                await response(scope, receive, send_wrapper)
-                requests.labels("unauthorized", str(response.status_code)).inc()
-                return
-            # while warming up, the page and its own data load; the scorer's routes wait
-            if not service.ready.is_set() and path not in ("/metrics", "/") \
-                    and not path.startswith("/ui"):
-                response = _json({"status": "warming up",
-                                  "error": "the server is loading its compiled scorer (the "
-                                           "first start after an install compiles it, up to "
-                                           "half a minute): retry shortly"}, 503)
-                response.headers["Retry-After"] = "2"
-                await response(scope, receive, send_wrapper)
-                requests.labels("warming up", "503").inc()
-                return
-            body = fast_recommend(scope) if scope["path"].startswith(_FAST) else None
-            if body is not None:
-                await send({"type": "http.response.start", "status": 200,
-                            "headers": [(b"content-length", str(len(body)).encode()),
-                                        (b"content-type", b"application/json")]})
-                await send({"type": "http.response.body", "body": body})
-                requests.labels(_FAST_ROUTE, "200").inc()
-                latency.labels(_FAST_ROUTE).observe(time.perf_counter() - start)
-                return
-            try:
-                await self.inner(scope, receive, send_wrapper)
-            finally:
-                route = scope.get("route")
-                name = getattr(route, "path", "unmatched")
-                requests.labels(name, str(status[0])).inc()
-                latency.labels(name).observe(time.perf_counter() - start)
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.inner(scope, receive, send)
+        start = time.perf_counter()
+        status = [500]
 
-    def fast_recommend(scope) -> bytes | None:
-        """GET /recommend/{user_id} without FastAPI's parameter machinery (a third of the
-        route's cost), for requests whose parameters are all plainly valid. Anything else (a
-        bad or repeated parameter, an unknown one, a refused variant) returns None and goes to
-        the FastAPI route, which validates it and answers with its errors; the answer of a
-        valid request is the route's, byte for byte (tests/test_server.py)."""
-        user_id = scope["path"][len(_FAST):]
-        if scope["method"] != "GET" or not user_id or "/" in user_id:
-            return None
-        single, exclude = {}, []
-        for name, value in parse_qsl(scope["query_string"].decode("latin-1"),
-                                     keep_blank_values=True):
-            if name == "exclude":
-                exclude.append(value)
-            elif name in _FAST_SINGLE and name not in single:
-                single[name] = value
-            else:
-                return None
-        k = single.get("k", str(DEFAULT_K))
-        strategy = single.get("strategy", DEFAULT_STRATEGY)
-        if not _WHOLE.fullmatch(k) or int(k) > MAX_K or strategy not in STRATEGIES:
-            return None
+        async def send_wrapper(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        path = scope["path"]
+        if not self.auth.allows(scope):
+            response = self.auth.refusal(scope)
+            await response(scope, receive, send_wrapper)
+            self.metrics.observe("unauthorized", response.status_code)
+            return
+        # while warming up, the page and its own data load; the scorer's routes wait
+        if not self.service.ready.is_set() and path not in ("/metrics", "/") \
+                and not path.startswith("/ui"):
+            response = _json({"status": "warming up",
+                              "error": "the server is loading its compiled scorer (the first "
+                                       "start after an install compiles it, up to half a "
+                                       "minute): retry shortly"}, 503)
+            response.headers["Retry-After"] = "2"
+            await response(scope, receive, send_wrapper)
+            self.metrics.observe("warming up", 503)
+            return
+        body = self.fast(scope) if path.startswith(_FAST) else None
+        if body is not None:
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-length", str(len(body)).encode()),
+                                    (b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": body})
+            self.metrics.observe(_FAST_ROUTE, 200, time.perf_counter() - start)
+            return
         try:
-            return recommend_body(user_id, int(k), single.get("category"), exclude or None,
-                                  strategy, single.get("variant"))
-        except RtsqlError:
+            await self.inner(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            self.metrics.observe(getattr(route, "path", "unmatched"), status[0],
+                                 time.perf_counter() - start)
+
+
+def fast_recommend(scope, recommend_body) -> bytes | None:
+    """GET /recommend/{user_id} without FastAPI's parameter machinery (a third of the route's
+    cost), for requests whose parameters are all plainly valid. Anything else (a bad or
+    repeated parameter, an unknown one, a refused variant) returns None and goes to the
+    FastAPI route, which validates it and answers with its errors; the answer of a valid
+    request is the route's, byte for byte (tests/test_server.py)."""
+    user_id = scope["path"][len(_FAST):]
+    if scope["method"] != "GET" or not user_id or "/" in user_id:
+        return None
+    single, exclude = {}, []
+    for name, value in parse_qsl(scope["query_string"].decode("latin-1"),
+                                 keep_blank_values=True):
+        if name == "exclude":
+            exclude.append(value)
+        elif name in _FAST_SINGLE and name not in single:
+            single[name] = value
+        else:
             return None
+    k = single.get("k", str(DEFAULT_K))
+    strategy = single.get("strategy", DEFAULT_STRATEGY)
+    if not _WHOLE.fullmatch(k) or int(k) > MAX_K or strategy not in STRATEGIES:
+        return None
+    try:
+        return recommend_body(user_id, int(k), single.get("category"), exclude or None,
+                              strategy, single.get("variant"))
+    except RtsqlError:
+        return None
+
+
+def create_app(service: Service, *, token: str | None = None,
+               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    """The ASGI app over a started ``Service``."""
+    from prometheus_client import generate_latest
+
+    app = FastAPI(title="rtsql", version="1",
+                  description="Real-time recommendations from an rtsql database. Answers equal "
+                              "the database's SQL macros (recommend(), similar_items(), ...).")
+    metrics = Metrics(service)
 
     def recommend_body(user_id: str, k: int, category: str | None, exclude: list | None,
                        strategy: str, variant: str | None) -> bytes:
         """GET /recommend's JSON, for the route and the fast path alike."""
         check_variant(variant)
         rows = service.recommend(user_id, k, exclude=exclude, category=category,
-                                       strategy=strategy, variant=variant)
+                                 strategy=strategy, variant=variant)
         return _dumps({"user_id": user_id, "items": _rows(rows)})
 
-    app.add_middleware(Guard)
+    app.add_middleware(Guard, service=service, auth=Auth(token), metrics=metrics,
+                       fast=lambda scope: fast_recommend(scope, recommend_body))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request, exc: RequestValidationError):
@@ -393,12 +426,11 @@ def create_app(service: Service, *, token: str | None = None,
         answer = service.health()
         return _json(answer, 503 if answer["problems"] else 200)
 
-    dashboard.mount(app, service, lambda: dashboard.route_buckets(
-        registry, "rtsql_http_request_seconds", _FAST_ROUTE), token)
+    dashboard.mount(app, service, metrics.recommend_buckets, token)
 
     @app.get("/metrics", summary="Prometheus metrics")
-    async def metrics():
-        return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
+    async def prometheus_metrics():
+        return Response(generate_latest(metrics.registry), media_type="text/plain; version=0.0.4")
 
     return app
 
