@@ -1,0 +1,71 @@
+"""The writer's cost of one POST /events batch, in-process: ingest_bodies on a copy of a
+database, with the dictionary joins and with the server's known-keys path.
+
+    python benchmarks/bench_post.py --db 10M.duckdb [--bodies 30] [--events 100]
+
+Each body holds --events views by known users on known items (the steady-stream case). The
+two paths alternate body by body on the same copy; p50 / p99 ms of each. The server's POST
+latency under load adds queueing behind the group commit and the background refresh
+(bench_serve.py measures that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common import print_table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--db", required=True, help="a refreshed database (copied)")
+    parser.add_argument("--bodies", type=int, default=30)
+    parser.add_argument("--events", type=int, default=100)
+    args = parser.parse_args()
+
+    import rtsql
+    from rtsql import ingest
+    from rtsql.serving import ServingState
+
+    work = Path(tempfile.mkdtemp(prefix="rtsql-post-"))
+    try:
+        db = work / "post.duckdb"
+        shutil.copy(args.db, db)
+        con = rtsql.connect(db)
+        state = ServingState.load(con)
+        users = [r[0] for r in con.execute("select user_id from users limit 500").fetchall()]
+        items = [r[0] for r in con.execute("select item_id from items limit 500").fetchall()]
+        last = state.seen["event_id"]
+        seconds = {"dictionary joins": [], "known keys (serve's writer)": []}
+        for n in range(2 * args.bodies):
+            body = "\n".join(json.dumps({
+                "user_id": users[(n * 7 + i) % len(users)],
+                "item_id": items[(n * 13 + i) % len(items)],
+                "event_type": "view", "ts": "2026-12-01T10:00:00"})
+                for i in range(args.events)).encode()
+            name = list(seconds)[n % 2]
+            known = state.keys_of if n % 2 else None
+            start = time.perf_counter()
+            result = ingest.ingest_bodies(con, [(f"bench#{n}", body)], last_event_id=last,
+                                          known_keys=known)
+            seconds[name].append(time.perf_counter() - start)
+            last += result[0].ingested
+        con.close()
+        rows = []
+        for name, values in seconds.items():
+            p50, p99 = np.percentile(np.array(values) * 1000, [50, 99])
+            rows.append([name, len(values), f"{p50:.2f}", f"{p99:.2f}"])
+        print_table(["path", "bodies", "p50 ms", "p99 ms"], rows)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
