@@ -265,7 +265,7 @@ def _block_lists(key: str, blocks: int, n_rows: int, stored: int, shrinkage: flo
         import numpy as np
         import pandas as pd
         import scipy.sparse as sp
-        from _rtsql_engine import base, engine
+        from _rtsql_engine import engine, params
 
         block = int(frame["b"].iat[0])
         rows, r = np.unique(frame["r"].to_numpy(np.int64), return_inverse=True)
@@ -275,9 +275,9 @@ def _block_lists(key: str, blocks: int, n_rows: int, stored: int, shrinkage: flo
         m.sum_duplicates()
         scale = np.zeros(len(rows))
         scale[r] = frame["s"].to_numpy(np.float64)
-        measure = base.Measure(k=stored, shrinkage=shrinkage, min_support=min_support,
-                               block_cells=block_cells, threads=1)
-        sim = engine.RowSimilarity(m, base.Weights(m, m.T.tocsr(), scale), measure)
+        measure = params.Measure(k=stored, shrinkage=shrinkage, min_support=min_support,
+                                 block_cells=block_cells, threads=1)
+        sim = engine.RowSimilarity(m, params.Weights(m, m.T.tocsr(), scale), measure)
         own = np.flatnonzero(rows % blocks == block)
         lists = engine.Neighbors.concat(
             sim.map_blocks(own, lambda b: engine.top_k(b, stored, n_rows)))
@@ -291,9 +291,12 @@ def _block_lists(key: str, blocks: int, n_rows: int, stored: int, shrinkage: flo
     return run
 
 
+SHIPPED_ENGINE = ("engine.py", "params.py")  # tests/test_architecture.py keeps them standalone
+
+
 def ship_engine(spark) -> None:
     """Make rtsql's similarity engine importable in the executors as ``_rtsql_engine``: its
-    two source files (rtsql/measures/engine.py and base.py, which need numpy and scipy only),
+    two source files (rtsql/measures/engine.py and params.py, which need numpy and scipy only),
     zipped from beside this file and added with ``addPyFile``. The cluster needs no rtsql."""
     import tempfile
     import zipfile
@@ -304,7 +307,7 @@ def ship_engine(spark) -> None:
     # the same bytes for the same sources: a session that runs the job twice adds the file
     # twice, which Spark accepts only when the contents match
     with zipfile.ZipFile(target, "w") as z:
-        for name in ("__init__.py", "engine.py", "base.py"):
+        for name in ("__init__.py",) + SHIPPED_ENGINE:
             text = "" if name == "__init__.py" else (source / name).read_text()
             z.writestr(zipfile.ZipInfo(f"_rtsql_engine/{name}", (2000, 1, 1, 0, 0, 0)), text)
     spark.sparkContext.addPyFile(str(target))

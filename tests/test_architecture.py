@@ -73,3 +73,18 @@ def test_no_import_cycles():
 def test_the_cycle_check_finds_a_cycle():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert cycles(graph) == [["a", "b", "c"]]
+
+
+def test_the_engine_shipped_to_spark_imports_only_itself():
+    """spark_job.ship_engine zips a few files of measures/ for executors without rtsql: their
+    relative imports must stay among them (a lazy import of the numba kernel excepted, which
+    only local full builds reach)."""
+    from rtsql.spark_job import SHIPPED_ENGINE
+
+    shipped = {name.removesuffix(".py") for name in SHIPPED_ENGINE}
+    for name in SHIPPED_ENGINE:
+        tree = ast.parse((PACKAGE / "measures" / name).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                assert node.level == 1 and (node.module in shipped | {"kernel"}), \
+                    (name, node.module)

@@ -98,3 +98,18 @@ def test_a_measure_without_an_update_refuses_one(name):
     else:
         with pytest.raises(ValueError, match="no exact incremental update"):
             measures.incremental(matrix, changed, stored, measure)
+
+
+def test_build_parameters_default_to_the_settings():
+    """measures/params.py ships to Spark alone, so Measure's defaults are written out; they
+    must be the settings registry's."""
+    from rtsql.settings import SETTINGS
+
+    m = measures.Measure()
+    for field, setting in (("k", "neighbors"), ("shrinkage", "shrinkage"),
+                           ("min_support", "min_support"), ("alpha", "rp3_alpha"),
+                           ("beta", "rp3_beta"), ("ease_lambda", "ease_lambda"),
+                           ("ease_max_items", "ease_max_items"),
+                           ("ease_neighbors", "ease_neighbors")):
+        assert getattr(m, field) == SETTINGS[setting].default, field
+    assert m.kind == MEASURE_NAMES[0]

@@ -1,6 +1,8 @@
 """The parameters of one similarity build and what the sparse engine multiplies: plain data,
 shared by the measure contract (base.py) and the engine (engine.py), which import it and not
-each other's internals."""
+each other's internals. It ships to Spark's executors with engine.py (spark_job.ship_engine),
+so it imports numpy and scipy only: its defaults repeat the settings registry's, and
+tests/test_measure_contract.py fails on any difference."""
 
 from __future__ import annotations
 
@@ -9,14 +11,6 @@ from typing import Callable
 
 import numpy as np
 import scipy.sparse as sp
-
-from ..settings import SETTINGS
-from ..vocabulary import MEASURE_NAMES
-
-
-def _default(setting: str):
-    """A measure parameter's default is its setting's (the registry defines it once)."""
-    return SETTINGS[setting].default
 
 Progress = Callable[[int, int], None]
 Notice = Callable[[str], None]
@@ -28,19 +22,19 @@ class Measure:
     the engine's (list length, memory and threads) and each measure's own. rtsql/refresh.py
     fills them from the settings registry."""
 
-    k: int = _default("neighbors")
-    shrinkage: float = _default("shrinkage")
-    min_support: int = _default("min_support")
+    k: int = 50  # neighbors
+    shrinkage: float = 0.0
+    min_support: int = 1
     block_cells: int = 1 << 24  # similarity entries held at once per thread
     threads: int = 1  # blocks computed in parallel
-    kind: str = MEASURE_NAMES[0]
+    kind: str = "cosine"  # vocabulary.MEASURE_NAMES[0]
     idf_n: float = 0.0  # tfidf: the user count, frozen at the last full refresh
-    alpha: float = _default("rp3_alpha")  # rp3beta: transition probabilities to this power
-    beta: float = _default("rp3_beta")  # rp3beta: a neighbour's score / its popularity^beta
+    alpha: float = 1.0  # rp3_alpha: transition probabilities to this power
+    beta: float = 0.5  # rp3_beta: a neighbour's score / its popularity^beta
     buffer_length: int = 0  # entries kept per row (>= k; 0: k): a buffer that refills lists
-    ease_lambda: float = _default("ease_lambda")  # ease: L2 regularization of the closed form
-    ease_max_items: int = _default("ease_max_items")  # ease: the most popular rows it inverts
-    ease_neighbors: int = _default("ease_neighbors")  # sparse_ease: each item's regressors
+    ease_lambda: float = 300.0  # ease: L2 regularization of the closed form
+    ease_max_items: int = 15_000  # ease: the most popular rows it inverts
+    ease_neighbors: int = 192  # sparse_ease: each item's regressors (its top co-occurring)
 
     @property
     def list_length(self) -> int:
