@@ -23,6 +23,7 @@ to this file; ``warm_up()`` does that ahead of the first request.
 from __future__ import annotations
 
 import threading
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit
@@ -37,6 +38,42 @@ _HI, _LO, _BEST, _BECAUSE, _ABS = range(5)
 # marks per item
 _CANDIDATE, _EXCLUDED, _HAS = 1, 4, 16  # _HAS << strategy: it scored the item
 _NOTHING = 2.0 ** 62  # "no history item" in the accumulators (above every key)
+
+
+class Blend(NamedTuple):
+    """A request's blend: the strategies' weights (the macro's cfg), exclude_seen, and how
+    many entries of a neighbour user's list user-cf reads."""
+
+    w_item: float
+    w_user: float
+    w_content: float
+    w_trend: float
+    exclude_seen: bool
+    served: int
+
+
+class Arrays(NamedTuple):
+    """The model the scorer reads: each strategy's lists as CSR (indptr, keys, values), the
+    neighbour users' capped rows (x_*), trending's shares and popularity, the backfill order,
+    the first key newer than that order, and the number of item keys."""
+
+    item_indptr: np.ndarray
+    item_keys: np.ndarray
+    item_values: np.ndarray
+    user_indptr: np.ndarray
+    user_keys: np.ndarray
+    user_values: np.ndarray
+    content_indptr: np.ndarray
+    content_keys: np.ndarray
+    content_values: np.ndarray
+    x_indptr: np.ndarray
+    x_keys: np.ndarray
+    x_values: np.ndarray
+    share: np.ndarray
+    popularity: np.ndarray
+    order: np.ndarray
+    first_new: int
+    n_items: int
 
 
 class Scratch:
@@ -406,23 +443,22 @@ def _scaled(c, flags, acc_item, acc_user, acc_content, has_item, has_user, has_c
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def score_user(user, h_items, h_w, exclude, allowed, k,
-               w_item, w_user, w_content, w_trend, exclude_seen, served,
-               item_indptr, item_keys, item_values,
-               user_indptr, user_keys, user_values,
-               content_indptr, content_keys, content_values,
-               x_indptr, x_keys, x_values,
-               share, popularity, order, first_new, n_items,
-               acc_item, acc_user, acc_content, mark, touched, terms,
+def score_user(user, h_items, h_w, exclude, allowed, k, blend, arrays, scratch,
                out_keys, out_score, out_part, out_because):
     """One user's top-k into out_* (returns how many rows). ``user``: its key, or -1 (a
     basket, or a user with no refreshed row); ``h_items``/``h_w``: the current history sorted
     by item key, weights after query-time recency (NaN: not in the macro's h, weight <= 0,
     seen only); ``exclude``: more item keys to leave out; ``allowed``: the category's items as
-    a mask (empty: every item); ``order``: the stored backfill order; ``first_new``: the first
-    key newer than that order, up to ``n_items``. acc_item ... terms: a Scratch's arrays.
-    Item lists are used whole and may hold negative scores; every other list score and
-    neighbour-row weight must be positive (ServingState checks)."""
+    a mask (empty: every item); ``blend``: a Blend; ``arrays``: the model's Arrays (``order``:
+    the stored backfill order; ``first_new``: the first key newer than that order, up to
+    ``n_items``); ``scratch``: a Scratch's arrays. Item lists are used whole and may hold
+    negative scores; every other list score and neighbour-row weight must be positive
+    (ServingState checks)."""
+    w_item, w_user, w_content, w_trend, exclude_seen, served = blend
+    (item_indptr, item_keys, item_values, user_indptr, user_keys, user_values,
+     content_indptr, content_keys, content_values, x_indptr, x_keys, x_values,
+     share, popularity, order, first_new, n_items) = arrays
+    acc_item, acc_user, acc_content, mark, touched, terms = scratch
     has_item, has_user, has_content = (_HAS << PART_ITEM, _HAS << PART_USER,
                                        _HAS << PART_CONTENT)
     # scored: each strategy's contributions into its accumulator table
@@ -571,15 +607,8 @@ def _clear(acc, c):
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def score_users(users, h_indptr, h_keys, h_weights, h_types, excluded, k,
-                w_item, w_user, w_content, w_trend, exclude_seen, served,
-                item_indptr, item_keys, item_values,
-                user_indptr, user_keys, user_values,
-                content_indptr, content_keys, content_values,
-                x_indptr, x_keys, x_values,
-                share, popularity, order, first_new, n_items,
-                acc_item, acc_user, acc_content, mark, touched, terms,
-                out_keys, out_score, out_part, out_because, out_type, out_rows):
+def score_users(users, h_indptr, h_keys, h_weights, h_types, excluded, k, blend, arrays,
+                scratch, out_keys, out_score, out_part, out_because, out_type, out_rows):
     """``score_user`` for each of ``users`` over its refreshed row of the interaction matrix
     (h_*: every entry, with the weights of the macro's h, NaN elsewhere, and the event type
     codes; x_*: the capped rows user-cf reads; a user past the matrix has an empty row),
@@ -593,13 +622,9 @@ def score_users(users, h_indptr, h_keys, h_weights, h_types, excluded, k,
         if u < len(h_indptr) - 1:
             lo = h_indptr[u]
             hi = h_indptr[u + 1]
-        rows = score_user(
-            u, h_keys[lo:hi], h_weights[lo:hi], excluded, everything, k,
-            w_item, w_user, w_content, w_trend, exclude_seen, served,
-            item_indptr, item_keys, item_values, user_indptr, user_keys, user_values,
-            content_indptr, content_keys, content_values, x_indptr, x_keys, x_values,
-            share, popularity, order, first_new, n_items, acc_item, acc_user, acc_content,
-            mark, touched, terms, out_keys[i], out_score[i], out_part[i], out_because[i])
+        rows = score_user(u, h_keys[lo:hi], h_weights[lo:hi], excluded, everything, k, blend,
+                          arrays, scratch, out_keys[i], out_score[i], out_part[i],
+                          out_because[i])
         out_rows[i] = rows
         for r in range(rows):
             b = out_because[i, r]
@@ -657,14 +682,13 @@ def warm_up() -> None:
     none_i, none_f = np.empty(0, np.int64), np.empty(0)
     ptr = np.zeros(2, np.int64)
     lists = (ptr, none_i, none_f)
-    model = (*lists, *lists, *lists, *lists, f1, i1, i1, np.int64(1))
-    weights = (0.5, 0.5, 0.5, 0.5, True, np.int64(1))
+    model = Arrays(*lists, *lists, *lists, *lists, f1, i1, i1, 1, 1)
+    blend = Blend(0.5, 0.5, 0.5, 0.5, True, 1)
     scratch = Scratch(2).arrays()
     score_user(np.int64(0), none_i, none_f, none_i, np.empty(0, np.bool_), np.int64(1),
-               *weights, *model, np.int64(1), *scratch, i1, f1, i1.copy(), i1.copy())
+               blend, model, scratch, i1, f1, i1.copy(), i1.copy())
     out = (np.zeros((1, 1), np.int64), np.zeros((1, 1)), np.zeros((1, 1), np.int64),
            np.zeros((1, 1), np.int64), np.zeros((1, 1), np.int64), np.zeros(1, np.int64))
-    score_users(i1, ptr, none_i, none_f, none_i, none_i, np.int64(1), *weights, *model,
-                np.int64(1),
-                *scratch, *out)
+    score_users(i1, ptr, none_i, none_f, none_i, none_i, np.int64(1), blend, model, scratch,
+                *out)
     merge_history(i1, f1, i1, i1, i1)

@@ -581,9 +581,10 @@ class ServingState:
                                         np.empty(k, np.int64), np.empty(k, np.int64))
         scratch = scoring.Scratch.per_thread(_LOCAL, n_items + 1)
         weights = _query_weights(hist, cfg)
+        blend, arrays = self._kernel_args(cfg)
         rows = scoring.score_user(
             -1 if user_key is None else user_key, hist.items, weights, excluded, allowed, k,
-            *self._kernel_args(cfg), n_items, *scratch.arrays(), keys, scores, parts, because)
+            blend, arrays, scratch.arrays(), keys, scores, parts, because)
         out = keys[:rows], scores[:rows], parts[:rows], because[:rows]
         return self._new_item_slots(hist, weights, cfg, excluded, allowed, k, *out) \
             if cfg.explore > 0 else out
@@ -644,13 +645,16 @@ class ServingState:
         return {key: math.fsum(values) for key, values in terms.items()}
 
     def _kernel_args(self, cfg: Config) -> tuple:
-        """The settings and model arrays score_user takes, after the request's own."""
+        """The request's Blend and the model's Arrays, as score_user takes them."""
+        from .scoring import Arrays, Blend
+
         m = self.model
-        return (cfg.w_item, cfg.w_user, cfg.w_content, cfg.w_trend, cfg.exclude_seen,
-                cfg.served, *m.item_lists.arrays(), *m.user_lists.arrays(),
-                *m.content.arrays(), *m.neighbour_rows.arrays(), m.share, m.popularity,
-                m.order_trending if cfg.w_trend > 0 else m.order_popular,
-                m.max_ranked_item + 1)
+        return (Blend(cfg.w_item, cfg.w_user, cfg.w_content, cfg.w_trend, cfg.exclude_seen,
+                      cfg.served),
+                Arrays(*m.item_lists.arrays(), *m.user_lists.arrays(), *m.content.arrays(),
+                       *m.neighbour_rows.arrays(), m.share, m.popularity,
+                       m.order_trending if cfg.w_trend > 0 else m.order_popular,
+                       m.max_ranked_item + 1, len(self.item_ids)))
 
     def recommend_all(self, k: int, strategy: str, threads: int = 1,
                       progress=None) -> dict[str, np.ndarray]:
@@ -681,7 +685,7 @@ class ServingState:
                "because": np.empty((len(users), k), np.int64),
                "because_type": np.empty((len(users), k), np.int64),
                "rows": np.zeros(len(users), np.int64)}
-        args = self._kernel_args(cfg)
+        blend, arrays = self._kernel_args(cfg)
         unavailable = self.availability.unavailable()
         chunks = [slice(lo, min(lo + 2048, len(users))) for lo in range(0, len(users), 2048)]
         done = [0]
@@ -689,8 +693,7 @@ class ServingState:
         def run(part: slice) -> None:
             scratch = scoring.Scratch.per_thread(_LOCAL, n_items + 1)
             scoring.score_users(users[part], m.inter.indptr, m.inter.keys, weights,
-                                m.inter_type, unavailable, k, *args, n_items,
-                                *scratch.arrays(),
+                                m.inter_type, unavailable, k, blend, arrays, scratch.arrays(),
                                 *(out[name][part] for name in ("keys", "score", "part",
                                                                "because", "because_type",
                                                                "rows")))
