@@ -197,10 +197,9 @@ def _certain(hi, lo, rounded, n, magnitude):
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _from_lists(acc, mark, touched, nt, h_items, h_w, indptr, keys, values, limit, has):
-    """item-cf / content ``scored``: each history item's list entries, weight x score
-    (``limit`` entries of each list; < 0: all). Returns (touched count, whether some lo
-    rounded)."""
+def _from_lists(acc, mark, touched, nt, h_items, h_w, indptr, keys, values, has):
+    """item-cf / content ``scored``: each history item's whole list (the stored lists are the
+    served ones), weight x score. Returns (touched count, whether some lo rounded)."""
     rows = len(indptr) - 1
     rounded = False
     for p in range(len(h_items)):
@@ -208,11 +207,7 @@ def _from_lists(acc, mark, touched, nt, h_items, h_w, indptr, keys, values, limi
         h = h_items[p]
         if np.isnan(w) or h >= rows:
             continue
-        lo = indptr[h]
-        hi = indptr[h + 1]
-        if limit >= 0 and hi - lo > limit:
-            hi = lo + limit
-        for q in range(lo, hi):
+        for q in range(indptr[h], indptr[h + 1]):
             c = keys[q]
             t = w * values[q]
             flags = mark[c]  # marks are written only when they change (not per term)
@@ -261,7 +256,7 @@ def _from_neighbours(acc, mark, touched, nt, user, served, u_indptr, u_keys, u_v
 
 @njit(nogil=True, cache=True, error_model="numpy")
 def _terms(part, c, terms, h_items, h_w, user, served, lists_indptr, lists_keys,
-           lists_values, limit, u_indptr, u_keys, u_values, x_indptr, x_keys, x_values):
+           lists_values, u_indptr, u_keys, u_values, x_indptr, x_keys, x_values):
     """Candidate c's terms of one strategy, recomputed one by one: (terms, count)."""
     n = 0
     if part == PART_USER:
@@ -286,11 +281,7 @@ def _terms(part, c, terms, h_items, h_w, user, served, lists_indptr, lists_keys,
             h = h_items[p]
             if np.isnan(w) or h >= rows:
                 continue
-            lo = lists_indptr[h]
-            hi = lists_indptr[h + 1]
-            if limit >= 0 and hi - lo > limit:
-                hi = lo + limit
-            for q in range(lo, hi):
+            for q in range(lists_indptr[h], lists_indptr[h + 1]):
                 if lists_keys[q] == c:
                     if n == len(terms):
                         terms = np.concatenate((terms, np.empty(len(terms))))
@@ -307,11 +298,11 @@ def _exact_total(part, c, terms, h_items, h_w, user, served, item_indptr, item_k
     _certain cannot vouch for)."""
     if part == PART_CONTENT:
         terms, n = _terms(part, c, terms, h_items, h_w, user, served, content_indptr,
-                          content_keys, content_values, -1, u_indptr, u_keys, u_values,
+                          content_keys, content_values, u_indptr, u_keys, u_values,
                           x_indptr, x_keys, x_values)
     else:
         terms, n = _terms(part, c, terms, h_items, h_w, user, served, item_indptr, item_keys,
-                          item_values, -1, u_indptr, u_keys, u_values, x_indptr, x_keys,
+                          item_values, u_indptr, u_keys, u_values, x_indptr, x_keys,
                           x_values)
     return _fsum(terms, n)
 
@@ -466,14 +457,13 @@ def score_user(user, h_items, h_w, exclude, allowed, k, blend, arrays, scratch,
     r_item = r_user = r_content = False
     if w_item > 0.0:
         nt, r_item = _from_lists(acc_item, mark, touched, nt, h_items, h_w, item_indptr,
-                                 item_keys, item_values, -1, has_item)  # served whole
+                                 item_keys, item_values, has_item)
     if w_user > 0.0:
         nt, r_user = _from_neighbours(acc_user, mark, touched, nt, user, served, user_indptr,
                                       user_keys, user_values, x_indptr, x_keys, x_values)
     if w_content > 0.0:
         nt, r_content = _from_lists(acc_content, mark, touched, nt, h_items, h_w,
-                                    content_indptr, content_keys, content_values, -1,
-                                    has_content)
+                                    content_indptr, content_keys, content_values, has_content)
     # per_part: each strategy's best candidate; the sums near the best are rounded exactly
     lists = (h_items, h_w, user, served, item_indptr, item_keys, item_values, content_indptr,
              content_keys, content_values, user_indptr, user_keys, user_values, x_indptr,
