@@ -908,7 +908,7 @@ def _materialize_if_on(con, values: dict, result: RefreshResult,
                        progress: Progress | None = None) -> None:
     """user_recommendations from the new models, in the refresh's transaction (readers see
     lists and models of the same refresh); skipped when nothing changed since the last one."""
-    from . import serving
+    from . import materialize
 
     if not values["materialize_recommendations"]:
         return
@@ -917,8 +917,8 @@ def _materialize_if_on(con, values: dict, result: RefreshResult,
                          _state(con).get("watermark")])
     if result.mode == "none" and _state(con).get("materialized") == config:
         return
-    serving.materialize(con, values["materialize_k"], values["materialize_strategy"],
-                        _stage(progress, "recommendations"), engine_options(values)["threads"])
+    materialize.materialize(con, values["materialize_k"], values["materialize_strategy"],
+                            _stage(progress, "recommendations"), engine_options(values)["threads"])
     _set_state(con, materialized=config)
 
 

@@ -43,7 +43,6 @@ from .vocabulary import (
     DEFAULT_STRATEGY,
     PART_CONTENT,
     PART_ITEM,
-    PART_NAMES,
     PART_NEW,
     PART_TRENDING,
     PART_USER,
@@ -837,25 +836,3 @@ def _flat(column, dtype=np.int64) -> np.ndarray:
 def _list_lengths(column) -> np.ndarray:
     chunks = [np.diff(c.offsets.to_numpy()) for c in column.chunks]
     return np.concatenate(chunks).astype(np.int64) if chunks else np.empty(0, np.int64)
-
-
-def materialize(con, k: int, strategy: str, progress=None, threads: int = 1) -> int:
-    """Write every user's top-k into ``user_recommendation_rows`` (emptied first), from the
-    state as ``con`` sees it (inside a refresh's transaction: the new models), scored on
-    ``threads`` threads. Returns the rows. The view ``user_recommendations`` joins the ids
-    and the reason text (``rtsql_reason``, the macro's own) at read time."""
-    import pyarrow as pa
-
-    from .sqlutil import recreate_empty, registered
-
-    state = ServingState._load(con)
-    recreate_empty(con, "user_recommendation_rows")
-    rows = state.recommend_all(k, strategy, threads, progress)
-    with registered(con, "_rtsql_user_recs", {name: pa.array(values)
-                                              for name, values in rows.items()}):
-        con.execute("""
-            insert into user_recommendation_rows
-            select user_key, rank, item_key, score, list_extract(?::VARCHAR[], part + 1),
-                   nullif(because, -1), list_extract(?::VARCHAR[], because_type)
-            from _rtsql_user_recs""", [list(PART_NAMES), state.model.event_types])
-    return len(rows["user_key"])

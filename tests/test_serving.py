@@ -225,9 +225,9 @@ def test_random_databases_equal_the_macros(tmp_path_factory, events, refreshed, 
 def assert_materialized_equal_per_user(con, k, strategy, threads):
     """user_recommendations (the batched scorer, ids and reasons joined in SQL) holds, for
     every user, exactly the rows of the per-request scorer."""
-    from rtsql import serving
+    from rtsql import materialize
 
-    serving.materialize(con, k, strategy, threads=threads)
+    materialize.materialize(con, k, strategy, threads=threads)
     state = ServingState.load(con)
     got = {}
     for user, rank, item, score, reason in con.execute(
