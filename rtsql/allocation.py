@@ -81,12 +81,10 @@ def read_buckets(con) -> list:
     return owners
 
 
-def write_shares(con, shares: dict[str, float], stored: dict[str, float] | None = None) -> None:
-    """Move the buckets to ``shares`` (in the caller's transaction) and store each variant's
-    share in ab_variants: ``stored`` when given (the shares as the user typed them), else the
-    bucket counts' own share."""
-    counts = bucket_counts(shares)
-    owners = reassign(read_buckets(con), counts)
+def move_buckets(con, owners: list, counts: dict[str, int]) -> None:
+    """Give the buckets their new owners (``reassign`` from ``owners``, the current ones), in
+    the caller's transaction."""
+    owners = reassign(owners, counts)
     kept = [(b, o) for b, o in enumerate(owners) if o is not None]
     con.execute("delete from ab_buckets")
     if kept:
@@ -99,9 +97,6 @@ def write_shares(con, shares: dict[str, float], stored: dict[str, float] | None 
             con.execute("insert into ab_buckets select bucket, name from _rtsql_buckets")
         finally:
             con.unregister("_rtsql_buckets")
-    for name, count in counts.items():
-        share = stored[name] if stored is not None else count / BUCKETS
-        con.execute("update ab_variants set share = ? where name = ?", [share, name])
 
 
 # --------------------------------------------------------------------------- the bandit
@@ -179,11 +174,12 @@ def allocate(con, values: dict) -> str | None:
     probability = p_best(impressions, successes)
     shares = dict(zip(names, shares_from(probability, values["ab_min_share"]).tolist()))
     counts = bucket_counts(shares)
-    held = dict(con.execute("select name, count(*) from ab_buckets group by name"
-                            ).fetchall())
-    if all(held.get(n, 0) == counts[n] for n in names):
+    owners = read_buckets(con)
+    if all(owners.count(n) == counts[n] for n in names):
         return None
-    write_shares(con, shares)
+    move_buckets(con, owners, counts)
+    con.executemany("update ab_variants set share = ? where name = ?",
+                    [[counts[n] / BUCKETS, n] for n in names])
     rate, low, high = posterior(impressions, successes)
     con.executemany("insert into ab_allocations values (now()::TIMESTAMP, ?, ?, ?, ?, ?, ?, ?, "
                     "?, ?)",

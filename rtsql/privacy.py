@@ -41,13 +41,12 @@ def forget_user(db_path: str | os.PathLike, user_id: str) -> ForgetResult:
     """Forget ``user_id`` in the database at ``db_path`` (opened here, for writing): the one
     sequence, ``delete`` then ``scrub``, that the server runs too (in its own threads)."""
     con = db.connect(db_path)
-    holder = [con]
     try:
         result = delete(con, user_id)
-        result.republished, result.compact_seconds = scrub(
-            con, db_path, con.close, lambda: holder.append(db.connect(db_path)) or holder[-1])
-    finally:
-        holder[-1].close()
+    except BaseException:
+        con.close()
+        raise
+    result.republished, result.compact_seconds = _scrub_alone(con, db_path)
     return result
 
 
@@ -91,14 +90,31 @@ def finish_pending_rewrite(db_path: str | os.PathLike) -> float | None:
     """If a forget's file rewrite did not finish, scrub now (the rewrite's seconds, or None
     when nothing was pending)."""
     con = db.connect(db_path)
-    holder = [con]
     try:
-        if not rewrite_pending(con):
-            return None
-        return scrub(con, db_path, con.close,
-                     lambda: holder.append(db.connect(db_path)) or holder[-1])[1]
+        pending = rewrite_pending(con)
+    except BaseException:
+        con.close()
+        raise
+    if not pending:
+        con.close()
+        return None
+    return _scrub_alone(con, db_path)[1]
+
+
+def _scrub_alone(con, db_path: str | os.PathLike) -> tuple[list[Path], float]:
+    """``scrub`` for a process whose only connection is ``con`` (the CLI): it is closed for
+    the rewrite, and the one opened after it is closed at the end."""
+    reopened = []
+
+    def reopen():
+        reopened.append(db.connect(db_path))
+        return reopened[-1]
+
+    try:
+        return scrub(con, db_path, con.close, reopen)
     finally:
-        holder[-1].close()
+        for connection in reopened:
+            connection.close()
 
 
 def clear_pending(con) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
-from . import allocation, compute_worker, content, measures, settings
+from . import allocation, compute_worker, content, measures, settings, vocabulary
 from .errors import DatabaseLocked, ExternalModel, InputPathError, UnknownUser
 from .inverse_store import InverseStore, update_stored
 from .measures.ease import ease_rows, mean_square
@@ -221,7 +221,7 @@ def resolve_similarity(values: dict, items: int, memory_bytes: int | None = None
     ``ease_max_items`` items have interactions (its cost grows with n^3), sparse_ease beyond
     while its working memory fits in half of ``memory_bytes`` (the machine's memory), cosine
     beyond that (sparse, with an exact incremental refresh)."""
-    if values["similarity"] != measures.AUTO:
+    if values["similarity"] != vocabulary.AUTO:
         return values["similarity"]
     if items <= values["ease_max_items"]:
         return "ease"
@@ -239,7 +239,7 @@ def sparse_ease_bytes(items: int, neighbors: int) -> int:
 
 def _similarity_in_effect(values: dict, state: dict) -> str:
     """The measure of the stored item lists: ``auto`` is decided at each full refresh."""
-    if values["similarity"] != measures.AUTO:
+    if values["similarity"] != vocabulary.AUTO:
         return values["similarity"]
     return state.get("item_measure", "cosine")
 
@@ -299,7 +299,7 @@ def _full(con, values: dict, progress: Progress | None, isolate: bool = False
     n_items = int(np.count_nonzero(np.bincount(x.indices, minlength=x.shape[1])))
     kind = resolve_similarity(values, n_items)
     notes: list[str] = []
-    if values["similarity"] == measures.AUTO and _state(con).get("item_measure") != kind:
+    if values["similarity"] == vocabulary.AUTO and _state(con).get("item_measure") != kind:
         notes.append(f"similarity auto: {kind} item lists ({n_items} items have interactions; "
                      f"ease up to ease_max_items {values['ease_max_items']}, sparse_ease beyond while "
                      f"it fits in memory, cosine beyond that)")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from ..vocabulary import AUTO, MEASURE_NAMES  # noqa: F401 - AUTO: measures.AUTO for callers
+from ..vocabulary import MEASURE_NAMES
 from .base import Measure, Model, Notice, Progress, Weights
 from .cosine import Cosine, TfIdf, cosine
 from .ease import Ease
@@ -55,6 +55,6 @@ def incremental(matrix: sp.spmatrix, changed: np.ndarray, stored: StoredLists,
     return model(measure).update(rows_matrix(matrix), changed, stored, measure)
 
 
-__all__ = ["AUTO", "MODELS", "Measure", "Model", "Neighbors", "StoredLists", "IncrementalResult",
+__all__ = ["MODELS", "Measure", "Model", "Neighbors", "StoredLists", "IncrementalResult",
            "Weights", "cosine", "full", "incremental", "merge_lists", "model", "rows_matrix",
            "top_k", "top_per_row"]
