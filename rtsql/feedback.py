@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import allocation
+from . import settings as settings_mod
 from .errors import BadEventFile, InputPathError, InvalidSetting
 from .ingest import detect_format
 from .sqlutil import add_new_ids, quote_identifier, scalar, transaction, trim_id
@@ -104,6 +105,12 @@ def report(con, since: str | None = None, by: tuple[str, ...] = ("day", "strateg
                "variant": "coalesce(variant, '(none)')"}
     if not by or any(b not in allowed for b in by):
         raise InvalidSetting(f"--by takes {', '.join(allowed)}")
+    if since is not None:
+        try:
+            since = settings_mod.timestamp(since)
+        except ValueError:
+            raise InvalidSetting(f"--since takes an ISO date or time such as 2026-11-01, got "
+                                 f"{since!r}") from None
     keys = ", ".join(f"{allowed[b]} as {b}" for b in by)
     cur = con.execute(f"""
         select {keys}, count(*) as impressions, count(*) filter (where clicked) as clicks,
@@ -174,8 +181,6 @@ def plot_svg(columns, rows, path: str | os.PathLike, value: str = "ctr") -> Path
 
 def set_variants(con, shares: dict[str, float], variant_settings: dict[str, dict]) -> None:
     """Replace the A/B variants: name -> share (summing to 1) and serving-setting overrides."""
-    from . import settings as settings_mod
-
     for name, share in shares.items():
         if not (0 < share <= 1):  # also refuses nan and inf
             raise InvalidSetting(f"variant {name}: share must be a number in (0, 1], got {share}")
@@ -196,13 +201,12 @@ def set_variants(con, shares: dict[str, float], variant_settings: dict[str, dict
                              for n, s in shares.items()])
             allocation.record_manual(con, shares)
         # the users of a variant that keeps its share keep their variant
-        allocation.write_shares(con, shares, stored=shares)
+        allocation.move_buckets(con, allocation.read_buckets(con),
+                                allocation.bucket_counts(shares))
 
 
 def set_variants_from_options(con, shares: list[str], overrides: list[str]) -> None:
     """``rtsql variants --set NAME=SHARE ... --setting NAME.SETTING=VALUE ...``."""
-    from . import settings as settings_mod
-
     parsed: dict[str, float] = {}
     for name, share in settings_mod.assignments(shares, "--set", "NAME=SHARE"):
         try:

@@ -101,6 +101,8 @@ def test_data_routes_equal_the_api(shop, tmp_path):
         assert {v: (r["impressions"], r["clicks"]) for v, r in rows.items()} == expected
         assert all(r["ctr_low"] < r["ctr"] < r["ctr_high"] for r in rows.values())
         assert server.json("GET", "/ui/api/feedback?by=colour")[0] == 400
+        status, body = server.json("GET", "/ui/api/feedback?since=garbage")
+        assert status == 400 and "ISO date" in body["error"]
 
         user = server.json("GET", "/ui/api/user/user-1")[1]
         # of the clicks just posted (n = 0, 20, 40, ...), n = 20's is the latest

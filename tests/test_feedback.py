@@ -140,3 +140,8 @@ def test_attribution_equals_a_brute_force_reference(con, events, shown, window):
                       "from impression_outcomes").fetchall()
     assert sorted(got) == sorted((*key, *expected[key]) for u, i, h in shown
                                  for key in [(f"u{u}", f"i{i}", T + h * hour)])
+
+
+def test_report_refuses_a_since_that_is_not_a_time(shop):
+    with pytest.raises(InvalidSetting, match="--since takes an ISO date"):
+        feedback.report(shop, since="last tuesday", by=("strategy",))
