@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 import duckdb
 
@@ -245,14 +246,22 @@ def run_sql(path: str | os.PathLike | None, query: str, *, write: bool = False):
     return columns, rows, snap
 
 
-def compact(path: str | os.PathLike) -> float:
+def compact(con, path: str | os.PathLike, close_all: Callable[[], None]) -> float:
     """Rewrite the database into a fresh file and swap it in atomically; returns seconds.
 
     DuckDB reuses the blocks that deleted rows freed but never clears them, so a forgotten
     user's id can stay in the file's bytes for a long time; a copy holds only live rows. The
-    copy costs about one write of the database (a few seconds at 10M events). No connection to
-    the file may be open in this process (the copy would replace a file it still writes to),
-    and the caller holds the database for writing (``rtsql forget``, the server's follower)."""
+    copy costs about one write of the database (a few seconds at 10M events).
+
+    ``con`` is this process's connection to ``path`` (held for writing, no write in flight:
+    ``rtsql forget``, the server's follower under its writer lock); ``close_all`` closes every
+    connection of this process to the file, after which the caller opens ``path`` again. The
+    file is never free for another process meanwhile: DuckDB's lock on a file is a POSIX
+    record lock, owned by the process, so this process locks the copy before it takes the
+    database's name (while the old file is still locked by ``con``), and keeps that lock's
+    descriptor open while later DuckDB connections use the file (closing any descriptor of a
+    file would drop the process's lock on it: ``_HELD``)."""
+    import fcntl
     import time
 
     p = validate_db_path(path, must_exist=True)
@@ -260,22 +269,37 @@ def compact(path: str | os.PathLike) -> float:
     for leftover in (fresh, Path(str(fresh) + ".wal")):
         leftover.unlink(missing_ok=True)
     start = time.perf_counter()
-    con = _open(p, read_only=False)
+    con.execute("checkpoint")  # the old file's close must have nothing left to write
+    name = con.execute("select current_database()").fetchall()[0][0]
+    guard = None
     try:
-        name = con.execute("select current_database()").fetchone()[0]
         con.execute("attach ? as rtsql_compact", [str(fresh)])
         con.execute(f'copy from database "{name}" to rtsql_compact')
         con.execute("detach rtsql_compact")
+        guard = os.open(fresh, os.O_RDWR)
+        fcntl.lockf(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as DuckDB's lock: whole file
+        os.fsync(guard)
+        if Path(str(p) + ".wal").exists():  # a write after the checkpoint: not in the copy
+            raise InputPathError(f"{p} was written to during its rewrite; not compacted")
+        os.replace(fresh, p)  # another process opening the name finds it locked
+        _sync(p.parent)
     except BaseException:
+        if guard is not None:
+            os.close(guard)
         fresh.unlink(missing_ok=True)
         raise
-    finally:
-        con.close()
-    if Path(str(p) + ".wal").exists():  # a clean close checkpoints; never drop a WAL's rows
-        fresh.unlink(missing_ok=True)
-        raise InputPathError(f"{p} kept a write-ahead log after closing; not compacted")
-    replace_atomically(fresh, p)
+    close_all()  # the old file, no longer named: its last checkpoint finds nothing to write
+    previous = _HELD.pop(str(p.resolve()), None)
+    if previous is not None:  # the lock of a file an earlier compaction swapped in, now gone
+        os.close(previous)
+    _HELD[str(p.resolve())] = guard
     return time.perf_counter() - start
+
+
+# The locks compact took on the files it swapped in, by path: open for the process's life
+# (or until the next compaction of the same path). They hold nothing once this process's
+# DuckDB connections to the file close.
+_HELD: dict[str, int] = {}
 
 
 def replace_atomically(source: Path, target: Path) -> None:

@@ -68,14 +68,14 @@ def delete(con, user_id: str, *, unfinished_is_done: bool = True) -> ForgetResul
 
 def scrub(con, db_path: str | os.PathLike, close_all: Callable[[], None],
           reopen: Callable[[], object]) -> tuple[list[Path], float]:
-    """The second and third steps: republish every snapshot target from ``con``, then close
-    every connection to the file (``close_all``), rewrite it (db.compact: no byte of deleted
-    rows left), open it again (``reopen`` returns a connection) and drop the pending flag.
+    """The second and third steps: republish every snapshot target from ``con``, rewrite the
+    file (db.compact: no byte of deleted rows left; it calls ``close_all`` once the rewritten
+    file holds the name), open it again (``reopen`` returns a connection) and drop the
+    pending flag.
     Returns (the snapshots republished, the rewrite's seconds)."""
     republished = snapshot.republish_all(con)
-    close_all()
     try:
-        seconds = db.compact(db_path)
+        seconds = db.compact(con, db_path, close_all)
     finally:
         reopened = reopen()
     clear_pending(reopened)

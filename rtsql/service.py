@@ -299,9 +299,10 @@ class Service:
         return privacy.scrub(self.follower.con, self.db_path, close_all, reopen)
 
     def _reconnect(self) -> None:
-        """Open the database again after the swap. Other rtsql processes cannot take it
-        meanwhile (the owner lock), but another DuckDB client can, in that moment: retry for
-        RECONNECT_SECONDS, then say so in /health (and every write fails) instead of dying."""
+        """Open the database again after the swap. No other process can have taken it
+        (db.compact keeps this process's lock on the new file); should opening fail all the
+        same, retry for RECONNECT_SECONDS, then say so in /health (and every write fails)
+        instead of dying."""
         deadline = time.monotonic() + RECONNECT_SECONDS
         while True:
             try:
