@@ -197,17 +197,24 @@ def _certain(hi, lo, rounded, n, magnitude):
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _from_lists(acc, mark, touched, nt, h_items, h_w, indptr, keys, values, has):
-    """item-cf / content ``scored``: each history item's whole list (the stored lists are the
-    served ones), weight x score. Returns (touched count, whether some lo rounded)."""
+def _walk(acc, mark, touched, nt, walk, has):
+    """One strategy's ``scored``: every entry of each source's row, source weight x entry
+    value, added into ``acc``. A walk is (sources, weights, indptr, keys, values): for
+    item-cf and content the history items and their weights over the stored lists (the
+    served ones, used whole); for user-cf the user's first ``served`` neighbours and their
+    similarities over the neighbours' capped rows. A table with the _ABS column (item-cf,
+    content) also keeps each candidate's largest term, the source behind it and the sum of
+    the magnitudes. Returns (touched count, whether some lo rounded)."""
+    sources, weights, indptr, keys, values = walk
     rows = len(indptr) - 1
+    explains = acc.shape[1] > _ABS
     rounded = False
-    for p in range(len(h_items)):
-        w = h_w[p]
-        h = h_items[p]
-        if np.isnan(w) or h >= rows:
+    for p in range(len(sources)):
+        w = weights[p]
+        r = sources[p]
+        if np.isnan(w) or r >= rows:
             continue
-        for q in range(indptr[h], indptr[h + 1]):
+        for q in range(indptr[r], indptr[r + 1]):
             c = keys[q]
             t = w * values[q]
             flags = mark[c]  # marks are written only when they change (not per term)
@@ -217,94 +224,32 @@ def _from_lists(acc, mark, touched, nt, h_items, h_w, indptr, keys, values, has)
                     nt += 1
                 mark[c] = flags | _CANDIDATE | has
             rounded |= _add(acc, c, t)
-            acc[c, _ABS] += abs(t)
-            if t > acc[c, _BEST]:  # ties keep the earlier, smaller history key
-                acc[c, _BEST] = t
-                acc[c, _BECAUSE] = h
+            if explains:
+                acc[c, _ABS] += abs(t)
+                if t > acc[c, _BEST]:  # ties keep the earlier, smaller source key
+                    acc[c, _BEST] = t
+                    acc[c, _BECAUSE] = r
     return nt, rounded
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _from_neighbours(acc, mark, touched, nt, user, served, u_indptr, u_keys, u_values,
-                     x_indptr, x_keys, x_values):
-    """user-cf ``scored``: the user's first ``served`` neighbours' refreshed rows,
-    similarity x weight. Returns as _from_lists."""
-    rounded = False
-    has = _HAS << PART_USER
-    if user < 0 or user >= len(u_indptr) - 1:
-        return nt, rounded
-    lo = u_indptr[user]
-    hi = min(u_indptr[user + 1], lo + served)
-    rows = len(x_indptr) - 1
-    for p in range(lo, hi):
-        v = u_keys[p]
-        s = u_values[p]
-        if v >= rows:
-            continue
-        for q in range(x_indptr[v], x_indptr[v + 1]):
-            c = x_keys[q]
-            t = s * x_values[q]
-            flags = mark[c]
-            if flags & has == 0:
-                if flags & _CANDIDATE == 0:
-                    touched[nt] = c
-                    nt += 1
-                mark[c] = flags | _CANDIDATE | has
-            rounded |= _add(acc, c, t)
-    return nt, rounded
-
-
-@njit(nogil=True, cache=True, error_model="numpy")
-def _terms(part, c, terms, h_items, h_w, user, served, lists_indptr, lists_keys,
-           lists_values, u_indptr, u_keys, u_values, x_indptr, x_keys, x_values):
-    """Candidate c's terms of one strategy, recomputed one by one: (terms, count)."""
+def _terms(c, terms, walk):
+    """Candidate c's terms in one strategy's walk, recomputed one by one: (terms, count)."""
+    sources, weights, indptr, keys, values = walk
+    rows = len(indptr) - 1
     n = 0
-    if part == PART_USER:
-        lo = u_indptr[user]
-        hi = min(u_indptr[user + 1], lo + served)
-        for p in range(lo, hi):
-            v = u_keys[p]
-            if v >= len(x_indptr) - 1:
-                continue
-            a = x_indptr[v]
-            b = x_indptr[v + 1]
-            at = a + np.searchsorted(x_keys[a:b], c)  # rows are sorted by item key
-            if at < b and x_keys[at] == c:
+    for p in range(len(sources)):
+        w = weights[p]
+        r = sources[p]
+        if np.isnan(w) or r >= rows:
+            continue
+        for q in range(indptr[r], indptr[r + 1]):
+            if keys[q] == c:
                 if n == len(terms):
                     terms = np.concatenate((terms, np.empty(len(terms))))
-                terms[n] = u_values[p] * x_values[at]
+                terms[n] = w * values[q]
                 n += 1
-    else:
-        rows = len(lists_indptr) - 1
-        for p in range(len(h_items)):
-            w = h_w[p]
-            h = h_items[p]
-            if np.isnan(w) or h >= rows:
-                continue
-            for q in range(lists_indptr[h], lists_indptr[h + 1]):
-                if lists_keys[q] == c:
-                    if n == len(terms):
-                        terms = np.concatenate((terms, np.empty(len(terms))))
-                    terms[n] = w * lists_values[q]
-                    n += 1
     return terms, n
-
-
-@njit(nogil=True, cache=True, error_model="numpy")
-def _exact_total(part, c, terms, h_items, h_w, user, served, item_indptr, item_keys,
-                 item_values, content_indptr, content_keys, content_values, u_indptr, u_keys,
-                 u_values, x_indptr, x_keys, x_values):
-    """Candidate c's sum of one strategy, correctly rounded from its terms (the rare sums
-    _certain cannot vouch for)."""
-    if part == PART_CONTENT:
-        terms, n = _terms(part, c, terms, h_items, h_w, user, served, content_indptr,
-                          content_keys, content_values, u_indptr, u_keys, u_values,
-                          x_indptr, x_keys, x_values)
-    else:
-        terms, n = _terms(part, c, terms, h_items, h_w, user, served, item_indptr, item_keys,
-                          item_values, u_indptr, u_keys, u_values, x_indptr, x_keys,
-                          x_values)
-    return _fsum(terms, n)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -356,24 +301,20 @@ def _offer(heap, size, k, final, pop, key, part, because):
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _sum(part, acc, c, rounded, n_max, terms, lists):
-    """Candidate c's sum of one strategy, correctly rounded (stored back, so asking again is
-    cheap): hi + lo when _certain vouches for it, else recomputed from its terms. sum|terms|
-    is the table's _ABS column where it has one (item-cf, content); user-cf's terms are
-    positive (capped rows hold positive weights, user lists positive scores: ServingState
-    checks), so |hi| + |lo| bounds it there."""
+def _sum(acc, c, rounded, terms, walk):
+    """Candidate c's sum in one strategy, correctly rounded (stored back, so asking again is
+    cheap): hi + lo when _certain vouches for it, else recomputed from its walk's terms.
+    sum|terms| is the table's _ABS column where it has one (item-cf, content); user-cf's
+    terms are positive (capped rows hold positive weights, user lists positive scores:
+    ServingState checks), so |hi| + |lo| bounds it there. A candidate has at most one term
+    per source."""
     hi = acc[c, _HI]
     lo = acc[c, _LO]
     magnitude = acc[c, _ABS] if acc.shape[1] > _ABS else abs(hi) + abs(lo)
-    total, certain = _certain(hi, lo, rounded, n_max, 2.0 * magnitude)
+    total, certain = _certain(hi, lo, rounded, len(walk[0]), 2.0 * magnitude)
     if not certain:
-        (h_items, h_w, user, served, item_indptr, item_keys, item_values, content_indptr,
-         content_keys, content_values, u_indptr, u_keys, u_values, x_indptr, x_keys,
-         x_values) = lists
-        total = _exact_total(part, c, terms, h_items, h_w, user, served, item_indptr,
-                             item_keys, item_values, content_indptr, content_keys,
-                             content_values, u_indptr, u_keys, u_values, x_indptr, x_keys,
-                             x_values)
+        terms, n = _terms(c, terms, walk)
+        total = _fsum(terms, n)
         acc[c, _HI] = total
         acc[c, _LO] = 0.0
     return total
@@ -381,7 +322,7 @@ def _sum(part, acc, c, rounded, n_max, terms, lists):
 
 @njit(nogil=True, cache=True, error_model="numpy")
 def _bests(acc_item, acc_user, acc_content, mark, touched, nt, r_item, r_user, r_content,
-           n_hist, terms, lists):
+           terms, walks):
     """Each strategy's best candidate sum (the macro's max(...) over ()), exactly: the largest
     hi + lo, then the exact sums of every candidate within a hair of it (-inf: none)."""
     has_item, has_user, has_content = (_HAS << PART_ITEM, _HAS << PART_USER,
@@ -405,31 +346,27 @@ def _bests(acc_item, acc_user, acc_content, mark, touched, nt, r_item, r_user, r
         c = touched[j]
         flags = mark[c]
         if flags & has_item and acc_item[c, _HI] + acc_item[c, _LO] >= near_item:
-            best_item = max(best_item, _sum(PART_ITEM, acc_item, c, r_item, n_hist, terms,
-                                            lists))
+            best_item = max(best_item, _sum(acc_item, c, r_item, terms, walks[0]))
         if flags & has_user and acc_user[c, _HI] + acc_user[c, _LO] >= near_user:
-            best_user = max(best_user, _sum(PART_USER, acc_user, c, r_user, lists[3], terms,
-                                            lists))
+            best_user = max(best_user, _sum(acc_user, c, r_user, terms, walks[1]))
         if flags & has_content and acc_content[c, _HI] + acc_content[c, _LO] >= near_content:
-            best_content = max(best_content, _sum(PART_CONTENT, acc_content, c, r_content,
-                                                  n_hist, terms, lists))
+            best_content = max(best_content, _sum(acc_content, c, r_content, terms, walks[2]))
     return best_item, best_user, best_content
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
 def _scaled(c, flags, acc_item, acc_user, acc_content, has_item, has_user, has_content,
             best_item, best_user, best_content, w_item, w_user, w_content, r_item, r_user,
-            r_content, n_hist, terms, lists):
+            r_content, terms, walks):
     """The macro's ``scaled``: each strategy's exact sum / its best * its weight (0 where
     the strategy did not score c, or where its best sum is not positive: the macro's NULL)."""
     si = su = sc = 0.0
     if flags & has_item and best_item > 0.0:
-        si = _sum(PART_ITEM, acc_item, c, r_item, n_hist, terms, lists) / best_item * w_item
+        si = _sum(acc_item, c, r_item, terms, walks[0]) / best_item * w_item
     if flags & has_user and best_user > 0.0:
-        su = _sum(PART_USER, acc_user, c, r_user, lists[3], terms, lists) / best_user * w_user
+        su = _sum(acc_user, c, r_user, terms, walks[1]) / best_user * w_user
     if flags & has_content and best_content > 0.0:
-        sc = _sum(PART_CONTENT, acc_content, c, r_content, n_hist, terms,
-                  lists) / best_content * w_content
+        sc = _sum(acc_content, c, r_content, terms, walks[2]) / best_content * w_content
     return si, su, sc
 
 
@@ -452,26 +389,26 @@ def score_user(user, h_items, h_w, exclude, allowed, k, blend, arrays, scratch,
     acc_item, acc_user, acc_content, mark, touched, terms = scratch
     has_item, has_user, has_content = (_HAS << PART_ITEM, _HAS << PART_USER,
                                        _HAS << PART_CONTENT)
-    # scored: each strategy's contributions into its accumulator table
+    # scored: each strategy's walk (_walk) into its accumulator table
+    lo = hi = 0
+    if 0 <= user < len(user_indptr) - 1:
+        lo = user_indptr[user]
+        hi = min(user_indptr[user + 1], lo + served)
+    walks = ((h_items, h_w, item_indptr, item_keys, item_values),
+             (user_keys[lo:hi], user_values[lo:hi], x_indptr, x_keys, x_values),
+             (h_items, h_w, content_indptr, content_keys, content_values))
     nt = 0
     r_item = r_user = r_content = False
     if w_item > 0.0:
-        nt, r_item = _from_lists(acc_item, mark, touched, nt, h_items, h_w, item_indptr,
-                                 item_keys, item_values, has_item)
+        nt, r_item = _walk(acc_item, mark, touched, nt, walks[0], has_item)
     if w_user > 0.0:
-        nt, r_user = _from_neighbours(acc_user, mark, touched, nt, user, served, user_indptr,
-                                      user_keys, user_values, x_indptr, x_keys, x_values)
+        nt, r_user = _walk(acc_user, mark, touched, nt, walks[1], has_user)
     if w_content > 0.0:
-        nt, r_content = _from_lists(acc_content, mark, touched, nt, h_items, h_w,
-                                    content_indptr, content_keys, content_values, has_content)
+        nt, r_content = _walk(acc_content, mark, touched, nt, walks[2], has_content)
     # per_part: each strategy's best candidate; the sums near the best are rounded exactly
-    lists = (h_items, h_w, user, served, item_indptr, item_keys, item_values, content_indptr,
-             content_keys, content_values, user_indptr, user_keys, user_values, x_indptr,
-             x_keys, x_values)
-    n_hist = len(h_items)
     best_item, best_user, best_content = _bests(
-        acc_item, acc_user, acc_content, mark, touched, nt, r_item, r_user, r_content, n_hist,
-        terms, lists)
+        acc_item, acc_user, acc_content, mark, touched, nt, r_item, r_user, r_content, terms,
+        walks)
     # excluded
     if exclude_seen:
         for p in range(len(h_items)):
@@ -510,7 +447,7 @@ def score_user(user, h_items, h_w, exclude, allowed, k, blend, arrays, scratch,
             trend = (share[c] if c < len(share) else 0.0) * w_trend
         si, su, sc = _scaled(c, flags, acc_item, acc_user, acc_content, has_item, has_user,
                              has_content, best_item, best_user, best_content, w_item, w_user,
-                             w_content, r_item, r_user, r_content, n_hist, terms, lists)
+                             w_content, r_item, r_user, r_content, terms, walks)
         if si == 0.0 and su == 0.0 and sc == 0.0:
             continue  # not in the blend (the macro's NULLs)
         final = (si + su + sc) + trend
@@ -542,7 +479,7 @@ def score_user(user, h_items, h_w, exclude, allowed, k, blend, arrays, scratch,
                     si, su, sc = _scaled(c, flags, acc_item, acc_user, acc_content, has_item,
                                          has_user, has_content, best_item, best_user,
                                          best_content, w_item, w_user, w_content, r_item,
-                                         r_user, r_content, n_hist, terms, lists)
+                                         r_user, r_content, terms, walks)
                     if si != 0.0 or su != 0.0 or sc != 0.0:
                         continue  # in the blend
             if len(allowed) and (c >= len(allowed) or not allowed[c]):
