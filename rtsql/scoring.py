@@ -2,7 +2,7 @@
 
 ``sql/macros/30_rtsql_recommend_core.sql`` defines what a recommendation is; this module runs
 the same steps (the names in comments are the macro's CTEs) over the arrays of
-``rtsql.serving.Model`` with numba, so that scoring a user costs what its contributions cost
+``rtsql.state.Refreshed`` with numba, so that scoring a user costs what its contributions cost
 (tens of microseconds at 10M events), not a SQL plan (20-35 ms) nor numpy's per-call overhead.
 Both the HTTP server (one user per request) and ``user_recommendations`` (every user, on
 ``threads`` threads) call ``score_user``; nothing else in rtsql scores a user.
