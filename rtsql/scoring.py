@@ -196,6 +196,18 @@ def _certain(hi, lo, rounded, n, magnitude):
     return r, r + (e + bound) == r and r + (e - bound) == r
 
 
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _source(walk, p):
+    """A walk's p-th source: (weight, row, first entry, end); no entries for a source that
+    is not in the walk's h (NaN weight) or has no row."""
+    sources, weights, indptr = walk[0], walk[1], walk[2]
+    w = weights[p]
+    r = sources[p]
+    if np.isnan(w) or r >= len(indptr) - 1:
+        return w, r, 0, 0
+    return w, r, indptr[r], indptr[r + 1]
+
+
 @njit(nogil=True, cache=True, error_model="numpy")
 def _walk(acc, mark, touched, nt, walk, has):
     """One strategy's ``scored``: every entry of each source's row, source weight x entry
@@ -205,16 +217,12 @@ def _walk(acc, mark, touched, nt, walk, has):
     similarities over the neighbours' capped rows. A table with the _ABS column (item-cf,
     content) also keeps each candidate's largest term, the source behind it and the sum of
     the magnitudes. Returns (touched count, whether some lo rounded)."""
-    sources, weights, indptr, keys, values = walk
-    rows = len(indptr) - 1
+    keys, values = walk[3], walk[4]
     explains = acc.shape[1] > _ABS
     rounded = False
-    for p in range(len(sources)):
-        w = weights[p]
-        r = sources[p]
-        if np.isnan(w) or r >= rows:
-            continue
-        for q in range(indptr[r], indptr[r + 1]):
+    for p in range(len(walk[0])):
+        w, r, lo, hi = _source(walk, p)
+        for q in range(lo, hi):
             c = keys[q]
             t = w * values[q]
             flags = mark[c]  # marks are written only when they change (not per term)
@@ -235,15 +243,11 @@ def _walk(acc, mark, touched, nt, walk, has):
 @njit(nogil=True, cache=True, error_model="numpy")
 def _terms(c, terms, walk):
     """Candidate c's terms in one strategy's walk, recomputed one by one: (terms, count)."""
-    sources, weights, indptr, keys, values = walk
-    rows = len(indptr) - 1
+    keys, values = walk[3], walk[4]
     n = 0
-    for p in range(len(sources)):
-        w = weights[p]
-        r = sources[p]
-        if np.isnan(w) or r >= rows:
-            continue
-        for q in range(indptr[r], indptr[r + 1]):
+    for p in range(len(walk[0])):
+        w, _, lo, hi = _source(walk, p)
+        for q in range(lo, hi):
             if keys[q] == c:
                 if n == len(terms):
                     terms = np.concatenate((terms, np.empty(len(terms))))
