@@ -58,11 +58,11 @@ class InverseStore:
 
     # ------------------------------------------------------------------ full builds
 
-    def build(self, m: sp.csr_matrix, rows: np.ndarray, lam: float, capacity: int
-              ) -> EaseFactor:
+    def build(self, m: sp.csr_matrix, rows: np.ndarray, lam: float, capacity: int,
+              kappa: float = 0.0) -> EaseFactor:
         """A new inverse in a new buffer (a temporary file beside the database), not yet the
         stored one: ``publish`` makes it so."""
-        return EaseFactor.build(m, rows, lam, self._new_buffer, capacity)
+        return EaseFactor.build(m, rows, lam, self._new_buffer, capacity, kappa)
 
     def _new_buffer(self, capacity: int) -> np.ndarray:
         if self.data is None:
@@ -119,7 +119,8 @@ class InverseStore:
                 np.memmap(self.data, np.float64, "r+", shape=(capacity, capacity))
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        return EaseFactor(np.asarray(meta["rows"], np.int64), float(meta["lam"]), buffer)
+        return EaseFactor(np.asarray(meta["rows"], np.int64), float(meta["lam"]), buffer,
+                          float(meta.get("kappa", 0.0)))
 
     def begin_update(self, factor: EaseFactor) -> None:
         """Say the buffer is being written: until ``end_update``, no version matches it."""
@@ -146,6 +147,7 @@ class InverseStore:
         temporary = self.meta.with_name(self.meta.name + ".tmp")
         temporary.write_text(json.dumps({
             "version": version, "capacity": factor.buffer.shape[0], "lam": factor.lam,
+            "kappa": factor.kappa,
             "rows": factor.rows.tolist()}))
         os.replace(temporary, self.meta)
 

@@ -209,6 +209,7 @@ def _measure(values: dict, kind: str = "cosine", idf_n: float = 0.0) -> measures
                               min_support=values["min_support"], kind=kind, idf_n=idf_n,
                               alpha=values["rp3_alpha"], beta=values["rp3_beta"],
                               ease_lambda=values["ease_lambda"],
+                              ease_dropout=values["ease_dropout"],
                               ease_max_items=values["ease_max_items"],
                               ease_neighbors=values["ease_neighbors"],
                               buffer_length=math.ceil(values["list_buffer"] * values["neighbors"]),
@@ -701,7 +702,8 @@ def _build_ease(db_path: str | None, m: sp.csr_matrix, measure: measures.Measure
     notes: list[str] = []
     rows = ease_rows(m, measure, notes.append)
     factor = store.build(m, rows, measure.ease_lambda * mean_square(m[rows]),
-                         min(measure.ease_max_items, len(rows) + max(1024, len(rows) // 8)))
+                         min(measure.ease_max_items, len(rows) + max(1024, len(rows) // 8)),
+                         measure.ease_kappa)
     lists = factor.lists(measure, progress=progress)
     items = int(np.count_nonzero(np.diff(m.indptr)))
     if items > len(rows):  # the most popular only: which ones may change, rebuild each time
@@ -728,6 +730,9 @@ def _update_ease(con, values: dict, state: dict, cols: dict, users: np.ndarray, 
                      f"({factor.buffer.shape[0]}): rebuilt in full")
         return None
     measure = _measure(values, "ease")
+    if factor.kappa != measure.ease_kappa:  # a model setting: the refresh is a full one anyway
+        notes.append("ease: the stored inverse has another ease_dropout: rebuilt in full")
+        return None
     unit, frozen = mean_square(m), factor.lam / measure.ease_lambda
     if abs(unit / frozen - 1) > EASE_LAMBDA_DRIFT:
         notes.append(f"ease: the mean squared weight moved from {frozen:.4g} to {unit:.4g} "

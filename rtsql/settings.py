@@ -158,6 +158,11 @@ SETTINGS: dict[str, Setting] = {
                 "interaction weight, so the same value fits binary events, ratings or decayed "
                 "weights (larger: closer to popularity).",
                 _positive(1e9), kind="model"),
+        Setting("ease_dropout", float, 0.0,
+                "ease, sparse_ease: the denoising form of the regression (Steck's DLAE, "
+                "dropout rate p): each item is also regularized by p / (1 - p) times its own "
+                "squared weights, so popular items lean less on each other (0: plain EASE).",
+                Range(0.0, 0.95), kind="model"),
         Setting("ease_max_items", int, 15_000,
                 "ease: at most this many items (the most popular) enter the dense n x n "
                 "inverse: about 16 n^2 bytes of memory and n^3 multiply-adds per refresh; the "

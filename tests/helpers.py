@@ -60,9 +60,10 @@ def assert_same_lists(got: dict, want: dict, tol: float = 1e-9):
 
 
 def brute_force_ease(x: np.ndarray, k: int, lam: float, tol: float = 1e-9,
-                     absolute: float | None = None):
-    """Steck's closed form as written: B = I - P / diag(P), P = (X^T X + lambda' I)^-1 over
-    the rows of x (rows are items), lambda' = lam x the mean squared nonzero weight (or
+                     absolute: float | None = None, dropout: float = 0.0):
+    """Steck's closed form as written: B = I - P / diag(P), P = (X^T X + Lambda)^-1 over
+    the rows of x (rows are items), Lambda = lambda' I + p / (1 - p) diag(X^T X) (DLAE,
+    Steck 2020; p = ``dropout``, 0: EASE), lambda' = lam x the mean squared nonzero weight (or
     ``absolute``); the lists as brute_force_ease_lists selects them. Returns (lists,
     ambiguous)."""
     present = np.flatnonzero((x != 0).any(axis=1))
@@ -70,7 +71,8 @@ def brute_force_ease(x: np.ndarray, k: int, lam: float, tol: float = 1e-9,
     n = len(present)
     scale = float(np.mean(sub[sub != 0] ** 2)) if n else 1.0
     reg = lam * scale if absolute is None else absolute
-    p = np.linalg.inv(sub @ sub.T + reg * np.eye(n))
+    g = sub @ sub.T
+    p = np.linalg.inv(g + reg * np.eye(n) + dropout / (1 - dropout) * np.diag(np.diag(g)))
     b = -p / np.diag(p)[None, :]
     np.fill_diagonal(b, 0.0)
     return brute_force_ease_lists(b, present, k, tol)

@@ -109,6 +109,7 @@ def test_build_parameters_default_to_the_settings():
     for field, setting in (("k", "neighbors"), ("shrinkage", "shrinkage"),
                            ("min_support", "min_support"), ("alpha", "rp3_alpha"),
                            ("beta", "rp3_beta"), ("ease_lambda", "ease_lambda"),
+                           ("ease_dropout", "ease_dropout"),
                            ("ease_max_items", "ease_max_items"),
                            ("ease_neighbors", "ease_neighbors")):
         assert getattr(m, field) == SETTINGS[setting].default, field

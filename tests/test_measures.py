@@ -132,11 +132,13 @@ def test_rp3beta_equals_its_definition(rng, k, alpha, beta, block_cells):
     assert_same_lists(got, brute_force_rp3beta(x, k, alpha, beta))
 
 
-def brute_force_sparse_ease(x: np.ndarray, k: int, lam: float, m: int, tol: float = 1e-9):
+def brute_force_sparse_ease(x: np.ndarray, k: int, lam: float, m: int, tol: float = 1e-9,
+                            dropout: float = 0.0):
     """sparse_ease as its docstring defines it, one item at a time: N(b) = b's m largest
     co-occurrences G[b, c] > 0 (ties: lower c); G[a, c] known when c is in N(a) or a in N(c),
-    else 0; B[N(b), b] = (G[N, N] + lambda' I)^-1 G[N, b], lambda' doubled until the system
-    is positive definite; then EASE's lists of B."""
+    else 0; B[N(b), b] = (G[N, N] + lambda' I + kappa diag(G[N, N]))^-1 G[N, b] (kappa =
+    dropout / (1 - dropout)), lambda' doubled until the system is positive definite; then
+    EASE's lists of B."""
     present = np.flatnonzero((x != 0).any(axis=1))
     sub = x[present]
     n = len(present)
@@ -156,7 +158,8 @@ def brute_force_sparse_ease(x: np.ndarray, k: int, lam: float, m: int, tol: floa
             continue
         reg = lam * scale
         while True:
-            system = truncated[np.ix_(hood, hood)] + reg * np.eye(len(hood))
+            system = (truncated[np.ix_(hood, hood)] + reg * np.eye(len(hood))
+                      + dropout / (1 - dropout) * np.diag(np.diag(g)[hood]))
             try:
                 np.linalg.cholesky(system)
                 break
@@ -166,6 +169,8 @@ def brute_force_sparse_ease(x: np.ndarray, k: int, lam: float, m: int, tol: floa
     return brute_force_ease_lists(weights, present, k, tol)
 
 
+DROPOUTS = [0.0, 0.0, 0.5, 0.75]  # ease_dropout: plain EASE and DLAE's diagonal
+
 # ties are common on purpose (small integer weights), so many examples are ambiguous at a
 # cut and skipped: enough remain, and hypothesis must not call that a failed health check
 AMBIGUOUS_OFTEN = settings(deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
@@ -173,13 +178,14 @@ AMBIGUOUS_OFTEN = settings(deadline=None, suppress_health_check=[HealthCheck.fil
 
 @AMBIGUOUS_OFTEN
 @given(matrices, st.integers(1, 6), st.sampled_from([0.05, 0.5, 30.0]),
-       st.sampled_from([1 << 24, 7]), st.sampled_from([1.0, 4.5]))
-def test_ease_equals_its_closed_form(rng, k, lam, block_cells, unit):
+       st.sampled_from([1 << 24, 7]), st.sampled_from([1.0, 4.5]), st.sampled_from(DROPOUTS))
+def test_ease_equals_its_closed_form(rng, k, lam, block_cells, unit, dropout):
     n, f = rng.integers(1, 15), rng.integers(1, 12)
     x = (rng.integers(1, 4, size=(n, f)) * (rng.random((n, f)) < 0.5)).astype(float) * unit
-    measure = measures.Measure(k=k, kind="ease", ease_lambda=lam, block_cells=block_cells)
+    measure = measures.Measure(k=k, kind="ease", ease_lambda=lam, block_cells=block_cells,
+                               ease_dropout=dropout)
     assert not measures.model(measure).incremental
-    want, ambiguous = brute_force_ease(x, k, lam)
+    want, ambiguous = brute_force_ease(x, k, lam, dropout=dropout)
     assume(not ambiguous)
     got = _as_dict(measures.full(sp.csr_matrix(x), measure))
     assert_same_lists(got, want, tol=1e-9)
@@ -207,19 +213,23 @@ def _changed_rows(rng, x: np.ndarray, fresh: list[int]) -> np.ndarray:
 
 @AMBIGUOUS_OFTEN
 @given(matrices, st.integers(1, 5), st.sampled_from([0.05, 0.5, 30.0]),
-       st.integers(1, 4), st.sampled_from([1 << 24, 7]))
-def test_ease_update_equals_a_rebuild_at_the_same_lambda(rng, k, lam, batches, block_cells):
+       st.integers(1, 4), st.sampled_from([1 << 24, 7]), st.sampled_from(DROPOUTS))
+def test_ease_update_equals_a_rebuild_at_the_same_lambda(rng, k, lam, batches, block_cells,
+                                                         dropout):
     """EaseFactor.update (Woodbury for changed users, a bordered inverse for items that join)
     after random batches gives the inverse and the lists of a build over the final matrix with
-    the same (frozen) lambda', to 1e-9."""
+    the same (frozen) lambda', to 1e-9; with DLAE's diagonal (dropout > 0) also at the final
+    matrix's diagonal."""
     users, items = rng.integers(2, 12), rng.integers(2, 12)
     x = (rng.integers(1, 4, size=(users, items)) * (rng.random((users, items)) < 0.4)).astype(float)
     x[:, rng.random(items) < 0.3] = 0.0  # items nobody has yet
-    measure = measures.Measure(k=k, kind="ease", ease_lambda=lam, block_cells=block_cells)
+    measure = measures.Measure(k=k, kind="ease", ease_lambda=lam, block_cells=block_cells,
+                               ease_dropout=dropout)
     rows = ease.ease_rows(sp.csr_matrix(x.T), measure)
     reg = lam * ease.mean_square(sp.csr_matrix(x.T)[rows])
     factor = ease.EaseFactor.build(sp.csr_matrix(x.T), rows, reg,
-                                   lambda size: np.zeros((size, size)), items)
+                                   lambda size: np.zeros((size, size)), items,
+                                   measure.ease_kappa)
     for _ in range(batches):
         fresh = np.flatnonzero(~x.any(axis=0)).tolist()
         y = _changed_rows(rng, x, fresh)
@@ -229,9 +239,11 @@ def test_ease_update_equals_a_rebuild_at_the_same_lambda(rng, k, lam, batches, b
     present = x.any(axis=0)
     rows = factor.rows
     assert set(rows.tolist()) >= set(np.flatnonzero(present).tolist())
-    want_p = np.linalg.inv(x.T[rows] @ x[:, rows] + reg * np.eye(len(rows)))
+    gram = x.T[rows] @ x[:, rows]
+    want_p = np.linalg.inv(gram + reg * np.eye(len(rows))
+                           + measure.ease_kappa * np.diag(np.diag(gram)))
     np.testing.assert_allclose(factor.p, want_p, rtol=0, atol=1e-9 * np.abs(want_p).max(initial=0.0))
-    want, ambiguous = brute_force_ease(x.T, k, lam, absolute=reg)
+    want, ambiguous = brute_force_ease(x.T, k, lam, absolute=reg, dropout=dropout)
     assume(not ambiguous)
     assert_same_lists(_as_dict(factor.lists(measure, present)), want, tol=1e-9)
 
@@ -264,16 +276,16 @@ def test_ease_beyond_its_item_limit_keeps_the_most_popular_and_says_so():
 
 @AMBIGUOUS_OFTEN
 @given(matrices, st.integers(1, 6), st.sampled_from([0.05, 0.5, 30.0]), st.integers(1, 8),
-       st.sampled_from([1.0, 4.5]), st.sampled_from([1, 2]))
-def test_sparse_ease_equals_its_definition(rng, k, lam, m, unit, threads):
+       st.sampled_from([1.0, 4.5]), st.sampled_from([1, 2]), st.sampled_from(DROPOUTS))
+def test_sparse_ease_equals_its_definition(rng, k, lam, m, unit, threads, dropout):
     """Random sparse matrices, neighbourhoods smaller and larger than the items' co-occurring
     sets (ties in co-occurrence are common: small integer weights)."""
     n, f = rng.integers(1, 15), rng.integers(1, 12)
     x = (rng.integers(1, 4, size=(n, f)) * (rng.random((n, f)) < 0.5)).astype(float) * unit
     measure = measures.Measure(k=k, kind="sparse_ease", ease_lambda=lam, ease_neighbors=m,
-                               threads=threads)
+                               threads=threads, ease_dropout=dropout)
     assert not measures.model(measure).incremental
-    want, ambiguous = brute_force_sparse_ease(x, k, lam, m)
+    want, ambiguous = brute_force_sparse_ease(x, k, lam, m, dropout=dropout)
     assume(not ambiguous)
     got = _as_dict(measures.full(sp.csr_matrix(x), measure))
     assert_same_lists(got, want, tol=1e-9)
@@ -306,5 +318,13 @@ def test_sparse_ease_with_every_item_a_regressor_is_dense_ease():
     local = measures.Measure(k=3, kind="sparse_ease", ease_lambda=2.0, ease_neighbors=11)
     want = _as_dict(measures.full(sp.csr_matrix(x), dense))
     assert_same_lists(_as_dict(measures.full(sp.csr_matrix(x), local)), want, tol=1e-9)
+    # the same with DLAE's diagonal (the block inverse holds for any diagonal Lambda)
+    dense_dlae = measures.Measure(k=3, kind="ease", ease_lambda=2.0, ease_dropout=0.75)
+    local_dlae = measures.Measure(k=3, kind="sparse_ease", ease_lambda=2.0, ease_neighbors=11,
+                                  ease_dropout=0.75)
+    want_dlae = _as_dict(measures.full(sp.csr_matrix(x), dense_dlae))
+    assert want_dlae != want
+    assert_same_lists(_as_dict(measures.full(sp.csr_matrix(x), local_dlae)), want_dlae,
+                      tol=1e-9)
     fewer = measures.Measure(k=3, kind="sparse_ease", ease_lambda=2.0, ease_neighbors=5)
     assert _as_dict(measures.full(sp.csr_matrix(x), fewer)) != want

@@ -159,11 +159,13 @@ def assert_ease_lists_are_the_closed_form(con, k: int, ties: bool = True) -> Non
     state = dict(con.execute("select name, value from model_state").fetchall())
     factor = InverseStore(con).load(state["ease_version"])
     assert factor is not None
-    cols = refresh._capped_entries(con, settings.get_all(con))
+    values = settings.get_all(con)
+    cols = refresh._capped_entries(con, values)
     users, items = refresh._shape(con)
     x = np.zeros((items, users))
     x[cols["item_key"], cols["user_key"]] = cols["weight"]
-    want, ambiguous = brute_force_ease(x, k, 1.0, absolute=factor.lam)
+    want, ambiguous = brute_force_ease(x, k, 1.0, absolute=factor.lam,
+                                       dropout=values["ease_dropout"])
     assert ties or not ambiguous
     if not ambiguous:
         got = lists_from_rows(con.execute(
@@ -180,9 +182,9 @@ def assert_ease_lists_are_the_closed_form(con, k: int, ties: bool = True) -> Non
            suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(st.lists(EVENT, min_size=1, max_size=40), st.lists(st.integers(1, 12), max_size=5),
        st.sampled_from([1, 2, 50]), st.sampled_from([0, 3]), st.sampled_from(["max", "sum"]),
-       st.booleans())
+       st.booleans(), st.sampled_from([0.0, 0.75]))
 def test_ease_between_full_refreshes_is_the_closed_form_at_the_frozen_lambda(
-        tmp_path_factory, events, cuts, k, max_history, pair_weight, on_file):
+        tmp_path_factory, events, cuts, k, max_history, pair_weight, on_file, dropout):
     """similarity ease, a random stream refreshed after random batches: each refresh updates
     the stored inverse, and the lists are always the closed form over the current capped
     matrix at the frozen lambda', on a database file (inverse memory-mapped beside it) and in
@@ -193,7 +195,7 @@ def test_ease_between_full_refreshes_is_the_closed_form_at_the_frozen_lambda(
     bounds = sorted({min(c, len(stream)) for c in np.cumsum(cuts)} | {len(stream)})
     live = rtsql.connect(directory / "e.duckdb") if on_file else rtsql.connect_memory()
     configure(live, similarity="ease", neighbors=k, max_history=max_history,
-              pair_weight=pair_weight)
+              pair_weight=pair_weight, ease_dropout=dropout)
     start = 0
     for n, end in enumerate(bounds):
         if end > start:

@@ -81,14 +81,16 @@ def mean_square(sub: sp.csr_matrix) -> float:
 
 @dataclass
 class EaseFactor:
-    """P = (G + lam I)^-1 for the items ``rows`` (keys, in P's order), G = X_rows X_rows^T their
-    Gram matrix, ``lam`` = ease_lambda x lambda's unit, frozen at the build. P is the leading
+    """P = (G + lam I + kappa diag(G))^-1 for the items ``rows`` (keys, in P's order),
+    G = X_rows X_rows^T their Gram matrix, ``lam`` = ease_lambda x lambda's unit, frozen at the
+    build, ``kappa`` DLAE's factor (Measure.ease_kappa; 0: plain EASE). P is the leading
     n x n block of ``buffer`` (capacity x capacity, C order, e.g. a memory-mapped file), so
     items can join without moving it; the rest of the buffer is never touched."""
 
     rows: np.ndarray
     lam: float
     buffer: np.ndarray
+    kappa: float = 0.0
 
     @property
     def p(self) -> np.ndarray:
@@ -97,15 +99,17 @@ class EaseFactor:
 
     @classmethod
     def build(cls, m: sp.csr_matrix, rows: np.ndarray, lam: float, buffer: Buffer,
-              capacity: int) -> EaseFactor:
+              capacity: int, kappa: float = 0.0) -> EaseFactor:
         """The inverse for ``rows`` of ``m`` (items x users), in a buffer of ``capacity`` >= n:
         the Gram matrix written block by block, then LAPACK's Cholesky inverse in place."""
         n = len(rows)
-        factor = cls(np.asarray(rows, np.int64), float(lam), buffer(max(capacity, n, 1)))
+        factor = cls(np.asarray(rows, np.int64), float(lam), buffer(max(capacity, n, 1)),
+                     float(kappa))
         sub = m[rows].tocsr()
         p = factor.p
         for start in range(0, n, BLOCK_ROWS):
             p[start:start + BLOCK_ROWS] = (sub[start:start + BLOCK_ROWS] @ sub.T).toarray()
+        p[np.diag_indices(n)] *= 1.0 + kappa
         p[np.diag_indices(n)] += lam
         _cholesky_inverse(factor.buffer, n)
         _mirror_upper(p)  # dpotri fills the upper triangle
@@ -121,9 +125,10 @@ class EaseFactor:
 
         Users (Woodbury): dG = sum over users of x d' + d x' + d d' (x the old row, d = new -
         old) = W' C W, W stacking each user's x and d, C = [[0, 1], [1, 1]] per user ([1] for a
-        user with no old row), so P1 = P - Y' Z with Y = W P, Z = (C^-1 + W P W')^-1 Y.
+        user with no old row), and with kappa each item whose G[i, i] moved adds e_i to W and
+        kappa dG[i, i] to C's diagonal; so P1 = P - Y' Z with Y = W P, Z = (C^-1 + W P W')^-1 Y.
         Items (bordered inverse): with A = G[joined, rows] and the Schur complement
-        S = G[joined, joined] + lam I - A P1 A', the inverse is
+        S = G[joined, joined] + lam I + kappa diag(G[joined, joined]) - A P1 A', the inverse is
         [[P1 + (A P1)' S^-1 (A P1), -(A P1)' S^-1], [-S^-1 (A P1), S^-1]], where
         A P1 = A P - (A Y') Z needs only the old P."""
         n = len(self.rows)
@@ -134,7 +139,10 @@ class EaseFactor:
         if n + extra > self.buffer.shape[0]:
             raise ValueError(f"ease: {n + extra} items do not fit the inverse's capacity "
                              f"{self.buffer.shape[0]}: a full refresh rebuilds it")
-        w, c_inverse = _woodbury_terms(_columns(old, position, n), _columns(new, position, n))
+        old_cols, new_cols = _columns(old, position, n), _columns(new, position, n)
+        w, c_inverse = _woodbury_terms(old_cols, new_cols)
+        if self.kappa:
+            w, c_inverse = _diagonal_terms(w, c_inverse, old_cols, new_cols, self.kappa)
         r = w.shape[0]
         if not r and not extra:
             return 0
@@ -148,7 +156,8 @@ class EaseFactor:
             if extra:
                 ap = ap - np.asarray(w @ ap.T).T @ z  # A P1
         if extra:
-            schur = (part @ part.T).toarray() + self.lam * np.eye(extra) - np.asarray(a @ ap.T)
+            gram = (part @ part.T).toarray()
+            schur = gram + np.diag(self.lam + self.kappa * np.diag(gram)) - np.asarray(a @ ap.T)
             s_inverse = np.linalg.inv((schur + schur.T) / 2)
             s_inverse = (s_inverse + s_inverse.T) / 2
             t = s_inverse @ ap
@@ -232,6 +241,25 @@ def _woodbury_terms(old: sp.csr_matrix, new: sp.csr_matrix) -> tuple[sp.csr_matr
     return stacked[order].tocsr(), c_inverse
 
 
+def _diagonal_terms(w: sp.csr_matrix, c_inverse: np.ndarray, old: sp.csr_matrix,
+                    new: sp.csr_matrix, kappa: float) -> tuple[sp.csr_matrix, np.ndarray]:
+    """W and C^-1 with DLAE's diagonal change: kappa dG[i, i] e_i e_i' for each item whose
+    squared-weight sum moved (``old`` / ``new``: the changed users' rows, in P's columns)."""
+    before = np.asarray(old.multiply(old).sum(axis=0)).ravel()
+    after = np.asarray(new.multiply(new).sum(axis=0)).ravel()
+    moved = after - before
+    items = np.flatnonzero(np.abs(moved) > 1e-12 * (after + before))  # not rounding's noise
+    if not len(items):
+        return w, c_inverse
+    unit = sp.csr_matrix((np.ones(len(items)), (np.arange(len(items)), items)),
+                         shape=(len(items), w.shape[1]))
+    r = w.shape[0]
+    grown = np.zeros((r + len(items), r + len(items)))
+    grown[:r, :r] = c_inverse
+    grown[np.arange(r, r + len(items)), np.arange(r, r + len(items))] = 1.0 / (kappa * moved[items])
+    return sp.vstack([w, unit]).tocsr(), grown
+
+
 def _sparse_times(w: sp.csr_matrix, p: np.ndarray, threads: int) -> np.ndarray:
     """W P (W sparse, P dense with any row stride: the leading block of a larger buffer, which
     scipy's product would first copy whole), in bands of P's columns on ``threads``: a band
@@ -286,7 +314,7 @@ def ease(m: sp.csr_matrix, measure: Measure, progress: Progress | None = None,
     leaves at 0: they would be neighbours by the sign of a rounding error)."""
     rows = ease_rows(m, measure, notice)
     factor = EaseFactor.build(m, rows, measure.ease_lambda * mean_square(m[rows]),
-                              lambda size: np.zeros((size, size)), len(rows))
+                              lambda size: np.zeros((size, size)), len(rows), measure.ease_kappa)
     return factor.lists(measure, progress=progress)
 
 

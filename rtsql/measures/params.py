@@ -33,8 +33,14 @@ class Measure:
     beta: float = 0.5  # rp3_beta: a neighbour's score / its popularity^beta
     buffer_length: int = 0  # entries kept per row (>= k; 0: k): a buffer that refills lists
     ease_lambda: float = 300.0  # ease: L2 regularization of the closed form
+    ease_dropout: float = 0.0  # ease, sparse_ease: DLAE's rate p (diagonal p / (1 - p) G)
     ease_max_items: int = 15_000  # ease: the most popular rows it inverts
     ease_neighbors: int = 192  # sparse_ease: each item's regressors (its top co-occurring)
+
+    @property
+    def ease_kappa(self) -> float:
+        """DLAE's diagonal factor: each item is regularized by kappa x its Gram diagonal."""
+        return self.ease_dropout / (1.0 - self.ease_dropout)
 
     @property
     def list_length(self) -> int:

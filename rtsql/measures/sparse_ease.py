@@ -212,8 +212,9 @@ def sparse_ease(m: sp.csr_matrix, measure: Measure, progress: Progress | None = 
 
     lists = cooccurrence_lists(m, measure, phase(0))
     diag = np.asarray(m.multiply(m).sum(axis=1)).ravel()
-    weights, retried = column_weights(lists, diag, measure.ease_lambda * scale, measure.threads,
-                                      phase(1))
+    # DLAE: each regressor's own diagonal also regularizes it (kappa G[a, a])
+    weights, retried = column_weights(lists, diag * (1.0 + measure.ease_kappa),
+                                      measure.ease_lambda * scale, measure.threads, phase(1))
     if retried and notice:
         notice(f"sparse_ease: {retried} of {len(rows)} items' systems were not positive "
                f"definite with weak co-occurrences left out; solved with more regularization")
