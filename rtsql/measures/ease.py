@@ -21,6 +21,11 @@ x + d changes G by x d' + d x' + d d', a rank-2 term, and the Woodbury identity 
 terms into P in about n^2 r multiply-adds (a 1,000-event batch from 500 users: r <= 1,000
 against n^3); new items border P (Schur complement) at n^2 per item. lambda' stays frozen at
 the full build's value between full refreshes (a change of it is not low-rank).
+
+``ease_dropout`` p > 0 gives the denoising form (DLAE: Steck, "Autoencoders that don't overfit
+towards the identity", NeurIPS 2020): the regularizer is lambda' I + kappa diag(G) with
+kappa = p / (1 - p), each item held back by its own squared weights; B keeps the same closed
+form, and an update adds one rank-1 term per item whose diagonal moved.
 """
 
 from __future__ import annotations

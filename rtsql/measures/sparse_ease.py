@@ -19,7 +19,8 @@ the co-occurrence lists themselves: G[a, c] is known when c is among a's m stron
 among c's; a pair outside both lists (a weak co-occurrence) counts as 0. On the grocery log of
 benchmarks/README.md this scores as dense EASE does (NDCG@10 within 0.0002 at m = 300).
 
-lambda' and the lists are as ease.py's: ``ease_lambda`` x the mean squared weight; the k x n
+lambda' and the lists are as ease.py's: ``ease_lambda`` x the mean squared weight, plus, with
+``ease_dropout``, DLAE's kappa G[a, a] on each regressor's diagonal; the k x n
 weights of largest magnitude, at most ``ease.LIST_CAP_FACTOR`` x k per item, served signed.
 A column whose truncated system is not positive definite (possible only because weak pairs
 count as 0) is solved again with twice the regularization, until it is; the build says how
