@@ -10,8 +10,8 @@ planning. ``Service`` is the process that owns the file:
   groups (every request that arrived while the previous group committed joins the next: group
   commit), then brings the in-memory state forward (``catch_up``) before any request is
   answered, so a read that follows an answered write sees it, and the write is durable;
-- the follower (``rtsql.tail.Tail``, the same loop as ``rtsql tail``, with or without a folder
-  to follow) refreshes in the background, publishes snapshots for BI tools and CLI readers,
+- the follower (``rtsql.follower.Follower``, the loop ``rtsql tail`` runs too; with a folder
+  to follow, ``rtsql.tail.Tail``) refreshes in the background, publishes snapshots for BI tools and CLI readers,
   and after each refresh the state is reloaded and swapped in whole.
 
 ``rtsql.server`` puts HTTP in front of this; tests and other programs can use it directly.
@@ -45,6 +45,7 @@ from . import ingest as ingest_mod
 from . import tail as tail_mod
 from .dashboard import Arrivals
 from .errors import DatabaseLocked, InvalidSetting
+from .follower import Follower
 from .serving import ServingState
 
 # serve publishes a snapshot after a batch of events at most this often: a publish copies the
@@ -117,9 +118,12 @@ class Service:
             options.refresh_nice = options.refresh_nice or REFRESH_NICE
             options.refresh_isolated = True  # the similarity compute in a worker process
             options.name = "serve"
-            self.follower = tail_mod.Tail(self.con.cursor(), self.opt.tail_dir, options,
-                                          log=self.log, lock=self.lock,
-                                          on_ingest=self._caught_up, on_refresh=self._reload)
+            hooks = {"log": self.log, "lock": self.lock, "on_ingest": self._caught_up,
+                     "on_refresh": self._reload}
+            # the writer's loop; with --tail DIR also that folder's files
+            self.follower = (tail_mod.Tail(self.con.cursor(), self.opt.tail_dir, options, **hooks)
+                             if self.opt.tail_dir is not None
+                             else Follower(self.con.cursor(), options, **hooks))
             # readers (the CLI, BI tools) find a current snapshot from the first request on
             self.follower.publish(full=True)
         except BaseException:
