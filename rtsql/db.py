@@ -282,7 +282,6 @@ def compact(con, path: str | os.PathLike, close_all: Callable[[], None]) -> floa
         if Path(str(p) + ".wal").exists():  # a write after the checkpoint: not in the copy
             raise InputPathError(f"{p} was written to during its rewrite; not compacted")
         os.replace(fresh, p)  # another process opening the name finds it locked
-        _sync(p.parent)
     except BaseException:
         if guard is not None:
             os.close(guard)
@@ -293,6 +292,7 @@ def compact(con, path: str | os.PathLike, close_all: Callable[[], None]) -> floa
     if previous is not None:  # the lock of a file an earlier compaction swapped in, now gone
         os.close(previous)
     _HELD[str(p.resolve())] = guard
+    _sync(p.parent)  # the rename, durable (after the swap: its failure must not undo it)
     return time.perf_counter() - start
 
 
