@@ -260,7 +260,10 @@ def compact(con, path: str | os.PathLike, close_all: Callable[[], None]) -> floa
     record lock, owned by the process, so this process locks the copy before it takes the
     database's name (while the old file is still locked by ``con``), and keeps that lock's
     descriptor open while later DuckDB connections use the file (closing any descriptor of a
-    file would drop the process's lock on it: ``_HELD``)."""
+    file would drop the process's lock on it: ``_HELD``). One gap is DuckDB's own: opening a
+    database, it reads the file's magic bytes through a descriptor it closes before it takes
+    its lock, which drops this process's lock for about a millisecond while the caller
+    reopens the file."""
     import fcntl
     import time
 
@@ -281,13 +284,23 @@ def compact(con, path: str | os.PathLike, close_all: Callable[[], None]) -> floa
         os.fsync(guard)
         if Path(str(p) + ".wal").exists():  # a write after the checkpoint: not in the copy
             raise InputPathError(f"{p} was written to during its rewrite; not compacted")
-        os.replace(fresh, p)  # another process opening the name finds it locked
+        old = os.open(p, os.O_RDWR)  # the old file, voided once this process lets it go
+        try:
+            os.replace(fresh, p)  # another process opening the name finds it locked
+        except BaseException:
+            _HELD_OLD.append(old)  # closing it would drop the live connection's lock
+            raise
     except BaseException:
         if guard is not None:
             os.close(guard)
         fresh.unlink(missing_ok=True)
         raise
+    # a process that opened the name just before the rename holds the old file and may get
+    # its lock once closed: its headers are zeroed, so it fails to open it rather than write
+    # to a file nobody reads
     close_all()  # the old file, no longer named: its last checkpoint finds nothing to write
+    os.pwrite(old, bytes(_HEADERS_BYTES), 0)
+    os.close(old)
     previous = _HELD.pop(str(p.resolve()), None)
     if previous is not None:  # the lock of a file an earlier compaction swapped in, now gone
         os.close(previous)
@@ -300,6 +313,8 @@ def compact(con, path: str | os.PathLike, close_all: Callable[[], None]) -> floa
 # (or until the next compaction of the same path). They hold nothing once this process's
 # DuckDB connections to the file close.
 _HELD: dict[str, int] = {}
+_HELD_OLD: list[int] = []  # descriptors of a file a failed swap left in use: kept open
+_HEADERS_BYTES = 3 * 4096  # DuckDB's main header and its two database headers
 
 
 def replace_atomically(source: Path, target: Path) -> None:
