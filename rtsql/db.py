@@ -84,11 +84,14 @@ def _check_owner(path: Path) -> None:
         os.close(fd)
 
 
-def _open(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+def _open(path: Path, read_only: bool, held: bool = False) -> duckdb.DuckDBPyConnection:
     if not read_only:
         _check_owner(path)
     try:
-        return duckdb.connect(str(path), read_only=read_only)
+        # held: a file this process holds the lock of (compact's swap). Named with DuckDB's
+        # type prefix, DuckDB opens it without first reading its magic bytes through a
+        # descriptor it closes, a close that would drop this process's lock for a moment.
+        return duckdb.connect(("duckdb:" if held else "") + str(path), read_only=read_only)
     except duckdb.IOException as exc:
         text = str(exc)
         if "lock" in text.lower():
@@ -159,7 +162,8 @@ def upgrade(con) -> list:
     return applied
 
 
-def connect(path: str | os.PathLike | None = None, *, read_only: bool = False
+def connect(path: str | os.PathLike | None = None, *, read_only: bool = False,
+            held: bool = False
             ) -> duckdb.DuckDBPyConnection:
     """Open (creating if needed) an rtsql database with its schema up to date.
 
@@ -167,7 +171,7 @@ def connect(path: str | os.PathLike | None = None, *, read_only: bool = False
     opened for writing once.
     """
     p = validate_db_path(path or default_path(), must_exist=read_only)
-    con = _open(p, read_only)
+    con = _open(p, read_only, held)
     try:
         if read_only:
             states = migrate.status(con)
@@ -260,10 +264,9 @@ def compact(con, path: str | os.PathLike, close_all: Callable[[], None]) -> floa
     record lock, owned by the process, so this process locks the copy before it takes the
     database's name (while the old file is still locked by ``con``), and keeps that lock's
     descriptor open while later DuckDB connections use the file (closing any descriptor of a
-    file would drop the process's lock on it: ``_HELD``). One gap is DuckDB's own: opening a
-    database, it reads the file's magic bytes through a descriptor it closes before it takes
-    its lock, which drops this process's lock for about a millisecond while the caller
-    reopens the file."""
+    file would drop the process's lock on it: ``_HELD``). The caller reopens with
+    ``connect(path, held=True)``, which keeps DuckDB's open from closing a descriptor of the
+    file before it takes its own lock."""
     import fcntl
     import time
 

@@ -107,7 +107,7 @@ def _scrub_alone(con, db_path: str | os.PathLike) -> tuple[list[Path], float]:
     reopened = []
 
     def reopen():
-        reopened.append(db.connect(db_path))
+        reopened.append(db.connect(db_path, held=True))  # db.compact's lock
         return reopened[-1]
 
     try:

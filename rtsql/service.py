@@ -304,13 +304,13 @@ class Service:
 
     def _reconnect(self) -> None:
         """Open the database again after the swap. No other process can have taken it
-        (db.compact keeps this process's lock on the new file); should opening fail all the
-        same, retry for RECONNECT_SECONDS, then say so in /health (and every write fails)
+        (db.compact keeps this process's lock on the new file, and ``held`` opens it without
+        dropping that lock); should opening fail all the same, retry for RECONNECT_SECONDS, then say so in /health (and every write fails)
         instead of dying."""
         deadline = time.monotonic() + RECONNECT_SECONDS
         while True:
             try:
-                self.con = db.connect(self.db_path)
+                self.con = db.connect(self.db_path, held=True)  # db.compact's lock
                 break
             except DatabaseLocked as exc:
                 self.lost = (f"another process opened {self.db_path} for writing while a "
