@@ -54,15 +54,15 @@ class Tail(Follower):
     the whole algorithm; ``run()`` adds the observer, the timer, signals and the status line.
     ``rtsql serve --tail DIR`` runs it in the serving process."""
 
-    def __init__(self, con, directory: str | os.PathLike | None,
+    def __init__(self, con, directory: str | os.PathLike,
                  options: TailOptions | None = None,
                  log: Callable[[str], None] = lambda line: None, *, lock=None,
                  on_ingest: Callable[[], None] | None = None,
                  on_refresh: Callable[[], None] | None = None):
         super().__init__(con, options, log, lock=lock, on_ingest=on_ingest,
                          on_refresh=on_refresh)
-        self.dir = Path(directory).expanduser().resolve() if directory is not None else None
-        if self.dir is not None and not self.dir.is_dir():
+        self.dir = Path(directory).expanduser().resolve()
+        if not self.dir.is_dir():
             raise InputPathError(f"{self.dir} is not a directory")
         ingest_mod.check_event_type(con, self.opt.mapping)
         self._parquet_sizes: dict[tuple[int, int], int] = {}
@@ -107,8 +107,6 @@ class Tail(Follower):
 
     def scan(self) -> ScanResult:
         """Bring the database up to date with the directory once."""
-        if self.dir is None:
-            return ScanResult()
         with self.lock:
             result = self._scan()
             if result.events and self.on_ingest:
@@ -135,8 +133,6 @@ class Tail(Follower):
     def _owns(self, path: str) -> bool:
         """A ledger row this tail follows: a file in its folder (or below, when recursive).
         Files that `rtsql ingest` loaded from elsewhere are not this tail's to mark gone."""
-        if self.dir is None:
-            return False
         p = Path(path)
         return p.is_relative_to(self.dir) if self.opt.recursive else p.parent == self.dir
 
@@ -221,8 +217,6 @@ class Tail(Follower):
         self.log(f"{self.opt.name}: {message}")
 
     def _observer(self):
-        if self.dir is None:
-            return None
         from watchdog.observers import Observer
         from watchdog.observers.polling import PollingObserver
 

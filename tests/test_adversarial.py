@@ -321,7 +321,7 @@ def test_a_short_catalog_row_is_rejected_alone(tmp_path, write):
 def test_tail_leaves_files_outside_its_folder_alone(tmp_path, write):
     """(Finding 6.) A file `rtsql ingest` loaded from elsewhere was marked gone by the first
     scan of a tail on another folder."""
-    from rtsql import tail
+    from rtsql import follower, tail
 
     elsewhere = write("elsewhere/a.csv", HEADER + "u1,i1,view,2026-10-01T00:00:00,\n")
     nested = write("watched/sub/b.csv", HEADER + "u2,i1,view,2026-10-01T00:00:00,\n")
@@ -330,8 +330,11 @@ def test_tail_leaves_files_outside_its_folder_alone(tmp_path, write):
     assert run(db, "ingest", str(elsewhere), str(nested)).exit_code == 0
     con = rtsql.connect(db)
     try:
-        for folder in (tmp_path / "watched", None):  # tail on a folder; serve without one
-            tail.Tail(con, folder, tail.TailOptions(refresh=False, publish=None)).scan()
+        options = tail.TailOptions(refresh=False, publish=None)
+        # tail on a folder; serve without one (the follower alone)
+        for loop in (tail.Tail(con, tmp_path / "watched", options),
+                     follower.Follower(con, options)):
+            loop.batch()
             assert con.execute("select distinct status from source_files").fetchall() == [
                 ("active",)]
     finally:
