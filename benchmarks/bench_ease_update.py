@@ -2,13 +2,14 @@
 full rebuild measured in the same run, on ml-latest-small with the default settings.
 
     python benchmarks/bench_ease_update.py [--batches 5] [--batch 1000] [--shape random]
-                                           [--threads 2]
+                                           [--threads 2] [--solver auto|items|users]
 
 The database holds ml-latest-small's ratings minus the stream; the stream is ``--batches``
 batches of ``--batch`` events, either a random sample of the ratings (``random``: events of
 many users, the harder case, rank up to 2 per user) or the latest ratings by time
 (``latest``: MovieLens users rate in sessions, so few users). ``similarity auto`` picks dense
-EASE (9.7k items). Times are whole refreshes (interactions, the inverse's update, the list
+EASE (9.7k items); ``--solver`` its ease_solver (auto goes through the users' side here, 610
+users: each refresh recomputes; items updates the stored inverse). Times are whole refreshes (interactions, the inverse's update, the list
 selection and the writes), in this process, on a database file. After the stream, a full
 refresh rebuilds the lists at the then-current lambda': the table compares the two (entries
 in common, largest score difference), which is what the frozen lambda' costs.
@@ -39,6 +40,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--shape", choices=["random", "latest"], default="random")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--solver", choices=["auto", "items", "users"], default="auto",
+                        help="ease_solver: the items' inverse (updated) or the users' side "
+                             "(recomputed); auto picks by cost (users on ml-latest-small)")
     args = parser.parse_args()
     data = DATASETS["ml"]
     data.require()
@@ -57,6 +61,7 @@ def main() -> None:
         tmp = Path(tmp)
         con = data.build_database(tmp / "ml.duckdb", base)
         settings.set_value(con, "threads", str(args.threads))
+        settings.set_value(con, "ease_solver", args.solver)
         start = time.perf_counter()
         first = refresh.refresh(con)
         full_seconds = time.perf_counter() - start

@@ -32,7 +32,7 @@ import scipy.sparse as sp
 from . import allocation, compute_worker, content, measures, settings, vocabulary
 from .errors import DatabaseLocked, ExternalModel, InputPathError, UnknownUser
 from .inverse_store import InverseStore, update_stored
-from .measures.ease import ease_rows, mean_square
+from .measures.ease import USERS, EaseDual, ease_rows, mean_square, solver
 from .sqlutil import (
     arrow_column,
     clean_id,
@@ -211,6 +211,7 @@ def _measure(values: dict, kind: str = "cosine", idf_n: float = 0.0) -> measures
                               ease_lambda=values["ease_lambda"],
                               ease_dropout=values["ease_dropout"],
                               ease_max_items=values["ease_max_items"],
+                              ease_solver=values["ease_solver"],
                               ease_neighbors=values["ease_neighbors"],
                               buffer_length=math.ceil(values["list_buffer"] * values["neighbors"]),
                               **engine_options(values))
@@ -309,13 +310,13 @@ def _full(con, values: dict, progress: Progress | None, isolate: bool = False
     isolate = isolate and store.db_path is not None  # the worker maps the inverse's file
     if isolate:
         progress = None  # a callback stays in this process
-    if kind == "ease":  # kept, so the next refreshes update it (_update_ease)
-        items, ease_version, said = compute_worker.run(
+    if kind == "ease":  # the inverse kept, so the next refreshes update it (_update_ease)
+        items, ease_version, ease_solver, said = compute_worker.run(
             isolate, _build_ease, store.db_path, x.T.tocsr(), item_measure,
             _stage(progress, "items"))
     else:
         store.discard()
-        ease_version = ""
+        ease_version = ease_solver = ""
         items, said = compute_worker.run(isolate, _full_lists, x.T.tocsr(), item_measure,
                                          _stage(progress, "items"))
     notes += said
@@ -340,7 +341,8 @@ def _full(con, values: dict, progress: Progress | None, isolate: bool = False
         "select coalesce(max(event_id), 0), count(*) from events").fetchall()[0]
     _set_state(con, watermark=watermark, t0=t0, decay_rate=lam, idf_n=idf_n,
                model_config=_model_config(con, values), item_measure=kind,
-               ease_version=ease_version, catalog_version=_catalog_version(con),
+               ease_version=ease_version, ease_solver=ease_solver,
+               catalog_version=_catalog_version(con),
                full_refresh_at=time.time(), full_watermark=watermark, full_events=events)
     return RefreshResult("full", events,
                          scalar(con, "select count(*) from users"), x.shape[1], recomputed,
@@ -435,9 +437,11 @@ MAX_DECAY_EXPONENT = 100.0
 
 def _updatable(con, measure: str, state: dict) -> bool:
     """Whether the stored item lists can take new events without a full refresh: the sparse
-    measures with the engine's exact update, and ease while its inverse is stored."""
+    measures with the engine's exact update, ease through the users' side (recomputed) or
+    while its inverse is stored."""
     if measure == "ease":
-        return InverseStore(con).load(state.get("ease_version")) is not None
+        return state.get("ease_solver") == USERS or \
+            InverseStore(con).load(state.get("ease_version")) is not None
     return measures.MODELS[measure].incremental
 
 
@@ -691,9 +695,10 @@ def _full_lists(m: sp.csr_matrix, measure: measures.Measure, progress: Progress 
 
 
 def _build_ease(db_path: str | None, m: sp.csr_matrix, measure: measures.Measure,
-                progress: Progress | None) -> tuple[measures.Neighbors, str, list[str]]:
-    """Full EASE lists, keeping the inverse for updates when every item with interactions is
-    in it: (lists, its version or "", notices). Its buffer has room for an eighth more items
+                progress: Progress | None) -> tuple[measures.Neighbors, str, str, list[str]]:
+    """Full EASE lists (lists, the inverse's version or "", the solver, notices). Through the
+    users' side (ease.solver) nothing is kept; through the items' inverse, it is kept for
+    updates when every item with interactions is in it. Its buffer has room for an eighth more items
     than today's (at least 1,024 more, at most ease_max_items): rows of the file are capacity
     wide, and file systems allocate the unused tail of each row too, so room grows in steps
     rather than doubling. ``db_path`` is the database's file (None: this
@@ -701,6 +706,10 @@ def _build_ease(db_path: str | None, m: sp.csr_matrix, measure: measures.Measure
     store = InverseStore.for_path(db_path)
     notes: list[str] = []
     rows = ease_rows(m, measure, notes.append)
+    how = solver(m, rows, measure)
+    if how == USERS:
+        store.discard()
+        return _dual_lists(m, rows, measure, progress), "", how, notes
     factor = store.build(m, rows, measure.ease_lambda * mean_square(m[rows]),
                          min(measure.ease_max_items, len(rows) + max(1024, len(rows) // 8)),
                          measure.ease_kappa)
@@ -708,16 +717,27 @@ def _build_ease(db_path: str | None, m: sp.csr_matrix, measure: measures.Measure
     items = int(np.count_nonzero(np.diff(m.indptr)))
     if items > len(rows):  # the most popular only: which ones may change, rebuild each time
         store.discard()
-        return lists, "", notes
-    return lists, store.publish(factor), notes
+        return lists, "", how, notes
+    return lists, store.publish(factor), how, notes
+
+
+def _dual_lists(m: sp.csr_matrix, rows: np.ndarray, measure: measures.Measure,
+                progress: Progress | None = None) -> measures.Neighbors:
+    """EASE lists through the users' side (ease.EaseDual), at the current lambda'."""
+    return EaseDual.build(m, rows, measure.ease_lambda * mean_square(m[rows]),
+                          measure.ease_kappa, measure.threads).lists(measure, progress=progress)
 
 
 def _update_ease(con, values: dict, state: dict, cols: dict, users: np.ndarray, old: dict,
                  new: dict, notes: list[str], isolate: bool = False) -> int | None:
     """Fold the changed users' rows (``old`` -> ``new``, capped entries of ``users``) into the
-    stored EASE inverse and rewrite the item lists from it; None when it cannot (no stored
-    inverse, more items than it has room for, lambda's unit drifted): rebuild."""
+    stored EASE inverse and rewrite the item lists from it, or recompute them through the
+    users' side when the last full refresh chose it; None when it cannot (no stored inverse,
+    more items than it has room for, lambda's unit drifted, the users' side no longer the
+    cheaper): rebuild."""
     store = InverseStore(con)
+    if state.get("ease_solver") == USERS:
+        return _recompute_dual(con, values, cols, notes, isolate)
     factor = store.load(state.get("ease_version"))
     if factor is None:
         notes.append(EASE_NOT_STORED)
@@ -753,10 +773,29 @@ def _update_ease(con, values: dict, state: dict, cols: dict, users: np.ndarray, 
         lists, version = update_stored(store, factor, state["ease_version"], m, rows_of(old),
                                        rows_of(new), present, measure)
     _set_state(con, ease_version=version)
+    _write_ease_lists(con, lists, measure)
+    return lists.row_count()
+
+
+def _recompute_dual(con, values: dict, cols: dict, notes: list[str], isolate: bool) -> int | None:
+    """EASE lists through the users' side again, over the current matrix: the full build's
+    result (nothing frozen); None once the items' inverse would be the cheaper (more users)."""
+    m = _matrix(con, cols).T.tocsr()
+    measure = _measure(values, "ease")
+    rows = ease_rows(m, measure)
+    if solver(m, rows, measure) != USERS:
+        notes.append("ease: the users now outnumber what the users' side pays for "
+                     "(ease_solver auto): rebuilt in full through the items' inverse")
+        return None
+    lists = compute_worker.run(isolate, _dual_lists, m, rows, measure)
+    _write_ease_lists(con, lists, measure)
+    return lists.row_count()
+
+
+def _write_ease_lists(con, lists: measures.Neighbors, measure: measures.Measure) -> None:
     con.execute("delete from item_neighbors")
     con.execute("delete from item_neighbor_lists")
     _write_lists(con, "item_neighbors", "item_key", lists, measures.model(measure).served(measure))
-    return lists.row_count()
 
 
 # --------------------------------------------------------------------------- trending, content

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any, Callable
 
 from .errors import InvalidSetting, UnknownSetting
-from .vocabulary import AUTO, DEFAULT_STRATEGY, MEASURE_NAMES, STRATEGIES
+from .vocabulary import AUTO, DEFAULT_STRATEGY, EASE_SOLVERS, MEASURE_NAMES, STRATEGIES
 
 
 @dataclass(frozen=True)
@@ -168,6 +168,14 @@ SETTINGS: dict[str, Setting] = {
                 "inverse: about 16 n^2 bytes of memory and n^3 multiply-adds per refresh; the "
                 "others get no item-item list. similarity auto uses sparse_ease beyond it.",
                 _positive(lambda: math.isqrt((physical_mib() << 20) // 16)), kind="model"),
+        Setting("ease_solver", str, "auto",
+                "ease: how the closed form is computed. items: the n x n inverse of the items' "
+                "Gram matrix (n^3 multiply-adds, 8 n^2 bytes), kept beside the database so "
+                "each refresh updates it (cost grows with the users who changed); users: the "
+                "same weights through the users' u x u system (about u^3 + nnz (u + n) "
+                "multiply-adds, 8 u (u + n) bytes, nothing kept: each refresh recomputes at "
+                "the current lambda); auto: the one with fewer multiply-adds at each full "
+                "refresh.", choices=(AUTO, *EASE_SOLVERS), kind="model"),
         Setting("ease_neighbors", int, 192,
                 "sparse_ease: each item is regressed on this many items it co-occurs with most "
                 "(m): about n x m^3 / 3 multiply-adds and 64 x n x m bytes for n items.",

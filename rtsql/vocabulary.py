@@ -34,6 +34,9 @@ ENGAGED = CLICK_TYPES + PURCHASE_TYPES
 # setting's default, a choice among them made at each full refresh.
 MEASURE_NAMES = ("cosine", "tfidf", "rp3beta", "ease", "sparse_ease")
 AUTO = "auto"
+# How ease computes its closed form (rtsql.measures.ease.solver): the items' inverse, kept and
+# updated, or the users' side, recomputed at each refresh.
+EASE_SOLVERS = ("items", "users")
 
 # What explains a recommended row (its reason): the strategy that added the most, or the
 # backfill; the names are the macro's (rtsql_reason), the codes the compiled scorer's.

@@ -110,7 +110,7 @@ def test_build_parameters_default_to_the_settings():
                            ("min_support", "min_support"), ("alpha", "rp3_alpha"),
                            ("beta", "rp3_beta"), ("ease_lambda", "ease_lambda"),
                            ("ease_dropout", "ease_dropout"),
-                           ("ease_max_items", "ease_max_items"),
+                           ("ease_max_items", "ease_max_items"), ("ease_solver", "ease_solver"),
                            ("ease_neighbors", "ease_neighbors")):
         assert getattr(m, field) == SETTINGS[setting].default, field
     assert m.kind == MEASURE_NAMES[0]

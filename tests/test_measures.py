@@ -178,12 +178,13 @@ AMBIGUOUS_OFTEN = settings(deadline=None, suppress_health_check=[HealthCheck.fil
 
 @AMBIGUOUS_OFTEN
 @given(matrices, st.integers(1, 6), st.sampled_from([0.05, 0.5, 30.0]),
-       st.sampled_from([1 << 24, 7]), st.sampled_from([1.0, 4.5]), st.sampled_from(DROPOUTS))
-def test_ease_equals_its_closed_form(rng, k, lam, block_cells, unit, dropout):
+       st.sampled_from([1 << 24, 7]), st.sampled_from([1.0, 4.5]), st.sampled_from(DROPOUTS),
+       st.sampled_from(["auto", "items", "users"]))
+def test_ease_equals_its_closed_form(rng, k, lam, block_cells, unit, dropout, solver):
     n, f = rng.integers(1, 15), rng.integers(1, 12)
     x = (rng.integers(1, 4, size=(n, f)) * (rng.random((n, f)) < 0.5)).astype(float) * unit
     measure = measures.Measure(k=k, kind="ease", ease_lambda=lam, block_cells=block_cells,
-                               ease_dropout=dropout)
+                               ease_dropout=dropout, ease_solver=solver)
     assert not measures.model(measure).incremental
     want, ambiguous = brute_force_ease(x, k, lam, dropout=dropout)
     assume(not ambiguous)
@@ -246,6 +247,47 @@ def test_ease_update_equals_a_rebuild_at_the_same_lambda(rng, k, lam, batches, b
     want, ambiguous = brute_force_ease(x.T, k, lam, absolute=reg, dropout=dropout)
     assume(not ambiguous)
     assert_same_lists(_as_dict(factor.lists(measure, present)), want, tol=1e-9)
+
+
+@settings(deadline=None)
+@given(matrices, st.sampled_from([0.05, 0.5, 30.0]), st.sampled_from(DROPOUTS),
+       st.integers(1, 40), st.integers(1, 40), st.integers(1, 3))
+def test_ease_through_the_users_side_is_the_items_inverse(rng, lam, dropout, items, users,
+                                                          threads):
+    """EaseDual's P (D - D X' K^-1 X D, block by block) and diagonal are the items' inverse
+    (G + lam I + kappa diag G)^-1 to its rounding bound (ease.dual_rounding), with more users
+    than items or fewer."""
+    x = (rng.integers(1, 4, size=(items, users)) * (rng.random((items, users)) < 0.3)) * 1.5
+    m = sp.csr_matrix(x.astype(float))
+    rows = np.flatnonzero(np.diff(m.indptr))
+    assume(len(rows))
+    kappa = dropout / (1 - dropout)
+    g = x[rows] @ x[rows].T
+    want = np.linalg.inv(g + lam * np.eye(len(rows)) + kappa * np.diag(np.diag(g)))
+    dual = ease.EaseDual.build(m, rows, lam, kappa, threads)
+    got = np.vstack([dual.p_rows(np.arange(start, min(start + 3, len(rows))))[0]
+                     for start in range(0, len(rows), 3)])
+    tol = (1e-14 + 8 * ease.dual_rounding(m[rows], lam, kappa)) * np.abs(want).max()
+    assert np.abs(got - want).max() <= tol
+    assert np.abs(dual.diagonal - np.diag(want)).max() <= tol
+
+
+def test_ease_solver_auto_takes_the_side_with_fewer_multiply_adds():
+    """u^3 + nnz (u + n) through the users' side against n^3 through the items' inverse:
+    a few users over many items go through the users, many users over few items through the
+    items; the setting overrides."""
+    rng = np.random.default_rng(3)
+    wide = sp.csr_matrix((rng.random((200, 12)) < 0.3).astype(float))  # 200 items, 12 users
+    tall = sp.csr_matrix((rng.random((12, 200)) < 0.3).astype(float))  # 12 items, 200 users
+    auto = measures.Measure(kind="ease")
+    assert ease.solver(wide, np.arange(200), auto) == "users"
+    assert ease.solver(tall, np.arange(12), auto) == "items"
+    forced = measures.Measure(kind="ease", ease_solver="items")
+    assert ease.solver(wide, np.arange(200), forced) == "items"
+    # a lambda so small that the users' side would round beyond DUAL_ROUNDING: the items'
+    tiny = measures.Measure(kind="ease", ease_lambda=1e-4)
+    assert ease.dual_rounding(wide, 1e-4 * ease.mean_square(wide), 0.0) > ease.DUAL_ROUNDING
+    assert ease.solver(wide, np.arange(200), tiny) == "items"
 
 
 def test_ease_lists_are_signed_and_scale_free():

@@ -154,17 +154,24 @@ def test_incremental_equals_full_rebuild(tmp_path_factory, events, cuts, config)
 
 def assert_ease_lists_are_the_closed_form(con, k: int, ties: bool = True) -> None:
     """con's item lists (and their served copy) are EASE's closed form over its capped matrix
-    at the lambda' of its stored inverse (frozen at the last full refresh), unless a tie at a
-    cut makes either side right (``ties``: allowed, else the data must have none)."""
+    at the lambda' of its stored inverse (frozen at the last full refresh), or through the
+    users' side at the current lambda', unless a tie at a cut makes either side right
+    (``ties``: allowed, else the data must have none)."""
     state = dict(con.execute("select name, value from model_state").fetchall())
-    factor = InverseStore(con).load(state["ease_version"])
-    assert factor is not None
     values = settings.get_all(con)
+    if state["ease_solver"] == "users":  # nothing kept, nothing frozen
+        store = InverseStore(con)
+        assert (store.data is None or not store.data.exists()) and state["ease_version"] == ""
+        absolute = None
+    else:
+        factor = InverseStore(con).load(state["ease_version"])
+        assert factor is not None
+        absolute = factor.lam
     cols = refresh._capped_entries(con, values)
     users, items = refresh._shape(con)
     x = np.zeros((items, users))
     x[cols["item_key"], cols["user_key"]] = cols["weight"]
-    want, ambiguous = brute_force_ease(x, k, 1.0, absolute=factor.lam,
+    want, ambiguous = brute_force_ease(x, k, values["ease_lambda"], absolute=absolute,
                                        dropout=values["ease_dropout"])
     assert ties or not ambiguous
     if not ambiguous:
@@ -182,12 +189,13 @@ def assert_ease_lists_are_the_closed_form(con, k: int, ties: bool = True) -> Non
            suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(st.lists(EVENT, min_size=1, max_size=40), st.lists(st.integers(1, 12), max_size=5),
        st.sampled_from([1, 2, 50]), st.sampled_from([0, 3]), st.sampled_from(["max", "sum"]),
-       st.booleans(), st.sampled_from([0.0, 0.75]))
+       st.booleans(), st.sampled_from([0.0, 0.75]), st.sampled_from(["items", "users"]))
 def test_ease_between_full_refreshes_is_the_closed_form_at_the_frozen_lambda(
-        tmp_path_factory, events, cuts, k, max_history, pair_weight, on_file, dropout):
+        tmp_path_factory, events, cuts, k, max_history, pair_weight, on_file, dropout, solver):
     """similarity ease, a random stream refreshed after random batches: each refresh updates
-    the stored inverse, and the lists are always the closed form over the current capped
-    matrix at the frozen lambda', on a database file (inverse memory-mapped beside it) and in
+    the stored inverse (ease_solver items) or recomputes through the users' side (users), and
+    the lists are always the closed form over the current capped matrix, at the frozen
+    lambda' or the current one, on a database file (inverse memory-mapped beside it) and in
     memory. (The drift rule, which rebuilds once lambda's unit moves, is off here: on streams
     this small it would rebuild most batches; test_ease_rebuilds_when_lambdas_unit_drifts.)"""
     directory = tmp_path_factory.mktemp("ease")
@@ -195,7 +203,7 @@ def test_ease_between_full_refreshes_is_the_closed_form_at_the_frozen_lambda(
     bounds = sorted({min(c, len(stream)) for c in np.cumsum(cuts)} | {len(stream)})
     live = rtsql.connect(directory / "e.duckdb") if on_file else rtsql.connect_memory()
     configure(live, similarity="ease", neighbors=k, max_history=max_history,
-              pair_weight=pair_weight, ease_dropout=dropout)
+              pair_weight=pair_weight, ease_dropout=dropout, ease_solver=solver)
     start = 0
     for n, end in enumerate(bounds):
         if end > start:
@@ -214,7 +222,7 @@ def test_ease_updates_its_stored_inverse_and_rebuilds_when_it_cannot_trust_it(tm
     the refresh rebuilds in full and says why; leaving ease discards the file."""
     db = tmp_path / "e.duckdb"
     con = rtsql.connect(db)
-    configure(con, similarity="ease", neighbors=3)
+    configure(con, similarity="ease", neighbors=3, ease_solver="items")
     rng = np.random.default_rng(4)
     rows = "".join(f"u{u},i{rng.integers(0, 9)},rating,2026-10-0{1 + j}T00:00:00,"
                    f"{rng.integers(1, 6)}\n" for u in range(12) for j in range(4))
@@ -247,7 +255,7 @@ def test_ease_updates_its_stored_inverse_and_rebuilds_when_it_cannot_trust_it(tm
 def ease_with_a_new_batch(tmp_path, write):
     """A database file with similarity ease (neighbors 3), refreshed, then one new view."""
     con = rtsql.connect(tmp_path / "e.duckdb")
-    configure(con, similarity="ease", neighbors=3)
+    configure(con, similarity="ease", neighbors=3, ease_solver="items")
     rows = "".join(f"u{u},i{(u + j) % 6},view,2026-10-0{1 + j}T00:00:00,\n"
                    for u in range(8) for j in range(3))
     ingest.ingest(con, [write("a.csv", HEADER + rows)])
@@ -337,11 +345,43 @@ def test_ease_rebuilds_when_lambdas_unit_drifts(tmp_path, write):
     con.close()
 
 
+def test_ease_through_the_users_side_recomputes_each_refresh_until_users_outnumber_it(
+        tmp_path, write):
+    """ease_solver auto with few users over many items: the full refresh goes through the
+    users' side and keeps no inverse; new events are an incremental refresh whose lists are
+    the closed form at the current lambda' (nothing frozen); once the users make the items'
+    inverse the cheaper, the refresh rebuilds through it, says so, and keeps it."""
+    con = rtsql.connect(tmp_path / "e.duckdb")
+    configure(con, similarity="ease", neighbors=3)
+    rows = "".join(f"u{u},i{(7 * u + j) % 30},rating,2026-10-0{1 + j % 5}T00:00:00,{1 + j % 5}\n"
+                   for u in range(3) for j in range(14))
+    ingest.ingest(con, [write("a.csv", HEADER + rows)])
+    assert refresh.refresh(con).mode == "full"
+    assert refresh._state(con)["ease_solver"] == "users"
+    assert not (tmp_path / "e.duckdb.ease").exists()
+    ingest.ingest(con, [write("b.csv", HEADER + "u1,i29,rating,2026-10-06T00:00:00,5\n"
+                                               "u7,i3,rating,2026-10-06T00:00:00,1\n"
+                                               "u7,i4,rating,2026-10-06T00:00:00,2\n")])
+    result = refresh.refresh(con)
+    assert result.mode == "incremental" and not result.notes, result.summary()
+    assert_ease_lists_are_the_closed_form(con, 3)
+    crowd = "".join(f"v{u},i{(u + j) % 30},rating,2026-10-07T00:00:00,{1 + (u + j) % 5}\n"
+                    for u in range(60) for j in range(4))
+    ingest.ingest(con, [write("c.csv", HEADER + crowd)])
+    result = refresh.refresh(con)
+    assert result.mode == "full", result.summary()
+    assert any("the users now outnumber" in n for n in result.notes), result.notes
+    assert refresh._state(con)["ease_solver"] == "items"
+    assert (tmp_path / "e.duckdb.ease").exists()
+    assert_ease_lists_are_the_closed_form(con, 3)
+    con.close()
+
+
 def test_ease_rebuilds_when_new_items_outgrow_the_inverse(tmp_path, write):
     """The stored inverse has room for ease_max_items rows at most: items beyond it make the
     refresh a full one (which keeps the most popular, says so, and stores no inverse)."""
     con = rtsql.connect(tmp_path / "e.duckdb")
-    configure(con, similarity="ease", neighbors=2, ease_max_items=7)
+    configure(con, similarity="ease", neighbors=2, ease_max_items=7, ease_solver="items")
     rows = "".join(f"u{u},i{(u + j) % 6},view,2026-10-0{1 + j}T00:00:00,\n"
                    for u in range(8) for j in range(3))
     ingest.ingest(con, [write("a.csv", HEADER + rows)])

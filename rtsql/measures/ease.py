@@ -22,6 +22,11 @@ terms into P in about n^2 r multiply-adds (a 1,000-event batch from 500 users: r
 against n^3); new items border P (Schur complement) at n^2 per item. lambda' stays frozen at
 the full build's value between full refreshes (a change of it is not low-rank).
 
+``EaseDual`` computes the same P through the users' side (Woodbury on the whole of G): about
+u^3 + nnz (u + n) multiply-adds for u users and nothing n x n, the cheaper while users are
+fewer than items (``solver``; setting ``ease_solver``); it keeps nothing, so each refresh
+recomputes its lists at the current lambda'.
+
 ``ease_dropout`` p > 0 gives the denoising form (DLAE: Steck, "Autoencoders that don't overfit
 towards the identity", NeurIPS 2020): the regularizer is lambda' I + kappa diag(G) with
 kappa = p / (1 - p), each item held back by its own squared weights; B keeps the same closed
@@ -38,8 +43,11 @@ import numpy as np
 import scipy.sparse as sp
 from numba import njit
 
+from ..vocabulary import AUTO, EASE_SOLVERS
 from .base import Measure, Model, Notice, Progress
 from .engine import Neighbors
+
+ITEMS, USERS = EASE_SOLVERS
 
 NUMERICAL_ZERO = 1e-9  # relative to the largest |weight|
 LIST_CAP_FACTOR = 8  # a list holds at most this many times k entries
@@ -77,6 +85,36 @@ def ease_rows(m: sp.csr_matrix, measure: Measure, notice: Notice | None = None) 
                    f"(setting ease_max_items) get lists, the rest none: raise ease_max_items "
                    f"(memory about 16 x n^2 bytes) or use similarity cosine")
     return rows
+
+
+def solver(m: sp.csr_matrix, rows: np.ndarray, measure: Measure) -> str:
+    """How the closed form for ``rows`` of ``m`` (items x users) is computed: the
+    ``ease_solver`` setting, or under auto the one with fewer multiply-adds, the items'
+    inverse (EaseFactor: n^3) or the users' side (EaseDual: u^3 + nnz (u + n), u the users
+    with entries in the rows), the users' side only while its rounding stays within
+    DUAL_ROUNDING (dual_rounding)."""
+    if measure.ease_solver != AUTO:
+        return measure.ease_solver
+    sub = m[rows]
+    n, nnz = float(len(rows)), float(sub.nnz)
+    u = float(np.count_nonzero(np.bincount(sub.indices, minlength=m.shape[1])))
+    if u ** 3 + nnz * (u + n) >= n ** 3:
+        return ITEMS
+    lam = measure.ease_lambda * mean_square(sub)
+    return USERS if dual_rounding(sub, lam, measure.ease_kappa) <= DUAL_ROUNDING else ITEMS
+
+
+DUAL_ROUNDING = 1e-10  # the users' side's relative rounding auto accepts (solver)
+
+
+def dual_rounding(sub: sp.csr_matrix, lam: float, kappa: float) -> float:
+    """A bound on the users' side's rounding relative to P's largest entry: P's diagonal is a
+    difference D - (D X' K^-1 X D), and K's condition number grows with G[i, i] / L[i, i]:
+    about eps (1 + max G[i, i] / L[i, i])^2 (tests/test_measures.py holds EaseDual to it).
+    Small against 1e-10 at EASE's usual lambda (ml-latest-small: G / L at most 1.4)."""
+    g = np.asarray(sub.multiply(sub).sum(axis=1)).ravel()
+    ratio = float(np.max(g / (lam + kappa * g), initial=0.0))
+    return float(np.finfo(np.float64).eps) * (1.0 + ratio) ** 2
 
 
 def mean_square(sub: sp.csr_matrix) -> float:
@@ -190,7 +228,61 @@ class EaseFactor:
         lost every entry stay in P, with zero weights, until the next full build), as ease()
         describes, from B = I - P diag(1 / diag P) computed block by block (P is kept)."""
         keys = self.rows if active is None else self.rows[active[self.rows]]
-        return _select(self.p, self.rows, np.sort(keys), measure, progress)
+        p = self.p
+        return _select(lambda at: (p, at), p.diagonal(), self.rows, np.sort(keys), measure,
+                       progress)
+
+
+@dataclass
+class EaseDual:
+    """The same P = (G + L)^-1, L = lam I + kappa diag(G), through the users' side (Woodbury):
+    with X the users' rows (u users with entries, over the items ``rows``) and D = L^-1,
+
+        P = D - D X' K^-1 X D,   K = I + X D X'   (u x u),
+
+    so nothing n x n is formed: K's inverse costs u^3 multiply-adds, M = K^-1 X D (u x n,
+    dense) u per entry of X, and a block of P's rows D_b - D_b X_b' M one row of M per entry
+    of X in the block. The lists then cost about u^3 + nnz (u + n) multiply-adds and 8 u (u + n)
+    bytes, against the inverse's n^3 and 8 n^2: the cheaper while users are fewer than items
+    (``solver``). Nothing is kept: each refresh recomputes, at the current lambda'."""
+
+    rows: np.ndarray
+    xt: sp.csr_matrix  # X' scaled by D: n x u, rows in P's order (D X')
+    m: np.ndarray  # K^-1 X D, u x n, C order
+    d: np.ndarray  # D's diagonal
+    diagonal: np.ndarray  # P's
+
+    @classmethod
+    def build(cls, m: sp.csr_matrix, rows: np.ndarray, lam: float, kappa: float = 0.0,
+              threads: int = 1) -> EaseDual:
+        """For ``rows`` of ``m`` (items x users)."""
+        sub = m[np.asarray(rows, np.int64)].tocsr()
+        sub = sub[:, np.flatnonzero(np.diff(sub.tocsc().indptr))]  # users with entries
+        d = 1.0 / (lam + kappa * np.asarray(sub.multiply(sub).sum(axis=1)).ravel())
+        dxt = sp.diags(d) @ sub  # D X', n x u
+        u = sub.shape[1]
+        k = np.zeros((u, u))
+        k[:] = (sub.T @ dxt).toarray()  # X D X'
+        k[np.diag_indices(u)] += 1.0
+        _cholesky_inverse(k, u)
+        _mirror_upper(k, threads)
+        mt = _sparse_times(dxt.tocsr(), k, threads)  # (K^-1 X D)' = D X' K^-1, n x u
+        diagonal = d - np.asarray(dxt.multiply(mt).sum(axis=1)).ravel()
+        return cls(np.asarray(rows, np.int64), dxt.tocsr(), np.ascontiguousarray(mt.T), d,
+                   diagonal)
+
+    def p_rows(self, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows ``at`` (positions in P) of P: D_b - D_b X_b' M, and their positions in it."""
+        out = _sparse_times(self.xt[at], self.m, 1)
+        np.negative(out, out=out)
+        out[np.arange(len(at)), at] += self.d[at]
+        return out, np.arange(len(at))
+
+    def lists(self, measure: Measure, active: np.ndarray | None = None,
+              progress: Progress | None = None) -> Neighbors:
+        """As EaseFactor.lists."""
+        keys = self.rows if active is None else self.rows[active[self.rows]]
+        return _select(self.p_rows, self.diagonal, self.rows, np.sort(keys), measure, progress)
 
 
 def _mirror_upper(p: np.ndarray, threads: int = 2) -> None:
@@ -318,16 +410,25 @@ def ease(m: sp.csr_matrix, measure: Measure, progress: Progress | None = None,
     rounding of zero are left out (e.g. between items no user links, which the exact inverse
     leaves at 0: they would be neighbours by the sign of a rounding error)."""
     rows = ease_rows(m, measure, notice)
-    factor = EaseFactor.build(m, rows, measure.ease_lambda * mean_square(m[rows]),
-                              lambda size: np.zeros((size, size)), len(rows), measure.ease_kappa)
+    lam = measure.ease_lambda * mean_square(m[rows])
+    if solver(m, rows, measure) == USERS:
+        return EaseDual.build(m, rows, lam, measure.ease_kappa, measure.threads).lists(
+            measure, progress=progress)
+    factor = EaseFactor.build(m, rows, lam, lambda size: np.zeros((size, size)), len(rows),
+                              measure.ease_kappa)
     return factor.lists(measure, progress=progress)
 
 
-def _select(p: np.ndarray, rows: np.ndarray, keys: np.ndarray, measure: Measure,
-            progress: Progress | None) -> Neighbors:
-    """The lists of the items ``keys`` (ascending) among themselves, from P over ``rows``:
-    one compiled pass over P gives each row's ``cap`` largest |B| (no row keeps more), whose
-    budget-th largest overall is the global threshold; blocks of rows run on ``threads``."""
+PRows = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # P's row positions -> (array, rows)
+
+
+def _select(p_rows: PRows, diagonal: np.ndarray, rows: np.ndarray, keys: np.ndarray,
+            measure: Measure, progress: Progress | None) -> Neighbors:
+    """The lists of the items ``keys`` (ascending) among themselves, from P over ``rows``
+    (``diagonal``: P's; ``p_rows(positions)``: an array holding those rows of P, columns in
+    P's order, and where each is in it): one compiled pass over P's rows gives each row's
+    ``cap`` largest |B| (no row keeps more), whose budget-th largest overall is the global
+    threshold; blocks of rows run on ``threads``."""
     n = len(keys)
     cap = min(list_cap(measure), n - 1)
     if cap <= 0:  # no item or one: no neighbours
@@ -335,7 +436,7 @@ def _select(p: np.ndarray, rows: np.ndarray, keys: np.ndarray, measure: Measure,
     position = np.full(int(rows.max()) + 1, -1, np.int64)
     position[rows] = np.arange(len(rows))
     at = position[keys]
-    scale = -1.0 / p.diagonal()[at]  # B[a, b] = P[a, b] x scale[b]
+    scale = -1.0 / diagonal[at]  # B[a, b] = P[a, b] x scale[b]
     starts = list(range(0, n, BLOCK_ROWS))
     cols = np.empty((n, cap), np.int64)
     vals = np.empty((n, cap))
@@ -343,7 +444,8 @@ def _select(p: np.ndarray, rows: np.ndarray, keys: np.ndarray, measure: Measure,
 
     def block(start: int) -> None:
         end = min(start + BLOCK_ROWS, n)
-        _row_candidates(p, at, scale, start, end, cols[start:end], vals[start:end],
+        p, row_at = p_rows(at[start:end])
+        _row_candidates(p, row_at, at, scale, start, cols[start:end], vals[start:end],
                         largest[start:end])
 
     from concurrent.futures import ThreadPoolExecutor
@@ -367,16 +469,17 @@ def _select(p: np.ndarray, rows: np.ndarray, keys: np.ndarray, measure: Measure,
 
 
 @njit(nogil=True, cache=True)
-def _row_candidates(p, at, scale, start, end, cols, vals, largest):
-    """For rows start..end of B (B[i, j] = P[at[i], at[j]] x scale[j], 0 on the diagonal):
-    the ``cap`` (cols' width) entries of largest magnitude, any order, by a min-heap per row
-    (most entries are below its root and cost one comparison); and each row's largest |B|."""
+def _row_candidates(p, row_at, at, scale, start, cols, vals, largest):
+    """For rows start..start + len(row_at) of B (B[i, j] = P[at[i], at[j]] x scale[j], 0 on
+    the diagonal; row i of P is p[row_at[i - start]]): the ``cap`` (cols' width) entries of
+    largest magnitude, any order, by a min-heap per row (most entries are below its root and
+    cost one comparison); and each row's largest |B|."""
     n, cap = len(at), cols.shape[1]
     heap = np.empty(cap)  # magnitudes, min-heap
     slot = np.empty(cap, np.int64)  # heap position -> column
-    for r in range(end - start):
+    for r in range(len(row_at)):
         i = start + r
-        row = at[i]
+        row = row_at[r]
         size = 0
         top = 0.0
         for j in range(n):

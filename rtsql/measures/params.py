@@ -35,6 +35,7 @@ class Measure:
     ease_lambda: float = 300.0  # ease: L2 regularization of the closed form
     ease_dropout: float = 0.0  # ease, sparse_ease: DLAE's rate p (diagonal p / (1 - p) G)
     ease_max_items: int = 15_000  # ease: the most popular rows it inverts
+    ease_solver: str = "auto"  # ease: through the items' inverse or the users' side (ease.solver)
     ease_neighbors: int = 192  # sparse_ease: each item's regressors (its top co-occurring)
 
     @property
