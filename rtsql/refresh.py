@@ -33,7 +33,7 @@ from numba import njit
 from . import allocation, compute_worker, content, measures, settings, vocabulary
 from .errors import DatabaseLocked, ExternalModel, InputPathError, UnknownUser
 from .inverse_store import InverseStore, update_stored
-from .measures.ease import USERS, EaseDual, ease_rows, mean_square, solver
+from .measures.ease import USERS, dual_lists, ease_rows, mean_square, solver
 from .sqlutil import (
     arrow_column,
     clean_id,
@@ -736,7 +736,7 @@ def _build_ease(db_path: str | None, m: sp.csr_matrix, measure: measures.Measure
     how = solver(m, rows, measure)
     if how == USERS:
         store.discard()
-        return _dual_lists(m, rows, measure, progress), "", how, notes
+        return dual_lists(m, rows, measure, progress), "", how, notes
     factor = store.build(m, rows, measure.ease_lambda * mean_square(m[rows]),
                          min(measure.ease_max_items, len(rows) + max(1024, len(rows) // 8)),
                          measure.ease_kappa)
@@ -746,13 +746,6 @@ def _build_ease(db_path: str | None, m: sp.csr_matrix, measure: measures.Measure
         store.discard()
         return lists, "", how, notes
     return lists, store.publish(factor), how, notes
-
-
-def _dual_lists(m: sp.csr_matrix, rows: np.ndarray, measure: measures.Measure,
-                progress: Progress | None = None) -> measures.Neighbors:
-    """EASE lists through the users' side (ease.EaseDual), at the current lambda'."""
-    return EaseDual.build(m, rows, measure.ease_lambda * mean_square(m[rows]),
-                          measure.ease_kappa, measure.threads).lists(measure, progress=progress)
 
 
 def _update_ease(con, values: dict, state: dict, cols: dict, users: np.ndarray, old: dict,
@@ -814,7 +807,7 @@ def _recompute_dual(con, values: dict, cols: dict, notes: list[str], isolate: bo
         notes.append("ease: the users now outnumber what the users' side pays for "
                      "(ease_solver auto): rebuilt in full through the items' inverse")
         return None
-    lists = compute_worker.run(isolate, _dual_lists, m, rows, measure)
+    lists = compute_worker.run(isolate, dual_lists, m, rows, measure)
     _write_ease_lists(con, lists, measure)
     return lists.row_count()
 

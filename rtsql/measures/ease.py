@@ -261,8 +261,7 @@ class EaseDual:
         d = 1.0 / (lam + kappa * np.asarray(sub.multiply(sub).sum(axis=1)).ravel())
         dxt = sp.diags(d) @ sub  # D X', n x u
         u = sub.shape[1]
-        k = np.zeros((u, u))
-        k[:] = (sub.T @ dxt).toarray()  # X D X'
+        k = np.ascontiguousarray((sub.T @ dxt).toarray())  # X D X'
         k[np.diag_indices(u)] += 1.0
         _cholesky_inverse(k, u)
         _mirror_upper(k, threads)
@@ -410,13 +409,18 @@ def ease(m: sp.csr_matrix, measure: Measure, progress: Progress | None = None,
     rounding of zero are left out (e.g. between items no user links, which the exact inverse
     leaves at 0: they would be neighbours by the sign of a rounding error)."""
     rows = ease_rows(m, measure, notice)
-    lam = measure.ease_lambda * mean_square(m[rows])
     if solver(m, rows, measure) == USERS:
-        return EaseDual.build(m, rows, lam, measure.ease_kappa, measure.threads).lists(
-            measure, progress=progress)
-    factor = EaseFactor.build(m, rows, lam, lambda size: np.zeros((size, size)), len(rows),
-                              measure.ease_kappa)
+        return dual_lists(m, rows, measure, progress)
+    factor = EaseFactor.build(m, rows, measure.ease_lambda * mean_square(m[rows]),
+                              lambda size: np.zeros((size, size)), len(rows), measure.ease_kappa)
     return factor.lists(measure, progress=progress)
+
+
+def dual_lists(m: sp.csr_matrix, rows: np.ndarray, measure: Measure,
+               progress: Progress | None = None) -> Neighbors:
+    """The lists of ``rows`` through the users' side (EaseDual), at the current lambda'."""
+    return EaseDual.build(m, rows, measure.ease_lambda * mean_square(m[rows]),
+                          measure.ease_kappa, measure.threads).lists(measure, progress=progress)
 
 
 PRows = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # P's row positions -> (array, rows)
