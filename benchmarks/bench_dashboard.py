@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from bench_serve import free_port, start_server
-from common import print_table
+from common import copy_database, print_table
 
 ASSETS = ("index.html", "app.js", "app.css")
 
@@ -99,7 +99,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="rtsql-dash-"))
     db = work / "dash.duckdb"
-    shutil.copy(args.db, db)
+    copy_database(args.db, db)
     con = rtsql.connect(db)
     feedback.set_variants(con, {"a": 0.5, "b": 0.5}, {})
     settings.set_value(con, "ab_auto_metric", "clicks")

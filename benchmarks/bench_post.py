@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import print_table
+from common import copy_database, print_table
 
 
 def main() -> None:
@@ -37,7 +37,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="rtsql-post-"))
     try:
         db = work / "post.duckdb"
-        shutil.copy(args.db, db)
+        copy_database(args.db, db)
         con = rtsql.connect(db)
         state = ServingState.load(con)
         users = [r[0] for r in con.execute("select user_id from users limit 500").fetchall()]

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import dataset, print_table, run_process
+from common import copy_database, dataset, print_table, run_process
 
 HERE = Path(__file__).resolve().parent
 
@@ -138,11 +138,7 @@ def main() -> None:
     db = str(work / "serve.duckdb")
     rows = []
     if args.db:
-        shutil.copyfile(args.db, db)
-        for suffix in (".ease", ".ease.json"):  # EASE's stored inverse (sparse: cp keeps it so)
-            if Path(args.db + suffix).exists():
-                subprocess.run(["cp", "--sparse=always", args.db + suffix, db + suffix],
-                               check=True)
+        copy_database(args.db, db)
         refresh_seconds = float("nan")
     else:
         data = dataset(args.events, "parquet")

@@ -19,14 +19,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import random
-import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from bench_serve import free_port, load, macro_and_scorer, percentiles, start_server
-from common import print_table
+from common import copy_database, print_table
 
 
 def make_shop(db: str, users: list[str], hidden: float, seed: int = 7) -> dict:
@@ -83,7 +82,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="rtsql-shop-"))
     copies = {"plain": str(work / "plain.duckdb"), "shop": str(work / "shop.duckdb")}
     for path in copies.values():
-        shutil.copyfile(args.db, path)
+        copy_database(args.db, path)
     con = duckdb.connect(args.db, read_only=True)
     users = [r[0] for r in con.execute("select user_id from users order by hash(user_id) "
                                        "limit ?", [args.users]).fetchall()]

@@ -25,6 +25,19 @@ def dataset(events: int, fmt: str) -> Path:
     return path
 
 
+def copy_database(source: str | Path, target: str | Path) -> None:
+    """A scratch copy of a refreshed database, with EASE's stored inverse beside it when it
+    has one (``<db>.ease``, copied sparse, and its metadata), so the copy refreshes as the
+    original would instead of rebuilding in full."""
+    import shutil
+
+    shutil.copyfile(source, target)
+    for suffix in (".ease", ".ease.json"):
+        if Path(f"{source}{suffix}").exists():
+            subprocess.run(["cp", "--sparse=always", f"{source}{suffix}", f"{target}{suffix}"],
+                           check=True)
+
+
 def run_process(args: list[str], env: dict | None = None) -> tuple[float, float]:
     """Run a whole process; returns (wall seconds, peak RSS of that process in MiB)."""
     wall, _, peak = _run(args, env)

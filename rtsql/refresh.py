@@ -28,12 +28,12 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
-from numba import njit
 
 from . import allocation, compute_worker, content, measures, settings, vocabulary
 from .errors import DatabaseLocked, ExternalModel, InputPathError, UnknownUser
 from .inverse_store import InverseStore, update_stored
 from .measures.ease import USERS, dual_lists, ease_rows, mean_square, solver
+from .recency import most_recent
 from .sqlutil import (
     arrow_column,
     clean_id,
@@ -183,44 +183,7 @@ def most_recent_per_item(cols: dict[str, np.ndarray], cap: int) -> np.ndarray:
     the way ``max_history`` bounds what a user costs item-item. Deterministic, and a function
     of the item's column alone, so the incremental refresh finds the users it moves from the
     columns that changed."""
-    n = len(cols["item_key"])
-    if cap <= 0 or not n:
-        return np.ones(n, bool)
-    item = cols["item_key"].astype(np.int64)
-    return _recent_per_item(item, cols["last_us"].astype(np.int64),
-                            cols["user_key"].astype(np.int64), int(item.max()) + 1, cap)
-
-
-@njit(cache=True)
-def _recent_per_item(item, last_us, user, n_items, cap):
-    """most_recent_per_item's flags: every entry of an item with at most ``cap`` entries; of a
-    crowded item, its entries grouped (counting sort), ordered by user key then stably by
-    time, both descending, and the first ``cap`` kept (a user has one entry per item)."""
-    n = len(item)
-    count = np.zeros(n_items, np.int64)
-    for e in range(n):
-        count[item[e]] += 1
-    keep = np.ones(n, np.bool_)
-    start = np.zeros(n_items + 1, np.int64)
-    for i in range(n_items):
-        start[i + 1] = start[i] + (count[i] if count[i] > cap else 0)
-    members = np.empty(start[n_items], np.int64)
-    fill = start[:-1].copy()
-    for e in range(n):
-        i = item[e]
-        if count[i] > cap:
-            members[fill[i]] = e
-            fill[i] += 1
-            keep[e] = False
-    for i in range(n_items):
-        if start[i + 1] == start[i]:
-            continue
-        idx = members[start[i]:start[i + 1]]
-        by_user = np.argsort(-user[idx], kind="mergesort")
-        by_time = np.argsort(-last_us[idx][by_user], kind="mergesort")
-        for j in by_user[by_time][:cap]:
-            keep[idx[j]] = True
-    return keep
+    return most_recent(cols["item_key"], cols["last_us"], cols["user_key"], cap)
 
 
 def engine_options(values: dict) -> dict:

@@ -21,6 +21,7 @@ from . import allocation
 from . import settings as settings_mod
 from .availability import Availability
 from .errors import ModelError
+from .recency import most_recent
 from .sqlutil import arrow_table, clean_id
 from .suppression import Impressions
 from .vocabulary import blend_weights
@@ -432,20 +433,11 @@ class State:
 
 
 def capped_entries(indptr: np.ndarray, keys: np.ndarray, values: np.ndarray, ts_us: np.ndarray,
-            cap: int) -> np.ndarray:
+                   cap: int) -> np.ndarray:
     """Which entries form each row's capped row: among the row's ``cap`` most recent entries
-    (by time, then key, descending; 0: all), the positive ones: refresh's _CAPPED rule."""
-    keep = values > 0
-    lengths = np.diff(indptr)
-    if cap <= 0 or not len(lengths) or lengths.max() <= cap:
-        return keep
-    rows = np.repeat(np.arange(len(lengths)), lengths)
-    heavy = np.flatnonzero(lengths[rows] > cap)
-    ranked = heavy[np.lexsort((-keys[heavy], -ts_us[heavy], rows[heavy]))]
-    owner = rows[ranked]
-    rank = np.arange(len(ranked)) - np.searchsorted(owner, owner)
-    keep[ranked[rank >= cap]] = False
-    return keep
+    (rtsql.recency; 0: all), the positive ones: refresh's _CAPPED rule."""
+    rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+    return (values > 0) & most_recent(rows, ts_us, keys, cap)
 
 
 def _columns(con, sql: str, params=None) -> dict[str, np.ndarray]:
