@@ -156,6 +156,12 @@ class Follower:
             self.on_refresh()
         self._publish(full=True)
 
+    def arrived(self, events: int, rejects: int) -> None:
+        """Events (and rejects) another writer of this process committed, serve's HTTP bodies:
+        the status line counts them with the folder's."""
+        self.totals.events += events
+        self.totals.rejects += rejects
+
     def between_batches(self, task: Callable[[], object]) -> Future:
         """Run ``task()`` in the loop's thread, after the refresh under way has finished, under
         the lock: nothing else uses the database meanwhile (serve's forget rewrites the file).

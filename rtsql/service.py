@@ -215,8 +215,11 @@ class Service:
             with self.lock:
                 if kind == "events":
                     jobs, results = self._ingest(jobs)
-                    self.counters["events"] += sum(r.ingested for r in results)
-                    self.counters["rejects"] += sum(len(r.rejects) for r in results)
+                    events = sum(r.ingested for r in results)
+                    rejects = sum(len(r.rejects) for r in results)
+                    self.counters["events"] += events
+                    self.counters["rejects"] += rejects
+                    self.follower.arrived(events, rejects)
                 elif kind == "impressions":
                     sources = [f"http:POST /impressions#{next(self._sequence)}" for _ in jobs]
                     results = [feedback.load_impression_rows(self.con, j.payload, source)

@@ -431,3 +431,20 @@ def test_forget_takes_the_id_in_the_body_for_ids_too_long_for_a_url(server):
     assert server.json("POST", "/forget", json.dumps({"user_id": long_id}).encode())[0] == 404
     status, got = server.json("POST", "/forget", b'{"user": 1}')
     assert status == 400 and got["field"] == "user_id"
+
+
+def test_serves_status_line_counts_the_events_it_was_posted(tmp_path):
+    """serve's status line (the follower's) counts the events and rejects of HTTP bodies, not
+    only a followed folder's: an operator reading the log sees the writes arrive."""
+    from rtsql.service import Service
+
+    service = Service(build_database(tmp_path / "shop.duckdb")).start(warm=False)
+    try:
+        before = service.follower.totals.events
+        body = (b'{"user_id": "u-status", "item_id": "sku-1", "event_type": "view", '
+                b'"ts": "2026-11-30T12:00:00"}\n{"user_id": "u-status"}\n')
+        result = service.submit_events(body).result(timeout=120)
+        assert result.ingested == 1 and len(result.rejects) == 1
+        assert f"{before + 1} events, 1 rejects" in service.follower.status_line(0.0)
+    finally:
+        service.stop()
