@@ -767,8 +767,9 @@ def _recompute_dual(con, values: dict, cols: dict, notes: list[str], isolate: bo
     measure = _measure(values, "ease")
     rows = ease_rows(m, measure)
     if solver(m, rows, measure) != USERS:
-        notes.append("ease: the users now outnumber what the users' side pays for "
-                     "(ease_solver auto): rebuilt in full through the items' inverse")
+        notes.append("ease: the users now outnumber what the users' side pays for, or its "
+                     "rounding would exceed 1e-10 (ease_solver auto): rebuilt in full through "
+                     "the items' inverse, which the next refreshes update")
         return None
     lists = compute_worker.run(isolate, dual_lists, m, rows, measure)
     _write_ease_lists(con, lists, measure)
