@@ -25,6 +25,7 @@ ratios are what count.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import shutil
@@ -84,6 +85,16 @@ def start_server(db: str, port: int, log_path: Path) -> subprocess.Popen:
             if server.poll() is not None:
                 sys.exit(f"server failed: {log_path.read_text()[-2000:]}")
             time.sleep(0.1)
+
+
+def stop_if_running(server: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after a minute: no server outlives the benchmark."""
+    if server.poll() is None:
+        server.terminate()
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
 
 
 def load(port: int, spec: dict) -> dict:
@@ -186,6 +197,7 @@ def main() -> None:
     start = time.perf_counter()
     log_path = work / "serve.log"
     server = start_server(db, port, log_path)
+    atexit.register(stop_if_running, server)  # a failed load exits through sys.exit
     ready = time.perf_counter() - start
     rss, peak = memory_mib(server.pid)
     rows.append(("serve: start to ready; resident / peak memory", f"{ready:.1f} s",
