@@ -308,8 +308,8 @@ class Service:
     def _reconnect(self) -> None:
         """Open the database again after the swap. No other process can have taken it
         (db.compact keeps this process's lock on the new file, and ``held`` opens it without
-        dropping that lock); should opening fail all the same, retry for RECONNECT_SECONDS, then say so in /health (and every write fails)
-        instead of dying."""
+        dropping that lock); should opening fail all the same, retry for RECONNECT_SECONDS,
+        then say so in /health (and every write fails) instead of dying."""
         deadline = time.monotonic() + RECONNECT_SECONDS
         while True:
             try:

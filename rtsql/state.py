@@ -436,6 +436,8 @@ def capped_entries(indptr: np.ndarray, keys: np.ndarray, values: np.ndarray, ts_
                    cap: int) -> np.ndarray:
     """Which entries form each row's capped row: among the row's ``cap`` most recent entries
     (rtsql.recency; 0: all), the positive ones: refresh's _CAPPED rule."""
+    if cap <= 0 or len(values) <= cap:  # no row over the cap: the scorer's usual request
+        return values > 0
     rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
     return (values > 0) & most_recent(rows, ts_us, keys, cap)
 
