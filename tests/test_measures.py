@@ -272,6 +272,35 @@ def test_ease_through_the_users_side_is_the_items_inverse(rng, lam, dropout, ite
     assert np.abs(dual.diagonal - np.diag(want)).max() <= tol
 
 
+@settings(deadline=None)
+@given(matrices, st.integers(2, 400), st.integers(1, 60), st.booleans())
+def test_ease_row_candidates_are_each_rows_largest_magnitudes(rng, n, cap, contiguous):
+    """The selection of each row's ``cap`` largest |B| (a sampled bound, then quickselect)
+    keeps exactly what a full sort by (magnitude desc, column asc) keeps, the diagonal at 0,
+    signs kept; rows long enough for the sample and short ones, ties on purpose."""
+    cap = min(cap, n - 1)
+    rows = int(rng.integers(1, 6))
+    width = n if contiguous else n + int(rng.integers(1, 50))
+    at = (np.arange(n) + int(rng.integers(0, width - n + 1)) if contiguous
+          else np.sort(rng.choice(width, size=n, replace=False)))
+    p = rng.integers(-4, 5, size=(rows, width)) * (rng.random((rows, width)) < 0.7) * 1.0
+    scale = rng.choice([0.5, 1.0, 2.0], size=n)
+    row_at = rng.permutation(rows)
+    start = int(rng.integers(0, n - rows + 1)) if n >= rows else 0
+    cols = np.empty((rows, cap), np.int64)
+    vals = np.empty((rows, cap))
+    largest = np.empty(rows)
+    ease._row_candidates(p, row_at, at, scale, start, cols, vals, largest)
+    for r in range(rows):
+        b = p[row_at[r], at] * scale
+        if start + r < n:
+            b[start + r] = 0.0
+        want = np.lexsort((np.arange(n), -np.abs(b)))[:cap]
+        assert sorted(cols[r].tolist()) == sorted(want.tolist())
+        assert (vals[r] == b[cols[r]]).all()
+        assert largest[r] == np.abs(b).max()
+
+
 def test_ease_solver_auto_takes_the_side_with_fewer_multiply_adds():
     """u^3 + nnz (u + n) through the users' side against n^3 through the items' inverse:
     a few users over many items go through the users, many users over few items through the
