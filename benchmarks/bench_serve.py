@@ -98,12 +98,14 @@ def stop_if_running(server: subprocess.Popen) -> None:
 
 
 def load(port: int, spec: dict) -> dict:
-    out = subprocess.run([sys.executable, str(HERE / "loadgen.py"), str(port)],
-                         input=json.dumps(spec), capture_output=True, text=True,
-                         timeout=spec["seconds"] * 10 + 120)
-    if out.returncode != 0:
-        sys.exit(f"load generator failed: {out.stderr[-2000:]}")
-    return json.loads(out.stdout)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = Path(tmp) / "load.json"
+        out = subprocess.run([sys.executable, str(HERE / "loadgen.py"), str(port), str(result)],
+                             input=json.dumps(spec), capture_output=True, text=True,
+                             timeout=spec["seconds"] * 10 + 120)
+        if out.returncode != 0:
+            sys.exit(f"load generator failed: {out.stderr[-2000:]}")
+        return json.loads(result.read_text())
 
 
 def macro_and_scorer(db: str, users: list[str]) -> tuple[list[float], list[float], float]:

@@ -3,7 +3,7 @@ fixed schedule whatever the server's speed, and each latency is measured from th
 scheduled time to the end of its response, so a slow server cannot hide queueing
 (no coordinated omission). Run by bench_serve.py in its own process:
 
-    python benchmarks/loadgen.py PORT < SPEC_JSON  ->  one JSON line of results on stdout
+    python benchmarks/loadgen.py PORT OUT < SPEC_JSON  ->  the results, as JSON, in the file OUT
 
 SPEC: {"seconds": 30, "get_rate": 200, "users": [...], "post_rate": 0, "post_size": 100,
        "items": [...], "probe_items": [...], "k": 10, "probe_every": 10}
@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import sys
 import time
+from pathlib import Path
 
 TIMEOUT = 30.0  # seconds a request may take before it counts as failed
 
@@ -185,5 +185,6 @@ if __name__ == "__main__":
     except ImportError:
         pass
     result = json.dumps(asyncio.run(main(int(sys.argv[1]), json.loads(sys.stdin.read()))))
-    os.set_blocking(sys.stdout.fileno(), True)  # the event loop may have left it non-blocking
-    print(result)
+    # a file, not stdout: the event loop may leave stdout non-blocking, and a pipe then takes
+    # only its first 128 KiB of a large result
+    Path(sys.argv[2]).write_text(result)
