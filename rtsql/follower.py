@@ -40,8 +40,9 @@ class TailOptions:
     rescan_seconds: float = 2.0
     debounce_ms: int = 50
     status_seconds: float = 5.0
-    # least seconds between two per-batch publishes (0: after every batch); the publish
-    # after a refresh is never held back
+    # least seconds between two per-batch publishes (0: after every batch), and between two
+    # publishes of refreshed lists while refreshes follow each other (the last refresh's
+    # lists are published as soon as no other one follows)
     publish_interval: float = 0.0
     # the background refresh: similarity threads (None: the `threads` setting) and a lower
     # scheduling priority (nice, Linux: per thread, inherited by the threads it starts)
@@ -79,6 +80,8 @@ class Follower:
         self._arrived_elsewhere = False
         self._publish_held = False
         self._last_batch_publish = -float("inf")
+        self._lists_unpublished = False  # a refresh finished since the last full publish
+        self._last_full_publish = -float("inf")
         self.opt = options or TailOptions()
         self.log = log
         self.stop = threading.Event()
@@ -149,12 +152,28 @@ class Follower:
                 self._start_refresh()
             else:
                 self._refresh_pending = True  # later: when due, or when the running one ends
+        self._publish_lists(force=False)
         return result
 
     def _refreshed(self) -> None:
         if self.on_refresh:
             self.on_refresh()
-        self._publish(full=True)
+        self._lists_unpublished = True
+
+    def _publish_lists(self, force: bool) -> None:
+        """Publish the refreshed lists (a full snapshot, 0.5 s at ml-latest-small): at once
+        when no other refresh runs or waits, else at most every ``publish_interval``
+        seconds. Under a steady stream serve refreshes back to back, and a full publish after
+        each one took a fifth of the cycle. The publish is one transaction, so a refresh that
+        commits meanwhile (on its own cursor) does not mix into it."""
+        if not self._lists_unpublished:
+            return
+        at_rest = self._refresher is None and not self._refresh_pending
+        now = time.monotonic()
+        if force or at_rest or now - self._last_full_publish >= self.opt.publish_interval:
+            self._lists_unpublished = False
+            self._last_full_publish = now
+            self._publish(full=True)
 
     def arrived(self, events: int, rejects: int) -> None:
         """Events (and rejects) another writer of this process committed, serve's HTTP bodies:
@@ -178,6 +197,7 @@ class Follower:
             if self._refresh_finished.is_set():
                 self._refresh_finished.clear()
                 self._refreshed()
+            self._publish_lists(force=True)
             try:
                 with self.lock:
                     future.set_result(task())
@@ -293,6 +313,7 @@ class Follower:
             if self._refresh_finished.is_set():
                 self._refresh_finished.clear()
                 self._refreshed()
+            self._publish_lists(force=True)
             self._run_tasks()
             if observer is not None:
                 observer.stop()

@@ -48,9 +48,9 @@ from .errors import DatabaseLocked, InvalidSetting
 from .follower import Follower
 from .serving import ServingState
 
-# serve publishes a snapshot after a batch of events at most this often: a publish copies the
-# snapshot file (120 MB at 10M events), and applications read from memory anyway; the publish
-# after a refresh is never held back
+# serve publishes a snapshot after a batch of events, and the lists of refreshes that follow
+# each other, at most this often: a publish copies the snapshot file (120 MB at 10M events),
+# and applications read from memory anyway; the last refresh's lists are published at once
 PUBLISH_INTERVAL_SECONDS = 30.0
 REFRESH_NICE = 10  # scheduling priority of the background refresh's threads (0: normal)
 FORGET_WAIT_SECONDS = 120.0  # how long forget waits for a background refresh to finish

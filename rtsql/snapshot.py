@@ -19,7 +19,7 @@ import duckdb
 
 from . import db, migrate
 from .errors import InputPathError, RtsqlError
-from .sqlutil import database_path, quote_identifier, scalar, table_ddl
+from .sqlutil import database_path, quote_identifier, scalar, table_ddl, transaction
 
 STORAGE_VERSION = "v1.4.0"
 SERVING_TABLES = ("users", "items", "item_catalog", "item_availability", "event_types",
@@ -108,15 +108,20 @@ class Publisher:
         con.execute(f"attach ? as rtsql_snapshot (storage_version '{STORAGE_VERSION}')",
                     [str(tmp)])
         try:
-            # each table from its own DDL, so keys and indexes (recommend()'s lookups) come along
-            ddl = {table: table_ddl(con, table) for table in SERVING_TABLES}
-            source = scalar(con, "select current_database()")
-            _in_database(con, "rtsql_snapshot", [create for create, _ in ddl.values()], source)
-            for table in SERVING_TABLES:
-                con.execute(f"insert into rtsql_snapshot.{table} select * from {table}")
-            _in_database(con, "rtsql_snapshot",
-                         [index for _, indexes in ddl.values() for index in indexes], source)
-            con.execute(f"create table rtsql_snapshot.events as {_PENDING}", [None])
+            # one transaction: every table from the same committed state, even while a refresh
+            # on another cursor commits (serve publishes while its next refresh runs)
+            with transaction(con):
+                # each table from its own DDL, so keys and indexes (recommend()'s lookups) come
+                # along
+                ddl = {table: table_ddl(con, table) for table in SERVING_TABLES}
+                source = scalar(con, "select current_database()")
+                _in_database(con, "rtsql_snapshot", [create for create, _ in ddl.values()],
+                             source)
+                for table in SERVING_TABLES:
+                    con.execute(f"insert into rtsql_snapshot.{table} select * from {table}")
+                _in_database(con, "rtsql_snapshot",
+                             [index for _, indexes in ddl.values() for index in indexes], source)
+                con.execute(f"create table rtsql_snapshot.events as {_PENDING}", [None])
         finally:
             con.execute("detach rtsql_snapshot")
         snap = db.open_file(tmp)

@@ -12,7 +12,7 @@ import duckdb
 import pytest
 
 import rtsql
-from rtsql import snapshot, tail
+from rtsql import settings, snapshot, tail
 from rtsql.errors import DatabaseLocked
 
 from conftest import HEADER, count
@@ -424,3 +424,50 @@ def test_background_refreshes_are_paced_by_the_last_incremental_one(tmp_path):
     t._refresh_started = time.monotonic() - 1.5
     assert not t._refresh_due()  # tail_refresh_seconds (1 s) passed, the last one's 2 s not
     con.close()
+
+
+def test_refreshes_that_follow_each_other_publish_their_lists_at_most_every_interval(
+        tmp_path, con):
+    """Under a steady stream (events arrive while each refresh runs, so another one follows),
+    a refresh's lists wait for ``publish_interval``; once no refresh follows, the last one's
+    lists are published at once."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    snap = tmp_path / "snap.duckdb"
+    settings.set_value(con, "tail_refresh_seconds", "0")
+    t = tail.Tail(con, folder, tail.TailOptions(publish=snap, publish_interval=3600))
+
+    files = iter(range(1, 10**6))
+
+    def arrive():
+        n = next(files)
+        (folder / f"f{n}.csv").write_text(HEADER + "".join(line(n * 10 + i) for i in range(5)))
+
+    def loop_until(done, stream):  # passes of the loop, as run() makes them
+        deadline = time.time() + 60
+        while not done() and time.time() < deadline:
+            if stream:
+                arrive()
+            t.batch(background_refresh=True)
+            time.sleep(0.02)
+        assert done()
+
+    def watermark(database):
+        return count(database, "select coalesce(max(value::BIGINT), 0) from model_state "
+                               "where name = 'watermark'")
+
+    def published():
+        reader = duckdb.connect(str(snap), read_only=True)
+        try:
+            return watermark(reader)
+        finally:
+            reader.close()
+
+    # a steady stream: events arrive while each refresh runs, so another one follows
+    loop_until(lambda: snap.exists() and published() > 0, stream=True)
+    first = published()  # the first refresh's lists: the first publish of lists goes out
+    loop_until(lambda: sum(t.refresh_counts.values()) >= 3, stream=True)
+    assert published() == first < watermark(con)  # the later ones wait for the interval
+    # the stream stops: once no refresh follows, the last one's lists go out at once
+    loop_until(lambda: published() == watermark(con) == count(
+        con, "select max(event_id) from events"), stream=False)
