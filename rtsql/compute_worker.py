@@ -55,6 +55,29 @@ def shutdown() -> None:
             _POOL = None
 
 
+def warm() -> Future:
+    """Start the worker and have it load the compiled kernels a refresh calls (numba's cache)
+    now, in the background: the first background refresh after serve starts would otherwise
+    pay for both, several seconds with every event meanwhile waiting for it."""
+    return pool().submit(_load_kernels)
+
+
+def _load_kernels() -> list[str]:
+    """Every measure's full build (EASE through both sides) on a small random matrix; the
+    measures built."""
+    from . import measures, vocabulary
+
+    rng = np.random.default_rng(0)
+    m = sp.csr_matrix((rng.random((60, 40)) < 0.3) * rng.integers(1, 4, (60, 40)), dtype=float)
+    built = []
+    for kind in measures.MODELS:
+        for solver in vocabulary.EASE_SOLVERS if kind == "ease" else (vocabulary.AUTO,):
+            measure = Measure(kind=kind, ease_solver=solver, idf_n=float(m.shape[1]))
+            if len(measures.full(m, measure).row):
+                built.append(kind)
+    return built
+
+
 def run(isolate: bool, function: Callable[..., T], *args) -> T:
     """``function(*args)``: in the worker process when ``isolate`` (a module-level function,
     picklable arguments), else here."""

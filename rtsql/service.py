@@ -112,11 +112,12 @@ class Service:
             options = self.opt.tail
             options.publish = self.opt.publish or snapshot.default_path(self.db_path)
             options.publish_interval = max(options.publish_interval, PUBLISH_INTERVAL_SECONDS)
-            # the background refresh leaves a core to the requests and yields the CPU to them
-            options.refresh_threads = (options.refresh_threads
-                                       or max(1, settings.usable_cores() - 1))
+            # the background refresh's compute runs in the worker at the lowest priority
+            # (compute_worker.py), so it may take every core the requests leave idle
+            options.refresh_threads = options.refresh_threads or settings.usable_cores()
             options.refresh_nice = options.refresh_nice or REFRESH_NICE
             options.refresh_isolated = True  # the similarity compute in a worker process
+            compute_worker.warm()  # started and its kernels loaded before the first refresh
             options.name = "serve"
             hooks = {"log": self.log, "lock": self.lock, "on_ingest": self._caught_up,
                      "on_refresh": self._reload}

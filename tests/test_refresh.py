@@ -287,6 +287,19 @@ def test_ease_update_in_the_worker_process_equals_the_closed_form(tmp_path, writ
         compute_worker.shutdown()
         con.close()
 
+def test_the_worker_loads_every_measures_kernels_before_the_first_refresh():
+    """serve starts the worker and has it build every measure (EASE through both sides) on a
+    small matrix, so the first background refresh does not pay for the process's start and
+    the compiled kernels' loading."""
+    from rtsql import compute_worker, measures
+
+    try:
+        built = compute_worker.warm().result(timeout=300)
+    finally:
+        compute_worker.shutdown()
+    assert sorted(built) == sorted(list(measures.MODELS) + ["ease"])
+
+
 @pytest.mark.parametrize("similarity", ["cosine", "sparse_ease", "ease"])
 def test_refreshes_with_their_compute_in_the_worker_equal_refreshes_in_process(tmp_path,
                                                                               similarity):
