@@ -161,11 +161,11 @@ class Follower:
         self._lists_unpublished = True
 
     def _publish_lists(self, force: bool) -> None:
-        """Publish the refreshed lists (a full snapshot, 0.5 s at ml-latest-small): at once
-        when no other refresh runs or waits, else at most every ``publish_interval``
-        seconds. Under a steady stream serve refreshes back to back, and a full publish after
-        each one took a fifth of the cycle. The publish is one transaction, so a refresh that
-        commits meanwhile (on its own cursor) does not mix into it."""
+        """Publish the refreshed lists (a full snapshot): at once when no other refresh runs
+        or waits, else at most every ``publish_interval`` seconds, so that under a steady
+        stream, where serve refreshes back to back, the publish does not stand between one
+        refresh and the next. The publish is one transaction, so a refresh that commits
+        meanwhile (on its own cursor) does not mix into it."""
         if not self._lists_unpublished:
             return
         at_rest = self._refresher is None and not self._refresh_pending
@@ -238,8 +238,7 @@ class Follower:
         later event out of the lists for that long. When the refresh's heavy part runs in the
         worker process at the lowest priority (serve: ``refresh_isolated``), it yields the
         cores to requests by itself, and refreshes follow each other without the extra
-        wait (model freshness p50 25 -> 15 s on ml-latest-small at 1,000 events/s,
-        docs/serving.md)."""
+        wait (docs/serving.md)."""
         last = self.refresh_seconds["incremental"] if self.refresh_counts["incremental"] \
             else (self.last_refresh[1] if self.last_refresh else 0.0)
         duty = 1.0 if self.opt.refresh_isolated else REFRESH_DUTY
