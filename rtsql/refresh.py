@@ -561,7 +561,7 @@ def _apply_incremental(con, table: str, key: str, matrix: sp.csr_matrix, changed
                                       t.rowid as id
                                from {table} t semi join _rtsql_merge m on t.{key} = m.k
                                anti join _rtsql_changed c on t.neighbor_key = c.k
-                               order by t.{key}, t.rank""").fetchnumpy()
+                            """).fetchnumpy()  # any order: the merge places them by rank
     truncated = np.flatnonzero(np.isfinite(stored.kth_score))
     merged, kept_stays, merged_stays = measures.merge_lists(
         kept, result.candidates, result.merge_rows, truncated, measure.list_length)

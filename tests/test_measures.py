@@ -301,6 +301,58 @@ def test_ease_row_candidates_are_each_rows_largest_magnitudes(rng, n, cap, conti
         assert largest[r] == np.abs(b).max()
 
 
+@settings(deadline=None)
+@given(matrices, st.integers(1, 8), st.integers(1, 7))
+def test_merge_lists_is_a_sort_of_kept_entries_and_candidates(rng, n_rows, stored):
+    """The incremental update's merge (engine.merge_lists) equals sorting each row's kept
+    entries and candidates by (score desc, neighbour asc) and cutting to ``stored``: ranks,
+    which kept entries stay at their stored rank, and which lists are complete. Scores tie
+    often on purpose; kept entries come in any order."""
+    rows = np.sort(rng.choice(50, n_rows, replace=False))
+    kept = {"row": [], "nb": [], "score": [], "rank": []}
+    for r in rows:
+        m = int(rng.integers(0, stored + 1))
+        nb = rng.choice(np.arange(100, 140), m, replace=False)
+        score = rng.integers(1, 4, m) / 2.0
+        order = np.lexsort((nb, -score))
+        survives = rng.random(m) < 0.8  # the others pointed at changed rows
+        for name, values in (("row", np.full(m, r)), ("nb", nb[order]), ("score", score[order]),
+                             ("rank", np.arange(1, m + 1))):
+            kept[name].extend(values[survives])
+    perm = rng.permutation(len(kept["row"]))
+    kept = {name: np.asarray(values)[perm] for name, values in kept.items()}
+    pairs = {(int(r), int(nb)) for r, nb in zip(rng.choice(rows, 10), rng.integers(0, 20, 10))}
+    pairs = sorted(pairs)[:int(rng.integers(0, len(pairs) + 1))]
+    candidates = measures.Neighbors(
+        np.array([r for r, _ in pairs], np.int64), np.array([nb for _, nb in pairs], np.int64),
+        rng.integers(1, 4, len(pairs)) / 2.0, np.zeros(len(pairs), np.int64),
+        np.empty(0, np.int64))
+    truncated = rows[rng.random(n_rows) < 0.3]
+    merged, kept_stays, merged_stays = measures.merge_lists(kept, candidates, rows, truncated,
+                                                            stored)
+    got = _as_dict(merged)
+    for r in rows:
+        mine = kept["row"] == r
+        entries = ([(s, nb, rank) for nb, s, rank in zip(kept["nb"][mine], kept["score"][mine],
+                                                         kept["rank"][mine])]
+                   + [(s, nb, None) for rr, nb, s in zip(candidates.row, candidates.nb,
+                                                         candidates.score) if rr == r])
+        entries.sort(key=lambda e: (-e[0], e[1]))
+        assert got.get(int(r), []) == [(nb, s) for s, nb, _ in entries[:stored]]
+        assert (int(r) in merged.complete_rows) == (len(entries) <= stored
+                                                     and r not in truncated)
+        for new_rank, (_, nb, old_rank) in enumerate(entries, 1):
+            if old_rank is not None:
+                at = np.flatnonzero(mine & (kept["nb"] == nb))[0]
+                assert kept_stays[at] == (new_rank == old_rank <= stored)
+    stays = {(r, nb, rank) for r, nb, rank in zip(merged.row[merged_stays],
+                                                  merged.nb[merged_stays],
+                                                  merged.rank[merged_stays])}
+    assert stays == {(r, nb, rank) for r, nb, rank in zip(kept["row"][kept_stays],
+                                                          kept["nb"][kept_stays],
+                                                          kept["rank"][kept_stays])}
+
+
 def test_ease_solver_auto_takes_the_side_with_fewer_multiply_adds():
     """u^3 + nnz (u + n) through the users' side against n^3 through the items' inverse:
     a few users over many items go through the users, many users over few items through the

@@ -355,55 +355,36 @@ def merge_lists(kept: dict, candidates: Neighbors, rows: np.ndarray,
     and which entries of the new lists are those.
 
     ``kept`` holds the stored entries of ``rows`` that do not point at changed rows, as arrays
-    ``row``, ``nb``, ``score`` and ``rank``, ordered by row, then rank.
+    ``row``, ``nb``, ``score`` and ``rank``, in any order.
 
-    A merge, not a sort: a candidate's place is the number of kept entries of its row that rank
-    above it (one vectorized comparison against the row's kept entries), and a kept entry moves
-    down by the number of candidates placed at or before it. Kept entries sit in a rows x width
-    grid filled in row-major order, so every scatter and gather is one boolean mask or one flat
-    index.
+    A merge, not a sort: a row's kept entries are placed by their stored rank (a list is in
+    order), its candidates are few and sorted once; one compiled pass per row
+    (kernel.merge_rows) walks both.
     """
-    n_rows = len(rows)
-    k_row = kept["row"]
-    k_count = np.zeros(n_rows, np.int64)
-    if len(k_row):
-        starts = np.flatnonzero(np.r_[True, k_row[1:] != k_row[:-1]])
-        k_count[np.searchsorted(rows, k_row[starts])] = np.diff(np.r_[starts, len(k_row)])
-    width = int(k_count.max(initial=0)) + 1  # a spare slot that ranks last
-    slots = np.arange(width)
-    k_used = slots[None, :] < k_count[:, None]
-    k_neg = np.full((n_rows, width), np.inf)
-    k_nb = np.full((n_rows, width), np.iinfo(np.int64).max)
-    k_neg[k_used], k_nb[k_used] = -kept["score"], kept["nb"]
+    from .kernel import merge_rows  # compiled: the Spark job, which ships this module, never merges
 
+    n_rows = len(rows)
+    k_row, k_rank = kept["row"], np.asarray(kept["rank"], np.int64)
+    k_grid = np.full((n_rows, int(k_rank.max(initial=0))), -1, np.int64)
+    k_grid[np.searchsorted(rows, k_row), k_rank - 1] = np.arange(len(k_row))
     cr = np.searchsorted(rows, candidates.row)
     order = np.lexsort((candidates.nb, -candidates.score, cr))  # candidates are few
     cr, c_nb, c_score = cr[order], candidates.nb[order], candidates.score[order]
     c_count = np.bincount(cr, minlength=n_rows)
-    c_index = np.arange(len(cr)) - (np.cumsum(c_count) - c_count)[cr]
-    above = (k_neg[cr] < -c_score[:, None]) | (
-        (k_neg[cr] == -c_score[:, None]) & (k_nb[cr] < c_nb[:, None]))
-    c_place = np.count_nonzero(above, axis=1)  # kept entries ranking above the candidate
-    placed = np.bincount(cr * width + c_place, minlength=n_rows * width).reshape(n_rows, width)
-    k_rank = (slots[None, :] + np.cumsum(placed, axis=1))[k_used]  # 0-based, in kept order
-    c_rank = c_place + c_index
-
-    k_r = np.repeat(np.arange(n_rows), k_count)
-    stays = (k_rank < stored) & (k_rank + 1 == kept["rank"])
+    c_start = np.r_[0, np.cumsum(c_count)].astype(np.int64)
     out_nb = np.full(n_rows * stored, -1, np.int64)
     out_score = np.zeros(n_rows * stored)
     out_stays = np.zeros(n_rows * stored, bool)
-    for r, rank, nb, score in ((k_r, k_rank, kept["nb"], kept["score"]),
-                               (cr, c_rank, c_nb, c_score)):
-        fits = rank < stored
-        at = r[fits] * stored + rank[fits]
-        out_nb[at], out_score[at] = nb[fits], score[fits]
-    out_stays[k_r[stays] * stored + k_rank[stays]] = True
-    total = k_count + c_count
-    count = np.minimum(total, stored)
+    stays = np.zeros(len(k_row), bool)
+    count = np.zeros(n_rows, np.int64)
+    merge_rows(k_grid, np.asarray(kept["nb"], np.int64), np.asarray(kept["score"], np.float64),
+               k_rank, c_start, np.asarray(c_nb, np.int64),
+               np.asarray(c_score, np.float64), stored, out_nb, out_score, out_stays, stays,
+               count)
+    total = np.count_nonzero(k_grid >= 0, axis=1) + c_count
     complete = np.setdiff1d(rows[total <= stored], truncated)
     merged = Neighbors.from_rows(rows, count, out_nb.reshape(n_rows, stored),
-                                            out_score.reshape(n_rows, stored), complete)
+                                 out_score.reshape(n_rows, stored), complete)
     used = np.arange(stored)[None, :] < count[:, None]
     return merged, stays, out_stays.reshape(n_rows, stored)[used]
 

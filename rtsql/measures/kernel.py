@@ -83,3 +83,40 @@ def top_lists(rows, l_indptr, l_indices, l_data, r_indptr, r_indices, r_data, sc
         count[i] = kept
         few[i] = positive < limit
     return count, out_nb, out_score, few
+
+
+@njit(nogil=True, cache=True)
+def merge_rows(k_grid, k_nb, k_score, k_rank, c_start, c_nb, c_score, stored,
+               out_nb, out_score, out_stays, k_stays, count):
+    """The incremental update's merge, row by row: each row's kept entries (``k_grid[r]``: the
+    index of the entry at each stored rank, -1 where none is kept) and its candidates (sorted
+    by score desc, then neighbour asc; ``c_start`` delimits the rows) merged in that order and
+    cut to ``stored`` entries into the row's slots of ``out_*``. A kept entry ranks above a
+    candidate of the same score when its neighbour key is smaller. ``k_stays``: the kept
+    entries whose new rank is their stored ``k_rank``; ``out_stays``: the slots they fill;
+    ``count``: the entries each row keeps."""
+    width = k_grid.shape[1]
+    for r in range(len(count)):
+        g = 0
+        while g < width and k_grid[r, g] < 0:
+            g += 1
+        c, c_end = c_start[r], c_start[r + 1]
+        base = r * stored
+        slot = 0
+        while slot < stored and (g < width or c < c_end):
+            k = k_grid[r, g] if g < width else -1
+            kept_first = c == c_end or (g < width and (
+                k_score[k] > c_score[c] or (k_score[k] == c_score[c] and k_nb[k] < c_nb[c])))
+            if kept_first:
+                out_nb[base + slot], out_score[base + slot] = k_nb[k], k_score[k]
+                if slot + 1 == k_rank[k]:
+                    k_stays[k] = True
+                    out_stays[base + slot] = True
+                g += 1
+                while g < width and k_grid[r, g] < 0:
+                    g += 1
+            else:
+                out_nb[base + slot], out_score[base + slot] = c_nb[c], c_score[c]
+                c += 1
+            slot += 1
+        count[r] = slot
