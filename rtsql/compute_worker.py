@@ -31,9 +31,25 @@ _POOL_LOCK = threading.Lock()
 NICE = 19
 
 
-def _lower_priority() -> None:
+def _init_worker() -> None:
+    """In the worker: the lowest priority, and an exit as soon as the caller is gone. A caller
+    killed with SIGKILL never shuts its pool down, and the orphan would live on holding the
+    caller's stdout and stderr open (a supervisor reading them would wait forever)."""
     if hasattr(os, "nice"):
         os.nice(NICE)
+    import multiprocessing
+
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent.sentinel,), name="rtsql-parent-watch",
+                         daemon=True).start()
+
+
+def _exit_with(sentinel: int) -> None:
+    from multiprocessing.connection import wait
+
+    wait([sentinel])  # readable once the parent process has exited
+    os._exit(0)
 
 
 def pool() -> ProcessPoolExecutor:
@@ -43,7 +59,7 @@ def pool() -> ProcessPoolExecutor:
             import multiprocessing
 
             _POOL = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_lower_priority)
+                                        initializer=_init_worker)
         return _POOL
 
 

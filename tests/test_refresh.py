@@ -300,6 +300,41 @@ def test_the_worker_loads_every_measures_kernels_before_the_first_refresh():
     assert sorted(built) == sorted(list(measures.MODELS) + ["ease"])
 
 
+def test_the_worker_exits_when_its_caller_is_killed():
+    """A caller killed with SIGKILL (serve under kill -9) never shuts its pool down; the worker
+    must not outlive it holding the caller's stdout and stderr open."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    caller = subprocess.Popen(
+        [sys.executable, "-c",
+         "from rtsql import compute_worker\n"
+         "import os, time\n"
+         "compute_worker.warm().result(timeout=300)\n"
+         "print(compute_worker.pool().submit(os.getpid).result(), flush=True)\n"
+         "time.sleep(600)\n"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        worker = int(caller.stdout.readline())
+        caller.kill()
+        caller.communicate(timeout=60)  # returns only once no process holds the pipes
+    finally:
+        if caller.poll() is None:
+            caller.kill()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(worker, signal.SIGKILL)
+    raise AssertionError("the worker outlived its killed caller")
+
+
 @pytest.mark.parametrize("similarity", ["cosine", "sparse_ease", "ease"])
 def test_refreshes_with_their_compute_in_the_worker_equal_refreshes_in_process(tmp_path,
                                                                               similarity):

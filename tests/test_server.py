@@ -287,7 +287,7 @@ def test_sigterm_exits_0_and_an_answered_post_survives_kill_9(tmp_path):
           "ts": "2026-11-30T12:00:00"}]).encode())
     assert status == 200
     server.proc.kill()  # kill -9 right after the answer
-    server.proc.communicate()
+    server.proc.communicate(timeout=60)  # its worker process must not hold the pipes open
     con = rtsql.connect(db_path)
     assert con.execute("select count(*) from events e join users u using (user_key) "
                        "where u.user_id = 'durable'").fetchall() == [(1,)]
