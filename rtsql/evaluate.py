@@ -342,7 +342,7 @@ SEARCH_SPACE = {
     "neighbors": ["20", "50", "100"],
     "similarity": [AUTO, *MEASURES],
     "ease_lambda": ["100", "300", "1000"],
-    "ease_dropout": ["0", "0.5", "0.75"],  # DLAE: pays on basket logs, costs on MovieLens
+    "ease_dropout": [AUTO, "0", "0.75"],  # DLAE: pays on basket logs, costs on MovieLens
     "rp3_alpha": ["0.6", "1"],
     "rp3_beta": ["0.3", "0.5"],
     "shrinkage": ["0", "5"],

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
-from . import allocation, compute_worker, content, measures, settings, vocabulary
+from . import allocation, autotune, compute_worker, content, measures, settings, vocabulary
 from .errors import DatabaseLocked, ExternalModel, InputPathError, UnknownUser
 from .inverse_store import InverseStore, update_stored
 from .measures.ease import USERS, dual_lists, ease_rows, mean_square, solver
@@ -195,6 +195,10 @@ def engine_options(values: dict) -> dict:
 
 
 def _measure(values: dict, kind: str = "cosine", idf_n: float = 0.0) -> measures.Measure:
+    if values["ease_dropout"] == vocabulary.AUTO:  # resolved by _ease_choice for the EASE kinds
+        if kind in EASE_KINDS:
+            raise ValueError("ease_dropout auto reaches an EASE build unresolved")
+        values = {**values, "ease_dropout": 0.0}
     return measures.Measure(k=values["neighbors"], shrinkage=values["shrinkage"],
                               min_support=values["min_support"], kind=kind, idf_n=idf_n,
                               alpha=values["rp3_alpha"], beta=values["rp3_beta"],
@@ -205,6 +209,45 @@ def _measure(values: dict, kind: str = "cosine", idf_n: float = 0.0) -> measures
                               ease_neighbors=values["ease_neighbors"],
                               buffer_length=math.ceil(values["list_buffer"] * values["neighbors"]),
                               **engine_options(values))
+
+
+EASE_KINDS = ("ease", "sparse_ease")  # the measures ease_dropout and ease_lambda shape
+
+
+def _with_ease_choice(values: dict, state: dict) -> dict:
+    """``values`` with ``ease_dropout auto`` replaced by what the last full refresh chose (and
+    built the stored lists and inverse with): its rate and lambda; plain EASE when none was
+    made."""
+    if values["ease_dropout"] != vocabulary.AUTO:
+        return values
+    return {**values, "ease_dropout": float(state.get("ease_dropout_chosen", 0.0)),
+            "ease_lambda": float(state.get("ease_lambda_chosen", values["ease_lambda"]))}
+
+
+def _ease_choice(con, values: dict, kind: str, cols: dict, shape: tuple[int, int],
+                 progress: Progress | None, isolate: bool) -> tuple[dict, list[str]]:
+    """The values a full refresh builds with, and its notes: with ``ease_dropout auto`` and an
+    EASE measure, the choice of autotune.choose, made again when the model settings or the
+    measure changed or the matrix grew or shrank enough since (autotune.due), else kept."""
+    if values["ease_dropout"] != vocabulary.AUTO or kind not in EASE_KINDS:
+        return values, []
+    state = _state(con)
+    basis = f"{kind} {_model_config(con, values)}"
+    entries = len(cols["user_key"])
+    if state.get("ease_tuned_for") == basis and \
+            not autotune.due(float(state.get("ease_tuned_entries", 0)), entries):
+        return _with_ease_choice(values, state), []
+    trials = compute_worker.run(isolate, autotune.choose, cols, shape,
+                                _measure({**values, "ease_dropout": 0.0}, kind),
+                                None if isolate else _stage(progress, "tuning"))
+    best = trials[0] if trials else autotune.Trial(0.0, values["ease_lambda"], float("nan"))
+    _set_state(con, ease_dropout_chosen=best.dropout, ease_lambda_chosen=best.lam,
+               ease_tuned_for=basis, ease_tuned_entries=entries)
+    tried = "; ".join(f"p {t.dropout:g} at lambda {t.lam:g}: {t.ndcg:.4f}" for t in trials)
+    note = (f"ease_dropout auto: p {best.dropout:g} at ease_lambda {best.lam:g} "
+            + (f"(NDCG@10 on each user's newest entries, {tried})" if trials
+               else "(no user has entries to hold out: plain EASE)"))
+    return {**values, "ease_dropout": best.dropout, "ease_lambda": best.lam}, [note]
 
 
 def resolve_similarity(values: dict, items: int, memory_bytes: int | None = None) -> str:
@@ -295,7 +338,9 @@ def _full(con, values: dict, progress: Progress | None, isolate: bool = False
         notes.append(f"similarity auto: {kind} item lists ({n_items} items have interactions; "
                      f"ease up to ease_max_items {values['ease_max_items']}, sparse_ease beyond while "
                      f"it fits in memory, cosine beyond that)")
-    item_measure = _measure(values, kind, idf_n)  # user-user is always cosine
+    built, said = _ease_choice(con, values, kind, cols, x.shape, progress, isolate)
+    notes += said
+    item_measure = _measure(built, kind, idf_n)  # user-user is always cosine
     store = InverseStore(con)
     isolate = isolate and store.db_path is not None  # the worker maps the inverse's file
     if isolate:
@@ -643,7 +688,8 @@ def _incremental(con, values: dict, state: dict, forget_users: np.ndarray | None
     notes: list[str] = []
     kind = _similarity_in_effect(values, state)
     if kind == "ease":
-        recomputed = _update_ease(con, values, state, cols, users, old, new, notes, isolate)
+        recomputed = _update_ease(con, _with_ease_choice(values, state), state, cols, users,
+                                  old, new, notes, isolate)
         if recomputed is None:  # the inverse cannot take this change: rebuild everything
             result = _full(con, values, progress, isolate)
             result.notes[:0] = notes

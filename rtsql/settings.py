@@ -58,6 +58,24 @@ class Range:
         return f"{'above' if self.open_low else 'from'} {self.low:g} to {self.high:g}"
 
 
+class AutoOr:
+    """A setting that takes ``auto`` or a number in ``accepted``."""
+
+    def __init__(self, accepted: Range):
+        self.accepted = accepted
+
+    def __call__(self, v) -> bool:
+        return v == AUTO or self.accepted(v)
+
+    def describe(self) -> str:
+        return f"{AUTO}, or a number {self.accepted.describe()}"
+
+
+def rate_or_auto(text: str) -> float | str:
+    """``auto`` or a number (the type of settings checked by AutoOr)."""
+    return AUTO if str(text).strip().lower() == AUTO else float(text)
+
+
 def physical_mib() -> int:
     """The machine's memory in MiB (the bound of memory settings)."""
     try:
@@ -158,11 +176,13 @@ SETTINGS: dict[str, Setting] = {
                 "interaction weight, so the same value fits binary events, ratings or decayed "
                 "weights (larger: closer to popularity).",
                 _positive(1e9), kind="model"),
-        Setting("ease_dropout", float, 0.0,
+        Setting("ease_dropout", rate_or_auto, AUTO,
                 "ease, sparse_ease: the denoising form of the regression (Steck's DLAE, "
                 "dropout rate p): each item is also regularized by p / (1 - p) times its own "
-                "squared weights, so popular items lean less on each other (0: plain EASE).",
-                Range(0.0, 0.95), kind="model"),
+                "squared weights, so popular items lean less on each other (0: plain EASE). "
+                "auto: a full refresh tries plain EASE and p 0.75 at a third of ease_lambda "
+                "on each user's newest entries and keeps the better (rtsql/autotune.py).",
+                AutoOr(Range(0.0, 0.95)), kind="model"),
         Setting("ease_max_items", int, 15_000,
                 "ease: at most this many items (the most popular) enter the dense n x n "
                 "inverse: about 16 n^2 bytes of memory and n^3 multiply-adds per refresh; the "
@@ -319,13 +339,14 @@ def parse(name: str, text: str) -> Any:
     try:
         value = _bool(text) if s.type is bool else s.type(text)
     except (TypeError, ValueError):
-        raise InvalidSetting(f"setting {name} takes a {s.type.__name__}, got {text!r}") from None
+        kind = f"number or {AUTO}" if isinstance(s.check, AutoOr) else s.type.__name__
+        raise InvalidSetting(f"setting {name} takes a {kind}, got {text!r}") from None
     if isinstance(value, float) and not math.isfinite(value):
         raise InvalidSetting(f"setting {name} must be a finite number, got {text!r}")
     if s.choices and value not in s.choices:
         raise InvalidSetting(f"setting {name} must be one of {', '.join(s.choices)}, got {text!r}")
     if not s.check(value):
-        accepted = s.check.describe() if isinstance(s.check, Range) else s.help
+        accepted = s.check.describe() if isinstance(s.check, (Range, AutoOr)) else s.help
         raise InvalidSetting(f"setting {name}: {text!r} is out of range ({accepted})")
     return value
 

@@ -109,8 +109,10 @@ def test_build_parameters_default_to_the_settings():
     for field, setting in (("k", "neighbors"), ("shrinkage", "shrinkage"),
                            ("min_support", "min_support"), ("alpha", "rp3_alpha"),
                            ("beta", "rp3_beta"), ("ease_lambda", "ease_lambda"),
-                           ("ease_dropout", "ease_dropout"),
                            ("ease_max_items", "ease_max_items"), ("ease_solver", "ease_solver"),
                            ("ease_neighbors", "ease_neighbors")):
         assert getattr(m, field) == SETTINGS[setting].default, field
     assert m.kind == MEASURE_NAMES[0]
+    # ease_dropout's default is auto, chosen per refresh; the build's default is the rate auto
+    # keeps while it has made no choice: plain EASE
+    assert SETTINGS["ease_dropout"].default == "auto" and m.ease_dropout == 0.0

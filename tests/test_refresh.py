@@ -158,7 +158,7 @@ def assert_ease_lists_are_the_closed_form(con, k: int, ties: bool = True) -> Non
     users' side at the current lambda', unless a tie at a cut makes either side right
     (``ties``: allowed, else the data must have none)."""
     state = dict(con.execute("select name, value from model_state").fetchall())
-    values = settings.get_all(con)
+    values = refresh._with_ease_choice(settings.get_all(con), state)  # ease_dropout auto's
     if state["ease_solver"] == "users":  # nothing kept, nothing frozen
         store = InverseStore(con)
         assert (store.data is None or not store.data.exists()) and state["ease_version"] == ""
@@ -373,8 +373,9 @@ def test_refreshes_with_their_compute_in_the_worker_equal_refreshes_in_process(t
     assert modes[0][1:] == (["full", "full"] if similarity == "sparse_ease"
                             else ["incremental", "incremental"])
     assert ran == {"cosine": {"_full_lists", "incremental"},
-                   "sparse_ease": {"_full_lists"},
-                   "ease": {"_build_ease", "ease_update", "_full_lists", "incremental"}
+                   "sparse_ease": {"_full_lists", "choose"},
+                   "ease": {"_build_ease", "ease_update", "_full_lists", "incremental",
+                            "choose"}
                    }[similarity]
     assert_same_state(states[1], states[0])
 
