@@ -29,6 +29,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import measures
+from .vocabulary import DEFAULT_K
 
 # (dropout rate p, factor of ease_lambda): plain EASE at the user's lambda, and DLAE, whose
 # popularity-scaled diagonal already regularizes, with less of the uniform part. p 0.5 at the
@@ -37,7 +38,7 @@ CANDIDATES: tuple[tuple[float, float], ...] = ((0.0, 1.0), (0.75, 1.0 / 3.0))
 HOLDOUT = 0.2
 MAX_USERS = 10_000
 RETUNE_GROWTH = 2.0
-K = 10
+K = DEFAULT_K  # NDCG@K: the length of a recommend() list
 USER_BLOCK = 512  # users ranked at once
 
 
