@@ -7,8 +7,8 @@ value is right for both (benchmarks/README.md, "Quality on a second domain"). Th
 made as a tuning run would make it, on the data the refresh already holds:
 
 - the held-out part: of each user's entries (the capped interaction matrix, ordered by the
-  time of their latest event), those at position >= ceil(0.8 n), as protocol 1 splits events;
-  the rest is the training matrix;
+  time of their latest event), those at position >= ceil(TRAIN_FRACTION n), as protocol 1
+  splits events; the rest is the training matrix;
 - each candidate's lists are built on the training matrix; a user's scores are its training
   row times the lists (the item-item term of the recommend formula), its training items
   excluded, and NDCG@10 is taken against its held-out items (at most ``MAX_USERS`` users, a
@@ -29,13 +29,12 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import measures
-from .vocabulary import DEFAULT_K
+from .vocabulary import DEFAULT_K, TRAIN_FRACTION
 
 # (dropout rate p, factor of ease_lambda): plain EASE at the user's lambda, and DLAE, whose
 # popularity-scaled diagonal already regularizes, with less of the uniform part. p 0.5 at the
 # full lambda, a third candidate, won on none of the six validation splits (benchmarks/README.md)
 CANDIDATES: tuple[tuple[float, float], ...] = ((0.0, 1.0), (0.75, 1.0 / 3.0))
-HOLDOUT = 0.2
 MAX_USERS = 10_000
 RETUNE_GROWTH = 2.0
 K = DEFAULT_K  # NDCG@K: the length of a recommend() list
@@ -51,14 +50,14 @@ class Trial:
 
 def split(cols: dict[str, np.ndarray]) -> np.ndarray:
     """Flags of the held-out entries: of each user's entries by (time, item), those at position
-    >= ceil((1 - HOLDOUT) n)."""
+    >= ceil(TRAIN_FRACTION n)."""
     user = cols["user_key"].astype(np.int64)
     order = np.lexsort((cols["item_key"], cols["last_us"], user))
     u = user[order]
     starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]])
     counts = np.diff(np.r_[starts, len(u)])
     pos = np.arange(len(u)) - np.repeat(starts, counts)
-    cut = np.ceil((1.0 - HOLDOUT) * counts - 1e-9).astype(np.int64)
+    cut = np.ceil(TRAIN_FRACTION * counts - 1e-9).astype(np.int64)
     held = np.zeros(len(u), bool)
     held[order] = pos >= np.repeat(cut, counts)
     return held

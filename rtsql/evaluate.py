@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from . import db, ingest, refresh, settings
 from .measures import MODELS as MEASURES
 from .sqlutil import arrow_table, transaction
-from .vocabulary import AUTO, DEFAULT_K, DEFAULT_STRATEGY
+from .vocabulary import AUTO, DEFAULT_K, DEFAULT_STRATEGY, TRAIN_FRACTION
 
 # Events with string ids, each user's events ordered by (ts, item id; numerically when the ids
 # are numbers) and numbered, with the user's event count: the protocol 1 split. Events of one
@@ -190,7 +190,7 @@ def holdout(source, *, k: int = DEFAULT_K, strategies=(DEFAULT_STRATEGY,), overr
             raise ValueError(f"serving overrides cannot change the model: {model or extra}")
     events = arrow_table(source, _EVENTS)
     is_test = pa.compute.greater_equal(
-        events["pos"], pa.compute.ceil(pa.compute.multiply(events["n"].cast(pa.float64()), 0.8)))
+        events["pos"], pa.compute.ceil(pa.compute.multiply(events["n"].cast(pa.float64()), TRAIN_FRACTION)))
     train, test = events.filter(pa.compute.invert(is_test)), events.filter(is_test)
     train_items: dict[str, set] = {}
     for user, item in zip(train["user_id"].to_pylist(), train["item_id"].to_pylist()):
@@ -244,7 +244,7 @@ def prequential(source, *, k: int = 10, limit: int | None = None, refresh_every:
         source, "select u.user_id, i.item_id, e.event_type, e.ts, e.value from events e "
                 "join users u using (user_key) join items i using (item_key) "
                 "order by e.ts, u.user_id, i.item_id")
-    cut = int(events.num_rows * 0.8)
+    cut = int(events.num_rows * TRAIN_FRACTION)
     warm = events.slice(0, cut)
     stream = events.slice(cut, limit if limit is not None else events.num_rows - cut)
     result = PrequentialResult(0, 0)

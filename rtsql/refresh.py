@@ -245,7 +245,7 @@ def _ease_choice(con, values: dict, kind: str, cols: dict, shape: tuple[int, int
                ease_tuned_for=basis, ease_tuned_entries=entries)
     tried = "; ".join(f"p {t.dropout:g} at lambda {t.lam:g}: {t.ndcg:.4f}" for t in trials)
     note = (f"ease_dropout auto: p {best.dropout:g} at ease_lambda {best.lam:g} "
-            + (f"(NDCG@10 on each user's newest entries, {tried})" if trials
+            + (f"(NDCG@{autotune.K} on each user's newest entries, {tried})" if trials
                else "(no user has entries to hold out: plain EASE)"))
     return {**values, "ease_dropout": best.dropout, "ease_lambda": best.lam}, [note]
 

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 DEFAULT_K = 10  # list length when a caller gives none (SQL macros, CLI, HTTP API, Python API)
 MAX_K = 1000  # the longest list the CLI and the HTTP API return
+# The offline split (protocol 1): a user's entries at position >= ceil(TRAIN_FRACTION n) in
+# time order are held out; evaluate.py's hold-out and prequential warm-up and the refresh's
+# choice of the EASE form (autotune.py) all cut there
+TRAIN_FRACTION = 0.8
 
 # The strategies recommend() blends: name -> (the setting holding its blend weight, its column
 # in the macro's cfg). The default strategy blends them all with those weights; any other
