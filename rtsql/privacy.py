@@ -6,6 +6,8 @@ database file's free blocks (DuckDB does not clear them) and in every snapshot p
 before. ``forget_user`` therefore also republishes every snapshot target the database knows
 (``snapshot_targets``) and rewrites the file (``db.compact``): ``delete`` then ``scrub``, the
 one sequence, which the CLI runs here and the server in its own threads (rtsql.service).
+serve's journal (rtsql.journal) is emptied of loaded bodies by the server's forget; the CLI
+refuses while it holds bodies serve answered and has not loaded (they could hold the user).
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import db, refresh, snapshot
-from .errors import UnknownUser
+from . import db, journal, refresh, snapshot
+from .errors import DatabaseLocked, UnknownUser
 from .sqlutil import scalar
 
 
@@ -42,6 +44,12 @@ def forget_user(db_path: str | os.PathLike, user_id: str) -> ForgetResult:
     sequence, ``delete`` then ``scrub``, that the server runs too (in its own threads)."""
     con = db.connect(db_path)
     try:
+        applied = scalar(con, "select max(applied) from journal_position") or 0
+        if waiting := journal.waiting(db_path, applied):
+            raise DatabaseLocked(
+                f"{journal.path_for(db_path)} holds {waiting} event bodies that rtsql serve "
+                "answered and has not loaded yet (it stopped first); start rtsql serve once "
+                "(it loads them at start) and forget through it, or stop it and forget again")
         result = delete(con, user_id)
     except BaseException:
         con.close()

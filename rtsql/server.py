@@ -59,6 +59,12 @@ K = Annotated[int, Query(ge=1, le=MAX_K, description="how many rows")]
 Ids = Annotated[list[str] | None, Query()]
 
 
+class Ack(str, Enum):
+    """When POST /events answers."""
+    visible = "visible"  # committed: the next read sees the events
+    durable = "durable"  # journaled on disk: committed with the writer's next group
+
+
 def _dumps(payload) -> bytes:
     return json.dumps(payload, separators=(",", ":")).encode()
 
@@ -101,6 +107,8 @@ class Metrics:
              lambda: service.refresh_stats()["publish_seconds"]),
             ("rtsql_pending_events", "events served from the overlay, not yet refreshed",
              lambda: service.health()["pending_events"]),
+            ("rtsql_journaled_bodies", "bodies answered by POST /events?wait=durable, not yet "
+             "committed", lambda: service.health()["journaled_bodies"]),
             ("rtsql_model_age_seconds", "the served item lists hold every event committed "
              "more than this long ago (since the start of the refresh they come from)",
              service.model_age),
@@ -335,18 +343,44 @@ def create_app(service: Service, *, token: str | None = None,
             chunks.append(chunk)
         return b"".join(chunks)
 
+    def body_outcome(result) -> dict:
+        return {"accepted": result.ingested, "rejected": len(result.rejects),
+                "rejects": [{"line": line, "reason": reason} for line, reason in result.rejects]}
+
     @app.post("/events", summary="Add events: a JSON array of objects, or JSON lines",
               description="Fields user_id, item_id, event_type, ts (ISO-8601 or epoch "
                           "seconds), value. The same validation, weights and rejects as "
-                          "`rtsql ingest`. Answered once committed: the next read sees them.")
-    async def events(request: Request):
+                          "`rtsql ingest`. wait=visible (default): answered once committed, "
+                          "with the rejects; the next read sees them. wait=durable: answered "
+                          "(202) once journaled on disk, with the body's sequence; committed "
+                          "with the writer's next group; GET /events/{sequence} waits for that "
+                          "and gives the rejects.")
+    async def events(request: Request, wait: Annotated[Ack, Query()] = Ack.visible):
         body = await read_body(request)
         if isinstance(body, Response):
             return body
+        if wait is Ack.durable:
+            sequence = await asyncio.to_thread(service.submit_durable, body)
+            return _json({"sequence": sequence, "visible": False}, 202)
         result = await asyncio.wrap_future(service.submit_events(body))
-        return _json({"accepted": result.ingested, "rejected": len(result.rejects),
-                      "rejects": [{"line": line, "reason": reason}
-                                  for line, reason in result.rejects]})
+        return _json(body_outcome(result))
+
+    @app.get("/events/{sequence}", summary="A journaled body's outcome (POST /events?wait="
+             "durable), once its events are committed and visible to reads",
+             description="Waits up to `timeout` seconds; `visible` false if it is still "
+                         "queued then. A body committed long ago has no counts any more.")
+    async def journaled(sequence: Annotated[int, Path(ge=1)],
+                        timeout: Annotated[float, Query(ge=0, le=60)] = 10.0):
+        future = service.outcome(sequence)
+        if future is None:
+            return _error(404, f"no body was journaled with sequence {sequence}", "sequence")
+        try:
+            result = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)),
+                                            timeout)
+        except asyncio.TimeoutError:
+            return _json({"sequence": sequence, "visible": False}, 202)
+        return _json({"sequence": sequence, "visible": True}
+                     | (body_outcome(result) if result is not None else {}))
 
     async def read_json(request: Request):
         """The body as JSON, or the 4xx Response to answer instead."""

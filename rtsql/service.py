@@ -10,6 +10,8 @@ planning. ``Service`` is the process that owns the file:
   groups (every request that arrived while the previous group committed joins the next: group
   commit), then brings the in-memory state forward (``catch_up``) before any request is
   answered, so a read that follows an answered write sees it, and the write is durable;
+- events may instead be answered once journaled (``submit_durable``, rtsql.journal): durable
+  at once, visible after the writer's next group commit (``outcome`` waits for that);
 - the follower (``rtsql.follower.Follower``, the loop ``rtsql tail`` runs too; with a folder
   to follow, ``rtsql.tail.Tail``) refreshes in the background, publishes snapshots for BI tools and CLI readers,
   and after each refresh the state is reloaded and swapped in whole.
@@ -25,6 +27,7 @@ import os
 import queue
 import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +45,7 @@ from . import (
     snapshot,
 )
 from . import ingest as ingest_mod
+from . import journal as journal_mod
 from . import tail as tail_mod
 from .dashboard import Arrivals
 from .errors import DatabaseLocked, InvalidSetting
@@ -55,6 +59,8 @@ PUBLISH_INTERVAL_SECONDS = 30.0
 REFRESH_NICE = 10  # scheduling priority of the background refresh's threads (0: normal)
 FORGET_WAIT_SECONDS = 120.0  # how long forget waits for a background refresh to finish
 RECONNECT_SECONDS = 30.0  # how long serve retries opening its file again after forget's swap
+OUTCOMES_KEPT = 10_000  # journaled bodies whose outcome (counts, rejects) stays in memory
+JOURNAL_RETRY_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0)  # waits between tries of a failed load
 
 
 @dataclass
@@ -66,7 +72,7 @@ class ServiceOptions:
 
 @dataclass
 class _Job:
-    kind: str  # events | impressions | forget
+    kind: str  # events | journal | impressions | availability | items | forget
     payload: object
     future: Future = field(default_factory=Future)
 
@@ -91,6 +97,11 @@ class Service:
         self.ready = threading.Event()  # the scorer is compiled: requests can be answered
         self.lost: str | None = None  # why the database cannot be written, if it cannot
         self.arrivals = Arrivals()  # events committed over time, for the dashboard
+        self.journal: journal_mod.Journal | None = None
+        self._outcomes: OrderedDict[int, Future] = OrderedDict()  # by journal sequence
+        self._outcomes_lock = threading.Lock()
+        self.journal_trouble: str | None = None  # why journaled bodies wait, if they do
+        self._journal_committed = 0  # the last journaled body this process committed
 
     # ------------------------------------------------------------------ life cycle
 
@@ -103,6 +114,7 @@ class Service:
             if privacy.finish_pending_rewrite(self.db_path) is not None:
                 self.log("serve: finished the file rewrite of an earlier forget")
             self.con = db.connect(self.db_path)
+            self._open_journal()
             self._loader = self.con.cursor()
             self.state = ServingState.load(self._loader)
             self.arrivals.note(self.state.seen["event_id"])
@@ -147,6 +159,7 @@ class Service:
         """Finish queued writes, the refresh under way and the follower; close the database."""
         self._jobs.put(None)
         self._writer.join()
+        self.journal.close()
         self.follower.stop.set()
         self.follower.wake.set()
         self._follow.join()
@@ -172,6 +185,45 @@ class Service:
         if fmt not in ("jsonl", "csv"):
             raise InvalidSetting(f"events come as jsonl or csv, not {fmt!r}")
         return self._submit("events", (fmt, body))
+
+    def submit_durable(self, body: bytes, fmt: str = "jsonl") -> int:
+        """Journal a body of events (as ``submit_events`` takes it) and return its sequence
+        number once it is on disk. The writer loads it with its next group; ``outcome``
+        gives its ``ingest.BodyResult`` then. Raises InvalidSetting for a body that is not
+        what it claims to be (nothing is journaled)."""
+        if fmt not in journal_mod.FORMATS:
+            raise InvalidSetting(f"events come as jsonl or csv, not {fmt!r}")
+        lines = ingest_mod.json_array_as_lines(body) if fmt == "jsonl" else body
+        return self.journal.append(fmt, lines, self._queue_journaled).sequence
+
+    def outcome(self, sequence: int) -> Future | None:
+        """The future of a journaled body's ``ingest.BodyResult`` (done once its events are
+        committed and visible to reads). A body committed too long ago for its outcome to be
+        kept gives a done future of None; a sequence never journaled gives None."""
+        with self._outcomes_lock:
+            future = self._outcomes.get(sequence)
+        if future is None and 0 < sequence <= self.journal.applied:
+            future = Future()
+            future.set_result(None)
+        return future
+
+    def _open_journal(self) -> None:
+        """Open the journal; queue the bodies an earlier run answered but did not commit."""
+        applied = self.con.execute("select max(applied) from journal_position").fetchall()[0][0]
+        self.journal = journal_mod.Journal(journal_mod.path_for(self.db_path), applied or 0)
+        if self.journal.pending:
+            self.log(f"serve: loading {len(self.journal.pending)} journaled bodies that an "
+                     "earlier run answered and did not commit")
+        for record in self.journal.pending:
+            self._queue_journaled(record)
+
+    def _queue_journaled(self, record: journal_mod.Record) -> None:
+        job = _Job("journal", record)
+        with self._outcomes_lock:
+            self._outcomes[record.sequence] = job.future
+            while len(self._outcomes) > OUTCOMES_KEPT:
+                self._outcomes.popitem(last=False)
+        self._jobs.put(job)
 
     def submit_impressions(self, rows: list[dict]) -> Future:
         return self._submit("impressions", rows)
@@ -209,13 +261,21 @@ class Service:
                 stopping = True
                 jobs = [j for j in jobs if j is not None]
             for kind, group in itertools.groupby(jobs, key=lambda j: (j.kind, _fmt(j))):
-                self._run(kind[0], list(group))
+                group = list(group)
+                waits = iter(JOURNAL_RETRY_SECONDS)
+                # journaled bodies were answered already: a failed load (the database, not the
+                # body: bad rows go to rejects) is tried again, in order, until it commits;
+                # on the way out they stay journaled for the next start
+                while not self._run(kind[0], group) and kind[0] == "journal" and not stopping:
+                    time.sleep(next(waits, JOURNAL_RETRY_SECONDS[-1]))
 
-    def _run(self, kind: str, jobs: list[_Job]) -> None:
+    def _run(self, kind: str, jobs: list[_Job]) -> bool:
+        """Commit one group; True when it did."""
         try:
             with self.lock:
-                if kind == "events":
-                    jobs, results = self._ingest(jobs)
+                if kind in ("events", "journal"):
+                    jobs, results = (self._ingest(jobs) if kind == "events"
+                                     else self._load_journaled(jobs))
                     events = sum(r.ingested for r in results)
                     rejects = sum(len(r.rejects) for r in results)
                     self.counters["events"] += events
@@ -242,21 +302,33 @@ class Service:
                 self.state.catch_up(self.con)
                 self.arrivals.note(self.state.seen["event_id"])
                 self.pending_since = self.pending_since or time.time()
+            if kind == "journal":
+                self.journal.committed(jobs[-1].payload.sequence)
+                self.journal_trouble = None
             forgotten = [r for r in results if isinstance(r, privacy.ForgetResult)]
             if kind == "forget" and forgotten:  # answered once no byte is left anywhere
+                # journaled bodies queued before the forget are committed: none stays on disk
+                self.journal.committed(self.journal.applied, compact=True)
                 republished, seconds = self.follower.between_batches(self._scrub).result()
                 for result in forgotten:
                     result.republished, result.compact_seconds = republished, seconds
         except BaseException as exc:  # every waiting request gets the error
+            if kind == "journal" and isinstance(exc, Exception) \
+                    and self._journal_committed < jobs[-1].payload.sequence:  # not committed
+                self.journal_trouble = (f"journaled events from #{jobs[0].payload.sequence} "
+                                        f"could not be loaded ({exc}); trying again")
+                self.log(f"serve: {self.journal_trouble}")
+                return False
             for job in jobs:
                 job.future.set_exception(exc)
-            return
+            return False
         for job, result in zip(jobs, results):
             if isinstance(result, Exception):
                 job.future.set_exception(result)
             else:
                 job.future.set_result(result)
         self.follower.notify()
+        return True
 
     def _ingest(self, jobs: list[_Job]) -> tuple[list[_Job], list]:
         """The bodies that parse (JSON arrays become JSON lines here, off the event loop),
@@ -275,6 +347,25 @@ class Service:
                                            known_keys=self.state.keys_of) \
             if bodies else []
         return kept, results
+
+    def _load_journaled(self, jobs: list[_Job]) -> tuple[list[_Job], list]:
+        """Journaled bodies (one format), in one transaction with the journal's position."""
+        last = jobs[-1].payload.sequence
+        marked = []
+
+        def mark(con) -> None:
+            con.execute("update journal_position set applied = ?", [last])
+            marked.append(last)
+
+        records = [j.payload for j in jobs]
+        results = ingest_mod.ingest_bodies(
+            self.con, [(f"http:POST /events#j{r.sequence}", r.body) for r in records],
+            fmt=records[0].fmt, last_event_id=self.state.seen["event_id"],
+            known_keys=self.state.keys_of, before_commit=mark)
+        if not marked:  # no line at all: nothing was loaded, the position still moves on
+            mark(self.con)
+        self._journal_committed = last
+        return jobs, results
 
     def _forget(self, user_id: str) -> privacy.ForgetResult:
         """privacy.delete under the writer lock, waiting for a background refresh to finish
@@ -415,6 +506,8 @@ class Service:
     def problems(self) -> list[str]:
         """Why this server cannot do its job (empty: it can): /health answers 503 with them."""
         found = [self.lost] if self.lost else []
+        if self.journal_trouble:
+            found.append(self.journal_trouble)
         if not self._writer.is_alive():
             found.append("the writer thread stopped: writes are not committed")
         if not self._follow.is_alive():
@@ -428,6 +521,7 @@ class Service:
                 "users": len(state.user_keys), "items": len(state.item_keys),
                 "watermark": state.model.watermark, "last_event_id": state.seen["event_id"],
                 "pending_events": state.pending_events,
+                "journaled_bodies": self.journal.unapplied(),
                 "last_refresh": self.last_refresh}
 
     def model_age(self) -> float:
@@ -460,4 +554,6 @@ def _freeze() -> None:
 
 
 def _fmt(job: _Job | None):
+    if job is not None and job.kind == "journal":
+        return job.payload.fmt
     return job.payload[0] if job is not None and job.kind == "events" else None

@@ -166,6 +166,27 @@ def test_read_your_writes_and_rejects(server):
     assert answer == {"loaded": 1, "rejected": 1}
 
 
+def test_a_durable_post_is_answered_once_journaled_and_its_outcome_follows(server):
+    events = [{"user_id": "journaled-user", "item_id": "sku-7", "event_type": "purchase",
+               "ts": "2026-11-30T10:00:00"}, {"user_id": "journaled-user"}]
+    status, answer = server.json("POST", "/events?wait=durable", json.dumps(events).encode())
+    assert status == 202 and answer["visible"] is False, answer
+    sequence = answer["sequence"]
+    status, got = server.json("GET", f"/events/{sequence}?timeout=60")
+    assert status == 200, got
+    assert (got["visible"], got["accepted"], got["rejected"]) == (True, 1, 1)
+    assert got["rejects"] == [{"line": 2, "reason": "missing item_id"}]
+    # once the outcome says visible, reads see the event
+    status, got = server.json("GET", "/recommend/journaled-user?k=3&strategy=item")
+    assert got["items"][0]["reason"].startswith("item-cf: because you bought")
+    assert server.json("GET", f"/events/{sequence + 1000}")[0] == 404
+    status, got = server.json("POST", "/events?wait=later", json.dumps(events).encode())
+    assert status == 422 and got["field"] == "wait"
+    status, got = server.json("POST", "/events?wait=durable", b'[{"user_id": ')
+    assert status == 400, got  # a broken array is refused at once, not journaled
+    assert server.json("GET", "/health")[1]["journaled_bodies"] == 0
+
+
 def test_bad_input_gets_a_4xx_naming_the_field(server):
     for path, status, field in [
             ("/recommend/u?k=0", 422, "k"), ("/recommend/u?k=abc", 422, "k"),
@@ -297,16 +318,26 @@ def test_sigterm_exits_0_and_an_answered_post_survives_kill_9(tmp_path):
         [{"user_id": "durable", "item_id": "sku-1", "event_type": "cart",
           "ts": "2026-11-30T12:00:00"}]).encode())
     assert status == 200
-    server.proc.kill()  # kill -9 right after the answer
+    status, _ = server.json("POST", "/events?wait=durable", json.dumps(
+        [{"user_id": "journaled", "item_id": "sku-1", "event_type": "cart",
+          "ts": "2026-11-30T12:00:00"}]).encode())
+    assert status == 202
+    server.proc.kill()  # kill -9 right after the answers
     server.proc.communicate(timeout=60)  # its worker process must not hold the pipes open
-    con = rtsql.connect(db_path)
-    assert con.execute("select count(*) from events e join users u using (user_key) "
-                       "where u.user_id = 'durable'").fetchall() == [(1,)]
-    con.close()
-    server = Server(db_path)
+
+    def count(user_id: str) -> int:
+        con = rtsql.connect(db_path)
+        found = con.execute("select count(*) from events e join users u using (user_key) "
+                            "where u.user_id = ?", [user_id]).fetchall()[0][0]
+        con.close()
+        return found
+
+    assert count("durable") == 1  # committed before the answer
+    server = Server(db_path)  # a journaled body is committed by now or loaded at the start
     code, err = server.stop()
     assert code == 0, err
     assert "rtsql serve: stopped" in err and "Traceback" not in err
+    assert count("journaled") == 1
 
 
 def test_cli_reads_from_the_snapshot_while_serve_runs(server):
