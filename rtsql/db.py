@@ -84,14 +84,16 @@ def _check_owner(path: Path) -> None:
         os.close(fd)
 
 
-def _open(path: Path, read_only: bool, held: bool = False) -> duckdb.DuckDBPyConnection:
+def _open(path: Path, read_only: bool, held: bool = False,
+          config: dict | None = None) -> duckdb.DuckDBPyConnection:
     if not read_only:
         _check_owner(path)
     try:
         # held: a file this process holds the lock of (compact's swap). Named with DuckDB's
         # type prefix, DuckDB opens it without first reading its magic bytes through a
         # descriptor it closes, a close that would drop this process's lock for a moment.
-        return duckdb.connect(("duckdb:" if held else "") + str(path), read_only=read_only)
+        return duckdb.connect(("duckdb:" if held else "") + str(path), read_only=read_only,
+                              config=config or {})
     except duckdb.IOException as exc:
         text = str(exc)
         if "lock" in text.lower():
@@ -104,11 +106,14 @@ def _open(path: Path, read_only: bool, held: bool = False) -> duckdb.DuckDBPyCon
         raise InputPathError(f"cannot open {path} as a DuckDB database: {exc}") from None
 
 
-def open_file(path: str | os.PathLike, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+def open_file(path: str | os.PathLike, *, read_only: bool = False,
+              storage_version: str | None = None) -> duckdb.DuckDBPyConnection:
     """A plain DuckDB connection to a file, schema untouched: snapshots, `migrate --list`.
-    ``:memory:`` gives an empty in-memory database."""
+    ``:memory:`` gives an empty in-memory database. ``storage_version``: the format a new
+    file is written in (an older DuckDB can read it)."""
+    config = {"storage_compatibility_version": storage_version} if storage_version else None
     con = (duckdb.connect(":memory:") if str(path) == ":memory:"
-           else _open(validate_db_path(path, must_exist=read_only), read_only))
+           else _open(validate_db_path(path, must_exist=read_only), read_only, config=config))
     con.execute("set python_enable_replacements = false")  # as in configure: no Python objects
     return con
 

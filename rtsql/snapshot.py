@@ -19,7 +19,7 @@ import duckdb
 
 from . import db, migrate
 from .errors import InputPathError, RtsqlError
-from .sqlutil import database_path, quote_identifier, scalar, table_ddl, transaction
+from .sqlutil import database_path, scalar, table_ddl, transaction
 
 STORAGE_VERSION = "v1.4.0"
 SERVING_TABLES = ("users", "items", "item_catalog", "item_availability", "event_types",
@@ -105,27 +105,26 @@ class Publisher:
         return time.perf_counter() - start
 
     def _full(self, con, tmp: Path) -> None:
-        con.execute(f"attach ? as rtsql_snapshot (storage_version '{STORAGE_VERSION}')",
-                    [str(tmp)])
+        # The snapshot is written by a DuckDB instance of its own, fed Arrow batches: attached
+        # to ``con``'s instance instead, the file stays attached after DETACH for as long as
+        # any transaction that read the catalog meanwhile lasts (serve's refresh, on another
+        # cursor), and could be neither checkpointed nor opened again until it ended.
+        snap = db.open_file(tmp, storage_version=STORAGE_VERSION)
         try:
             # one transaction: every table from the same committed state, even while a refresh
             # on another cursor commits (serve publishes while its next refresh runs)
             with transaction(con):
                 # each table from its own DDL, so keys and indexes (recommend()'s lookups) come
-                # along
+                # along; the indexes after the rows
                 ddl = {table: table_ddl(con, table) for table in SERVING_TABLES}
-                source = scalar(con, "select current_database()")
-                _in_database(con, "rtsql_snapshot", [create for create, _ in ddl.values()],
-                             source)
-                for table in SERVING_TABLES:
-                    con.execute(f"insert into rtsql_snapshot.{table} select * from {table}")
-                _in_database(con, "rtsql_snapshot",
-                             [index for _, indexes in ddl.values() for index in indexes], source)
-                con.execute(f"create table rtsql_snapshot.events as {_PENDING}", [None])
-        finally:
-            con.execute("detach rtsql_snapshot")
-        snap = db.open_file(tmp)
-        try:
+                for table, (create, _) in ddl.items():
+                    snap.execute(create)
+                    _copy_rows(con, f"select * from {table}", snap, table)
+                snap.execute(table_ddl(con, "events")[0])
+                _copy_rows(con, _PENDING, snap, "events", [None])
+            for _, indexes in ddl.values():
+                for index in indexes:
+                    snap.execute(index)
             migrate.install_definitions(snap)
             snap.execute("checkpoint")
         finally:
@@ -139,24 +138,22 @@ class Publisher:
         start = time.perf_counter()
         # the base is private: bring it forward with only the rows added since its last
         # publish (new events, new users and items), then copy it into place
-        con.execute("attach ? as rtsql_base", [str(self.base)])
+        base = db.open_file(self.base)  # an instance of its own, as in _full
         try:
             for table, key in (("events", "event_id"), ("users", "user_key"),
                                ("items", "item_key")):
-                con.execute(f"""insert into rtsql_base.{table} select * from {table}
-                                where {key} > (select coalesce(max({key}), -1)
-                                               from rtsql_base.{table})""")
+                held = scalar(base, f"select coalesce(max({key}), -1) from {table}")
+                _copy_rows(con, f"select * from {table} where {key} > ?", base, table, [held])
             # what leaves lists at once in the database: hidden items (a small table, copied
             # whole) and impressions (append-only between forgets, whose republish is full:
             # the rows after those the base has, in insertion order)
-            con.execute("delete from rtsql_base.item_availability")
-            con.execute("insert into rtsql_base.item_availability select * from item_availability")
-            held = scalar(con, "select count(*) from rtsql_base.impressions")
-            con.execute("insert into rtsql_base.impressions select * from impressions offset ?",
-                        [held])
-            con.execute("checkpoint rtsql_base")
+            base.execute("delete from item_availability")
+            _copy_rows(con, "select * from item_availability", base, "item_availability")
+            held = scalar(base, "select count(*) from impressions")
+            _copy_rows(con, "select * from impressions offset ?", base, "impressions", [held])
+            base.execute("checkpoint")
         finally:
-            con.execute("detach rtsql_base")
+            base.close()
         tmp = self._temporary()
         try:
             shutil.copyfile(self.base, tmp)
@@ -190,14 +187,17 @@ def republish_all(con) -> list[Path]:
     return done
 
 
-def _in_database(con, database: str, statements: list[str], back: str) -> None:
-    """Run unqualified DDL in another attached database (USE it, then return to ``back``)."""
-    con.execute(f"use {database}")
+COPY_BATCH_ROWS = 1 << 17  # rows per Arrow batch from the database into a snapshot
+
+
+def _copy_rows(con, query: str, snap, table: str, params: list | None = None) -> None:
+    """Insert ``query``'s rows (on ``con``) into ``table`` of another instance, in batches."""
+    reader = con.sql(query, params=params).to_arrow_reader(COPY_BATCH_ROWS)
+    snap.register("_rtsql_rows", reader)
     try:
-        for statement in statements:
-            con.execute(statement)
+        snap.execute(f"insert into {table} select * from _rtsql_rows")
     finally:
-        con.execute(f"use {quote_identifier(back)}")
+        snap.unregister("_rtsql_rows")
 
 
 # events after the watermark (the given one, else the database's): folded into no model yet;

@@ -118,3 +118,37 @@ def test_a_batch_publish_carries_hidden_items_and_impressions(tmp_path):
         assert snap.execute("select count(*) from impressions").fetchone()[0] == 1
     finally:
         snap.close()
+
+
+def test_a_full_publish_while_another_cursor_holds_a_transaction(shop, tmp_path, monkeypatch):
+    """serve publishes while its refresh runs on another cursor. A transaction that reads the
+    catalog while the snapshot file is attached (here: duckdb_tables(), as the refresh's
+    statements may) keeps the file attached after detach until it ends, so the publish must not
+    need to open the file a second time (it did: serve's follower thread died)."""
+    import duckdb
+
+    import rtsql
+    from rtsql import snapshot
+
+    con = rtsql.connect(shop)
+    refreshing = con.cursor()
+    table_ddl, began = snapshot.table_ddl, []
+
+    def refresh_meanwhile(*args):  # while the publish reads the tables' definitions
+        if not began:
+            refreshing.execute("begin transaction")
+            refreshing.execute("select count(*) from duckdb_tables()").fetchall()
+            began.append(True)
+        return table_ddl(*args)
+
+    monkeypatch.setattr(snapshot, "table_ddl", refresh_meanwhile)
+    try:
+        snapshot.publish(con, tmp_path / "snap.duckdb")
+    finally:
+        refreshing.execute("rollback")
+        refreshing.close()
+        con.close()
+    snap = duckdb.connect(str(tmp_path / "snap.duckdb"), read_only=True)
+    assert snap.execute("select count(*) from recommend('u1', 5)").fetchall()[0][0] >= 0
+    assert snap.execute("select count(*) from events").fetchall() == [(0,)]  # none pending
+    snap.close()
