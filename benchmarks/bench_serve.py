@@ -3,7 +3,7 @@ load generator in another process, the SQL macro through a Python client in the 
 
     python benchmarks/bench_serve.py [--events 10000000] [--seconds 30]
                                      [--rates 200,400,800,1200,1600,2000] [--post-rate 200]
-                                     [--db PATH]
+                                     [--post-wait visible|durable] [--db PATH]
 
 Steps, on the synthetic set (cached under benchmarks/data/), in one run:
 1. a database: `rtsql ingest` + `rtsql refresh --full` processes (or --db, copied), and the
@@ -17,6 +17,8 @@ Steps, on the synthetic set (cached under benchmarks/data/), in one run:
    committed, GET and POST latencies, and freshness: after every 10th POST is answered, the
    time until a GET shows its probe event (a new user's purchase), and the time until a
    refresh's lists include it (/health's watermark reaches the event id, polled every 100 ms);
+   with --post-wait durable the POSTs are answered once journaled, and a probe's freshness
+   counts from that answer;
 7. SIGTERM: the exit code.
 Latencies are measured from each request's scheduled send time. The machine is shared: same-run
 ratios are what count.
