@@ -147,6 +147,8 @@ def main() -> None:
     parser.add_argument("--post-wait", choices=("visible", "durable"), default="visible",
                         help="POST /events?wait=: answered once committed (visible) or once "
                              "journaled (durable)")
+    parser.add_argument("--post-only", action="store_true",
+                        help="only step 6 (and the server's start): trials of serve's settings")
     parser.add_argument("--refresh-pairs", type=int, default=3)
     parser.add_argument("--macro-calls", type=int, default=300)
     parser.add_argument("--db", help="use a copy of this refreshed database")
@@ -193,12 +195,13 @@ def main() -> None:
     events = con.execute("select count(*) from events").fetchall()[0][0]
     con.close()
 
-    macro, scorer, loaded = macro_and_scorer(db, users[:args.macro_calls])
-    ms = lambda xs: [x * 1000 for x in xs]  # noqa: E731
-    rows.append(("SQL macro recommend(user, 10), Python client, in-process",
-                 percentiles(ms(macro)), f"{len(macro)} calls"))
-    rows.append(("in-memory scorer, in-process (no HTTP)", percentiles(ms(scorer)),
-                 f"load {loaded:.2f} s"))
+    if not args.post_only:
+        macro, scorer, loaded = macro_and_scorer(db, users[:args.macro_calls])
+        ms = lambda xs: [x * 1000 for x in xs]  # noqa: E731
+        rows.append(("SQL macro recommend(user, 10), Python client, in-process",
+                     percentiles(ms(macro)), f"{len(macro)} calls"))
+        rows.append(("in-memory scorer, in-process (no HTTP)", percentiles(ms(scorer)),
+                     f"load {loaded:.2f} s"))
 
     port = free_port()
     start = time.perf_counter()
@@ -212,6 +215,13 @@ def main() -> None:
 
     base = {"users": users, "items": items, "probe_items": probe_items, "post_rate": 0,
             "post_size": 100}
+    if not args.post_only:
+        gets(port, base, args, rows)
+    post_and_report(port, base, args, rows, server, work, events, log_path)
+
+
+def gets(port: int, base: dict, args, rows: list) -> None:
+    """Steps 4 and 5: GETs alone, at 200/s and at rising rates."""
     got = load(port, {**base, "seconds": args.seconds, "get_rate": 200})
     rows.append((f"GET /recommend at 200/s open loop, {args.seconds:.0f} s (ms p50/p99/max)",
                  percentiles(got["get_ms"]), f"{got['errors']} errors"))
@@ -230,6 +240,10 @@ def main() -> None:
         best = rate
     rows.append(("highest GET rate with p99 <= 50 ms", f"{best or 0:.0f}/s", ""))
 
+
+def post_and_report(port: int, base: dict, args, rows: list, server, work: Path, events: int,
+                    log_path: Path) -> None:
+    """Step 6 and the end: POSTs with GETs, the refreshes, SIGTERM, the table."""
     got = load(port, {**base, "seconds": args.seconds, "get_rate": 200,
                       "post_rate": args.post_rate, "post_wait": args.post_wait})
     rows.append((f"POST /events?wait={args.post_wait}, 100 per batch at {args.post_rate:.0f}/s, "
