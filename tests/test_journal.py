@@ -204,3 +204,24 @@ def test_a_forget_through_serve_leaves_no_journaled_byte_of_the_user(tmp_path):
     assert b"forget-me" in seen[0] and b"keep-me" in seen[0]  # the first load, committed
     assert b"forget-me" not in seen[1] and b"keep-me" in seen[1]  # the forget's rewrite
     assert seen[-1] == journal.MAGIC
+
+
+def test_status_warns_of_bodies_a_stopped_serve_did_not_load(tmp_path):
+    from click.testing import CliRunner
+
+    from rtsql import ingest
+    from rtsql.cli import main
+
+    db_path = tmp_path / "shop.duckdb"
+    con = rtsql.connect(db_path)
+    ingest.ingest(con, sorted((SAMPLE / "events").iterdir())[:1])
+    con.close()
+    runner = CliRunner()
+    result = runner.invoke(main, ["--db", str(db_path), "status"])
+    assert result.exit_code == 0 and "journal" not in result.output
+    j = Journal(journal.path_for(db_path), applied=0)
+    j.append("jsonl", body("u", 1), lambda r: None)
+    j.close()
+    result = runner.invoke(main, ["--db", str(db_path), "status"])
+    assert result.exit_code == 0
+    assert "holds 1 event bodies" in result.output and "start rtsql serve" in result.output
