@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import scipy.sparse as sp
 
-from . import measures
+from . import measures, ranking
 from .vocabulary import DEFAULT_K, TRAIN_FRACTION
 
 # (dropout rate p, factor of ease_lambda): plain EASE at the user's lambda, and DLAE, whose
@@ -70,8 +70,8 @@ def ndcg(train: sp.csr_matrix, truth: sp.csr_matrix, lists: measures.Neighbors,
     descending, then item key."""
     n = train.shape[1]
     w = sp.csr_matrix((lists.score, (lists.row, lists.nb)), shape=(n, n))
-    discount = 1.0 / np.log2(np.arange(2, K + 2))
-    ideal = np.r_[0.0, np.cumsum(discount)]
+    discount = ranking.discounts(K)
+    ideal = np.r_[0.0, np.cumsum(discount)]  # ideal[m]: ranking.ideal_dcg(m, K), m <= K
     total = 0.0
     for lo in range(0, len(users), USER_BLOCK):
         block = users[lo:lo + USER_BLOCK]

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import db, ingest, refresh, settings
+from . import db, ingest, ranking, refresh, settings
 from .measures import MODELS as MEASURES
 from .sqlutil import arrow_table, transaction
 from .vocabulary import AUTO, DEFAULT_K, DEFAULT_STRATEGY, TRAIN_FRACTION
@@ -88,9 +88,8 @@ def ranking_metrics(recommended: dict[str, list[str]], truth: dict[str, set], k:
         hits = np.array([1.0 if i in items else 0.0 for i in recs])
         p += float(hits.sum()) / k
         r += float(hits.sum()) / len(items)
-        discounts = 1 / np.log2(np.arange(2, len(recs) + 2))
-        idcg = (1 / np.log2(np.arange(2, min(len(items), k) + 2))).sum()
-        ndcg += float((hits * discounts).sum() / idcg)
+        ndcg += float((hits * ranking.discounts(len(recs))).sum()
+                      / ranking.ideal_dcg(len(items), k))
         if hits.any():
             precision_at = np.cumsum(hits) / np.arange(1, len(hits) + 1)
             ap += float((precision_at * hits).sum() / min(len(items), k))
