@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
-from common import copy_database, print_table
+from common import print_table, scratch_copy
 
 
 def main() -> None:
@@ -34,10 +31,7 @@ def main() -> None:
     from rtsql import ingest
     from rtsql.serving import ServingState
 
-    work = Path(tempfile.mkdtemp(prefix="rtsql-post-"))
-    try:
-        db = work / "post.duckdb"
-        copy_database(args.db, db)
+    with scratch_copy(args.db, "post.duckdb") as db:
         con = rtsql.connect(db)
         state = ServingState.load(con)
         users = [r[0] for r in con.execute("select user_id from users limit 500").fetchall()]
@@ -58,14 +52,11 @@ def main() -> None:
             seconds[name].append(time.perf_counter() - start)
             last += result[0].ingested
         con.close()
-        rows = []
-        for name, values in seconds.items():
-            p50, p99 = np.percentile(np.array(values) * 1000, [50, 99])
-            rows.append([name, len(values), f"{p50:.2f}", f"{p99:.2f}"])
-        print_table(["path", "bodies", "p50 ms", "p99 ms"], rows)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
+    rows = []
+    for name, values in seconds.items():
+        p50, p99 = np.percentile(np.array(values) * 1000, [50, 99])
+        rows.append([name, len(values), f"{p50:.2f}", f"{p99:.2f}"])
+    print_table(["path", "bodies", "p50 ms", "p99 ms"], rows)
 
 if __name__ == "__main__":
     main()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,13 +32,23 @@ def copy_database(source: str | Path, target: str | Path) -> None:
     """A scratch copy of a refreshed database, with EASE's stored inverse beside it when it
     has one (``<db>.ease``, copied sparse, and its metadata), so the copy refreshes as the
     original would instead of rebuilding in full."""
-    import shutil
-
     shutil.copyfile(source, target)
     for suffix in (".ease", ".ease.json"):
         if Path(f"{source}{suffix}").exists():
             subprocess.run(["cp", "--sparse=always", f"{source}{suffix}", f"{target}{suffix}"],
                            check=True)
+
+
+@contextlib.contextmanager
+def scratch_copy(source: str | Path, name: str):
+    """A copy of a refreshed database (copy_database) in a temporary folder, removed after."""
+    work = Path(tempfile.mkdtemp(prefix="rtsql-bench-"))
+    try:
+        target = work / name
+        copy_database(source, target)
+        yield target
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def run_process(args: list[str], env: dict | None = None) -> tuple[float, float]:

@@ -16,6 +16,17 @@ from rtsql.journal import Journal, JournalError
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_events"
 
 
+def small_database(tmp_path: Path) -> Path:
+    """A database holding the first sample file's events."""
+    from rtsql import ingest
+
+    db_path = tmp_path / "shop.duckdb"
+    con = rtsql.connect(db_path)
+    ingest.ingest(con, sorted((SAMPLE / "events").iterdir())[:1])
+    con.close()
+    return db_path
+
+
 def body(user: str, n: int) -> bytes:
     return b"".join(b'{"user_id": "%s", "item_id": "sku-%d", "event_type": "view", '
                     b'"ts": "2026-11-30T12:00:00"}\n' % (user.encode(), i) for i in range(n))
@@ -79,13 +90,9 @@ def test_a_file_that_is_not_a_journal_is_refused(tmp_path):
 def test_serve_loads_what_it_answered_before_a_crash_exactly_once(tmp_path):
     """Bodies journaled but not committed (serve killed after answering) are loaded at the
     next start, once: the position commits with their events; rejects keep body and line."""
-    from rtsql import ingest
     from rtsql.service import Service
 
-    db_path = tmp_path / "shop.duckdb"
-    con = rtsql.connect(db_path)
-    ingest.ingest(con, sorted((SAMPLE / "events").iterdir())[:1])
-    con.close()
+    db_path = small_database(tmp_path)
     j = Journal(journal.path_for(db_path), applied=0)
     for user in ("j-1", "j-2"):
         j.append("jsonl", body(user, 3) + b'{"user_id": "j-bad"}\n', lambda r: None)
@@ -121,14 +128,10 @@ def test_serve_loads_what_it_answered_before_a_crash_exactly_once(tmp_path):
 
 
 def test_a_durable_body_is_answered_before_it_is_loaded_and_then_loaded(tmp_path):
-    from rtsql import ingest
     from rtsql.errors import InvalidSetting
     from rtsql.service import Service
 
-    db_path = tmp_path / "shop.duckdb"
-    con = rtsql.connect(db_path)
-    ingest.ingest(con, sorted((SAMPLE / "events").iterdir())[:1])
-    con.close()
+    db_path = small_database(tmp_path)
     service = Service(db_path).start(warm=False)
     try:
         with service.lock:  # the writer cannot commit: the body is journaled all the same
@@ -153,12 +156,10 @@ def test_the_cli_forget_refuses_while_the_journal_holds_unloaded_bodies(tmp_path
     let the next serve start bring the user back."""
     from click.testing import CliRunner
 
-    from rtsql import ingest
     from rtsql.cli import main
 
-    db_path = tmp_path / "shop.duckdb"
+    db_path = small_database(tmp_path)
     con = rtsql.connect(db_path)
-    ingest.ingest(con, sorted((SAMPLE / "events").iterdir())[:1])
     user = con.execute("select user_id from users limit 1").fetchall()[0][0]
     con.close()
     j = Journal(journal.path_for(db_path), applied=0)
@@ -176,13 +177,9 @@ def test_the_cli_forget_refuses_while_the_journal_holds_unloaded_bodies(tmp_path
 
 
 def test_a_forget_through_serve_leaves_no_journaled_byte_of_the_user(tmp_path):
-    from rtsql import ingest
     from rtsql.service import Service
 
-    db_path = tmp_path / "shop.duckdb"
-    con = rtsql.connect(db_path)
-    ingest.ingest(con, sorted((SAMPLE / "events").iterdir())[:1])
-    con.close()
+    db_path = small_database(tmp_path)
     service = Service(db_path).start(warm=False)
     seen = []  # the journal's bytes after each commit the writer reports to it
     committed = service.journal.committed
@@ -209,13 +206,9 @@ def test_a_forget_through_serve_leaves_no_journaled_byte_of_the_user(tmp_path):
 def test_status_warns_of_bodies_a_stopped_serve_did_not_load(tmp_path):
     from click.testing import CliRunner
 
-    from rtsql import ingest
     from rtsql.cli import main
 
-    db_path = tmp_path / "shop.duckdb"
-    con = rtsql.connect(db_path)
-    ingest.ingest(con, sorted((SAMPLE / "events").iterdir())[:1])
-    con.close()
+    db_path = small_database(tmp_path)
     runner = CliRunner()
     result = runner.invoke(main, ["--db", str(db_path), "status"])
     assert result.exit_code == 0 and "journal" not in result.output
