@@ -37,6 +37,10 @@ MAGIC = b"rtsql-journal 1\n"
 _HEADER = struct.Struct("<QIBI")  # sequence, body bytes, format code, crc32(body)
 FORMATS = ("jsonl", "csv")
 COMPACT_BYTES = 64 << 20  # a journal that never drains is rewritten past this size
+# an append waits while this many journaled bodies are not committed yet: a writer that falls
+# behind slows the answers down (as it does those of wait=visible) instead of letting the
+# queue, and the work each group commit takes on, grow without bound
+BACKLOG_BODIES = 256
 
 
 class JournalError(RtsqlError):
@@ -79,6 +83,7 @@ class Journal:
     def __init__(self, path: str | os.PathLike, applied: int):
         self.path = Path(path)
         self.lock = threading.Lock()
+        self._drained = threading.Condition(self.lock)  # notified as records are committed
         data = self.path.read_bytes() if self.path.exists() else b""
         if data and not data.startswith(MAGIC[:len(data)]):
             raise JournalError(f"{self.path} is not an rtsql journal; move it away and start "
@@ -100,10 +105,14 @@ class Journal:
         self._size = os.fstat(self._fd).st_size
         _sync_dir(self.path)
 
-    def append(self, fmt: str, body: bytes, then: Callable[[Record], None]) -> Record:
-        """Write and sync one body; ``then(record)`` runs under the journal's lock, so the
-        records reach the writer's queue in their sequence order."""
+    def append(self, fmt: str, body: bytes, then: Callable[[Record], None],
+               backlog: int = BACKLOG_BODIES) -> Record:
+        """Write and sync one body, once fewer than ``backlog`` are not committed; ``then(record)``
+        runs under the journal's lock, so the records reach the writer's queue in their sequence
+        order."""
         with self.lock:
+            while self.last - self.applied >= backlog:
+                self._drained.wait()
             record = Record(self.last + 1, fmt, body)
             data = _encode(record)
             os.pwrite(self._fd, data, self._size)
@@ -118,6 +127,7 @@ class Journal:
         left to load, rewrite it without them when it has grown (or ``compact``: a forget)."""
         with self.lock:
             self.applied = max(self.applied, sequence)
+            self._drained.notify_all()
             if self.applied >= self.last:
                 if self._size > len(MAGIC):
                     os.ftruncate(self._fd, len(MAGIC))

@@ -17,6 +17,7 @@ import re
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from enum import Enum
 from http.cookies import CookieError, SimpleCookie
 from typing import Annotated, Callable
@@ -343,6 +344,10 @@ def create_app(service: Service, *, token: str | None = None,
             chunks.append(chunk)
         return b"".join(chunks)
 
+    # durable POSTs are journaled one at a time on a thread of their own: their JSON split
+    # and sync then compete with the event loop for the GIL from one thread, not from a pool
+    journaling = ThreadPoolExecutor(1, thread_name_prefix="rtsql-journal")
+
     def body_outcome(result) -> dict:
         return {"accepted": result.ingested, "rejected": len(result.rejects),
                 "rejects": [{"line": line, "reason": reason} for line, reason in result.rejects]}
@@ -360,7 +365,8 @@ def create_app(service: Service, *, token: str | None = None,
         if isinstance(body, Response):
             return body
         if wait is Ack.durable:
-            sequence = await asyncio.to_thread(service.submit_durable, body)
+            sequence = await asyncio.get_running_loop().run_in_executor(
+                journaling, service.submit_durable, body)
             return _json({"sequence": sequence, "visible": False}, 202)
         result = await asyncio.wrap_future(service.submit_events(body))
         return _json(body_outcome(result))

@@ -218,3 +218,21 @@ def test_status_warns_of_bodies_a_stopped_serve_did_not_load(tmp_path):
     result = runner.invoke(main, ["--db", str(db_path), "status"])
     assert result.exit_code == 0
     assert "holds 1 event bodies" in result.output and "start rtsql serve" in result.output
+
+
+def test_an_append_waits_while_the_backlog_is_full(tmp_path):
+    """A writer that falls behind slows the journal's answers instead of letting the backlog
+    (and what its next group commit takes on) grow without bound."""
+    import threading
+
+    j = Journal(tmp_path / "db.journal", applied=0)
+    for _ in range(2):
+        j.append("jsonl", body("u", 1), lambda r: None, backlog=2)
+    done = threading.Event()
+    waiting = threading.Thread(target=lambda: (
+        j.append("jsonl", body("u", 1), lambda r: None, backlog=2), done.set()))
+    waiting.start()
+    assert not done.wait(0.3) and j.last == 2  # two not committed: the third waits
+    j.committed(1)
+    assert done.wait(10) and j.last == 3
+    waiting.join()
