@@ -270,7 +270,8 @@ class Service:
                     time.sleep(next(waits, JOURNAL_RETRY_SECONDS[-1]))
 
     def _run(self, kind: str, jobs: list[_Job]) -> bool:
-        """Commit one group; True when it did."""
+        """Commit one group; False only for journaled bodies that did not commit (the writer
+        tries them again)."""
         try:
             with self.lock:
                 if kind in ("events", "journal"):
@@ -319,9 +320,9 @@ class Service:
                                         f"could not be loaded ({exc}); trying again")
                 self.log(f"serve: {self.journal_trouble}")
                 return False
-            for job in jobs:
+            for job in jobs:  # committed (or not journaled): answered with the error, once
                 job.future.set_exception(exc)
-            return False
+            return True
         for job, result in zip(jobs, results):
             if isinstance(result, Exception):
                 job.future.set_exception(result)

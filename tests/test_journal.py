@@ -236,3 +236,49 @@ def test_an_append_waits_while_the_backlog_is_full(tmp_path):
     j.committed(1)
     assert done.wait(10) and j.last == 3
     waiting.join()
+
+
+def test_a_failed_load_is_tried_again_and_a_committed_one_never_twice(tmp_path, monkeypatch):
+    """Fault injection around the real writer: a load that fails before its commit (the
+    database refused it) is tried again until it commits; one that committed and failed after
+    (the state's catch-up) is answered with the error and not loaded a second time."""
+    from rtsql import ingest
+    from rtsql.service import Service
+
+    db_path = small_database(tmp_path)
+    service = Service(db_path).start(warm=False)
+    real_ingest, real_catch_up = ingest.ingest_bodies, service.state.catch_up
+    failures = {"ingest": 1, "catch_up": 0}
+
+    def flaky_ingest(*args, **kwargs):
+        if failures["ingest"]:
+            failures["ingest"] -= 1
+            raise OSError("disk full (injected)")
+        return real_ingest(*args, **kwargs)
+
+    def flaky_catch_up(con):
+        real_catch_up(con)
+        if failures["catch_up"]:
+            failures["catch_up"] -= 1
+            raise RuntimeError("catch-up failed (injected)")
+
+    monkeypatch.setattr(ingest, "ingest_bodies", flaky_ingest)
+    monkeypatch.setattr(service.state, "catch_up", flaky_catch_up)
+    try:
+        first = service.submit_durable(body("retried", 2))
+        assert service.outcome(first).result(timeout=60).ingested == 2
+        assert failures["ingest"] == 0 and service.journal_trouble is None
+        failures["catch_up"] = 1
+        second = service.submit_durable(body("once", 2))
+        with pytest.raises(RuntimeError, match="injected"):
+            service.outcome(second).result(timeout=60)
+        third = service.submit_durable(body("after", 1))
+        assert service.outcome(third).result(timeout=60).ingested == 1
+    finally:
+        service.stop()
+    con = rtsql.connect(db_path)
+    counts = dict(con.execute("select u.user_id, count(*) from events join users u "
+                              "using (user_key) where u.user_id in ('retried', 'once', 'after') "
+                              "group by all").fetchall())
+    con.close()
+    assert counts == {"retried": 2, "once": 2, "after": 1}
