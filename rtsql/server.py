@@ -344,8 +344,9 @@ def create_app(service: Service, *, token: str | None = None,
             chunks.append(chunk)
         return b"".join(chunks)
 
-    # durable POSTs are journaled one at a time on a thread of their own: their JSON split
-    # and sync then compete with the event loop for the GIL from one thread, not from a pool
+    # durable POSTs are journaled one at a time on a thread of their own: an append that waits
+    # for the backlog (journal.BACKLOG_BODIES) holds no thread of the default executor, which
+    # the dashboard's SQL reads use, and the JSON split competes for the GIL from one thread
     journaling = ThreadPoolExecutor(1, thread_name_prefix="rtsql-journal")
 
     def body_outcome(result) -> dict:
