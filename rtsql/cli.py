@@ -481,8 +481,7 @@ def status(state: State, fmt):
     counts = events.summary(con)
     _emit(["what", "count"], counts.items(), fmt)
     if counts["rejects"] is not None:  # the database itself: no serve runs on it now
-        applied = con.execute("select max(applied) from journal_position").fetchall()[0][0]
-        if waiting := journal.waiting(state.db_path, applied or 0):
+        if waiting := journal.waiting(con, state.db_path):
             click.echo(f"warning: {journal.path_for(state.db_path)} holds {waiting} event "
                        "bodies that rtsql serve answered (POST /events?wait=durable) and did "
                        "not load before it stopped; start rtsql serve once to load them",

@@ -161,12 +161,23 @@ class Journal:
             os.close(self._fd)
 
 
-def waiting(db_path: str | os.PathLike, applied: int) -> int:
-    """How many bodies the journal of the database at ``db_path`` holds above ``applied``
-    (read only: for processes other than serve)."""
+def position(con) -> int:
+    """The sequence of the last journaled body whose events the database holds."""
+    return con.execute("select max(applied) from journal_position").fetchall()[0][0] or 0
+
+
+def set_position(con, sequence: int) -> None:
+    """In the transaction that commits the events of the bodies up to ``sequence``."""
+    con.execute("update journal_position set applied = ?", [sequence])
+
+
+def waiting(con, db_path: str | os.PathLike) -> int:
+    """How many bodies the journal of the database at ``db_path`` (``con``) holds that are
+    not loaded (read only: for processes other than serve)."""
     path = path_for(db_path)
     if not path.exists():
         return 0
+    applied = position(con)
     return sum(1 for record, _ in _records(path.read_bytes()) if record.sequence > applied)
 
 

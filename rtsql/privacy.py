@@ -44,8 +44,7 @@ def forget_user(db_path: str | os.PathLike, user_id: str) -> ForgetResult:
     sequence, ``delete`` then ``scrub``, that the server runs too (in its own threads)."""
     con = db.connect(db_path)
     try:
-        applied = scalar(con, "select max(applied) from journal_position") or 0
-        if waiting := journal.waiting(db_path, applied):
+        if waiting := journal.waiting(con, db_path):
             raise DatabaseLocked(
                 f"{journal.path_for(db_path)} holds {waiting} event bodies that rtsql serve "
                 "answered and has not loaded yet (it stopped first); start rtsql serve once "

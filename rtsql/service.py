@@ -209,8 +209,8 @@ class Service:
 
     def _open_journal(self) -> None:
         """Open the journal; queue the bodies an earlier run answered but did not commit."""
-        applied = self.con.execute("select max(applied) from journal_position").fetchall()[0][0]
-        self.journal = journal_mod.Journal(journal_mod.path_for(self.db_path), applied or 0)
+        self.journal = journal_mod.Journal(journal_mod.path_for(self.db_path),
+                                           journal_mod.position(self.con))
         if self.journal.pending:
             self.log(f"serve: loading {len(self.journal.pending)} journaled bodies that an "
                      "earlier run answered and did not commit")
@@ -343,11 +343,14 @@ class Service:
                 kept.append(job)
             except InvalidSetting as exc:
                 job.future.set_exception(exc)
-        results = ingest_mod.ingest_bodies(self.con, bodies, fmt=jobs[0].payload[0],
-                                           last_event_id=self.state.seen["event_id"],
-                                           known_keys=self.state.keys_of) \
-            if bodies else []
-        return kept, results
+        return kept, self._load(bodies, jobs[0].payload[0]) if bodies else []
+
+    def _load(self, bodies: list[tuple[str, bytes]], fmt: str, before_commit=None) -> list:
+        """ingest_bodies with what the writer knows: the last event id, the id maps."""
+        return ingest_mod.ingest_bodies(self.con, bodies, fmt=fmt,
+                                        last_event_id=self.state.seen["event_id"],
+                                        known_keys=self.state.keys_of,
+                                        before_commit=before_commit)
 
     def _load_journaled(self, jobs: list[_Job]) -> tuple[list[_Job], list]:
         """Journaled bodies (one format), in one transaction with the journal's position."""
@@ -355,14 +358,12 @@ class Service:
         marked = []
 
         def mark(con) -> None:
-            con.execute("update journal_position set applied = ?", [last])
+            journal_mod.set_position(con, last)
             marked.append(last)
 
         records = [j.payload for j in jobs]
-        results = ingest_mod.ingest_bodies(
-            self.con, [(f"http:POST /events#j{r.sequence}", r.body) for r in records],
-            fmt=records[0].fmt, last_event_id=self.state.seen["event_id"],
-            known_keys=self.state.keys_of, before_commit=mark)
+        results = self._load([(f"http:POST /events#j{r.sequence}", r.body) for r in records],
+                             records[0].fmt, before_commit=mark)
         if not marked:  # no line at all: nothing was loaded, the position still moves on
             mark(self.con)
         self._journal_committed = last

@@ -180,8 +180,8 @@ SETTINGS: dict[str, Setting] = {
                 "ease, sparse_ease: the denoising form of the regression (Steck's DLAE, "
                 "dropout rate p): each item is also regularized by p / (1 - p) times its own "
                 "squared weights, so popular items lean less on each other (0: plain EASE). "
-                "auto: a full refresh tries plain EASE and p 0.75 at a third of ease_lambda "
-                "on each user's newest entries and keeps the better (rtsql/autotune.py).",
+                "auto: a full refresh tries plain EASE and its denoising form (the candidates "
+                "of rtsql/autotune.py) on each user's newest entries and keeps the better.",
                 AutoOr(Range(0.0, 0.95)), kind="model"),
         Setting("ease_max_items", int, 15_000,
                 "ease: at most this many items (the most popular) enter the dense n x n "
