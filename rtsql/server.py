@@ -109,7 +109,7 @@ class Metrics:
             ("rtsql_pending_events", "events served from the overlay, not yet refreshed",
              lambda: service.health()["pending_events"]),
             ("rtsql_journaled_bodies", "bodies answered by POST /events?wait=durable, not yet "
-             "committed", lambda: service.health()["journaled_bodies"]),
+             "committed", lambda: service.journal.unapplied()),
             ("rtsql_model_age_seconds", "the served item lists hold every event committed "
              "more than this long ago (since the start of the refresh they come from)",
              service.model_age),
