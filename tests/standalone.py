@@ -16,9 +16,20 @@ from pathlib import Path
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports: each socket stays bound until all are chosen (ports
+    chosen one at a time can repeat, and a worker's web UI then took the master's)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 @contextmanager
@@ -32,7 +43,7 @@ def standalone_cluster(work: Path, workers: int = 2, cores: int = 1, memory: str
     home = Path(pyspark.__file__).parent
     env = {**os.environ, "SPARK_HOME": str(home), "SPARK_LOCAL_IP": "127.0.0.1",
            "SPARK_WORKER_DIR": str(work / "workers"), "PYSPARK_PYTHON": sys.executable}
-    port, ui = free_port(), free_port()
+    port, ui, *worker_uis = free_ports(2 + workers)
     master = f"spark://127.0.0.1:{port}"
     launched = []
 
@@ -47,7 +58,7 @@ def standalone_cluster(work: Path, workers: int = 2, cores: int = 1, memory: str
                "--port", str(port), "--webui-port", str(ui))
         for n in range(workers):
             launch(f"worker{n}", "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",
-                   "--cores", str(cores), "--memory", memory, "--webui-port", str(free_port()),
+                   "--cores", str(cores), "--memory", memory, "--webui-port", str(worker_uis[n]),
                    master)
         deadline = time.monotonic() + timeout
         while True:  # the master's JSON page counts the workers that registered
@@ -55,7 +66,7 @@ def standalone_cluster(work: Path, workers: int = 2, cores: int = 1, memory: str
                 with urllib.request.urlopen(f"http://127.0.0.1:{ui}/json/", timeout=2) as r:
                     if json.load(r).get("aliveworkers", 0) >= workers:
                         break
-            except OSError:
+            except (OSError, ValueError):  # not up yet, or a page that is not its JSON yet
                 pass
             if time.monotonic() > deadline:
                 logs = "\n".join(p.read_text()[-1500:] for p in sorted(work.glob("*.log")))
