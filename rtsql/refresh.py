@@ -529,32 +529,38 @@ def _capped_of(con, users: np.ndarray, values: dict) -> dict[str, np.ndarray]:
                            {"cap": values["max_history"]}).fetchnumpy()
 
 
-def _changes(old: dict, new: dict, n_items: int) -> tuple[np.ndarray, np.ndarray]:
-    """Users and items whose capped weight differs between two snapshots of the same users."""
+def _changes(old: dict, new: dict, n_items: int, columns: tuple[str, ...] = ("weight",)
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Users and items whose capped entries differ in ``columns`` (the weight; with last_us,
+    also the entries' recency) between two snapshots of the same users."""
     def keyed(cols):
         keys = cols["user_key"].astype(np.int64) * n_items + cols["item_key"].astype(np.int64)
-        return keys, cols["weight"].astype(np.float64)
+        # float64 holds an epoch in microseconds exactly (below 2^53)
+        return keys, np.column_stack([cols[c].astype(np.float64) for c in columns])
 
     (ka, wa), (kb, wb) = keyed(old), keyed(new)
     keys = np.union1d(ka, kb)
-    before, after = np.zeros(len(keys)), np.zeros(len(keys))
+    before, after = np.zeros((len(keys), len(columns))), np.zeros((len(keys), len(columns)))
     before[np.searchsorted(keys, ka)] = wa
     after[np.searchsorted(keys, kb)] = wb
-    diff = keys[before != after]
+    diff = keys[(before != after).any(axis=1)]
     return np.unique(diff // n_items), np.unique(diff % n_items)
 
 
-def _moved_by_item_cap(cols: dict, old: dict, users: np.ndarray, changed_items: np.ndarray,
-                       cap: int, n_items: int) -> np.ndarray:
+def _moved_by_item_cap(cols: dict, old: dict, new: dict, users: np.ndarray, cap: int,
+                       n_items: int) -> np.ndarray:
     """Users whose row of the item-capped matrix (most_recent_per_item) changed. An item's
-    column of it depends on that item's column of X alone, so only the changed items' columns
-    can differ: they are rebuilt as they were (``old``: the capped rows of ``users`` before the
-    new events) and as they are (``cols``: X now), capped, and compared. A user with a new event
-    can enter an item's most recent users and push another user out, whose row changes too."""
+    column of it depends on that item's column of X alone (weights and recency), so only the
+    columns where a user with new events changed an entry's weight or recency (``old`` /
+    ``new``: the capped rows of ``users`` before and after the new events) can differ: they are
+    rebuilt as they were and as they are (``cols``: X now), capped, and compared. A user with a
+    new event can enter an item's most recent users and push another user out, whose row
+    changes too, and so can a new event that leaves the weight as it was (pair_weight max)."""
     def capped(c: dict) -> dict:
         keep = most_recent_per_item(c, cap)
         return {name: values[keep] for name, values in c.items()}
 
+    changed_items = _changes(old, new, n_items, ("weight", "last_us"))[1]
     in_changed = np.isin(cols["item_key"], changed_items)
     others = in_changed & ~np.isin(cols["user_key"], users)
     was = np.isin(old["item_key"], changed_items)
@@ -705,7 +711,7 @@ def _incremental(con, values: dict, state: dict, forget_users: np.ndarray | None
         recomputed += _apply_incremental(
             con, "user_neighbors", "user_key",
             _matrix(con, cols, most_recent_per_item(cols, item_cap)),
-            _moved_by_item_cap(cols, old, users, changed_items, item_cap, n_items)
+            _moved_by_item_cap(cols, old, new, users, item_cap, n_items)
             if item_cap > 0 else changed_users, _measure(values), isolate)
     _refresh_trending_counts(con, values)
     _refresh_content_if_changed(con, values, state)

@@ -4,7 +4,7 @@ from unittest.mock import patch
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given
+from hypothesis import HealthCheck, example, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
@@ -111,6 +111,13 @@ CONFIGS = st.fixed_dictionaries({
            suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(st.lists(EVENT, min_size=1, max_size=40), st.lists(st.integers(1, 12), max_size=5),
        CONFIGS)
+# found by the test: events that leave a pair's weight as it was (pair_weight max) still make
+# the user an item's most recent one, pushing another out of the item cap
+@example(events=[(0, 1, "view", 5)] + [(0, 0, "view", 1)] * 5 + [(3, 1, "purchase", 1)],
+         cuts=[1], config={"similarity": "tfidf", "neighbors": 50, "max_history": 0,
+                           "max_item_users": 2, "pair_weight": "max", "half_life_days": 0.0,
+                           "shrinkage": 1.0, "min_support": 1, "list_buffer": 1.2,
+                           "trending_window_days": 0.125})
 def test_incremental_equals_full_rebuild(tmp_path_factory, events, cuts, config):
     """Random event streams split into random batches: refreshing after every batch gives
     the same derived tables as one full rebuild over everything (scores to 1e-9)."""
