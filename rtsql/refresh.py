@@ -426,6 +426,9 @@ def _load_full(con, values: dict, folder: Path, progress: Progress | None) -> Re
     _refresh_content(con, values, progress)
     _refresh_trending(con, f"select item_key, recent, previous, popularity "
                            f"from {parquet('item_counts')}")
+    # the windows the counts are against (a job from before they were recorded: none, and
+    # the next refresh counts afresh)
+    _set_trending_state(con, *(model.get("trending") or (None, 0)))
     for table, source in (("external_item_counts", "external_counts"),
                           ("external_recent_events", "external_recent")):
         con.execute(f"delete from {table}")
@@ -669,7 +672,7 @@ def _incremental(con, values: dict, state: dict, forget_users: np.ndarray | None
     if forget_users is not None:
         users = np.union1d(users, forget_users)
     if not len(users):
-        _refresh_trending_counts(con, values)
+        _update_trending_counts(con, values, state, watermark, None)
         _refresh_content_if_changed(con, values, state)
         return RefreshResult("none")
     old = _capped_of(con, users, values)
@@ -686,6 +689,10 @@ def _incremental(con, values: dict, state: dict, forget_users: np.ndarray | None
         from _rtsql_delta d where i.user_key = d.user_key and i.item_key = d.item_key""")
     con.execute("insert into interactions select d.* from _rtsql_delta d "
                 "anti join interactions i using (user_key, item_key)")
+    if forget_users is None:
+        _update_trending_counts(con, values, state, watermark, "select * from _rtsql_delta")
+    else:  # the forgotten events leave the counts
+        _refresh_trending_counts(con, values)
     con.execute("drop table _rtsql_delta")
     new = _capped_of(con, users, values)
     n_items = _shape(con)[1]
@@ -713,7 +720,6 @@ def _incremental(con, values: dict, state: dict, forget_users: np.ndarray | None
             _matrix(con, cols, most_recent_per_item(cols, item_cap)),
             _moved_by_item_cap(cols, old, new, users, item_cap, n_items)
             if item_cap > 0 else changed_users, _measure(values), isolate)
-    _refresh_trending_counts(con, values)
     _refresh_content_if_changed(con, values, state)
     _set_state(con, watermark=max(watermark, scalar(
         con, "select coalesce(max(event_id), 0) from events")))
@@ -846,39 +852,112 @@ def _write_ease_lists(con, lists: measures.Neighbors, measure: measures.Measure)
 # (migration 0011).
 _TRENDING_COUNTS = """
     with recent_events as (
-        select item_key, ts from events where ts > $since::TIMESTAMP
+        select item_key, ts from events where ts > make_timestamp($newest - 2 * $w)
         union all
-        select item_key, ts from external_recent_events where ts > $since::TIMESTAMP),
+        select item_key, ts from external_recent_events
+        where ts > make_timestamp($newest - 2 * $w)),
     windowed as (
         select item_key,
-               count(*) filter (where ts > $newest::TIMESTAMP - to_seconds($window)) as recent,
-               count(*) filter (where ts <= $newest::TIMESTAMP - to_seconds($window)) as previous
+               count(*) filter (where ts > make_timestamp($newest - $w)) as recent,
+               count(*) filter (where ts <= make_timestamp($newest - $w)) as previous
         from recent_events group by item_key),
     popular as (select item_key, sum(events) as popularity from interactions group by item_key)
     select i.item_key, coalesce(w.recent, 0) as recent, coalesce(w.previous, 0) as previous,
            coalesce(p.popularity, 0) as popularity
     from items i left join windowed w using (item_key) left join popular p using (item_key)"""
 
+# The counts above after the newest event moved from $n0 to $n1 (epoch microseconds; windows
+# of $w): an event read before counts as recent while its ts > newest - w and as previous
+# while newest - 2w < ts <= newest - w, so only those with ts in (n0 - w, n1 - w] (recent ->
+# previous) or (n0 - 2w, n1 - 2w] (previous -> none) change window (two ts ranges, read
+# from zone maps; the second stops where the first starts), and new events (event_id >
+# $after) are added.
+_TRENDING_DELTA = """
+    with read_before as not materialized (
+        select item_key, ts from events where event_id <= $after
+        union all
+        select item_key, ts from external_recent_events),
+    moved as (
+        select item_key, epoch_us(ts) as t, false as new from read_before
+        where ts > make_timestamp($n0 - $w) and ts <= make_timestamp($n1 - $w)
+        union all
+        select item_key, epoch_us(ts), false from read_before
+        where ts > make_timestamp($n0 - 2 * $w)
+          and ts <= make_timestamp(least($n1 - 2 * $w, $n0 - $w))  -- not read twice
+        union all
+        select item_key, epoch_us(ts), true from events where event_id > $after),
+    delta as (
+        select item_key,
+               sum((t > $n1 - $w)::INTEGER - (not new and t > $n0 - $w)::INTEGER) as recent,
+               sum((t > $n1 - 2 * $w and t <= $n1 - $w)::INTEGER
+                   - (not new and t > $n0 - 2 * $w and t <= $n0 - $w)::INTEGER) as previous
+        from moved group by item_key),
+    popular as (select item_key, sum(events) as events from ({popularity}) group by item_key)
+    select i.item_key, coalesce(t.recent, 0) + coalesce(d.recent, 0) as recent,
+           coalesce(t.previous, 0) + coalesce(d.previous, 0) as previous,
+           coalesce(t.popularity, 0) + coalesce(p.events, 0) as popularity
+    from items i left join item_trending t using (item_key) left join delta d using (item_key)
+         left join popular p using (item_key)"""
+
+
+def _newest_us(con) -> int | None:
+    return scalar(con, "select epoch_us(max(t)) from (select max(ts) as t from events union all "
+                       "select max(ts) from external_recent_events)")
+
 
 def _refresh_trending_counts(con, values: dict) -> None:
-    """Trending of the local events (_TRENDING_COUNTS), after the interaction matrix is."""
-    newest = scalar(con, "select max(t) from (select max(ts) as t from events union all "
-                         "select max(ts) from external_recent_events)")
-    window = values["trending_window_days"] * 86400.0
-    since = scalar(con, "select ?::TIMESTAMP - to_seconds(?)", [newest, 2 * window]) \
-        if newest is not None else None
-    _refresh_trending(con, _TRENDING_COUNTS, {"newest": newest, "since": since, "window": window})
+    """Trending of the local events (_TRENDING_COUNTS), after the interaction matrix is; the
+    windows it used are recorded for _update_trending_counts."""
+    newest = _newest_us(con)
+    window = _window_us(values)
+    _refresh_trending(con, _TRENDING_COUNTS, {"newest": newest, "w": window})
+    _set_trending_state(con, newest, window)
+
+
+def _window_us(values: dict) -> int:
+    return round(values["trending_window_days"] * 86400e6)
+
+
+def _set_trending_state(con, newest: int | None, window: int) -> None:
+    if newest is None:
+        con.execute("delete from model_state where name = 'trending_windows'")
+    else:
+        _set_state(con, trending_windows=json.dumps([newest, window]))
+
+
+def _update_trending_counts(con, values: dict, state: dict, after: int,
+                            popularity: str | None) -> None:
+    """Trending after new events (event_id > ``after``), from the counts the last refresh
+    stored: each item's windows gain its new events and lose or pass on the events its
+    windows moved past (_TRENDING_DELTA: only those and the new events are read), and its
+    popularity gains ``popularity`` (a query with item_key, events: the new events folded
+    into the interaction matrix). The same counts as _refresh_trending_counts, which runs
+    instead when there are no stored windows (no events yet, a Spark job from before they
+    were recorded) or they do not apply (the window setting changed). Events are only
+    appended here (a forget counts afresh): the newest is the stored one or a new event."""
+    window = _window_us(values)
+    stored = json.loads(state.get("trending_windows", "null"))
+    if stored is None or stored[1] != window:
+        _refresh_trending_counts(con, values)
+        return
+    newest = max(stored[0], scalar(con, "select coalesce(epoch_us(max(ts)), 0) from events "
+                                        "where event_id > ?", [after]))
+    counts = _TRENDING_DELTA.format(popularity=popularity or "select 0 as item_key, 0 as events "
+                                                          "where false")
+    _refresh_trending(con, counts, {"n0": stored[0], "n1": newest, "w": window, "after": after})
+    _set_trending_state(con, newest, window)
 
 
 def _refresh_trending(con, counts: str, params: dict | None = None) -> None:
     """Trending from the counts (every item, zeros without events), with the share of the top
     score and the two backfill orders recommend() reads; stored in backfill order so its first
     rows are the ones read. ``counts`` is a query with item_key, recent, previous,
-    popularity."""
+    popularity (it may read item_trending: the counts are taken before it is emptied)."""
+    con.execute(f"create or replace temp table _rtsql_counts as {counts}", params or {})
     con.execute("delete from item_trending")
-    con.execute(f"""
+    con.execute("""
         insert into item_trending
-        with counts as ({counts}),
+        with counts as (from _rtsql_counts),
         scored as (
             select i.item_key, coalesce(c.recent, 0) as recent,
                    coalesce(c.previous, 0) as previous, coalesce(c.popularity, 0) as popularity,
@@ -892,7 +971,8 @@ def _refresh_trending(con, counts: str, params: dict | None = None) -> None:
         select item_key, recent, previous, popularity, score, share,
                row_number() over (order by share desc, popularity desc, item_key) as rank_trending,
                row_number() over (order by popularity desc, item_key) as rank_popular
-        from shared order by rank_trending""", params or {})
+        from shared order by rank_trending""")
+    con.execute("drop table _rtsql_counts")
 
 
 def _refresh_content_if_changed(con, values: dict, state: dict) -> None:

@@ -147,6 +147,8 @@ def build(spark, events_uri: str, config: dict, out_uri: str, stage=lambda name:
              "watermark": int(config["watermark"]) if config.get("watermark") is not None
              else max(int(newest["w"] or 0), 0), "events": int(newest["n"]),
              "external": bool(config.get("external"))}
+    if newest["t"] is not None:  # the trending windows, which the next refresh moves on from
+        model["trending"] = [newest["t"], window_us]
     spark.createDataFrame([model]).coalesce(1).write.mode("overwrite").json(f"{out_uri}/model")
     return model
 

@@ -463,7 +463,7 @@ def test_a_rolled_back_ease_update_leaves_an_inverse_no_version_names(tmp_path, 
     def fail(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(refresh, "_refresh_trending_counts", fail)
+    monkeypatch.setattr(refresh, "_refresh_content_if_changed", fail)
     with pytest.raises(RuntimeError):
         refresh.refresh(con)
     monkeypatch.undo()
