@@ -572,21 +572,23 @@ def _moved_by_item_cap(cols: dict, old: dict, new: dict, users: np.ndarray, cap:
     return _changes(capped(before), capped(after), n_items)[0]
 
 
-def _stored(con, table: str, key: str, changed: np.ndarray
+def _stored(con, table: str, key: str, changed: np.ndarray, k: int
             ) -> tuple[measures.StoredLists, dict[str, np.ndarray]]:
     """The per-row summary the incremental update needs, and the stored entries pointing at
-    changed rows (row, rank and rowid, which stays valid until this transaction deletes)."""
+    changed rows (row, rank and rowid, which stays valid until this transaction deletes).
+    Only truncated lists have a summary (complete ones hold every positive neighbour): their
+    last entry and length, read from their entries at rank k and beyond (a truncated list
+    keeps at least k, engine.incremental)."""
     last = con.execute(f"""
         select {key}, max(rank) as count, arg_max(score, rank) as score,
-               arg_max(neighbor_key, rank) as nb, bool_and(complete) as complete
-        from {table} group by {key}""").fetchnumpy()
+               arg_max(neighbor_key, rank) as nb
+        from {table} where not complete and rank >= $k group by {key}""", {"k": k}).fetchnumpy()
     n = int(last[key].max()) + 1 if len(last[key]) else 0
     kth_score = np.full(n, -np.inf)
     kth_nb = np.full(n, np.iinfo(np.int64).max, np.int64)
     count = np.zeros(n, np.int64)
-    truncated = ~last["complete"].astype(bool)
-    kth_score[last[key][truncated]] = last["score"][truncated]
-    kth_nb[last[key][truncated]] = last["nb"][truncated]
+    kth_score[last[key]] = last["score"]
+    kth_nb[last[key]] = last["nb"]
     count[last[key]] = last["count"]
     with registered(con, "_rtsql_changed", keys_column(changed)):
         pointing = con.execute(f"select {key} as row, rank, rowid as id from {table} t "
@@ -607,7 +609,7 @@ def _apply_incremental(con, table: str, key: str, matrix: sp.csr_matrix, changed
     """
     if not len(changed):
         return 0
-    stored, pointing = _stored(con, table, key, changed)
+    stored, pointing = _stored(con, table, key, changed, measure.k)
     result = compute_worker.run(isolate, measures.incremental, matrix, changed, stored, measure)
     with registered(con, "_rtsql_merge", keys_column(result.merge_rows)), \
             registered(con, "_rtsql_changed", keys_column(changed)):

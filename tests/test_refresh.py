@@ -453,6 +453,40 @@ def test_ease_rebuilds_when_new_items_outgrow_the_inverse(tmp_path, write):
     assert not (tmp_path / "e.duckdb.ease").exists()
     con.close()
 
+@pytest.mark.parametrize("list_buffer", [1.0, 1.5])
+def test_the_stored_summary_is_each_truncated_lists_last_entry(tmp_path, list_buffer):
+    """The incremental update's view of the stored lists (refresh._stored): every truncated
+    list's length and last entry, also when it holds exactly k entries (list_buffer 1), and
+    nothing for complete lists; the entries pointing at the changed rows."""
+    con = rtsql.connect_memory()
+    configure(con, similarity="cosine", neighbors=2, list_buffer=list_buffer)
+    rng = np.random.default_rng(3)
+    stream = [(int(u), int(i), "view", n, 1)
+              for n, (u, i) in enumerate(rng.integers(0, 9, size=(60, 2)))]
+    # and a cluster of its own, whose lists hold k entries: complete when there is room for
+    # more (list_buffer above 1)
+    stream += [(u, i, "view", 60, 1) for u in (20, 21, 22) for i in (20, 21, 22)]
+    ingest.ingest(con, [write_batch(tmp_path, "a.csv", stream)])
+    refresh.refresh(con)
+    changed = np.array([1, 4], np.int64)
+    for table, key in (("item_neighbors", "item_key"), ("user_neighbors", "user_key")):
+        entries = con.execute(f"select {key}, rank, score, neighbor_key, complete from {table} "
+                              f"order by {key}, rank").fetchall()
+        stored, pointing = refresh._stored(con, table, key, changed, 2)
+        lasts = {row: (rank, score, nb) for row, rank, score, nb, complete in entries
+                 if not complete}  # each row's last entry wins
+        assert lasts, "no truncated list: the data does not test the summary"
+        assert any(rank == 2 for rank, _, _ in lasts.values()) == (list_buffer == 1.0)
+        assert any(complete and rank == 2 for _, rank, _, _, complete in entries) == (
+            list_buffer > 1.0)
+        truncated = np.flatnonzero(np.isfinite(stored.kth_score))
+        assert sorted(truncated) == sorted(lasts)
+        for row, (rank, score, nb) in lasts.items():
+            assert (stored.count[row], stored.kth_score[row], stored.kth_nb[row]) == (rank, score, nb)
+        assert sorted(pointing["row"]) == sorted(stored.pointing_row) == sorted(
+            row for row, _, _, nb, _ in entries if nb in changed)
+
+
 def test_a_rolled_back_ease_update_leaves_an_inverse_no_version_names(tmp_path, write,
                                                                       monkeypatch):
     """The inverse is written in place before the refresh's transaction commits: when the

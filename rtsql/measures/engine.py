@@ -281,11 +281,12 @@ def _lists_for(sim: RowSimilarity, rows: np.ndarray, progress: Progress | None =
 class StoredLists:
     """What the incremental update needs to know of the stored lists, per entity: the score and
     neighbour of its last stored entry (-inf for a complete list, which holds every positive
-    neighbour), how many entries it stores, and which stored entries point at changed rows."""
+    neighbour), how many entries it stores (read for truncated lists only), and which stored
+    entries point at changed rows."""
 
     kth_score: np.ndarray  # per entity
     kth_nb: np.ndarray  # per entity
-    count: np.ndarray  # per entity
+    count: np.ndarray  # per entity with a truncated list
     pointing_row: np.ndarray  # entities whose list holds a changed entity (once per entry)
 
 
