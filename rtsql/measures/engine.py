@@ -365,10 +365,12 @@ def merge_lists(kept: dict, candidates: Neighbors, rows: np.ndarray,
     from .kernel import merge_rows  # compiled: the Spark job, which ships this module, never merges
 
     n_rows = len(rows)
-    k_row, k_rank = kept["row"], np.asarray(kept["rank"], np.int64)
+    slot = np.zeros(int(rows.max(initial=-1)) + 1, np.int64)  # rows (sorted) -> 0..n_rows - 1
+    slot[rows] = np.arange(n_rows)
+    k_row, k_rank = np.asarray(kept["row"], np.int64), np.asarray(kept["rank"], np.int64)
     k_grid = np.full((n_rows, int(k_rank.max(initial=0))), -1, np.int64)
-    k_grid[np.searchsorted(rows, k_row), k_rank - 1] = np.arange(len(k_row))
-    cr = np.searchsorted(rows, candidates.row)
+    k_grid[slot[k_row], k_rank - 1] = np.arange(len(k_row))
+    cr = slot[np.asarray(candidates.row, np.int64)]
     order = np.lexsort((candidates.nb, -candidates.score, cr))  # candidates are few
     cr, c_nb, c_score = cr[order], candidates.nb[order], candidates.score[order]
     c_count = np.bincount(cr, minlength=n_rows)
