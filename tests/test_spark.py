@@ -54,9 +54,11 @@ def cosine_db(path):
 def tables(con) -> dict:
     out = {t: con.execute(f"select * from {t} order by all").fetchall() for t in SPARK_TABLES}
     out["content_neighbors"] = con.execute("select * from content_neighbors order by all").fetchall()
-    # when the last full build ran is bookkeeping, not the model
+    # when the last full build ran, and the token of the capped matrix a process keeps, are
+    # bookkeeping, not the model
     out["model_state"] = {k: v for k, v in con.execute("select * from model_state").fetchall()
-                          if k not in ("full_refresh_at", "full_watermark", "full_events")}
+                          if k not in ("full_refresh_at", "full_watermark", "full_events",
+                                       "capped_token")}
     return out
 
 
@@ -268,6 +270,7 @@ def test_events_from_parquet_with_string_ids_equal_ingesting_them(spark_session,
 
     con = cosine_db(tmp_path / "spark.duckdb")
     ingest.ingest(con, [week2])
+    refresh.refresh(con)  # this process keeps its capped matrix, which the Spark load replaces
     top = con.execute("select max(user_key) from users").fetchone()[0]
     con.execute("insert into forgotten_users values (?, now())", [top + 100])  # retired key
     log = []
@@ -289,7 +292,10 @@ def test_events_from_parquet_with_string_ids_equal_ingesting_them(spark_session,
     # later events are folded in by the local refresh, and trending keeps counting the files'
     later = write_events(tmp_path / "later.csv", [(3, 1, "cart", 24 * 40, 1.0),
                                                  (900, 2, "view", 24 * 40, 1.0)])
-    for database in (tmp_path / "local.duckdb", None):
+    # and a pair of the files' ids, whose lists depend on the files' events
+    later.write_text(later.read_text() + "user-160,sku-6,cart,"
+                     + later.read_text().splitlines()[1].split(",")[3] + ",\n")
+    for database in (None, tmp_path / "local.duckdb"):  # con first: its kept matrix is fresh
         other = cosine_db(database) if database else con
         ingest.ingest(other, [later])
         assert refresh.refresh(other).mode == "incremental"
@@ -299,6 +305,8 @@ def test_events_from_parquet_with_string_ids_equal_ingesting_them(spark_session,
     got = by_ids(con)
     assert got["trending"] == want["trending"]
     assert got["interactions"].keys() == want["interactions"].keys()
+    for table in ("item_neighbors", "user_neighbors"):
+        assert_same_lists(got[table], want[table])
 
     # a local full refresh would drop the files' events: refused unless asked for
     with pytest.raises(rtsql.RtsqlError, match="outside the database"):
