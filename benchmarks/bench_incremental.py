@@ -14,28 +14,9 @@ from __future__ import annotations
 
 import argparse
 import collections
-import re
 import statistics
-import time
 
-from common import incremental_batches, print_table, scratch_copy
-
-
-class TimedConnection:
-    """A connection whose execute() calls are timed by statement (their first 70 characters)."""
-
-    def __init__(self, con):
-        self._con = con
-        self.seconds: collections.Counter = collections.Counter()
-
-    def __getattr__(self, name):
-        return getattr(self._con, name)
-
-    def execute(self, query, *args, **kwargs):
-        start = time.perf_counter()
-        result = self._con.execute(query, *args, **kwargs)
-        self.seconds[re.sub(r"\s+", " ", query.strip())[:70]] += time.perf_counter() - start
-        return result
+from common import TimedConnection, incremental_batches, print_table, scratch_copy
 
 
 def main() -> None:
@@ -54,10 +35,11 @@ def main() -> None:
         with scratch_copy(args.db, "incremental.duckdb") as db:
             con = rtsql.connect(db)
             incremental_batches(con, db.parent, args.warmup, seed=100 + round_)
-            timed = TimedConnection(con)
-            seconds = incremental_batches(timed, db.parent, args.batches, seed=200 + round_)
+            times: dict[str, list[float]] = {}
+            seconds = incremental_batches(TimedConnection(con, times), db.parent, args.batches,
+                                          seed=200 + round_)
             con.close()
-        statements.update(timed.seconds)
+        statements.update({text: sum(values) for text, values in times.items()})
         rows.append((round_ + 1, " ".join(f"{s:.3f}" for s in seconds),
                      f"{statistics.median(seconds):.3f}"))
     print_table(["round", "refresh s per batch", "median s"], rows)

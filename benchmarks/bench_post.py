@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from common import print_table, scratch_copy
+from common import TimedConnection, print_table, scratch_copy
 
 
 def main() -> None:
@@ -50,9 +50,9 @@ def main() -> None:
             name = list(seconds)[n % 2]
             known = state.keys_of if n % 2 else None
             start = time.perf_counter()
-            result = ingest.ingest_bodies(Timed(con, statements) if known and args.statements
-                                          else con, [(f"bench#{n}", body)], last_event_id=last,
-                                          known_keys=known)
+            result = ingest.ingest_bodies(
+                TimedConnection(con, statements) if known and args.statements else con,
+                [(f"bench#{n}", body)], last_event_id=last, known_keys=known)
             seconds[name].append(time.perf_counter() - start)
             last += result[0].ingested
         con.close()
@@ -66,31 +66,6 @@ def main() -> None:
             [text, len(times) // args.bodies, f"{np.median(times) * 1000:.2f}"]
             for text, times in sorted(statements.items(), key=lambda kv: -np.median(kv[1]))])
 
-
-class Timed:
-    """A connection that times each statement it runs (and each other call) into ``into``."""
-
-    def __init__(self, con, into: dict[str, list[float]]):
-        self._con, self._into = con, into
-
-    def execute(self, sql: str, *args):
-        start = time.perf_counter()
-        result = self._con.execute(sql, *args)
-        self._into.setdefault(" ".join(sql.split())[:60], []).append(
-            time.perf_counter() - start)
-        return result
-
-    def __getattr__(self, name: str):
-        attribute = getattr(self._con, name)
-        if not callable(attribute):
-            return attribute
-
-        def timed(*args, **kwargs):
-            start = time.perf_counter()
-            result = attribute(*args, **kwargs)
-            self._into.setdefault(name, []).append(time.perf_counter() - start)
-            return result
-        return timed
 
 if __name__ == "__main__":
     main()

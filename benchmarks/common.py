@@ -140,3 +140,29 @@ def print_table(columns, rows):
     from rtsql.output import render
 
     print(render(columns, rows, "table"), end="")
+
+
+class TimedConnection:
+    """A connection that times each statement it runs (and each other call) into ``into``."""
+
+    def __init__(self, con, into: dict[str, list[float]]):
+        self._con, self._into = con, into
+
+    def execute(self, sql: str, *args):
+        start = time.perf_counter()
+        result = self._con.execute(sql, *args)
+        self._into.setdefault(" ".join(sql.split())[:60], []).append(
+            time.perf_counter() - start)
+        return result
+
+    def __getattr__(self, name: str):
+        attribute = getattr(self._con, name)
+        if not callable(attribute):
+            return attribute
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            result = attribute(*args, **kwargs)
+            self._into.setdefault(name, []).append(time.perf_counter() - start)
+            return result
+        return timed
