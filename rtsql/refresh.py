@@ -186,15 +186,28 @@ def _keep_capped(con, cols: dict[str, np.ndarray]) -> None:
     _kept_capped[token] = cols
 
 
-def _capped_now(con, values: dict, state: dict, users: np.ndarray,
+def _of_users(kept: dict[str, np.ndarray], users: np.ndarray) -> np.ndarray:
+    """Flags of the kept X's entries that are rows of ``users``."""
+    n = max(int(kept["user_key"].max(initial=-1)), int(users.max(initial=-1))) + 1
+    return _flags(users, n)[kept["user_key"]]
+
+
+def _capped_before(con, values: dict, kept: dict | None, users: np.ndarray
+                   ) -> dict[str, np.ndarray]:
+    """The capped rows of ``users`` before the new events: from the kept X, or read."""
+    if kept is None:
+        return _capped_of(con, users, values)
+    mine = _of_users(kept, users)
+    return {name: column[mine] for name, column in kept.items()}
+
+
+def _capped_now(con, values: dict, kept: dict | None, users: np.ndarray,
                 rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """X's entries after the rows of ``users`` became ``rows`` (_capped_of): the kept X with
     those rows replaced, or X read again."""
-    kept = _kept_capped.get(state.get("capped_token", ""))
     if kept is None:
         return _capped_entries(con, values)
-    n = max(int(kept["user_key"].max(initial=-1)), int(users.max(initial=-1))) + 1
-    others = ~_flags(users, n)[kept["user_key"]]
+    others = ~_of_users(kept, users)
     return {name: np.concatenate([kept[name][others], rows[name].astype(kept[name].dtype)])
             for name in kept}
 
@@ -710,7 +723,8 @@ def _incremental(con, values: dict, state: dict, forget_users: np.ndarray | None
         _update_trending_counts(con, values, state, watermark, None)
         _refresh_content_if_changed(con, values, state)
         return RefreshResult("none")
-    old = _capped_of(con, users, values)
+    kept = _kept_capped.get(state.get("capped_token", ""))
+    old = _capped_before(con, values, kept, users)
     if forget_users is not None:
         _delete_rows(con, "interactions", "user_key", forget_users)
     con.execute(f"create or replace temp table _rtsql_delta as {_AGGREGATE_EVENTS}",
@@ -732,7 +746,7 @@ def _incremental(con, values: dict, state: dict, forget_users: np.ndarray | None
     new = _capped_of(con, users, values)
     n_items = _shape(con)[1]
     changed_users, changed_items = _changes(old, new, n_items)
-    cols = _capped_now(con, values, state, users, new)
+    cols = _capped_now(con, values, kept, users, new)
     _keep_capped(con, cols)
     notes: list[str] = []
     kind = _similarity_in_effect(values, state)

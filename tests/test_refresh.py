@@ -487,6 +487,29 @@ def test_the_stored_summary_is_each_truncated_lists_last_entry(tmp_path, list_bu
             row for row, _, _, nb, _ in entries if nb in changed)
 
 
+def test_the_kept_capped_matrix_is_the_one_in_the_database(tmp_path):
+    """After each refresh the process keeps the capped matrix X (refresh._capped_now): it
+    equals X read from the database, and so do the rows of some users taken from it
+    (refresh._capped_before) -- a miscount there would only widen the change set, which
+    incremental == full cannot see."""
+    con = rtsql.connect_memory()
+    configure(con, similarity="cosine", max_history=3)
+
+    def entries(cols):
+        return sorted(zip(*(cols[name].tolist() for name in sorted(cols))))
+
+    for n in range(3):
+        ingest.ingest(con, [write_batch(tmp_path, f"b{n}.csv", [
+            ((u + n) % 4, (u * 5 + n) % 9, "view", 10 * n + u, 1) for u in range(12)])])
+        assert refresh.refresh(con).mode == ("full" if n == 0 else "incremental")
+        values = settings.get_all(con)
+        kept = refresh._kept_capped[refresh._state(con)["capped_token"]]
+        assert entries(kept) == entries(refresh._capped_entries(con, values))
+        users = np.array([1, 4], np.int64)
+        assert entries(refresh._capped_before(con, values, kept, users)) == entries(
+            refresh._capped_of(con, users, values))
+
+
 def test_a_rolled_back_ease_update_leaves_an_inverse_no_version_names(tmp_path, write,
                                                                       monkeypatch):
     """The inverse is written in place before the refresh's transaction commits: when the
