@@ -14,7 +14,9 @@ planning. ``Service`` is the process that owns the file:
   at once, visible after the writer's next group commit (``outcome`` waits for that);
 - the follower (``rtsql.follower.Follower``, the loop ``rtsql tail`` runs too; with a folder
   to follow, ``rtsql.tail.Tail``) refreshes in the background, publishes snapshots for BI tools and CLI readers,
-  and after each refresh the state is reloaded and swapped in whole.
+  and after each refresh the state is reloaded and swapped in whole;
+- everything but the answers runs at a lower scheduling priority (BACKGROUND_NICE): the
+  writer, the follower, and DuckDB's own threads, so a request does not wait for the cores.
 
 ``rtsql.server`` puts HTTP in front of this; tests and other programs can use it directly.
 """
@@ -56,7 +58,10 @@ from .serving import ServingState
 # each other, at most this often: a publish copies the snapshot file (120 MB at 10M events),
 # and applications read from memory anyway; the last refresh's lists are published at once
 PUBLISH_INTERVAL_SECONDS = 30.0
-REFRESH_NICE = 10  # scheduling priority of the background refresh's threads (0: normal)
+# Scheduling priority (Linux nice) of everything serve does besides answering requests: the
+# writer, the follower and its refresh, and DuckDB's worker threads, which run their SQL (0:
+# normal). The requests' thread keeps the normal priority, so the two cores go to it first.
+BACKGROUND_NICE = 10
 FORGET_WAIT_SECONDS = 120.0  # how long forget waits for a background refresh to finish
 RECONNECT_SECONDS = 30.0  # how long serve retries opening its file again after forget's swap
 OUTCOMES_KEPT = 10_000  # journaled bodies whose outcome (counts, rejects) stays in memory
@@ -113,7 +118,9 @@ class Service:
         try:
             if privacy.finish_pending_rewrite(self.db_path) is not None:
                 self.log("serve: finished the file rewrite of an earlier forget")
-            self.con = db.connect(self.db_path)
+            # DuckDB's worker threads take the priority of the thread that opens the database
+            # (a forget's reconnect opens it on the follower's thread, which has it too)
+            self.con = _at_lower_priority(db.connect, self.db_path)
             self._open_journal()
             self._loader = self.con.cursor()
             self.state = ServingState.load(self._loader)
@@ -127,7 +134,7 @@ class Service:
             # the background refresh's compute runs in the worker at the lowest priority
             # (compute_worker.py), so it may take every core the requests leave idle
             options.refresh_threads = options.refresh_threads or settings.usable_cores()
-            options.refresh_nice = options.refresh_nice or REFRESH_NICE
+            options.refresh_nice = options.refresh_nice or BACKGROUND_NICE
             options.refresh_isolated = True  # the similarity compute in a worker process
             compute_worker.warm()  # started and its kernels loaded before the first refresh
             options.name = "serve"
@@ -144,7 +151,7 @@ class Service:
             raise
         self._writer = threading.Thread(target=self._write_loop, name="rtsql-writer")
         self._writer.start()
-        self._follow = threading.Thread(target=self.follower.run, name="rtsql-follower")
+        self._follow = threading.Thread(target=self._follow_loop, name="rtsql-follower")
         self._follow.start()
         return self
 
@@ -248,7 +255,12 @@ class Service:
         self._jobs.put(job)
         return job.future
 
+    def _follow_loop(self) -> None:
+        _lower_priority()
+        self.follower.run()
+
     def _write_loop(self) -> None:
+        _lower_priority()
         stopping = False
         while not stopping:
             jobs = [self._jobs.get()]
@@ -542,6 +554,32 @@ def _outcome(function, *args):
         return function(*args)
     except Exception as exc:
         return exc
+
+
+def _lower_priority() -> None:
+    """Run the calling thread, and the threads it starts from now on, at BACKGROUND_NICE."""
+    if BACKGROUND_NICE and hasattr(os, "setpriority"):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+
+
+def _at_lower_priority(function, *args):
+    """``function(*args)`` on a thread at BACKGROUND_NICE, its result or its exception: what
+    the call starts (DuckDB's worker threads, when it opens a database) inherits it."""
+    outcome: dict = {}
+
+    def run() -> None:
+        _lower_priority()
+        try:
+            outcome["result"] = function(*args)
+        except BaseException as exc:  # raised again in the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="rtsql-open")
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def _freeze() -> None:

@@ -1,10 +1,26 @@
-"""Reference implementations and comparisons shared by the model tests."""
+"""Reference implementations and comparisons shared by the model tests, and the small
+databases several test modules start from."""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
+
+SAMPLE = Path(__file__).resolve().parents[1] / "sample_events"
+
+
+def small_database(tmp_path: Path) -> Path:
+    """A database holding the first sample file's events."""
+    import rtsql
+    from rtsql import ingest
+
+    db_path = tmp_path / "shop.duckdb"
+    con = rtsql.connect(db_path)
+    ingest.ingest(con, sorted((SAMPLE / "events").iterdir())[:1])
+    con.close()
+    return db_path
 
 
 def brute_force_topk(x: np.ndarray, k: int, shrinkage: float = 0.0, min_support: int = 1,

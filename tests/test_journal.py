@@ -5,7 +5,6 @@ with the same rejects as any body, across restarts."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
@@ -13,18 +12,7 @@ import rtsql
 from rtsql import journal
 from rtsql.journal import Journal, JournalError
 
-SAMPLE = Path(__file__).resolve().parents[1] / "sample_events"
-
-
-def small_database(tmp_path: Path) -> Path:
-    """A database holding the first sample file's events."""
-    from rtsql import ingest
-
-    db_path = tmp_path / "shop.duckdb"
-    con = rtsql.connect(db_path)
-    ingest.ingest(con, sorted((SAMPLE / "events").iterdir())[:1])
-    con.close()
-    return db_path
+from helpers import small_database
 
 
 def body(user: str, n: int) -> bytes:
