@@ -67,13 +67,13 @@ class Follower:
 
     ``rtsql serve`` runs it in a thread, with the server's ``lock`` around each scan (one
     writer at a time), ``notify()`` after each HTTP ingest, ``on_ingest`` after a scan that
-    loaded events and ``on_refresh`` after each refresh (the server reloads its in-memory
-    state)."""
+    loaded events and ``on_refresh(result)`` after each refresh (its RefreshResult, None if
+    it failed: the server brings its in-memory state forward)."""
 
     def __init__(self, con, options: TailOptions | None = None,
                  log: Callable[[str], None] = lambda line: None, *, lock=None,
                  on_ingest: Callable[[], None] | None = None,
-                 on_refresh: Callable[[], None] | None = None):
+                 on_refresh: Callable[[refresh_mod.RefreshResult | None], None] | None = None):
         self.con = con
         self.lock = lock or contextlib.nullcontext()
         self.on_ingest, self.on_refresh = on_ingest, on_refresh
@@ -100,6 +100,7 @@ class Follower:
         self._refresh_finished = threading.Event()
         self._refresh_pending = False
         self._refresh_error: Exception | None = None
+        self._last_result: refresh_mod.RefreshResult | None = None  # of the last refresh
         self._tasks: queue.SimpleQueue = queue.SimpleQueue()
         self.publisher = (snapshot.Publisher(self.opt.publish, database_path(con))
                           if self.opt.publish else None)
@@ -157,7 +158,7 @@ class Follower:
 
     def _refreshed(self) -> None:
         if self.on_refresh:
-            self.on_refresh()
+            self.on_refresh(self._last_result)
         self._lists_unpublished = True
 
     def _publish_lists(self, force: bool) -> None:
@@ -223,6 +224,7 @@ class Follower:
                                          else self.publisher.events(self.con))
 
     def _record_refresh(self, done, began: float) -> None:
+        self._last_result = done
         self.last_refresh = (time.time(), done.seconds, done.mode)
         self.refresh_counts[done.mode] = self.refresh_counts.get(done.mode, 0) + 1
         self.refresh_seconds[done.mode] = done.seconds
@@ -246,6 +248,7 @@ class Follower:
         return time.monotonic() - self._refresh_started >= wait
 
     def _start_refresh(self) -> None:
+        self._last_result = None  # until it succeeds
         self._refresh_pending = False
         self._refresh_started = time.monotonic()
         cursor = self.con.cursor()

@@ -87,6 +87,20 @@ select user_key, item_key, weight, epoch_us(last_ts) from (
 
 
 @dataclass
+class Rewritten:
+    """What an incremental refresh (or one that found nothing new) changed of what serving
+    loads, so a server swaps in only that (rtsql.state.State.advanced): the rows of the served
+    item lists (None: every row), of user_neighbors, the users whose interaction rows changed,
+    and whether the content lists were rebuilt. ``since`` is the watermark it started from."""
+
+    since: int
+    item_lists: np.ndarray | None
+    user_lists: np.ndarray
+    users: np.ndarray
+    content: bool
+
+
+@dataclass
 class RefreshResult:
     mode: str  # full | incremental | none
     new_events: int = 0
@@ -95,6 +109,7 @@ class RefreshResult:
     recomputed_rows: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)  # what the user should know of this refresh
+    rewritten: Rewritten | None = None  # None after a full refresh: everything changed
 
     def summary(self) -> str:
         if self.mode == "none":
@@ -644,8 +659,11 @@ def _stored(con, table: str, key: str, changed: np.ndarray, k: int
 
 
 def _apply_incremental(con, table: str, key: str, matrix: sp.csr_matrix, changed: np.ndarray,
-                       measure: measures.Measure, isolate: bool = False) -> int:
-    """Update one neighbour table after ``changed`` rows of ``matrix`` changed.
+                       measure: measures.Measure, isolate: bool = False
+                       ) -> tuple[int, np.ndarray]:
+    """Update one neighbour table after ``changed`` rows of ``matrix`` changed; the rows
+    recomputed, and the rows whose entries changed (of a table with a served copy: whose
+    served entries changed).
 
     Replaced rows (changed or recomputed) are rewritten whole. A merged row keeps the stored
     entries that stay at their rank: only its entries pointing at changed rows and the entries
@@ -654,7 +672,7 @@ def _apply_incremental(con, table: str, key: str, matrix: sp.csr_matrix, changed
     fraction of what rewriting the lists would (and the commit shrinks with it).
     """
     if not len(changed):
-        return 0
+        return 0, np.empty(0, np.int64)
     stored, pointing = _stored(con, table, key, changed, measure.k)
     result = compute_worker.run(isolate, measures.incremental, matrix, changed, stored, measure)
     with registered(con, "_rtsql_merge", keys_column(result.merge_rows)), \
@@ -695,7 +713,8 @@ def _apply_incremental(con, table: str, key: str, matrix: sp.csr_matrix, changed
         _write_served_lists(con, SERVED_LISTS[table], measures.Neighbors.concat([
             merged.where(_flags(served, n)[merged.row] & (merged.rank <= measure.k)),
             result.lists.where(result.lists.rank <= measure.k)]))
-    return len(result.replace_rows)
+        return len(result.replace_rows), served
+    return len(result.replace_rows), np.unique(np.r_[rewrite, gone_row, new.row]).astype(np.int64)
 
 
 def _flags(keys: np.ndarray, n: int) -> np.ndarray:
@@ -721,8 +740,10 @@ def _incremental(con, values: dict, state: dict, forget_users: np.ndarray | None
         users = np.union1d(users, forget_users)
     if not len(users):
         _update_trending_counts(con, values, state, watermark, None)
-        _refresh_content_if_changed(con, values, state)
-        return RefreshResult("none")
+        nothing = np.empty(0, np.int64)
+        return RefreshResult("none", rewritten=Rewritten(
+            watermark, nothing, nothing, nothing,
+            _refresh_content_if_changed(con, values, state)))
     kept = _kept_capped.get(state.get("capped_token", ""))
     old = _capped_before(con, values, kept, users)
     if forget_users is not None:
@@ -750,6 +771,8 @@ def _incremental(con, values: dict, state: dict, forget_users: np.ndarray | None
     _keep_capped(con, cols)
     notes: list[str] = []
     kind = _similarity_in_effect(values, state)
+    item_rows: np.ndarray | None = np.empty(0, np.int64)
+    user_rows = np.empty(0, np.int64)
     if kind == "ease":
         recomputed = _update_ease(con, _with_ease_choice(values, state), state, cols, users,
                                   old, new, notes, isolate)
@@ -757,24 +780,28 @@ def _incremental(con, values: dict, state: dict, forget_users: np.ndarray | None
             result = _full(con, values, progress, isolate)
             result.notes[:0] = notes
             return result
+        item_rows = None  # every list is rewritten
     elif not measures.MODELS[kind].incremental:  # no update: kept (refresh's rebuild_fraction)
         recomputed = 0
     else:
-        recomputed = _apply_incremental(
+        recomputed, item_rows = _apply_incremental(
             con, "item_neighbors", "item_key", _matrix(con, cols).T.tocsr(), changed_items,
             _measure(values, kind, float(state.get("idf_n", 0))), isolate)
     if values["user_cf"]:
         item_cap = values["max_item_users"]
-        recomputed += _apply_incremental(
+        more, user_rows = _apply_incremental(
             con, "user_neighbors", "user_key",
             _matrix(con, cols, most_recent_per_item(cols, item_cap)),
             _moved_by_item_cap(cols, old, new, users, item_cap, n_items)
             if item_cap > 0 else changed_users, _measure(values), isolate)
-    _refresh_content_if_changed(con, values, state)
+        recomputed += more
+    content_rebuilt = _refresh_content_if_changed(con, values, state)
     _set_state(con, watermark=max(watermark, scalar(
         con, "select coalesce(max(event_id), 0) from events")))
     return RefreshResult("incremental", new_events, len(changed_users), len(changed_items),
-                         recomputed, notes=notes)
+                         recomputed, notes=notes,
+                         rewritten=Rewritten(watermark, item_rows, user_rows, users,
+                                             content_rebuilt))
 
 
 # EASE's lambda' (ease_lambda x the mean squared weight) stays frozen between full refreshes;
@@ -1025,10 +1052,14 @@ def _refresh_trending(con, counts: str, params: dict | None = None) -> None:
     con.execute("drop table _rtsql_counts")
 
 
-def _refresh_content_if_changed(con, values: dict, state: dict) -> None:
-    if state.get("catalog_version") != _catalog_version(con):
-        _refresh_content(con, values, None)
-        _set_state(con, catalog_version=_catalog_version(con))
+def _refresh_content_if_changed(con, values: dict, state: dict) -> bool:
+    """Rebuild the content lists if the catalog changed since they were built; whether it
+    did."""
+    if state.get("catalog_version") == _catalog_version(con):
+        return False
+    _refresh_content(con, values, None)
+    _set_state(con, catalog_version=_catalog_version(con))
+    return True
 
 
 def _refresh_content(con, values: dict, progress: Progress | None) -> None:

@@ -14,7 +14,8 @@ planning. ``Service`` is the process that owns the file:
   at once, visible after the writer's next group commit (``outcome`` waits for that);
 - the follower (``rtsql.follower.Follower``, the loop ``rtsql tail`` runs too; with a folder
   to follow, ``rtsql.tail.Tail``) refreshes in the background, publishes snapshots for BI tools and CLI readers,
-  and after each refresh the state is reloaded and swapped in whole;
+  and after each refresh the state takes what the refresh rewrote (a whole load after a full
+  one) and is swapped in;
 - everything but the answers runs at a lower scheduling priority (BACKGROUND_NICE): the
   writer, the follower, and DuckDB's own threads, so a request does not wait for the cores.
 
@@ -48,6 +49,7 @@ from . import (
 )
 from . import ingest as ingest_mod
 from . import journal as journal_mod
+from . import refresh as refresh_mod
 from . import tail as tail_mod
 from .dashboard import Arrivals
 from .errors import DatabaseLocked, InvalidSetting
@@ -440,15 +442,25 @@ class Service:
         self.arrivals.note(self.state.seen["event_id"])
         self.pending_since = self.pending_since or time.time()
 
-    def _reload(self) -> None:
-        """After a refresh: load the new state without blocking writes or reads, then catch
-        it up with what was committed meanwhile and swap it in."""
+    def _reload(self, result: refresh_mod.RefreshResult | None = None) -> None:
+        """After a refresh: bring the state forward without blocking writes or reads (only
+        what the refresh rewrote, when it says so and started from the served state; else a
+        whole load), then catch it up with what was committed meanwhile and swap it in."""
+        rewritten = result.rewritten if result is not None else None
         while True:
-            started, generation = time.time(), self._generation
-            fresh = ServingState.load(self._loader)
+            started, generation, current = time.time(), self._generation, self.state
+            model = fresh = None
+            if rewritten is not None and rewritten.since == current.model.watermark:
+                model = current.advanced_model(self._loader, rewritten.since,
+                                               rewritten.item_lists, rewritten.user_lists,
+                                               rewritten.users, rewritten.content)
+            if model is None:
+                fresh = ServingState.load(self._loader)
             with self.lock:
                 if generation != self._generation:
                     continue  # a forget replaced the state meanwhile: load again
+                if model is not None:
+                    fresh = current.with_model(model, rewritten.users)
                 fresh.catch_up(self.con)
                 # changes commit under this lock and update the serving state's copy at once
                 fresh.availability = self.state.availability

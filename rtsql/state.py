@@ -5,24 +5,29 @@ interaction matrix, the backfill orders, ids and catalog fields) into arrays onc
 transaction. ``catch_up(con)`` reads what was committed after that (new events with their
 weights computed by the database's own ``rtsql_event_weight``, new users and items) and
 appends it to a small per-user overlay; the writer calls it after every ingest, so a request
-that follows a committed write sees it. After a refresh a new state is loaded and swapped in
-whole (rtsql.service). The answers themselves are rtsql.serving's.
+that follows a committed write sees it. After an incremental refresh the service takes only
+what it rewrote (``advanced_model``: the rows of the lists and of the interaction matrix it
+changed, spliced into the arrays, and the small tables read again; ``with_model``: the overlay
+without what the refresh folded in); after a full one it loads a new state
+(rtsql.service). The answers themselves are rtsql.serving's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
+from numba import njit
 
 from . import allocation
 from . import settings as settings_mod
 from .availability import Availability
 from .errors import ModelError
 from .recency import most_recent
-from .sqlutil import arrow_table, clean_id
+from .sqlutil import arrow_table, clean_id, keys_column, registered
 from .suppression import Impressions
 from .vocabulary import blend_weights
 
@@ -52,6 +57,37 @@ class Csr:
     @property
     def n_rows(self) -> int:
         return len(self.indptr) - 1
+
+    def grown(self, n_rows: int) -> "Csr":
+        """The same entries over at least ``n_rows`` rows (the new ones empty)."""
+        if n_rows <= self.n_rows:
+            return self
+        return Csr(np.r_[self.indptr, np.full(n_rows - self.n_rows, self.indptr[-1])],
+                   self.keys, self.values)
+
+    def with_rows(self, rows: np.ndarray, new: "Csr", n_rows: int, extra: tuple = ()
+                  ) -> tuple["Csr", list]:
+        """This matrix with each of ``rows`` replaced whole by its row of ``new`` (which
+        holds no other row; empty where it has none), over at least ``n_rows`` rows; and
+        each (old, new) pair of arrays of ``extra``, aligned with the entries of this matrix
+        and of ``new``, spliced alike. Linear in the entries: no sort."""
+        n = max(n_rows, self.n_rows, new.n_rows)
+        replaced = np.zeros(n, bool)
+        replaced[np.asarray(rows, np.int64)] = True
+        counts = np.zeros(n, np.int64)
+        counts[:self.n_rows] = np.diff(self.indptr)
+        counts[replaced] = 0
+        counts[:new.n_rows] += np.diff(new.indptr)
+        indptr = np.zeros(n + 1, np.int64)
+        np.cumsum(counts, out=indptr[1:])
+
+        def spliced(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+            out = np.empty(indptr[-1], before.dtype)
+            _splice(self.indptr, before, new.indptr, after, replaced, indptr, out)
+            return out
+
+        return (Csr(indptr, spliced(self.keys, new.keys), spliced(self.values, new.values)),
+                [spliced(before, after) for before, after in extra])
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return self.indptr, self.keys, self.values
@@ -115,7 +151,8 @@ class History:
 
 @dataclass
 class Refreshed:
-    """What the last refresh produced, loaded as arrays; replaced whole after each refresh."""
+    """What the last refresh produced, loaded as arrays; a new one after each refresh (arrays
+    it did not change are shared with the previous one, never written)."""
 
     watermark: int
     t0: float
@@ -154,10 +191,11 @@ class State:
     Build with ``load(con)`` (rtsql.serving.ServingState adds the answers)."""
 
     def __init__(self, model: Refreshed, user_keys: dict, item_ids: list, item_keys: dict,
-                 pending: dict, seen: dict):
+                 pending: dict, seen: dict, user_ids: dict | None = None):
         self.model = model
         self.user_keys = user_keys  # user id -> key
-        self.user_ids: dict = {k: u for u, k in user_keys.items()}
+        self.user_ids: dict = user_ids if user_ids is not None else \
+            {k: u for u, k in user_keys.items()}
         self.item_ids = item_ids  # key -> item id (None where no item has the key)
         self.item_keys = item_keys  # item id -> key
         self.pending = pending  # user key -> [(item key, weight, type code, ts_us, event_id)]
@@ -184,84 +222,17 @@ class State:
 
     @classmethod
     def _load(cls, con) -> "State":
-        values = settings_mod.get_all(con)
-        state = dict(con.execute("select name, value from model_state").fetchall())
-        watermark = int(state.get("watermark", -1))
-        types = [r[0] for r in con.execute(
-            "select event_type from event_types order by event_type").fetchall()]
-        types.append(BASKET_TYPE)
-        verbs = dict(con.execute(
-            "select t, rtsql_verb(t) from unnest(?::VARCHAR[]) u(t)", [types]).fetchall())
-        other_verb = con.execute("select rtsql_verb(NULL::VARCHAR)").fetchall()[0][0]
-        variants = {name: (share, json.loads(text)) for name, share, text in con.execute(
-            "select name, share, settings::VARCHAR from ab_variants order by name").fetchall()}
-        buckets = allocation.read_buckets(con)
-        n_items = con.execute("select coalesce(max(item_key), -1) + 1 from items").fetchall()[0][0]
-        n_users = con.execute("select coalesce(max(user_key), -1) + 1 from users").fetchall()[0][0]
-
-        served = arrow_table(con, "select item_key, neighbor_keys, scores "
-                                  "from item_neighbor_lists order by item_key")
-        keys_col = served.column("neighbor_keys")
-        rows = np.repeat(served.column("item_key").to_numpy().astype(np.int64),
-                         _list_lengths(keys_col))
-        item_lists = Csr.from_sorted(rows, _flat(keys_col),
-                                     _flat(served.column("scores"), np.float64), n_items)
-
-        # Arrow, not fetchnumpy: four times faster at millions of rows
-        un = _columns(con, "select user_key, neighbor_key, score from user_neighbors "
-                           "order by user_key, rank")
-        user_lists = Csr.from_sorted(un["user_key"], un["neighbor_key"], un["score"], n_users)
-        cn = _columns(con, "select item_key, neighbor_key, score from content_neighbors "
-                           "order by item_key, rank")
-        content = Csr.from_sorted(cn["item_key"], cn["neighbor_key"], cn["score"], n_items)
-        it = _columns(con, "select user_key, item_key, weight, "
-                           "coalesce(list_position(?::VARCHAR[], last_event_type), 0) as t, "
-                           "epoch_us(last_ts) as ts from interactions order by user_key, item_key",
-                      [types])
-        inter = Csr.from_sorted(it["user_key"], it["item_key"], it["weight"], n_users)
-        inter_ts = np.asarray(it["ts"], np.int64)
-        capped = capped_entries(inter.indptr, inter.keys, inter.values, inter_ts,
-                         int(values["max_history"]))
-        neighbour_rows = Csr.from_sorted(it["user_key"][capped], inter.keys[capped],
-                                         inter.values[capped], n_users)
-
-        # rtsql.scoring relies on it (item-cf lists may be signed: ease's weights)
-        if len(item_lists.values) and not np.all(np.isfinite(item_lists.values)):
-            raise ModelError("item_neighbors holds a score that is not finite, which rtsql "
-                             "never writes: run `rtsql refresh --full`")
-        for name, lists in (("user_neighbors", user_lists), ("content_neighbors", content)):
-            if len(lists.values) and not lists.values.min() > 0:
-                raise ModelError(f"{name} holds a score <= 0, which rtsql never writes: run "
-                                 "`rtsql refresh --full`")
-        tr = con.execute("select item_key, share, popularity, score, rank_trending, rank_popular "
-                         "from item_trending").fetchnumpy()
-        share, popularity, trend_score = (np.zeros(n_items), np.zeros(n_items, np.int64),
-                                          np.zeros(n_items))
-        keys = tr["item_key"].astype(np.int64)
-        share[keys], popularity[keys], trend_score[keys] = tr["share"], tr["popularity"], tr["score"]
-        order_trending = keys[np.argsort(tr["rank_trending"], kind="stable")]
-        order_popular = keys[np.argsort(tr["rank_popular"], kind="stable")]
-
-        catalog = con.execute("select item_key, title, category from item_catalog").fetchall()
-        titles = {k: t for k, t, _ in catalog if t is not None}
-        categories: dict = {}
-        for k, _, c in catalog:
-            if c is not None:
-                categories.setdefault(c, []).append(k)
-        categories = {c: np.sort(np.array(ks, np.int64)) for c, ks in categories.items()}
-
+        small = _small_tables(con)
+        n_items, n_users, types = small["n_items"], small["n_users"], small["event_types"]
+        item_lists = _item_lists(con, n_items)
+        user_lists = _user_lists(con, n_users)
+        content = _content_lists(con, n_items)
+        inter = _interactions(con, types, n_users,
+                              int(small["model"]["settings"]["max_history"]))
         model = Refreshed(
-            watermark=watermark, t0=float(state.get("t0", 0)),
-            rate=float(state.get("decay_rate", 0)), settings=values, variants=variants,
-            buckets=buckets,
-            verbs=verbs, other_verb=other_verb, event_types=types, item_lists=item_lists,
-            user_lists=user_lists, content=content, inter=inter,
-            inter_type=np.asarray(it["t"], np.int64), inter_ts=inter_ts, capped=capped,
-            neighbour_rows=neighbour_rows,
-            share=share, popularity=popularity, trend_score=trend_score,
-            order_trending=order_trending, order_popular=order_popular,
-            max_ranked_item=int(keys.max()) if len(keys) else -1, titles=titles,
-            categories=categories)
+            **small["model"], item_lists=item_lists, user_lists=user_lists, content=content,
+            **inter, **_trending(con, n_items), **_catalog(con))
+        _check(model)
         users = arrow_table(con, "select user_key, user_id from users")
         user_keys = dict(zip(users.column("user_id").to_pylist(),
                              users.column("user_key").to_pylist()))
@@ -272,12 +243,94 @@ class State:
         for i, key in item_keys.items():
             item_ids[key] = i
         result = cls(model, user_keys, item_ids, item_keys, {},
-                     {"event_id": watermark, "user_key": n_users - 1, "item_key": n_items - 1})
+                     {"event_id": model.watermark, "user_key": n_users - 1,
+                      "item_key": n_items - 1})
         result.availability = Availability.load(con)
-        result.impressions = Impressions.load(con, values, variants)
+        result.impressions = Impressions.load(con, model.settings, model.variants)
         result.read_first_seen(con, 0)
         result.catch_up(con)
         return result
+
+    def advanced_model(self, con, since: int, item_rows: np.ndarray | None,
+                       user_rows: np.ndarray, users: np.ndarray, content: bool
+                       ) -> "Refreshed | None":
+        """The model after an incremental refresh that started from this state's watermark
+        (``since``) and rewrote only ``item_rows`` of the served item lists (None: all),
+        ``user_rows`` of user_neighbors, the interaction rows of ``users`` and, if
+        ``content``, the content lists: those read in one read transaction and spliced into
+        this state's arrays, the small tables (trending, settings, variants) read whole.
+        None when that would not equal a load (another refresh came between, the decay
+        landmark or the event types changed): then load it whole. Needs no lock: the
+        arrays it starts from are never written."""
+        cur = con.cursor()
+        try:
+            cur.execute("begin transaction")
+            try:
+                return self._advanced(cur, since, item_rows, user_rows, users, content)
+            finally:
+                cur.execute("rollback")
+        finally:
+            cur.close()
+
+    def _advanced(self, con, since, item_rows, user_rows, users, content):
+        m = self.model
+        small = _small_tables(con)
+        model = small["model"]
+        overrides = {name: settings for name, (_, settings) in model["variants"].items()}
+        if (since != m.watermark or small["event_types"] != m.event_types
+                or (model["t0"], model["rate"]) != (m.t0, m.rate)
+                or model["settings"] != m.settings  # (what the impressions were read with)
+                or overrides != {name: settings for name, (_, settings) in m.variants.items()}):
+            return None
+        n_items, n_users = small["n_items"], small["n_users"]
+        if item_rows is None:
+            item_lists = _item_lists(con, n_items)
+        elif not len(item_rows):
+            item_lists = m.item_lists.grown(n_items)
+        else:
+            item_lists = m.item_lists.with_rows(
+                item_rows, _item_lists(con, n_items, item_rows), n_items)[0]
+        user_lists = m.user_lists.with_rows(user_rows, _user_lists(con, n_users, user_rows),
+                                            n_users)[0]
+        changed = _interactions(con, m.event_types, n_users,
+                                int(model["settings"]["max_history"]), users)
+        inter, (inter_type, inter_ts, capped) = m.inter.with_rows(
+            users, changed["inter"], n_users,
+            ((m.inter_type, changed["inter_type"]), (m.inter_ts, changed["inter_ts"]),
+             (m.capped, changed["capped"])))
+        kept = dict(item_lists=item_lists, user_lists=user_lists,
+                    content=_content_lists(con, n_items) if content else m.content.grown(n_items),
+                    inter=inter, inter_type=inter_type, inter_ts=inter_ts, capped=capped,
+                    neighbour_rows=_neighbour_rows(inter, capped, n_users),
+                    **_trending(con, n_items))
+        if content:
+            kept.update(_catalog(con))
+        else:
+            kept.update(titles=m.titles, categories=m.categories,
+                        category_masks=m.category_masks)
+        advanced = Refreshed(**model, **kept)
+        _check(advanced)
+        return advanced
+
+    def with_model(self, model: "Refreshed", users: np.ndarray) -> "State":
+        """This state over ``model`` (advanced_model's), its id dictionaries shared, its
+        overlay without the events the model now holds (those of ``users`` up to its
+        watermark). Call it where catch_up runs (the writer lock): it reads the overlay."""
+        pending = dict(self.pending)
+        for user in users.tolist():
+            rows = pending.get(user)
+            if rows is not None:
+                later = [row for row in rows if row[4] > model.watermark]
+                if later:
+                    pending[user] = later
+                else:
+                    del pending[user]
+        fresh = type(self)(model, self.user_keys, self.item_ids, self.item_keys, pending,
+                           dict(self.seen), self.user_ids)
+        fresh.first_seen_us = self.first_seen_us
+        fresh.availability = self.availability
+        fresh.impressions = self.impressions
+        return fresh
 
     def catch_up(self, con) -> int:
         """Append what was committed since the last look: new items, new users, and events
@@ -430,6 +483,142 @@ class State:
     def ab_variant(self, user_id: str) -> str | None:
         """The ``ab_variant`` macro: the owner of the id's hash bucket."""
         return self.model.buckets[allocation.bucket_of(user_id)]
+
+
+@njit(nogil=True, cache=True)
+def _splice(old_indptr, old, new_indptr, new, replaced, indptr, out):
+    """Csr.with_rows' copy: row r of ``out`` (from ``indptr``) is row r of ``new`` where
+    ``replaced``, else of ``old`` (empty past either's rows)."""
+    for r in range(len(indptr) - 1):
+        source, source_indptr = (new, new_indptr) if replaced[r] else (old, old_indptr)
+        if r < len(source_indptr) - 1:
+            lo, hi = source_indptr[r], source_indptr[r + 1]
+            out[indptr[r]:indptr[r] + hi - lo] = source[lo:hi]
+
+
+def _small_tables(con) -> dict:
+    """What a load reads whole however little changed: settings, model_state, event types
+    and their verbs, A/B variants and buckets, the key ranges."""
+    values = settings_mod.get_all(con)
+    state = dict(con.execute("select name, value from model_state").fetchall())
+    types = [r[0] for r in con.execute(
+        "select event_type from event_types order by event_type").fetchall()]
+    types.append(BASKET_TYPE)
+    verbs = dict(con.execute(
+        "select t, rtsql_verb(t) from unnest(?::VARCHAR[]) u(t)", [types]).fetchall())
+    other_verb = con.execute("select rtsql_verb(NULL::VARCHAR)").fetchall()[0][0]
+    variants = {name: (share, json.loads(text)) for name, share, text in con.execute(
+        "select name, share, settings::VARCHAR from ab_variants order by name").fetchall()}
+    return {
+        "n_items": con.execute("select coalesce(max(item_key), -1) + 1 from items"
+                               ).fetchall()[0][0],
+        "n_users": con.execute("select coalesce(max(user_key), -1) + 1 from users"
+                               ).fetchall()[0][0],
+        "event_types": types,
+        "model": dict(watermark=int(state.get("watermark", -1)), t0=float(state.get("t0", 0)),
+                      rate=float(state.get("decay_rate", 0)), settings=values,
+                      variants=variants, buckets=allocation.read_buckets(con), verbs=verbs,
+                      other_verb=other_verb, event_types=types)}
+
+
+def _only(key: str, rows: np.ndarray | None) -> tuple[str, dict]:
+    """A semi join to ``rows`` of ``key`` (none: every row), and its registered keys."""
+    if rows is None:
+        return "", {}
+    return f"semi join _rtsql_rows r on {key} = r.k", keys_column(rows)
+
+
+def _item_lists(con, n_items: int, rows: np.ndarray | None = None) -> "Csr":
+    """The served item-cf lists (item_neighbor_lists), of ``rows`` or all."""
+    join, keys = _only("item_key", rows)
+    with registered(con, "_rtsql_rows", keys) if keys else contextlib.nullcontext():
+        served = arrow_table(con, "select item_key, neighbor_keys, scores "
+                                  f"from item_neighbor_lists {join} order by item_key")
+    keys_col = served.column("neighbor_keys")
+    owner = np.repeat(served.column("item_key").to_numpy().astype(np.int64),
+                      _list_lengths(keys_col))
+    return Csr.from_sorted(owner, _flat(keys_col), _flat(served.column("scores"), np.float64),
+                           n_items)
+
+
+def _user_lists(con, n_users: int, rows: np.ndarray | None = None) -> "Csr":
+    """user_neighbors, every stored rank, of ``rows`` or all."""
+    join, keys = _only("user_key", rows)
+    # Arrow, not fetchnumpy: four times faster at millions of rows
+    with registered(con, "_rtsql_rows", keys) if keys else contextlib.nullcontext():
+        un = _columns(con, "select user_key, neighbor_key, score from user_neighbors "
+                           f"{join} order by user_key, rank")
+    return Csr.from_sorted(un["user_key"], un["neighbor_key"], un["score"], n_users)
+
+
+def _content_lists(con, n_items: int) -> "Csr":
+    cn = _columns(con, "select item_key, neighbor_key, score from content_neighbors "
+                       "order by item_key, rank")
+    return Csr.from_sorted(cn["item_key"], cn["neighbor_key"], cn["score"], n_items)
+
+
+def _interactions(con, types: list, n_users: int, max_history: int,
+                  users: np.ndarray | None = None) -> dict:
+    """The interaction matrix by user (of ``users`` or all): Refreshed's inter, inter_type,
+    inter_ts and capped (neighbour_rows too when whole)."""
+    join, keys = _only("user_key", users)
+    with registered(con, "_rtsql_rows", keys) if keys else contextlib.nullcontext():
+        it = _columns(con, "select user_key, item_key, weight, "
+                           "coalesce(list_position(?::VARCHAR[], last_event_type), 0) as t, "
+                           f"epoch_us(last_ts) as ts from interactions {join} "
+                           "order by user_key, item_key", [types])
+    inter = Csr.from_sorted(it["user_key"], it["item_key"], it["weight"], n_users)
+    inter_ts = np.asarray(it["ts"], np.int64)
+    capped = capped_entries(inter.indptr, inter.keys, inter.values, inter_ts, max_history)
+    found = dict(inter=inter, inter_type=np.asarray(it["t"], np.int64), inter_ts=inter_ts,
+                 capped=capped)
+    if users is None:
+        found["neighbour_rows"] = _neighbour_rows(inter, capped, n_users)
+    return found
+
+
+def _neighbour_rows(inter: "Csr", capped: np.ndarray, n_users: int) -> "Csr":
+    """inter's capped rows: what user-cf takes from each neighbour."""
+    rows = np.repeat(np.arange(inter.n_rows), np.diff(inter.indptr))
+    return Csr.from_sorted(rows[capped], inter.keys[capped], inter.values[capped], n_users)
+
+
+def _trending(con, n_items: int) -> dict:
+    """item_trending as arrays by item key, and the backfill orders."""
+    tr = con.execute("select item_key, share, popularity, score, rank_trending, rank_popular "
+                     "from item_trending").fetchnumpy()
+    share, popularity, trend_score = (np.zeros(n_items), np.zeros(n_items, np.int64),
+                                      np.zeros(n_items))
+    keys = tr["item_key"].astype(np.int64)
+    share[keys], popularity[keys], trend_score[keys] = tr["share"], tr["popularity"], tr["score"]
+    return dict(share=share, popularity=popularity, trend_score=trend_score,
+                order_trending=keys[np.argsort(tr["rank_trending"], kind="stable")],
+                order_popular=keys[np.argsort(tr["rank_popular"], kind="stable")],
+                max_ranked_item=int(keys.max()) if len(keys) else -1)
+
+
+def _catalog(con) -> dict:
+    """Catalog titles by item key and each category's sorted item keys."""
+    catalog = con.execute("select item_key, title, category from item_catalog").fetchall()
+    titles = {k: t for k, t, _ in catalog if t is not None}
+    categories: dict = {}
+    for k, _, c in catalog:
+        if c is not None:
+            categories.setdefault(c, []).append(k)
+    return dict(titles=titles, categories={c: np.sort(np.array(ks, np.int64))
+                                           for c, ks in categories.items()})
+
+
+def _check(model: "Refreshed") -> None:
+    """What rtsql.scoring relies on (item-cf lists may be signed: ease's weights)."""
+    if len(model.item_lists.values) and not np.all(np.isfinite(model.item_lists.values)):
+        raise ModelError("item_neighbors holds a score that is not finite, which rtsql "
+                         "never writes: run `rtsql refresh --full`")
+    for name, lists in (("user_neighbors", model.user_lists),
+                        ("content_neighbors", model.content)):
+        if len(lists.values) and not lists.values.min() > 0:
+            raise ModelError(f"{name} holds a score <= 0, which rtsql never writes: run "
+                             "`rtsql refresh --full`")
 
 
 def capped_entries(indptr: np.ndarray, keys: np.ndarray, values: np.ndarray, ts_us: np.ndarray,

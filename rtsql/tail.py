@@ -30,6 +30,7 @@ from . import ledger
 from .errors import BadEventFile, InputPathError
 from .follower import Follower, ScanResult, TailOptions
 from .ingest import Segment
+from .refresh import RefreshResult
 
 ROTATED_GRACE_SECONDS = 5.0  # a renamed-away file still written to is followed this long
 # logrotate-style names of older generations: app.csv.1, app.jsonl-20261128
@@ -58,7 +59,7 @@ class Tail(Follower):
                  options: TailOptions | None = None,
                  log: Callable[[str], None] = lambda line: None, *, lock=None,
                  on_ingest: Callable[[], None] | None = None,
-                 on_refresh: Callable[[], None] | None = None):
+                 on_refresh: Callable[[RefreshResult | None], None] | None = None):
         super().__init__(con, options, log, lock=lock, on_ingest=on_ingest,
                          on_refresh=on_refresh)
         self.dir = Path(directory).expanduser().resolve()

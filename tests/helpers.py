@@ -122,3 +122,28 @@ def brute_force_ease_lists(b: np.ndarray, present: np.ndarray, k: int, tol: floa
         if kept:
             out[int(present[a])] = kept
     return out, ambiguous
+
+
+def assert_same_state(got, want):
+    """Two serving states hold the same model arrays, ids and overlay."""
+    import dataclasses
+
+    for f in dataclasses.fields(want.model):
+        a, b = getattr(got.model, f.name), getattr(want.model, f.name)
+        if f.name == "category_masks":  # a cache filled by requests
+            continue
+        if hasattr(b, "indptr"):
+            for part in ("indptr", "keys", "values"):
+                assert np.array_equal(getattr(a, part), getattr(b, part)), (f.name, part)
+        elif isinstance(b, np.ndarray):
+            assert a.dtype == b.dtype and np.array_equal(a, b), f.name
+        elif isinstance(b, dict) and b and isinstance(next(iter(b.values())), np.ndarray):
+            assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in b), f.name
+        else:
+            assert a == b, f.name
+    assert (got.user_keys, got.user_ids, got.item_ids, got.item_keys) == \
+        (want.user_keys, want.user_ids, want.item_ids, want.item_keys)
+    assert {u: sorted(r) for u, r in got.pending.items() if r} == \
+        {u: sorted(r) for u, r in want.pending.items() if r}
+    assert got.pending_events == want.pending_events and got.seen == want.seen
+    assert np.array_equal(got.first_seen_us, want.first_seen_us)

@@ -9,7 +9,7 @@ import random
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given
+from hypothesis import HealthCheck, assume, given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
@@ -18,6 +18,7 @@ from rtsql import catalog, feedback, ingest, recommend, refresh, settings
 from rtsql.serving import ServingState
 
 from conftest import HEADER
+from helpers import assert_same_state
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_events"
 STRATEGIES = ("hybrid", "item", "user", "content", "trending")
@@ -279,4 +280,65 @@ def test_a_list_score_that_is_not_positive_is_refused(db_path):
     con.execute("update user_neighbors set score = -score where rank = 1")
     with pytest.raises(ModelError, match="refresh --full"):
         ServingState.load(con)
+    con.close()
+
+
+def advance(state, con, result):
+    """What serve does after a background refresh (Service._reload), without the server."""
+    rewritten = result.rewritten
+    model = state.advanced_model(con, rewritten.since, rewritten.item_lists,
+                                 rewritten.user_lists, rewritten.users, rewritten.content)
+    assert model is not None
+    fresh = state.with_model(model, rewritten.users)
+    fresh.catch_up(con)
+    return fresh
+
+
+@pytest.mark.slow
+@hyp_settings(deadline=None, max_examples=40,
+              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(events=events_strategy, cuts=st.tuples(st.floats(0.1, 1), st.floats(0, 1),
+                                                st.floats(0, 1)),
+       similarity=st.sampled_from(["auto", "cosine", "sparse_ease"]),
+       max_history=st.sampled_from(["0", "3", "500"]), item_users=st.sampled_from(["0", "2"]),
+       catalog_change=st.booleans())
+def test_a_state_advanced_by_what_a_refresh_rewrote_equals_a_load(
+        tmp_path_factory, events, cuts, similarity, max_history, item_users, catalog_change):
+    """Random events in four parts: refreshed in full; then loaded and pending; then caught
+    up; then an incremental refresh, after which the state takes only the rows the refresh
+    rewrote (and the events committed meanwhile, the fourth part): every array, id and
+    pending event as a fresh load's, and the same recommendations."""
+    folder = tmp_path_factory.mktemp("db")
+    con = rtsql.connect(folder / "r.duckdb")
+    settings.set_value(con, "similarity", similarity)  # auto: dense ease, every list rewritten
+    settings.set_value(con, "max_history", max_history)
+    settings.set_value(con, "max_item_users", item_users)
+    settings.set_value(con, "rebuild_fraction", "1")  # sparse_ease keeps its lists
+    lines = [f"u{u},i{i},{t},{(T0 + dt.timedelta(hours=h)).isoformat()},{v}\n"
+             for u, i, t, h, v in events]
+    first = max(1, int(len(lines) * cuts[0]))
+    second, third = sorted(first + int((len(lines) - first) * c) for c in cuts[1:])
+    parts = [lines[:first], lines[first:second], lines[second:third], lines[third:]]
+    for n, part in enumerate(parts):
+        (folder / f"{n}.csv").write_text(HEADER + "".join(part))
+    (folder / "items.csv").write_text("item_id,title,category\n" + "".join(
+        f"i{i},Item {i},{'even' if i % 2 == 0 else 'odd'}\n" for i in range(0, 15, 3)))
+    ingest.ingest(con, [folder / "0.csv"])
+    catalog.load_items(con, folder / "items.csv")
+    refresh.refresh(con, full=True)
+    ingest.ingest(con, [folder / "1.csv"])
+    state = ServingState.load(con)
+    ingest.ingest(con, [folder / "2.csv"])
+    state.catch_up(con)
+    if catalog_change:  # a new category: the content lists are rebuilt, titles read again
+        (folder / "more.csv").write_text("item_id,title,category\ni1,One,new\ni4,Four,new\n")
+        catalog.load_items(con, folder / "more.csv")
+    result = refresh.refresh(con)
+    assume(result.rewritten is not None)  # a full refresh (ease's lambda drifted): a load
+    ingest.ingest(con, [folder / "3.csv"])  # committed before the swap
+    got, want = advance(state, con, result), ServingState.load(con)
+    assert_same_state(got, want)
+    users = [r[0] for r in con.execute("select user_id from users order by 1").fetchall()]
+    for user in users:
+        assert_same_rows(got.recommend(user, 5), want.recommend(user, 5), user)
     con.close()
