@@ -82,9 +82,11 @@ def _run(args, env):
         return wall, out.read(), usage.ru_maxrss / 1024
 
 
-def incremental_batches(con, directory: Path, batches: int, seed: int = 7) -> list[float]:
+def incremental_batches(con, directory: Path, batches: int, seed: int = 7,
+                        after_refresh=None) -> list[float]:
     """Ingest ``batches`` CSV files of 1,000 events (existing users and about 5% new ones,
-    existing items, mostly views) into ``con``, refreshing after each; the refresh seconds."""
+    existing items, mostly views) into ``con``, refreshing after each; the refresh seconds.
+    ``after_refresh(result)``, if given, runs after each refresh (untimed)."""
     import random
 
     from rtsql import ingest, refresh
@@ -101,8 +103,10 @@ def incremental_batches(con, directory: Path, batches: int, seed: int = 7) -> li
         path.write_text("user_id,item_id,event_type,ts,value\n" + "".join(lines))
         ingest.ingest(con, [path])
         start = time.perf_counter()
-        refresh.refresh(con)
+        result = refresh.refresh(con)
         seconds.append(time.perf_counter() - start)
+        if after_refresh is not None:
+            after_refresh(result)
     return seconds
 
 
