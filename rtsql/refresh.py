@@ -89,9 +89,10 @@ select user_key, item_key, weight, epoch_us(last_ts) from (
 @dataclass
 class Rewritten:
     """What an incremental refresh (or one that found nothing new) changed of what serving
-    loads, so a server swaps in only that (rtsql.state.State.advanced): the rows of the served
-    item lists (None: every row), of user_neighbors, the users whose interaction rows changed,
-    and whether the content lists were rebuilt. ``since`` is the watermark it started from."""
+    loads, so a server swaps in only that (rtsql.state.State.advanced_model): the rows of the
+    served item lists (None: every row), of user_neighbors, the users whose interaction rows
+    changed, and whether the content lists were rebuilt. ``since``: the watermark it started
+    from."""
 
     since: int
     item_lists: np.ndarray | None
