@@ -469,12 +469,14 @@ class Service:
                     fresh.impressions = self.state.impressions
                 else:  # the settings changed: read them again, with nothing committing
                     fresh.impressions.read(self.con)
+                # what /metrics and /health say of the model changes with it (the lag last:
+                # a reader that sees it cleared sees the new model's age)
                 self.state = fresh
+                self.last_refresh = time.time()
+                self.model_as_of = self.follower.refreshed_as_of
                 self.pending_since = None if not fresh.pending else started
                 break
         _freeze()
-        self.last_refresh = time.time()
-        self.model_as_of = self.follower.refreshed_as_of
 
     # ------------------------------------------------------------------ reads
     # Every read takes the current state once: a refresh swaps in a new one whole.
