@@ -81,6 +81,21 @@ def arrow_table(con, sql: str, params=None):
 
 
 @contextmanager
+def read_snapshot(con):
+    """A cursor of its own inside one read transaction (a consistent view while others
+    commit), rolled back and closed on the way out."""
+    cur = con.cursor()
+    try:
+        cur.execute("begin transaction")
+        try:
+            yield cur
+        finally:
+            cur.execute("rollback")
+    finally:
+        cur.close()
+
+
+@contextmanager
 def transaction(con):
     """One DuckDB transaction: committed when the block ends, rolled back on any exception."""
     con.execute("begin transaction")

@@ -27,7 +27,7 @@ from . import settings as settings_mod
 from .availability import Availability
 from .errors import ModelError
 from .recency import most_recent
-from .sqlutil import arrow_table, clean_id, keys_column, registered
+from .sqlutil import arrow_table, clean_id, keys_column, read_snapshot, registered
 from .suppression import Impressions
 from .vocabulary import blend_weights
 
@@ -209,16 +209,8 @@ class State:
     @classmethod
     def load(cls, con) -> "State":
         """Read the serving tables in one read transaction (a consistent snapshot)."""
-        cur = con.cursor()
-        try:
-            cur.execute("begin transaction")
-            try:
-                state = cls._load(cur)
-            finally:
-                cur.execute("rollback")
-        finally:
-            cur.close()
-        return state
+        with read_snapshot(con) as cur:
+            return cls._load(cur)
 
     @classmethod
     def _load(cls, con) -> "State":
@@ -262,15 +254,8 @@ class State:
         None when that would not equal a load (another refresh came between, the decay
         landmark or the event types changed): then load it whole. Needs no lock: the
         arrays it starts from are never written."""
-        cur = con.cursor()
-        try:
-            cur.execute("begin transaction")
-            try:
-                return self._advanced(cur, since, item_rows, user_rows, users, content)
-            finally:
-                cur.execute("rollback")
-        finally:
-            cur.close()
+        with read_snapshot(con) as cur:
+            return self._advanced(cur, since, item_rows, user_rows, users, content)
 
     def _advanced(self, con, since, item_rows, user_rows, users, content):
         m = self.model
