@@ -450,7 +450,7 @@ class Service:
         while True:
             started, generation, current = time.time(), self._generation, self.state
             model = fresh = None
-            if rewritten is not None and rewritten.since == current.model.watermark:
+            if rewritten is not None:  # None when it does not start from this state
                 model = current.advanced_model(self._loader, rewritten.since,
                                                rewritten.item_lists, rewritten.user_lists,
                                                rewritten.users, rewritten.content)
