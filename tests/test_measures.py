@@ -1,3 +1,5 @@
+from unittest import mock
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -179,16 +181,21 @@ AMBIGUOUS_OFTEN = settings(deadline=None, suppress_health_check=[HealthCheck.fil
 @AMBIGUOUS_OFTEN
 @given(matrices, st.integers(1, 6), st.sampled_from([0.05, 0.5, 30.0]),
        st.sampled_from([1 << 24, 7]), st.sampled_from([1.0, 4.5]), st.sampled_from(DROPOUTS),
-       st.sampled_from(["auto", "items", "users"]))
-def test_ease_equals_its_closed_form(rng, k, lam, block_cells, unit, dropout, solver):
+       st.sampled_from(["auto", "items", "users"]), st.sampled_from([None, 3]),
+       st.sampled_from([1, 2]))
+def test_ease_equals_its_closed_form(rng, k, lam, block_cells, unit, dropout, solver,
+                                     block_rows, threads):
+    """EASE's lists equal the brute-force closed form through either solver, in one block of
+    P's rows or in blocks of 3 on one or two threads."""
     n, f = rng.integers(1, 15), rng.integers(1, 12)
     x = (rng.integers(1, 4, size=(n, f)) * (rng.random((n, f)) < 0.5)).astype(float) * unit
     measure = measures.Measure(k=k, kind="ease", ease_lambda=lam, block_cells=block_cells,
-                               ease_dropout=dropout, ease_solver=solver)
+                               ease_dropout=dropout, ease_solver=solver, threads=threads)
     assert not measures.model(measure).incremental
     want, ambiguous = brute_force_ease(x, k, lam, dropout=dropout)
     assume(not ambiguous)
-    got = _as_dict(measures.full(sp.csr_matrix(x), measure))
+    with mock.patch.object(ease, "BLOCK_ROWS", block_rows or ease.BLOCK_ROWS):
+        got = _as_dict(measures.full(sp.csr_matrix(x), measure))
     assert_same_lists(got, want, tol=1e-9)
 
 
