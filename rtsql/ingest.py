@@ -819,68 +819,18 @@ def ingest_bodies(con, bodies: list[tuple[str, bytes]], *, fmt: str = "jsonl",
     if fmt not in ("csv", "jsonl"):
         raise InputPathError(f"a request body is csv or jsonl, not {fmt!r}")
     results = [BodyResult(source) for source, _ in bodies]
-    lines, parts, firsts = [], [], []
-    line = 0
-    for part, (_, data) in enumerate(bodies):
-        if data and not data.endswith(b"\n"):
-            data += b"\n"
-        body_lines = data.splitlines(keepends=True)
-        if fmt == "csv":
-            body_lines = body_lines[1:]  # each CSV body has its own header
-        firsts.append(line)
-        lines.extend(body_lines)
-        parts.extend([part] * len(body_lines))
-        line += len(body_lines)
+    lines, part_of, firsts = _body_lines(bodies, fmt)
     if not lines:
         return results
-    if fmt == "csv":
-        header = _csv_header(Path(bodies[0][0]), None, io.BytesIO(bodies[0][1]))
-        if header is None:
-            raise InputPathError("the CSV body has no header line")
-        sql, params = _csv_chunk_sql(_check_columns(Path("body"), header, mapping), len(header),
-                                     mapping)
-    else:
-        sql, params = _json_chunk_sql(mapping)
-    part_of = np.array(parts, np.int64)
+    sql, params = _body_parse_sql(bodies, fmt, mapping)
     numbers = np.arange(1, len(lines) + 1, dtype=np.int64)
     chunk = pa.table({"line": numbers, "raw": pa.array(lines, pa.large_binary())})
     # each batch line's body and its line number within the body
-    sources = pa.table({"line": numbers, "part": part_of,
-                        "local": numbers - np.array(firsts, np.int64)[part_of],
-                        "source": pa.array([bodies[i][0] for i in parts], pa.string())})
+    sources = pa.table({"line": numbers, "part": part_of, "local": numbers - firsts[part_of],
+                        "source": pa.array([bodies[i][0] for i in part_of], pa.string())})
     con.execute("begin transaction")
     try:
-        _start_parse(con)
-        con.register("_rtsql_chunk", chunk)
-        con.register("_rtsql_sources", sources)
-        con.execute(f"insert into _rtsql_parsed {_keep_raw_of_rejects(sql)}", params)
-        con.unregister("_rtsql_chunk")
-        dictionaries = _batch_keys(con, known_keys)
-        if dictionaries is None:
-            for column in ("user_id", "item_id"):
-                add_new_ids(con, "_rtsql_parsed", column, "reason is null", "min(ts)")
-            dictionaries = "users", "items"
-        event_base = _last_event_id(con, last_event_id)
-        con.execute(f"""
-            insert into events
-            select $event_base + row_number() over (order by p.line), u.user_key, i.item_key,
-                   p.event_type, p.value, p.ts, NULL, s.local
-            from _rtsql_parsed p join _rtsql_sources s using (line)
-            join {dictionaries[0]} u using (user_id) join {dictionaries[1]} i using (item_id)
-            where p.reason is null""", {"event_base": event_base})
-        counted = con.execute("""
-            select s.part, s.local, p.reason
-            from _rtsql_parsed p join _rtsql_sources s using (line)
-            where p.reason is not null order by p.line""").fetchall()
-        if any(reason != BLANK for _, _, reason in counted):
-            con.execute("""
-                insert into rejects
-                select NULL, s.source, s.local, p.raw_text, p.reason, now()::TIMESTAMP
-                from _rtsql_parsed p join _rtsql_sources s using (line)
-                where p.reason <> $blank""", {"blank": BLANK})
-        for name in ("_rtsql_sources", "_rtsql_user_keys", "_rtsql_item_keys"):
-            _unregister(con, name)
-        con.execute("drop table if exists _rtsql_parsed")
+        counted = _insert_bodies(con, chunk, sources, sql, params, last_event_id, known_keys)
         if before_commit is not None:
             before_commit(con)
         con.execute("commit")
@@ -898,3 +848,73 @@ def ingest_bodies(con, bodies: list[tuple[str, bytes]], *, fmt: str = "jsonl",
     for part, result in enumerate(results):
         result.ingested = int(per_part[part]) - len(result.rejects) - result.skipped
     return results
+
+
+def _body_lines(bodies: list[tuple[str, bytes]], fmt: str
+                ) -> tuple[list[bytes], np.ndarray, np.ndarray]:
+    """The batch's lines (each CSV body without its header), each line's body, and where each
+    body's lines start in the batch."""
+    lines, parts, firsts = [], [], []
+    for part, (_, data) in enumerate(bodies):
+        if data and not data.endswith(b"\n"):
+            data += b"\n"
+        body_lines = data.splitlines(keepends=True)
+        if fmt == "csv":
+            body_lines = body_lines[1:]  # each CSV body has its own header
+        firsts.append(len(lines))
+        lines.extend(body_lines)
+        parts.extend([part] * len(body_lines))
+    return lines, np.array(parts, np.int64), np.array(firsts, np.int64)
+
+
+def _body_parse_sql(bodies: list[tuple[str, bytes]], fmt: str,
+                    mapping: ColumnMapping) -> tuple[str, list]:
+    """The parse statement over ``_rtsql_chunk`` for the batch's format (CSV: the first body's
+    header names the columns)."""
+    if fmt != "csv":
+        return _json_chunk_sql(mapping)
+    header = _csv_header(Path(bodies[0][0]), None, io.BytesIO(bodies[0][1]))
+    if header is None:
+        raise InputPathError("the CSV body has no header line")
+    return _csv_chunk_sql(_check_columns(Path("body"), header, mapping), len(header), mapping)
+
+
+def _insert_bodies(con, chunk: pa.Table, sources: pa.Table, sql: str, params: list,
+                   last_event_id: int | None,
+                   known_keys: Callable[[str, list[str]], list[int | None]] | None
+                   ) -> list[tuple[int, int, str]]:
+    """In the caller's transaction: parse the batch, add new ids, insert its events and its
+    rejects (with source and line); returns every line that is not an event as (body, line
+    within it, reason), blank lines included."""
+    _start_parse(con)
+    con.register("_rtsql_chunk", chunk)
+    con.register("_rtsql_sources", sources)
+    con.execute(f"insert into _rtsql_parsed {_keep_raw_of_rejects(sql)}", params)
+    con.unregister("_rtsql_chunk")
+    dictionaries = _batch_keys(con, known_keys)
+    if dictionaries is None:
+        for column in ("user_id", "item_id"):
+            add_new_ids(con, "_rtsql_parsed", column, "reason is null", "min(ts)")
+        dictionaries = "users", "items"
+    event_base = _last_event_id(con, last_event_id)
+    con.execute(f"""
+        insert into events
+        select $event_base + row_number() over (order by p.line), u.user_key, i.item_key,
+               p.event_type, p.value, p.ts, NULL, s.local
+        from _rtsql_parsed p join _rtsql_sources s using (line)
+        join {dictionaries[0]} u using (user_id) join {dictionaries[1]} i using (item_id)
+        where p.reason is null""", {"event_base": event_base})
+    counted = con.execute("""
+        select s.part, s.local, p.reason
+        from _rtsql_parsed p join _rtsql_sources s using (line)
+        where p.reason is not null order by p.line""").fetchall()
+    if any(reason != BLANK for _, _, reason in counted):
+        con.execute("""
+            insert into rejects
+            select NULL, s.source, s.local, p.raw_text, p.reason, now()::TIMESTAMP
+            from _rtsql_parsed p join _rtsql_sources s using (line)
+            where p.reason <> $blank""", {"blank": BLANK})
+    for name in ("_rtsql_sources", "_rtsql_user_keys", "_rtsql_item_keys"):
+        _unregister(con, name)
+    con.execute("drop table if exists _rtsql_parsed")
+    return counted
