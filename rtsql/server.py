@@ -11,6 +11,7 @@ field, never a traceback.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 import re
@@ -23,7 +24,7 @@ from http.cookies import CookieError, SimpleCookie
 from typing import Annotated, Callable
 from urllib.parse import parse_qsl
 
-from fastapi import FastAPI, Path, Query, Request
+from fastapi import APIRouter, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import RedirectResponse, Response
 
@@ -256,24 +257,38 @@ def fast_recommend(scope, recommend_body) -> bytes | None:
 
 def create_app(service: Service, *, token: str | None = None,
                max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
-    """The ASGI app over a started ``Service``."""
-    from prometheus_client import generate_latest
-
+    """The ASGI app over a started ``Service``: the guard (auth, warm-up, the fast path,
+    metrics), the error answers, then the routes by concern: reads, events, the catalog and
+    forget, health, the dashboard, /metrics."""
     app = FastAPI(title="rtsql", version="1",
                   description="Real-time recommendations from an rtsql database. Answers equal "
                               "the database's SQL macros (recommend(), similar_items(), ...).")
     metrics = Metrics(service)
-
-    def recommend_body(user_id: str, k: int, category: str | None, exclude: list | None,
-                       strategy: str, variant: str | None) -> bytes:
-        """GET /recommend's JSON, for the route and the fast path alike."""
-        check_variant(variant)
-        rows = service.recommend(user_id, k, exclude=exclude, category=category,
-                                 strategy=strategy, variant=variant)
-        return _dumps({"user_id": user_id, "items": _rows(rows)})
-
     app.add_middleware(Guard, service=service, auth=Auth(token), metrics=metrics,
-                       fast=lambda scope: fast_recommend(scope, recommend_body))
+                       fast=lambda scope: fast_recommend(
+                           scope, functools.partial(recommend_body, service)))
+    _answer_errors(app)
+    app.include_router(_read_routes(service))
+    app.include_router(_event_routes(service, max_body_bytes))
+    app.include_router(_catalog_routes(service, max_body_bytes))
+    app.include_router(_health_route(service))
+    dashboard.mount(app, service, metrics.recommend_buckets, token)
+    app.include_router(_metrics_route(metrics))
+    return app
+
+
+def recommend_body(service: Service, user_id: str, k: int, category: str | None,
+                   exclude: list | None, strategy: str, variant: str | None) -> bytes:
+    """GET /recommend's JSON, for the route and the fast path alike."""
+    _check_variant(service.variants(), variant, True)
+    rows = service.recommend(user_id, k, exclude=exclude, category=category,
+                             strategy=strategy, variant=variant)
+    return _dumps({"user_id": user_id, "items": _rows(rows)})
+
+
+def _answer_errors(app: FastAPI) -> None:
+    """4xx JSON naming the field for bad input and refused requests; 500 without a traceback
+    (the server log has it)."""
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request, exc: RequestValidationError):
@@ -294,75 +309,100 @@ def create_app(service: Service, *, token: str | None = None,
         status = 404 if isinstance(exc, (UnknownUser, UnknownItem)) else 400
         return _error(status, str(exc), getattr(exc, "field", None))
 
-    def check_variant(variant: str | None, allow_auto: bool = True) -> None:
-        _check_variant(service.variants(), variant, allow_auto)
 
-    @app.get("/recommend/{user_id}", summary="Top-k items for a user, with reasons "
-             "(recommend() in SQL)")
+def _read_routes(service: Service) -> APIRouter:
+    """The answers from the served state (the SQL macros' equals)."""
+    router = APIRouter()
+
+    @router.get("/recommend/{user_id}", summary="Top-k items for a user, with reasons "
+                "(recommend() in SQL)")
     async def recommend(user_id: str, k: K = DEFAULT_K, category: str | None = None,
                         exclude: Ids = None,
                         strategy: Strategy = DEFAULT,
                         variant: str | None = None):
-        return Response(recommend_body(user_id, k, category, exclude, strategy.value, variant),
-                        media_type="application/json")
+        return Response(recommend_body(service, user_id, k, category, exclude, strategy.value,
+                                       variant), media_type="application/json")
 
-    @app.get("/recommend-for-items", summary="Top-k items for a session or basket "
-             "(recommend_for_items() in SQL)")
+    @router.get("/recommend-for-items", summary="Top-k items for a session or basket "
+                "(recommend_for_items() in SQL)")
     async def recommend_for_items(item: Annotated[list[str], Query(min_length=1)], k: K = DEFAULT_K,
                                   category: str | None = None,
                                   exclude: Ids = None,
                                   strategy: Strategy = DEFAULT,
                                   variant: str | None = None):
-        check_variant(variant, allow_auto=False)
+        _check_variant(service.variants(), variant, False)
         rows = service.recommend_for_items(item, k, exclude=exclude, category=category,
-                                                 strategy=strategy.value, variant=variant)
+                                           strategy=strategy.value, variant=variant)
         return _json({"items": _rows(rows)})
 
-    @app.get("/similar-items/{item_id}", summary="An item's neighbours (similar_items())")
+    @router.get("/similar-items/{item_id}", summary="An item's neighbours (similar_items())")
     async def similar_items(item_id: str, k: K = DEFAULT_K, by: Method = DEFAULT_BY):
         return _json({"item_id": item_id,
                       "items": _rows(service.similar_items(item_id, k, by.value))})
 
-    @app.get("/similar-users/{user_id}", summary="A user's nearest users (similar_users())")
+    @router.get("/similar-users/{user_id}", summary="A user's nearest users (similar_users())")
     async def similar_users(user_id: str, k: K = DEFAULT_K):
         return _json({"user_id": user_id, "users": _rows(service.similar_users(user_id, k))})
 
-    @app.get("/trending", summary="Trending items (trending())")
+    @router.get("/trending", summary="Trending items (trending())")
     async def trending(k: K = DEFAULT_K):
         return _json({"items": _rows(service.trending(k))})
 
-    async def read_body(request: Request) -> bytes | Response:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > max_body_bytes:
-            return _error(413, f"body over {max_body_bytes} bytes; send smaller batches", "body")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_body_bytes:
-                return _error(413, f"body over {max_body_bytes} bytes; send smaller batches",
-                              "body")
-            chunks.append(chunk)
-        return b"".join(chunks)
+    return router
 
+
+async def _read_body(request: Request, limit: int) -> bytes | Response:
+    """The body, or the 413 Response to answer instead once it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    too_large = _error(413, f"body over {limit} bytes; send smaller batches", "body")
+    if declared and declared.isdigit() and int(declared) > limit:
+        return too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _read_json(request: Request, limit: int):
+    """The body as JSON, or the 4xx Response to answer instead."""
+    body = await _read_body(request, limit)
+    if isinstance(body, Response):
+        return body
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        return _error(400, f"the body is not JSON: {exc}", "body")
+    except RecursionError:
+        return _error(400, "the body nests thousands of levels deep", "body")
+
+
+def _body_outcome(result) -> dict:
+    return {"accepted": result.ingested, "rejected": len(result.rejects),
+            "rejects": [{"line": line, "reason": reason} for line, reason in result.rejects]}
+
+
+def _event_routes(service: Service, max_body_bytes: int) -> APIRouter:
+    """Events and impressions: each waits for the writer's commit (or the journal) without
+    blocking the event loop."""
+    router = APIRouter()
     # durable POSTs are journaled one at a time on a thread of their own: an append that waits
     # for the backlog (journal.BACKLOG_BODIES) holds no thread of the default executor, which
     # the dashboard's SQL reads use, and the JSON split competes for the GIL from one thread
     journaling = ThreadPoolExecutor(1, thread_name_prefix="rtsql-journal")
 
-    def body_outcome(result) -> dict:
-        return {"accepted": result.ingested, "rejected": len(result.rejects),
-                "rejects": [{"line": line, "reason": reason} for line, reason in result.rejects]}
-
-    @app.post("/events", summary="Add events: a JSON array of objects, or JSON lines",
-              description="Fields user_id, item_id, event_type, ts (ISO-8601 or epoch "
-                          "seconds), value. The same validation, weights and rejects as "
-                          "`rtsql ingest`. wait=visible (default): answered once committed, "
-                          "with the rejects; the next read sees them. wait=durable: answered "
-                          "(202) once journaled on disk, with the body's sequence; committed "
-                          "with the writer's next group; GET /events/{sequence} waits for that "
-                          "and gives the rejects.")
+    @router.post("/events", summary="Add events: a JSON array of objects, or JSON lines",
+                 description="Fields user_id, item_id, event_type, ts (ISO-8601 or epoch "
+                             "seconds), value. The same validation, weights and rejects as "
+                             "`rtsql ingest`. wait=visible (default): answered once committed, "
+                             "with the rejects; the next read sees them. wait=durable: answered "
+                             "(202) once journaled on disk, with the body's sequence; committed "
+                             "with the writer's next group; GET /events/{sequence} waits for "
+                             "that and gives the rejects.")
     async def events(request: Request, wait: Annotated[Ack, Query()] = Ack.visible):
-        body = await read_body(request)
+        body = await _read_body(request, max_body_bytes)
         if isinstance(body, Response):
             return body
         if wait is Ack.durable:
@@ -370,12 +410,12 @@ def create_app(service: Service, *, token: str | None = None,
                 journaling, service.submit_durable, body)
             return _json({"sequence": sequence, "visible": False}, 202)
         result = await asyncio.wrap_future(service.submit_events(body))
-        return _json(body_outcome(result))
+        return _json(_body_outcome(result))
 
-    @app.get("/events/{sequence}", summary="A journaled body's outcome (POST /events?wait="
-             "durable), once its events are committed and visible to reads",
-             description="Waits up to `timeout` seconds; `visible` false if it is still "
-                         "queued then. A body committed long ago has no counts any more.")
+    @router.get("/events/{sequence}", summary="A journaled body's outcome (POST /events?wait="
+                "durable), once its events are committed and visible to reads",
+                description="Waits up to `timeout` seconds; `visible` false if it is still "
+                            "queued then. A body committed long ago has no counts any more.")
     async def journaled(sequence: Annotated[int, Path(ge=1)],
                         timeout: Annotated[float, Query(ge=0, le=60)] = 10.0):
         future = service.outcome(sequence)
@@ -387,24 +427,12 @@ def create_app(service: Service, *, token: str | None = None,
         except asyncio.TimeoutError:
             return _json({"sequence": sequence, "visible": False}, 202)
         return _json({"sequence": sequence, "visible": True}
-                     | (body_outcome(result) if result is not None else {}))
+                     | (_body_outcome(result) if result is not None else {}))
 
-    async def read_json(request: Request):
-        """The body as JSON, or the 4xx Response to answer instead."""
-        body = await read_body(request)
-        if isinstance(body, Response):
-            return body
-        try:
-            return json.loads(body)
-        except ValueError as exc:
-            return _error(400, f"the body is not JSON: {exc}", "body")
-        except RecursionError:
-            return _error(400, "the body nests thousands of levels deep", "body")
-
-    @app.post("/impressions", summary="Record what was shown: a JSON array of objects with "
-              "user_id, item_id, ts, strategy[, variant, rec_id, rank]")
+    @router.post("/impressions", summary="Record what was shown: a JSON array of objects with "
+                 "user_id, item_id, ts, strategy[, variant, rec_id, rank]")
     async def impressions(request: Request):
-        rows = await read_json(request)
+        rows = await _read_json(request, max_body_bytes)
         if isinstance(rows, Response):
             return rows
         if not isinstance(rows, list):
@@ -412,14 +440,22 @@ def create_app(service: Service, *, token: str | None = None,
         result = await asyncio.wrap_future(service.submit_impressions(rows))
         return _json(result)
 
-    @app.post("/items", summary="Add or update catalog items: a JSON array of objects, JSON "
-              "lines, or CSV (Content-Type text/csv)",
-              description="Columns as `rtsql items`: item_id, title, category, tags, "
-                          "description, embedding, available, available_from, available_until, "
-                          "and any others as attributes. The same validation and rejects as the "
-                          "file path; an availability set here applies to every list at once.")
+    return router
+
+
+def _catalog_routes(service: Service, max_body_bytes: int) -> APIRouter:
+    """The catalog, availability and forget, through the writer like events."""
+    router = APIRouter()
+
+    @router.post("/items", summary="Add or update catalog items: a JSON array of objects, JSON "
+                 "lines, or CSV (Content-Type text/csv)",
+                 description="Columns as `rtsql items`: item_id, title, category, tags, "
+                             "description, embedding, available, available_from, "
+                             "available_until, and any others as attributes. The same "
+                             "validation and rejects as the file path; an availability set "
+                             "here applies to every list at once.")
     async def upsert_items(request: Request):
-        body = await read_body(request)
+        body = await _read_body(request, max_body_bytes)
         if isinstance(body, Response):
             return body
         fmt = "csv" if request.headers.get("content-type", "").startswith("text/csv") \
@@ -436,24 +472,24 @@ def create_app(service: Service, *, token: str | None = None,
         await asyncio.wrap_future(service.submit_availability(item_id, available))
         return _json({"item_id": clean_id(item_id), "available": available})
 
-    @app.post("/items/{item_id}/hide", summary="Leave an item out of every list from now on "
-              "(sold out, withdrawn); its events still count")
+    @router.post("/items/{item_id}/hide", summary="Leave an item out of every list from now on "
+                 "(sold out, withdrawn); its events still count")
     async def hide_item(item_id: Annotated[str, Path()]):
         return await availability_answer(item_id, False)
 
-    @app.post("/items/{item_id}/show", summary="Show a hidden item again (its availability "
-              "window, if it has one, still applies)")
+    @router.post("/items/{item_id}/show", summary="Show a hidden item again (its availability "
+                 "window, if it has one, still applies)")
     async def show_item(item_id: Annotated[str, Path()]):
         return await availability_answer(item_id, True)
 
-    @app.post("/users/{user_id}/forget", summary="Delete a user and everything derived")
+    @router.post("/users/{user_id}/forget", summary="Delete a user and everything derived")
     async def forget(user_id: Annotated[str, Path()]):
         return await forget_answer(user_id)
 
-    @app.post("/forget", summary='The same, the id in the body: {"user_id": "..."} (for ids '
-              "too long for a URL)")
+    @router.post("/forget", summary='The same, the id in the body: {"user_id": "..."} (for ids '
+                 "too long for a URL)")
     async def forget_in_body(request: Request):
-        body = await read_json(request)
+        body = await _read_json(request, max_body_bytes)
         if isinstance(body, Response):
             return body
         user_id = body.get("user_id") if isinstance(body, dict) else None
@@ -461,19 +497,31 @@ def create_app(service: Service, *, token: str | None = None,
             return _error(400, 'the body must be a JSON object {"user_id": "..."}', "user_id")
         return await forget_answer(user_id)
 
-    @app.get("/health", summary="Liveness and counts (no token needed); 503 with the "
-             "problems when the server cannot write or refresh")
+    return router
+
+
+def _health_route(service: Service) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/health", summary="Liveness and counts (no token needed); 503 with the "
+                "problems when the server cannot write or refresh")
     async def health():
         answer = service.health()
         return _json(answer, 503 if answer["problems"] else 200)
 
-    dashboard.mount(app, service, metrics.recommend_buckets, token)
+    return router
 
-    @app.get("/metrics", summary="Prometheus metrics")
+
+def _metrics_route(metrics: Metrics) -> APIRouter:
+    from prometheus_client import generate_latest
+
+    router = APIRouter()
+
+    @router.get("/metrics", summary="Prometheus metrics")
     async def prometheus_metrics():
         return Response(generate_latest(metrics.registry), media_type="text/plain; version=0.0.4")
 
-    return app
+    return router
 
 
 def bind(host: str = "127.0.0.1", port: int = 8000):
