@@ -486,7 +486,11 @@ def _row_candidates(p, row_at, at, scale, start, cols, vals, largest):
     candidates = np.empty(n, np.int64)
     scratch = np.empty(n)
     base = at[0]
-    contiguous = at[n - 1] - base == n - 1  # then P's columns are read without a gather
+    contiguous = True  # at[j] == base + j for every j: P's columns are read without a gather
+    for j in range(n):  # (not from the ends alone: after items join P, ``at`` may be a
+        if at[j] != base + j:  # permutation of a contiguous range)
+            contiguous = False
+            break
     samples = n // SAMPLE_STEP
     rank = (cap * 3) // (2 * SAMPLE_STEP)  # the bound's rank in the sample
     for r in range(len(row_at)):
