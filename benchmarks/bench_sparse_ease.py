@@ -7,8 +7,9 @@ For each catalog size: the Foundation generator's synthetic events (rtsql.genera
 ``--items`` items) become the matrix rtsql's refresh builds (rtsql's default event-type weights,
 pair_weight max, each user's max_history 500 most recent items), saved once; then, each in a
 process of its own, (a) rtsql's sparse_ease lists (rtsql.measures.full, k 50, ``--neighbors``
-regressors per item, ``--threads``) and (b) implicit's CosineRecommender(K=50).fit on the same
-matrix: in-process build time and the peak RSS of the whole process (loading the matrix
+regressors per item, ``--threads``), (b) implicit's CosineRecommender(K=50).fit on the same
+matrix and (c) where installed, SANSA's fit (incomplete Cholesky; weights of the same density
+as rtsql's lists): in-process build time and the peak RSS of the whole process (loading the matrix
 included, the same for both). Dense EASE is out of reach at these sizes (16 n^2 bytes: 160 GB at
 100k items). The machine is shared; the ratio measured in one run is what counts.
 """
@@ -50,6 +51,31 @@ CosineRecommender(K=50).fit(x, show_progress=False)
 print(time.perf_counter() - start, 0)
 """
 
+# SANSA (the `sansa` package: pip install '.[bench-sansa]'), the reference implementation of a
+# sparse approximate EASE: its incomplete-Cholesky factorizer (the one its authors recommend
+# for large sparse catalogs), at its README's l2 and at a weight density of rtsql's list
+# budget (k 50 entries per item)
+SANSA = """
+import sys, time, logging
+import numpy as np, scipy.sparse as sp
+logging.disable(logging.WARNING)
+from sansa import (SANSA, SANSAConfig, ICFGramianFactorizerConfig,
+                   UMRUnitLowerTriangleInverterConfig)
+x = sp.load_npz(sys.argv[1]).tocsr()
+model = SANSA(SANSAConfig(l2=20.0, weight_matrix_density=50 / x.shape[1],
+                          gramian_factorizer_config=ICFGramianFactorizerConfig(),
+                          lower_triangle_inverter_config=UMRUnitLowerTriangleInverterConfig()))
+start = time.perf_counter()
+model.fit(x)
+print(time.perf_counter() - start, model.weights[0].nnz + model.weights[1].nnz)
+"""
+
+
+def sansa_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("sansa") is not None
+
 
 def matrix(events: int, items: int, path: Path) -> tuple[int, int, int]:
     """The capped users x items matrix of the synthetic set; returns its shape and entries."""
@@ -89,8 +115,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=10_000_000)
     parser.add_argument("--items", default="100000,1000000")
-    parser.add_argument("--neighbors", type=int, default=256)
+    parser.add_argument("--neighbors", type=int, default=192)  # the ease_neighbors default
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sansa-limit", type=float, default=1800,
+                        help="seconds after which the SANSA peer is stopped and reported as "
+                             "not finished")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -104,12 +133,23 @@ def main():
             seconds, entries = out.split()
             peer_out, peer_rss = run_output([sys.executable, "-c", IMPLICIT, str(path)])
             peer_seconds = float(peer_out.split()[0])
+            sansa = ("not installed", "", "")
+            if sansa_installed():
+                sansa_out, sansa_rss = run_output([sys.executable, "-c", SANSA, str(path)],
+                                                  limit=args.sansa_limit)
+                if sansa_out is None:
+                    sansa = (f"over {args.sansa_limit:g}", f"{sansa_rss / 1024:.2f}", "")
+                else:
+                    sansa_seconds, weights = sansa_out.split()
+                    sansa = (f"{float(sansa_seconds):.1f}", f"{sansa_rss / 1024:.2f}",
+                             f"{int(weights):,}")
             rows.append((f"{items:,}", f"{nnz:,}", f"{float(seconds):.1f}", f"{rss / 1024:.2f}",
                          f"{int(entries):,}", f"{peer_seconds:.1f}", f"{peer_rss / 1024:.2f}",
-                         f"{float(seconds) / peer_seconds:.1f}x"))
+                         f"{float(seconds) / peer_seconds:.1f}x", *sansa))
             print(rows[-1], file=sys.stderr)
     print_table(["items", "matrix entries", "sparse_ease s", "peak GiB", "list entries",
-                 "implicit cosine s", "peak GiB", "time ratio"], rows)
+                 "implicit cosine s", "peak GiB", "time ratio", "SANSA s", "peak GiB",
+                 "SANSA weights"], rows)
 
 
 if __name__ == "__main__":

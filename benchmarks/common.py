@@ -57,26 +57,37 @@ def run_process(args: list[str], env: dict | None = None) -> tuple[float, float]
     return wall, peak
 
 
-def run_output(args: list[str], env: dict | None = None) -> tuple[str, float]:
-    """Run a whole process; returns (its stdout, its peak RSS in MiB)."""
-    _, out, peak = _run(args, env)
+def run_output(args: list[str], env: dict | None = None,
+               limit: float | None = None) -> tuple[str | None, float]:
+    """Run a whole process; returns (its stdout, its peak RSS in MiB); stdout None when it was
+    stopped after ``limit`` seconds (a peer that does not finish)."""
+    _, out, peak = _run(args, env, limit)
     return out, peak
 
 
-def _run(args, env):
+def _run(args, env, limit: float | None = None):
     """os.wait4 gives the rusage of exactly this child (RUSAGE_CHILDREN would give the largest
     child so far)."""
+    import signal
     import tempfile
+    import threading
 
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         start = time.perf_counter()
         proc = subprocess.Popen(args, stdout=out, stderr=err, text=True,
                                 env={**os.environ, **(env or {})})
+        timer = threading.Timer(limit, proc.send_signal, [signal.SIGKILL]) if limit else None
+        if timer:
+            timer.start()
         _, status, usage = os.wait4(proc.pid, 0)
+        if timer:
+            timer.cancel()
         wall = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
+        if limit and proc.returncode == -signal.SIGKILL:
+            return wall, None, usage.ru_maxrss / 1024
         if proc.returncode != 0:
             sys.exit(f"{' '.join(map(str, args))} failed:\n{err.read()[-3000:]}")
         return wall, out.read(), usage.ru_maxrss / 1024
