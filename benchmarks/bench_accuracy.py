@@ -11,7 +11,8 @@ validation split of the train events only. The peers, measured in the same run o
 train matrix, are implicit's CosineRecommender(K=20, K=100), TFIDFRecommender(K=100),
 BM25Recommender(K=100), ALS(64 factors, 15 iterations, regularization 0.05), popularity, and
 EASE as EVAL.md measures it (dense closed form on the binary matrix, lambda 300 and 1000, in
-float32 numpy), and SANSA (its sparse approximation) where the bench extra installed it.
+float32 numpy), and SANSA (its sparse approximation) where the bench-sansa extra installed
+it.
 """
 
 from __future__ import annotations
@@ -135,10 +136,11 @@ SANSA_ENTRIES = (50, 200)  # weights per item of each factor: rtsql's default bu
 
 
 def sansa_peers(x, eval_users, items, truth, n_train_items):
-    """SANSA (Spisak et al., RecSys 2023; the `sansa` package of the bench extra): EASE through
-    a sparse LDL^T of the Gram matrix (CHOLMOD, sparsified) and a sparse approximate inverse of
-    L, on the same binary matrix, at EASE's lambdas and at a weight density of rtsql's list
-    budget (k = 50 per item) and 4x it. Skipped with a message where it is not installed."""
+    """SANSA (Spisak et al., RecSys 2023; the `sansa` package of the bench-sansa extra): EASE
+    through a sparse LDL^T of the Gram matrix (CHOLMOD, sparsified) and a sparse approximate
+    inverse of L, on the same binary matrix, at EASE's lambdas and at a weight density of
+    rtsql's list budget (k = 50 per item) and 4x it. Skipped with a message where it is not
+    installed."""
     try:
         from sansa import (
             SANSA,
@@ -147,8 +149,8 @@ def sansa_peers(x, eval_users, items, truth, n_train_items):
             UMRUnitLowerTriangleInverterConfig,
         )
     except ImportError as exc:
-        print(f"SANSA peer skipped ({exc}): pip install '.[bench]' after apt-get install "
-              "libsuitesparse-dev", file=sys.stderr)
+        print(f"SANSA peer skipped ({exc}): apt-get install libsuitesparse-dev, then pip "
+              "install '.[bench-sansa]'", file=sys.stderr)
         return []
     import logging
 
