@@ -794,6 +794,10 @@ def _unregister(con, name: str) -> None:
         pass
 
 
+# what a batch of bodies registers on the connection (the lines, their sources, the key maps)
+_BODY_VIEWS = ("_rtsql_chunk", "_rtsql_sources", "_rtsql_user_keys", "_rtsql_item_keys")
+
+
 def ingest_bodies(con, bodies: list[tuple[str, bytes]], *, fmt: str = "jsonl",
                   mapping: ColumnMapping | None = None,
                   last_event_id: int | None = None,
@@ -836,7 +840,7 @@ def ingest_bodies(con, bodies: list[tuple[str, bytes]], *, fmt: str = "jsonl",
         con.execute("commit")
     except BaseException:
         con.execute("rollback")
-        for name in ("_rtsql_chunk", "_rtsql_sources", "_rtsql_user_keys", "_rtsql_item_keys"):
+        for name in _BODY_VIEWS:
             _unregister(con, name)
         raise
     for part, line_no, reason in counted:
@@ -890,7 +894,6 @@ def _insert_bodies(con, chunk: pa.Table, sources: pa.Table, sql: str, params: li
     con.register("_rtsql_chunk", chunk)
     con.register("_rtsql_sources", sources)
     con.execute(f"insert into _rtsql_parsed {_keep_raw_of_rejects(sql)}", params)
-    con.unregister("_rtsql_chunk")
     dictionaries = _batch_keys(con, known_keys)
     if dictionaries is None:
         for column in ("user_id", "item_id"):
@@ -914,7 +917,7 @@ def _insert_bodies(con, chunk: pa.Table, sources: pa.Table, sql: str, params: li
             select NULL, s.source, s.local, p.raw_text, p.reason, now()::TIMESTAMP
             from _rtsql_parsed p join _rtsql_sources s using (line)
             where p.reason <> $blank""", {"blank": BLANK})
-    for name in ("_rtsql_sources", "_rtsql_user_keys", "_rtsql_item_keys"):
+    for name in _BODY_VIEWS:
         _unregister(con, name)
     con.execute("drop table if exists _rtsql_parsed")
     return counted
