@@ -122,13 +122,19 @@ def peers(train, truth, n_train_items):
         fit = time.perf_counter() - start
         scores = x[eval_users] @ p
         del p
-        scores[x[eval_users].nonzero()] = -np.inf
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :10]
-        recs = {u: [items[k] for k in top[n]] for n, u in enumerate(truth)}
+        recs = dict(zip(truth, top_unseen(scores, x[eval_users], items)))
         out.append((f"EASE dense, lambda {lam:g} (numpy float32)",
                     metrics(recs, truth, n_train_items), fit))
     out.extend(sansa_peers(x, eval_users, items, truth, n_train_items))
     return out
+
+
+def top_unseen(scores: np.ndarray, seen, items: list[str]) -> list[list[str]]:
+    """Each row's 10 best items by score (ties: the lower index) among those its row of
+    ``seen`` (sparse) does not hold; ``scores`` is overwritten."""
+    scores[seen.nonzero()] = -np.inf
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :10]
+    return [[items[k] for k in row] for row in top]
 
 
 SANSA_LAMBDAS = (300.0, 1000.0)  # as the dense EASE peer's
@@ -169,11 +175,8 @@ def sansa_peers(x, eval_users, items, truth, n_train_items):
             recs = {}
             for lo in range(0, len(eval_users), 2048):  # dense scores, a block of users at once
                 block = x[eval_users[lo:lo + 2048]]
-                scores = model.forward(block).toarray()
-                scores[block.nonzero()] = -np.inf
-                top = np.argsort(-scores, axis=1, kind="stable")[:, :10]
-                for at, u in enumerate(evaluated[lo:lo + 2048]):
-                    recs[u] = [items[k] for k in top[at]]
+                recs.update(zip(evaluated[lo:lo + 2048],
+                                top_unseen(model.forward(block).toarray(), block, items)))
             out.append((f"SANSA, lambda {lam:g}, {per_item} weights per item",
                         metrics(recs, truth, n_train_items), fit))
             print(out[-1], file=sys.stderr)  # each fit takes minutes on the grocery log
