@@ -280,6 +280,76 @@ def test_ease_through_the_users_side_is_the_items_inverse(rng, lam, dropout, ite
 
 
 @settings(deadline=None)
+@given(matrices, st.integers(1, 30), st.integers(1, 12))
+def test_ease_kept_entries_are_sorted_by_weight_then_key(rng, n, cap):
+    """The lists' last step (ease._kept) keeps the candidates with |B| >= the cut and orders
+    each row by weight desc, then neighbour key asc, ranks from 1: a lexsort of them; weights
+    tie often, rows keep nothing now and then."""
+    keys = np.sort(rng.choice(1000, size=n + cap, replace=False))
+    cols = rng.integers(0, n + cap, size=(n, cap))
+    vals = rng.integers(-3, 4, size=(n, cap)) / 2.0
+    least = float(rng.choice([0.5, 1.0, 1.5]))
+    row, nb, score, rank = ease._kept(cols, vals, keys, least)
+    keep = np.abs(vals) >= least
+    want_row = np.broadcast_to(np.arange(n)[:, None], keep.shape)[keep]
+    want_nb, want_score = keys[cols[keep]], vals[keep]
+    order = np.lexsort((want_nb, -want_score, want_row))
+    assert np.array_equal(row, want_row[order])
+    assert np.array_equal(nb, want_nb[order]) and np.array_equal(score, want_score[order])
+    first = np.searchsorted(row, row)  # rows ascend
+    assert np.array_equal(rank, np.arange(len(row)) - first + 1)
+
+
+def _long_tail(rng, items: int, users: int) -> sp.csr_matrix:
+    """items x users, item i with about users / (i + 1) users (at least one): a catalog's
+    long tail, whose rare items' rows keep no entry."""
+    x = np.zeros((items, users))
+    for i in range(items):
+        x[i, rng.choice(users, size=max(1, users // (i + 1)), replace=False)] = \
+            rng.integers(1, 4, size=max(1, users // (i + 1)))
+    return sp.csr_matrix(x)
+
+
+@settings(deadline=None)
+@given(matrices, st.integers(1, 4), st.integers(20, 120), st.integers(3, 30),
+       st.sampled_from([0.5, 30.0]), st.sampled_from([None, 7]), st.sampled_from([1, 2]))
+def test_ease_dual_lists_skip_rows_without_changing_them(rng, k, items, users, lam, block_rows,
+                                                         threads):
+    """EaseDual's lists with rows left out by their bounds (EaseDual.row_bounds) are bit for
+    bit the lists of the full pass over every row; and each bound is at least its row's
+    largest |B|."""
+    m = _long_tail(rng, items, users)
+    rows = np.arange(items)
+    measure = measures.Measure(k=k, kind="ease", threads=threads)
+    dual = ease.EaseDual.build(m, rows, lam, 0.0, threads)
+    with mock.patch.object(ease, "BLOCK_ROWS", block_rows or ease.BLOCK_ROWS):
+        got = dual.lists(measure)
+        want = ease._select(dual.p_rows, dual.diagonal, rows, rows, measure, None)
+    for name in ("row", "nb", "score", "rank"):
+        assert np.array_equal(getattr(got, name), getattr(want, name)), name
+    scale = -1.0 / dual.diagonal
+    b = dual.p_rows(rows)[0] * scale
+    np.fill_diagonal(b, 0.0)
+    assert (np.abs(b).max(axis=1) <= dual.row_bounds(rows, scale) * (1 + ease.BOUND_SLACK)).all()
+
+
+def test_ease_dual_lists_leave_out_the_long_tails_rows():
+    """On a long tail most rows are never computed, and the lists are those of every row."""
+    m = _long_tail(np.random.default_rng(5), 400, 60)
+    rows = np.arange(400)
+    measure = measures.Measure(k=2, kind="ease", threads=1)
+    dual = ease.EaseDual.build(m, rows, 0.5, 0.0, 1)
+    passed = []
+    real = ease._candidate_pass
+    with mock.patch.object(ease, "_candidate_pass",
+                           lambda *a: passed.append(len(a[3])) or real(*a)):
+        got = dual.lists(measure)
+    assert sum(passed) < 300  # of 400 rows
+    want = ease._select(dual.p_rows, dual.diagonal, rows, rows, measure, None)
+    assert np.array_equal(got.nb, want.nb) and np.array_equal(got.score, want.score)
+
+
+@settings(deadline=None)
 @given(matrices, st.integers(2, 400), st.integers(1, 60),
        st.sampled_from(["contiguous", "gaps", "permuted"]))
 def test_ease_row_candidates_are_each_rows_largest_magnitudes(rng, n, cap, columns):
@@ -287,9 +357,10 @@ def test_ease_row_candidates_are_each_rows_largest_magnitudes(rng, n, cap, colum
     keeps exactly what a full sort by (magnitude desc, column asc) keeps, the diagonal at 0,
     signs kept; rows long enough for the sample and short ones, ties on purpose. P's columns
     in order, with gaps, or a range whose middle is shuffled (the first and last in place:
-    P's rows once items have joined the stored inverse, which EaseFactor.update puts last)."""
+    P's rows once items have joined the stored inverse, which EaseFactor.update puts last).
+    The rows asked for are any of B's, in any order; no other row is written."""
     cap = min(cap, n - 1)
-    rows = int(rng.integers(1, 6))
+    rows = int(rng.integers(1, min(n, 5) + 1))
     width = n if columns != "gaps" else n + int(rng.integers(1, 50))
     at = (np.arange(n) + int(rng.integers(0, width - n + 1)) if columns == "contiguous"
           else np.r_[0, 1 + rng.permutation(n - 2), n - 1][:n] if columns == "permuted"
@@ -297,19 +368,20 @@ def test_ease_row_candidates_are_each_rows_largest_magnitudes(rng, n, cap, colum
     p = rng.integers(-4, 5, size=(rows, width)) * (rng.random((rows, width)) < 0.7) * 1.0
     scale = rng.choice([0.5, 1.0, 2.0], size=n)
     row_at = rng.permutation(rows)
-    start = int(rng.integers(0, n - rows + 1)) if n >= rows else 0
-    cols = np.empty((rows, cap), np.int64)
-    vals = np.empty((rows, cap))
-    largest = np.empty(rows)
-    ease._row_candidates(p, row_at, at, scale, start, cols, vals, largest)
-    for r in range(rows):
+    own = rng.choice(n, size=rows, replace=False)  # which rows of B, in any order
+    cols = np.full((n, cap), -1, np.int64)
+    vals = np.full((n, cap), np.nan)
+    largest = np.full(n, np.nan)
+    ease._row_candidates(p, row_at, own, at, scale, cols, vals, largest)
+    for r, i in enumerate(own):
         b = p[row_at[r], at] * scale
-        if start + r < n:
-            b[start + r] = 0.0
+        b[i] = 0.0
         want = np.lexsort((np.arange(n), -np.abs(b)))[:cap]
-        assert sorted(cols[r].tolist()) == sorted(want.tolist())
-        assert (vals[r] == b[cols[r]]).all()
-        assert largest[r] == np.abs(b).max()
+        assert sorted(cols[i].tolist()) == sorted(want.tolist())
+        assert (vals[i] == b[cols[i]]).all()
+        assert largest[i] == np.abs(b).max()
+    others = np.setdiff1d(np.arange(n), own)  # rows not asked for are not written
+    assert (cols[others] == -1).all() and np.isnan(largest[others]).all()
 
 
 @settings(deadline=None)
