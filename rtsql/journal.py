@@ -27,6 +27,8 @@ import os
 import struct
 import threading
 import zlib
+from collections import OrderedDict
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -159,6 +161,33 @@ class Journal:
     def close(self) -> None:
         with self.lock:
             os.close(self._fd)
+
+
+class Outcomes:
+    """The futures of journaled bodies' outcomes (their ``ingest.BodyResult``, done once the
+    writer commits them), by sequence, the latest ``kept`` of them."""
+
+    def __init__(self, kept: int = 10_000):
+        self.kept = kept
+        self._futures: OrderedDict[int, Future] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, sequence: int, future: Future) -> None:
+        with self._lock:
+            self._futures[sequence] = future
+            while len(self._futures) > self.kept:
+                self._futures.popitem(last=False)
+
+    def get(self, sequence: int, applied: int) -> Future | None:
+        """The body's future; a done future of None for a body committed too long ago for
+        its outcome to be kept (``applied``: the journal's last committed sequence); None for
+        a sequence never journaled."""
+        with self._lock:
+            future = self._futures.get(sequence)
+        if future is None and 0 < sequence <= applied:
+            future = Future()
+            future.set_result(None)
+        return future
 
 
 def position(con) -> int:

@@ -30,7 +30,6 @@ import os
 import queue
 import threading
 import time
-from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,7 +65,6 @@ PUBLISH_INTERVAL_SECONDS = 30.0
 BACKGROUND_NICE = 10
 FORGET_WAIT_SECONDS = 120.0  # how long forget waits for a background refresh to finish
 RECONNECT_SECONDS = 30.0  # how long serve retries opening its file again after forget's swap
-OUTCOMES_KEPT = 10_000  # journaled bodies whose outcome (counts, rejects) stays in memory
 JOURNAL_RETRY_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0)  # waits between tries of a failed load
 
 
@@ -105,8 +103,7 @@ class Service:
         self.lost: str | None = None  # why the database cannot be written, if it cannot
         self.arrivals = Arrivals()  # events committed over time, for the dashboard
         self.journal: journal_mod.Journal | None = None
-        self._outcomes: OrderedDict[int, Future] = OrderedDict()  # by journal sequence
-        self._outcomes_lock = threading.Lock()
+        self._outcomes = journal_mod.Outcomes()  # of journaled bodies, by sequence
         self.journal_trouble: str | None = None  # why journaled bodies wait, if they do
         self._journal_committed = 0  # the last journaled body this process committed
 
@@ -209,12 +206,7 @@ class Service:
         """The future of a journaled body's ``ingest.BodyResult`` (done once its events are
         committed and visible to reads). A body committed too long ago for its outcome to be
         kept gives a done future of None; a sequence never journaled gives None."""
-        with self._outcomes_lock:
-            future = self._outcomes.get(sequence)
-        if future is None and 0 < sequence <= self.journal.applied:
-            future = Future()
-            future.set_result(None)
-        return future
+        return self._outcomes.get(sequence, self.journal.applied)
 
     def _open_journal(self) -> None:
         """Open the journal; queue the bodies an earlier run answered but did not commit."""
@@ -228,10 +220,7 @@ class Service:
 
     def _queue_journaled(self, record: journal_mod.Record) -> None:
         job = _Job("journal", record)
-        with self._outcomes_lock:
-            self._outcomes[record.sequence] = job.future
-            while len(self._outcomes) > OUTCOMES_KEPT:
-                self._outcomes.popitem(last=False)
+        self._outcomes.add(record.sequence, job.future)
         self._jobs.put(job)
 
     def submit_impressions(self, rows: list[dict]) -> Future:
@@ -284,65 +273,95 @@ class Service:
                     time.sleep(next(waits, JOURNAL_RETRY_SECONDS[-1]))
 
     def _run(self, kind: str, jobs: list[_Job]) -> bool:
-        """Commit one group; False only for journaled bodies that did not commit (the writer
-        tries them again)."""
+        """Commit one group of one kind (``_APPLY``), bring the state forward, answer each
+        request; False only for journaled bodies that did not commit (the writer tries them
+        again)."""
         try:
             with self.lock:
-                if kind in ("events", "journal"):
-                    jobs, results = (self._ingest(jobs) if kind == "events"
-                                     else self._load_journaled(jobs))
-                    events = sum(r.ingested for r in results)
-                    rejects = sum(len(r.rejects) for r in results)
-                    self.counters["events"] += events
-                    self.counters["rejects"] += rejects
-                    self.follower.arrived(events, rejects)
-                elif kind == "impressions":
-                    sources = [f"http:POST /impressions#{next(self._sequence)}" for _ in jobs]
-                    results = [feedback.load_impression_rows(self.con, j.payload, source)
-                               for j, source in zip(jobs, sources)]
-                    self.state.impressions_added(self.con, sources)  # no repeats, at once
-                    self.counters["impressions"] += sum(r["loaded"] for r in results)
-                    self.counters["rejects"] += sum(r["rejected"] for r in results)
-                elif kind == "availability":  # each its own outcome (an unknown id fails alone)
-                    results = [_outcome(availability.set_available, self.con, [j.payload[0]],
-                                        j.payload[1]) for j in jobs]
-                    self.state.reload_availability(self.con)
-                elif kind == "items":  # each body its own transaction and outcome
-                    results = [_outcome(catalog.load_items_body, self.con, j.payload[1],
-                                        f"http:POST /items#{next(self._sequence)}", j.payload[0])
-                               for j in jobs]
-                    self.state.reload_availability(self.con)
-                else:  # each forget has its own outcome (an unknown id fails alone)
-                    results = [_outcome(self._forget, j.payload) for j in jobs]
+                jobs, results = _APPLY[kind](self, jobs)
                 self.state.catch_up(self.con)
                 self.arrivals.note(self.state.seen["event_id"])
                 self.pending_since = self.pending_since or time.time()
-            if kind == "journal":
-                self.journal.committed(jobs[-1].payload.sequence)
-                self.journal_trouble = None
-            forgotten = [r for r in results if isinstance(r, privacy.ForgetResult)]
-            if kind == "forget" and forgotten:  # answered once no byte is left anywhere
-                # journaled bodies queued before the forget are committed: none stays on disk
-                self.journal.committed(self.journal.applied, compact=True)
-                republished, seconds = self.follower.between_batches(self._scrub).result()
-                for result in forgotten:
-                    result.republished, result.compact_seconds = republished, seconds
+            self._after_commit(kind, jobs, results)
         except BaseException as exc:  # every waiting request gets the error
-            if kind == "journal" and isinstance(exc, Exception) \
-                    and self._journal_committed < jobs[-1].payload.sequence:  # not committed
-                self.journal_trouble = (f"journaled events from #{jobs[0].payload.sequence} "
-                                        f"could not be loaded ({exc}); trying again")
-                self.log(f"serve: {self.journal_trouble}")
-                return False
-            for job in jobs:  # committed (or not journaled): answered with the error, once
-                job.future.set_exception(exc)
-            return True
+            return self._failed(kind, jobs, exc)
         for job, result in zip(jobs, results):
             if isinstance(result, Exception):
                 job.future.set_exception(result)
             else:
                 job.future.set_result(result)
         self.follower.notify()
+        return True
+
+    # each kind's group, committed under the lock: (the jobs answered, one result each)
+
+    def _apply_events(self, jobs: list[_Job]) -> tuple[list[_Job], list]:
+        return self._counted(*self._ingest(jobs))
+
+    def _apply_journal(self, jobs: list[_Job]) -> tuple[list[_Job], list]:
+        return self._counted(*self._load_journaled(jobs))
+
+    def _counted(self, jobs: list[_Job], results: list) -> tuple[list[_Job], list]:
+        events = sum(r.ingested for r in results)
+        rejects = sum(len(r.rejects) for r in results)
+        self.counters["events"] += events
+        self.counters["rejects"] += rejects
+        self.follower.arrived(events, rejects)
+        return jobs, results
+
+    def _apply_impressions(self, jobs: list[_Job]) -> tuple[list[_Job], list]:
+        sources = [f"http:POST /impressions#{next(self._sequence)}" for _ in jobs]
+        results = [feedback.load_impression_rows(self.con, j.payload, source)
+                   for j, source in zip(jobs, sources)]
+        self.state.impressions_added(self.con, sources)  # no repeats, at once
+        self.counters["impressions"] += sum(r["loaded"] for r in results)
+        self.counters["rejects"] += sum(r["rejected"] for r in results)
+        return jobs, results
+
+    def _apply_availability(self, jobs: list[_Job]) -> tuple[list[_Job], list]:
+        """Each its own outcome (an unknown id fails alone)."""
+        results = [_outcome(availability.set_available, self.con, [j.payload[0]],
+                            j.payload[1]) for j in jobs]
+        self.state.reload_availability(self.con)
+        return jobs, results
+
+    def _apply_items(self, jobs: list[_Job]) -> tuple[list[_Job], list]:
+        """Each body its own transaction and outcome."""
+        results = [_outcome(catalog.load_items_body, self.con, j.payload[1],
+                            f"http:POST /items#{next(self._sequence)}", j.payload[0])
+                   for j in jobs]
+        self.state.reload_availability(self.con)
+        return jobs, results
+
+    def _apply_forget(self, jobs: list[_Job]) -> tuple[list[_Job], list]:
+        """Each its own outcome (an unknown id fails alone)."""
+        return jobs, [_outcome(self._forget, j.payload) for j in jobs]
+
+    def _after_commit(self, kind: str, jobs: list[_Job], results: list) -> None:
+        """Outside the lock: the journal's committed position; after a forget, the scrub of
+        every copy (answered once no byte is left anywhere)."""
+        if kind == "journal":
+            self.journal.committed(jobs[-1].payload.sequence)
+            self.journal_trouble = None
+        forgotten = [r for r in results if isinstance(r, privacy.ForgetResult)]
+        if kind == "forget" and forgotten:
+            # journaled bodies queued before the forget are committed: none stays on disk
+            self.journal.committed(self.journal.applied, compact=True)
+            republished, seconds = self.follower.between_batches(self._scrub).result()
+            for result in forgotten:
+                result.republished, result.compact_seconds = republished, seconds
+
+    def _failed(self, kind: str, jobs: list[_Job], exc: BaseException) -> bool:
+        """A group that raised: journaled bodies not committed wait for another try (False);
+        any other group's requests get the error, once."""
+        if kind == "journal" and isinstance(exc, Exception) \
+                and self._journal_committed < jobs[-1].payload.sequence:  # not committed
+            self.journal_trouble = (f"journaled events from #{jobs[0].payload.sequence} "
+                                    f"could not be loaded ({exc}); trying again")
+            self.log(f"serve: {self.journal_trouble}")
+            return False
+        for job in jobs:  # committed (or not journaled): answered with the error, once
+            job.future.set_exception(exc)
         return True
 
     def _ingest(self, jobs: list[_Job]) -> tuple[list[_Job], list]:
@@ -560,6 +579,12 @@ class Service:
     def refresh_lag(self) -> float:
         """Seconds since the oldest write not yet folded into a refresh (0: none)."""
         return 0.0 if self.pending_since is None else time.time() - self.pending_since
+
+
+_APPLY: dict[str, Callable[[Service, list[_Job]], tuple[list[_Job], list]]] = {
+    "events": Service._apply_events, "journal": Service._apply_journal,
+    "impressions": Service._apply_impressions, "availability": Service._apply_availability,
+    "items": Service._apply_items, "forget": Service._apply_forget}
 
 
 def _outcome(function, *args):
