@@ -48,7 +48,6 @@ def load_items(con, path: str | os.PathLike, *, fmt: str | None = None,
     if not path.is_file():
         raise InputPathError(f"{path} does not exist or is not a file")
     source_name = source or str(path)
-    mapping = mapping or ColumnMapping()
     fmt, _ = detect_format(path, fmt)
     reader, params = _reader(path, fmt)
     try:
@@ -58,11 +57,24 @@ def load_items(con, path: str | os.PathLike, *, fmt: str | None = None,
                            f"{str(exc).splitlines()[0]}") from None
     names = [r[0] for r in described]
     types = {r[0]: str(r[1]).upper() for r in described}
-    source = {c: mapping.columns.get(c, c) for c in CATALOG_COLUMNS}
+    source = {c: (mapping or ColumnMapping()).columns.get(c, c) for c in CATALOG_COLUMNS}
     if source["item_id"] not in names:
         raise BadEventFile(f"catalog {source_name} has no column {source['item_id']!r} (columns: "
                            f"{', '.join(names)}); map it with --map item_id=COLUMN")
+    with transaction(con):
+        _stage(con, reader, params, fmt, _row_select(names, types, source, fmt))
+        rejected = _reject(con, fmt, source_name)
+        new_items, upserted = _upsert(con, any(source[c] in names
+                                               for c in availability.COLUMNS))
+    return {"upserted": upserted, "new_items": new_items, "rejected": rejected}
 
+
+def _row_select(names: list[str], types: dict[str, str], source: dict[str, str],
+                fmt: str) -> str:
+    """The select list of a staged catalog row (``r``, the file's row; ``l``, its line):
+    the catalog's columns from the file's (``source``: catalog column -> file column; a
+    column the file lacks is NULL), the availability flags a rejection reads, and the raw
+    row for rejects."""
     def col(name: str) -> str:
         return "r." + quote_identifier(source[name]) if source[name] in names else "NULL"
 
@@ -92,92 +104,110 @@ def load_items(con, path: str | os.PathLike, *, fmt: str | None = None,
         f"(starts_with(r.{quote_identifier(n)}, '\"') and (length(r.{quote_identifier(n)}) - "
         f"length(replace(r.{quote_identifier(n)}, '\"', ''))) % 2 = 1)" for n in names) \
         if fmt == "csv" else "false"
-    with transaction(con):
-        # a scan of the staged rows keeps the file order: row_number() is the data row
-        con.execute(f"create or replace temp table _rtsql_catalog_raw as select * from {reader}",
-                    params)
-        # the file line of each data row: CSV lines after the header, less the lines the
-        # reader set aside (a row the reader rejects is not among the data rows)
-        first_line = 2 if fmt == "csv" else 1  # after the header
-        set_aside = f"select distinct line from {_CSV_ERRORS}" if fmt == "csv" else \
-            "select NULL::BIGINT as line where false"
+    return f"""
+        l.line, case when {unbalanced} then NULL else {item_id} end as item_id,
+        {unbalanced} as unbalanced,
+        {given['available']} is not null
+            and try_cast({given['available']} as BOOLEAN) is null as bad_available,
+        {given['available_from']} is not null
+            and {when['available_from']} is null as bad_from,
+        {given['available_until']} is not null
+            and {when['available_until']} is null as bad_until,
+        coalesce(try_cast({given['available']} as BOOLEAN), true) as available,
+        {when['available_from']} as available_from,
+        {when['available_until']} as available_until,
+        cast({col('title')} as VARCHAR) as title,
+        trim(cast({col('category')} as VARCHAR)) as category,
+        {tags} as tags, cast({col('description')} as VARCHAR) as description,
+        {attributes} as attributes, {embedding} as embedding,
+        to_json(r)::VARCHAR as raw"""
+
+
+def _stage(con, reader: str, params: list, fmt: str, row_select: str) -> None:
+    """_rtsql_catalog_raw (the file's rows) and _rtsql_catalog (``row_select`` of each, with
+    its file line and its reject reason, NULL for a row that loads)."""
+    # a scan of the staged rows keeps the file order: row_number() is the data row
+    con.execute(f"create or replace temp table _rtsql_catalog_raw as select * from {reader}",
+                params)
+    # the file line of each data row: CSV lines after the header, less the lines the
+    # reader set aside (a row the reader rejects is not among the data rows)
+    first_line = 2 if fmt == "csv" else 1  # after the header
+    set_aside = f"select distinct line from {_CSV_ERRORS}" if fmt == "csv" else \
+        "select NULL::BIGINT as line where false"
+    con.execute(f"""
+        create or replace temp table _rtsql_catalog_lines as
+        select row_number() over (order by l) as row, l as line
+        from range({first_line}, {first_line} + (select count(*) from _rtsql_catalog_raw)
+                                 + (select count(*) from ({set_aside}))) t(l)
+        where l not in ({set_aside}) order by l""")
+    con.execute(f"""
+        create or replace temp table _rtsql_catalog as
+        select {row_select}
+        from _rtsql_catalog_raw r positional join _rtsql_catalog_lines l""")
+    con.execute("drop table _rtsql_catalog_lines")
+    con.execute("""
+        create or replace temp table _rtsql_catalog as
+        select *, case
+            when unbalanced then 'catalog row: unbalanced quotes (a record must fit on '
+                                 || 'one line)'
+            when item_id is null or item_id = '' then 'catalog row without item_id'
+            when bad_available then 'catalog row: available is not a boolean (true/false, '
+                                    || 'yes/no, 1/0)'
+            when bad_from or bad_until then 'catalog row: available_'
+                || case when bad_from then 'from' else 'until' end || ' is not a timestamp'
+            when available_until <= available_from then 'catalog row: available_until is '
+                                                        || 'not after available_from'
+        end as reason
+        from _rtsql_catalog""")
+
+
+def _reject(con, fmt: str, source_name: str) -> int:
+    """The staged rows with a reason, and the rows the CSV reader set aside (one each, with
+    its first reason), into ``rejects``; the first leave _rtsql_catalog. Returns how many."""
+    rejected = scalar(con, "select count(*) from _rtsql_catalog where reason is not null")
+    if fmt == "csv":
+        rejected += scalar(con, f"select count(distinct line) from {_CSV_ERRORS}")
         con.execute(f"""
-            create or replace temp table _rtsql_catalog_lines as
-            select row_number() over (order by l) as row, l as line
-            from range({first_line}, {first_line} + (select count(*) from _rtsql_catalog_raw)
-                                     + (select count(*) from ({set_aside}))) t(l)
-            where l not in ({set_aside}) order by l""")
-        con.execute(f"""
-            create or replace temp table _rtsql_catalog as
-            select l.line, case when {unbalanced} then NULL else {item_id} end as item_id,
-                   {unbalanced} as unbalanced,
-                   {given['available']} is not null
-                       and try_cast({given['available']} as BOOLEAN) is null as bad_available,
-                   {given['available_from']} is not null
-                       and {when['available_from']} is null as bad_from,
-                   {given['available_until']} is not null
-                       and {when['available_until']} is null as bad_until,
-                   coalesce(try_cast({given['available']} as BOOLEAN), true) as available,
-                   {when['available_from']} as available_from,
-                   {when['available_until']} as available_until,
-                   cast({col('title')} as VARCHAR) as title,
-                   trim(cast({col('category')} as VARCHAR)) as category,
-                   {tags} as tags, cast({col('description')} as VARCHAR) as description,
-                   {attributes} as attributes, {embedding} as embedding,
-                   to_json(r)::VARCHAR as raw
-            from _rtsql_catalog_raw r positional join _rtsql_catalog_lines l""")
-        con.execute("drop table _rtsql_catalog_lines")
-        con.execute("""
-            create or replace temp table _rtsql_catalog as
-            select *, case
-                when unbalanced then 'catalog row: unbalanced quotes (a record must fit on '
-                                     || 'one line)'
-                when item_id is null or item_id = '' then 'catalog row without item_id'
-                when bad_available then 'catalog row: available is not a boolean (true/false, '
-                                        || 'yes/no, 1/0)'
-                when bad_from or bad_until then 'catalog row: available_'
-                    || case when bad_from then 'from' else 'until' end || ' is not a timestamp'
-                when available_until <= available_from then 'catalog row: available_until is '
-                                                            || 'not after available_from'
-            end as reason
-            from _rtsql_catalog""")
-        rejected = scalar(con, "select count(*) from _rtsql_catalog where reason is not null")
-        if fmt == "csv":  # the rows the CSV reader set aside: one each, with its first reason
-            rejected += scalar(con, f"select count(distinct line) from {_CSV_ERRORS}")
-            con.execute(f"""
-                insert into rejects select NULL, ?, line, first(csv_line order by error_message),
-                       'catalog row: ' || first(error_message order by error_message),
-                       now()::TIMESTAMP
-                from {_CSV_ERRORS} group by line order by line""", [source_name])
-            con.execute(f"drop table {_CSV_ERRORS}")
-            con.execute(f"drop table {_CSV_SCANS}")
-        con.execute("""
-            insert into rejects
-            select NULL, ?, line, raw, reason, now()::TIMESTAMP
-            from _rtsql_catalog where reason is not null order by line""", [source_name])
-        con.execute("delete from _rtsql_catalog where reason is not null")
-        new_items = scalar(con, """
-            select count(*) from (select distinct item_id from _rtsql_catalog)
-            anti join items using (item_id)""")
-        add_new_ids(con, "_rtsql_catalog", "item_id")
-        upserted = scalar(con, "select count(distinct item_id) from _rtsql_catalog")
-        con.execute("""
-            create or replace temp table _rtsql_catalog as
-            select c.*, i.item_key from _rtsql_catalog c join items i using (item_id)
-            qualify row_number() over (partition by item_id order by line desc) = 1""")
-        con.execute("""
-            insert or replace into item_catalog
-            select item_key, title, category, tags, description, attributes, embedding,
+            insert into rejects select NULL, ?, line, first(csv_line order by error_message),
+                   'catalog row: ' || first(error_message order by error_message),
                    now()::TIMESTAMP
+            from {_CSV_ERRORS} group by line order by line""", [source_name])
+        con.execute(f"drop table {_CSV_ERRORS}")
+        con.execute(f"drop table {_CSV_SCANS}")
+    con.execute("""
+        insert into rejects
+        select NULL, ?, line, raw, reason, now()::TIMESTAMP
+        from _rtsql_catalog where reason is not null order by line""", [source_name])
+    con.execute("delete from _rtsql_catalog where reason is not null")
+    return rejected
+
+
+def _upsert(con, availability_given: bool) -> tuple[int, int]:
+    """The staged rows into items (new ids), item_catalog and, when the file has an
+    availability column, item_availability: an item's last row wins. Returns (new items,
+    items upserted)."""
+    new_items = scalar(con, """
+        select count(*) from (select distinct item_id from _rtsql_catalog)
+        anti join items using (item_id)""")
+    add_new_ids(con, "_rtsql_catalog", "item_id")
+    upserted = scalar(con, "select count(distinct item_id) from _rtsql_catalog")
+    con.execute("""
+        create or replace temp table _rtsql_catalog as
+        select c.*, i.item_key from _rtsql_catalog c join items i using (item_id)
+        qualify row_number() over (partition by item_id order by line desc) = 1""")
+    con.execute("""
+        insert or replace into item_catalog
+        select item_key, title, category, tags, description, attributes, embedding,
+               now()::TIMESTAMP
+        from _rtsql_catalog""")
+    if availability_given:  # the file says, per row
+        con.execute("""
+            insert or replace into item_availability
+            select item_key, available, available_from, available_until, now()::TIMESTAMP
             from _rtsql_catalog""")
-        if any(source[c] in names for c in availability.COLUMNS):  # the file says, per row
-            con.execute("""
-                insert or replace into item_availability
-                select item_key, available, available_from, available_until, now()::TIMESTAMP
-                from _rtsql_catalog""")
-        con.execute("drop table _rtsql_catalog")
-        con.execute("drop table _rtsql_catalog_raw")
-    return {"upserted": upserted, "new_items": new_items, "rejected": rejected}
+    con.execute("drop table _rtsql_catalog")
+    con.execute("drop table _rtsql_catalog_raw")
+    return new_items, upserted
 
 
 def load_items_body(con, body: bytes, source: str, fmt: str = "jsonl") -> dict:
