@@ -385,15 +385,42 @@ def score_user(user, h_items, h_w, exclude, allowed, k, blend, arrays, scratch,
     the stored backfill order; ``first_new``: the first key newer than that order, up to
     ``n_items``); ``scratch``: a Scratch's arrays. Item lists are used whole and may hold
     negative scores; every other list score and neighbour-row weight must be positive
-    (ServingState checks)."""
-    w_item, w_user, w_content, w_trend, exclude_seen, served = blend
-    (item_indptr, item_keys, item_values, user_indptr, user_keys, user_values,
-     content_indptr, content_keys, content_values, x_indptr, x_keys, x_values,
-     share, popularity, order, first_new, n_items) = arrays
+    (ServingState checks). The macro's steps in order: scored (_scored), per_part (_bests),
+    excluded, scaled + blend + pool + ranked (_blended, _backfill), then the rows out."""
     acc_item, acc_user, acc_content, mark, touched, terms = scratch
-    has_item, has_user, has_content = (_HAS << PART_ITEM, _HAS << PART_USER,
-                                       _HAS << PART_CONTENT)
-    # scored: each strategy's walk (_walk) into its accumulator table
+    walks, nt, rounded = _scored(user, h_items, h_w, blend, arrays, scratch)
+    bests = _bests(acc_item, acc_user, acc_content, mark, touched, nt, rounded[0], rounded[1],
+                   rounded[2], terms, walks)
+    _mark(mark, h_items, exclude, _EXCLUDED, blend[4])
+    heap = np.empty((k, 5))
+    size = _blended(heap, k, allowed, blend, arrays, scratch, nt, rounded, bests, walks)
+    size = _backfill(heap, size, k, allowed, blend, arrays, scratch, rounded, bests, walks)
+    _rows_out(heap, size, out_keys, out_score, out_part, out_because)
+    # leave the scratch as it was found
+    for j in range(nt):
+        c = touched[j]
+        flags = mark[c]
+        mark[c] = 0
+        if flags & _HAS << PART_ITEM:
+            _clear(acc_item, c)
+        if flags & _HAS << PART_USER:
+            acc_user[c, _HI] = 0.0
+            acc_user[c, _LO] = 0.0
+        if flags & _HAS << PART_CONTENT:
+            _clear(acc_content, c)
+    _mark(mark, h_items, exclude, 0, True)
+    return size
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _scored(user, h_items, h_w, blend, arrays, scratch):
+    """The macro's ``scored``: each strategy with a weight walks its lists (_walk) into its
+    accumulator table. Returns (the walks, how many candidates they touched, whether each
+    strategy's lo rounded)."""
+    w_item, w_user, w_content, served = blend[0], blend[1], blend[2], blend[5]
+    (item_indptr, item_keys, item_values, user_indptr, user_keys, user_values,
+     content_indptr, content_keys, content_values, x_indptr, x_keys, x_values) = arrays[:12]
+    acc_item, acc_user, acc_content, mark, touched = scratch[:5]
     lo = hi = 0
     if 0 <= user < len(user_indptr) - 1:
         lo = user_indptr[user]
@@ -404,29 +431,50 @@ def score_user(user, h_items, h_w, exclude, allowed, k, blend, arrays, scratch,
     nt = 0
     r_item = r_user = r_content = False
     if w_item > 0.0:
-        nt, r_item = _walk(acc_item, mark, touched, nt, walks[0], has_item)
+        nt, r_item = _walk(acc_item, mark, touched, nt, walks[0], _HAS << PART_ITEM)
     if w_user > 0.0:
-        nt, r_user = _walk(acc_user, mark, touched, nt, walks[1], has_user)
+        nt, r_user = _walk(acc_user, mark, touched, nt, walks[1], _HAS << PART_USER)
     if w_content > 0.0:
-        nt, r_content = _walk(acc_content, mark, touched, nt, walks[2], has_content)
-    # per_part: each strategy's best candidate; the sums near the best are rounded exactly
-    best_item, best_user, best_content = _bests(
-        acc_item, acc_user, acc_content, mark, touched, nt, r_item, r_user, r_content, terms,
-        walks)
-    # excluded
-    if exclude_seen:
+        nt, r_content = _walk(acc_content, mark, touched, nt, walks[2], _HAS << PART_CONTENT)
+    return walks, nt, (r_item, r_user, r_content)
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _mark(mark, h_items, exclude, flag, history):
+    """The macro's ``excluded`` (flag _EXCLUDED): ``exclude``'s items, and the history's when
+    ``history`` (exclude_seen); flag 0 clears them."""
+    if history:
         for p in range(len(h_items)):
-            mark[h_items[p]] |= _EXCLUDED
+            mark[h_items[p]] = mark[h_items[p]] | flag if flag else 0
     for p in range(len(exclude)):
-        mark[exclude[p]] |= _EXCLUDED
-    # scaled + blend + pool + ranked: the k best of the blend's eligible candidates and the
-    # backfill, by (score desc, popularity desc, key asc), kept in a heap. A candidate is
-    # first scored with hi + lo and reciprocals (cheap); only one that could enter the heap
-    # is scored exactly, with the macro's operations (exact sums, sum / best * weight).
+        mark[exclude[p]] = mark[exclude[p]] | flag if flag else 0
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _scaled_of(c, flags, scratch, rounded, bests, blend, walks):
+    """_scaled for candidate c with the kernel's tuples."""
+    return _scaled(c, flags, scratch[0], scratch[1], scratch[2], _HAS << PART_ITEM,
+                   _HAS << PART_USER, _HAS << PART_CONTENT, bests[0], bests[1], bests[2],
+                   blend[0], blend[1], blend[2], rounded[0], rounded[1], rounded[2],
+                   scratch[5], walks)
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _blended(heap, k, allowed, blend, arrays, scratch, nt, rounded, bests, walks):
+    """The macro's scaled + blend + pool + ranked over the candidates the walks touched: the
+    k best eligible ones by (score desc, popularity desc, key asc), kept in ``heap``. A
+    candidate is first scored with hi + lo and reciprocals (cheap); only one that could
+    enter the heap is scored exactly, with the macro's operations (exact sums, sum / best *
+    weight). Returns the heap's size."""
+    w_item, w_user, w_content, w_trend = blend[0], blend[1], blend[2], blend[3]
+    share, popularity = arrays[12], arrays[13]
+    acc_item, acc_user, acc_content, mark, touched = scratch[:5]
+    has_item, has_user, has_content = (_HAS << PART_ITEM, _HAS << PART_USER,
+                                       _HAS << PART_CONTENT)
+    best_item, best_user, best_content = bests
     rec_item = w_item / best_item if best_item > 0.0 else 0.0
     rec_user = w_user / best_user if best_user > 0.0 else 0.0
     rec_content = w_content / best_content if best_content > 0.0 else 0.0
-    heap = np.empty((k, 5))
     size = 0
     for j in range(nt):
         c = touched[j]
@@ -449,9 +497,7 @@ def score_user(user, h_items, h_w, exclude, allowed, k, blend, arrays, scratch,
                 continue
         else:
             trend = (share[c] if c < len(share) else 0.0) * w_trend
-        si, su, sc = _scaled(c, flags, acc_item, acc_user, acc_content, has_item, has_user,
-                             has_content, best_item, best_user, best_content, w_item, w_user,
-                             w_content, r_item, r_user, r_content, terms, walks)
+        si, su, sc = _scaled_of(c, flags, scratch, rounded, bests, blend, walks)
         if si == 0.0 and su == 0.0 and sc == 0.0:
             continue  # not in the blend (the macro's NULLs)
         final = (si + su + sc) + trend
@@ -466,8 +512,16 @@ def score_user(user, h_items, h_w, exclude, allowed, k, blend, arrays, scratch,
         if win_s < trend and trend > 0.0:
             win, because = PART_TRENDING, -1.0
         size = _offer(heap, size, k, final, pop, c, win, because)
-    # backfill: the first k eligible items of the stored order (none the blend scored),
-    # then new items by key
+    return size
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _backfill(heap, size, k, allowed, blend, arrays, scratch, rounded, bests, walks):
+    """The macro's backfill into ``heap``: the first k eligible items of the stored order
+    (none the blend scored), then new items by key. Returns the heap's size."""
+    w_trend = blend[3]
+    share, popularity, order, first_new, n_items = arrays[12:]
+    mark = scratch[3]
     found = 0
     for source in range(2):
         count = len(order) if source == 0 else n_items - first_new
@@ -480,10 +534,7 @@ def score_user(user, h_items, h_w, exclude, allowed, k, blend, arrays, scratch,
                 if flags & _EXCLUDED:
                     continue
                 if flags & _CANDIDATE:
-                    si, su, sc = _scaled(c, flags, acc_item, acc_user, acc_content, has_item,
-                                         has_user, has_content, best_item, best_user,
-                                         best_content, w_item, w_user, w_content, r_item,
-                                         r_user, r_content, terms, walks)
+                    si, su, sc = _scaled_of(c, flags, scratch, rounded, bests, blend, walks)
                     if si != 0.0 or su != 0.0 or sc != 0.0:
                         continue  # in the blend
             if len(allowed) and (c >= len(allowed) or not allowed[c]):
@@ -493,7 +544,12 @@ def score_user(user, h_items, h_w, exclude, allowed, k, blend, arrays, scratch,
                           popularity[c] if c < len(popularity) else 0, c,
                           PART_TRENDING if trend > 0.0 else PART_POPULAR, -1.0)
             found += 1
-    # the heap in rank order
+    return size
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _rows_out(heap, size, out_keys, out_score, out_part, out_because):
+    """The heap's entries in rank order into out_*."""
     ranked = np.arange(size)
     for a in range(1, size):  # insertion sort: size is k
         i = ranked[a]
@@ -509,23 +565,6 @@ def score_user(user, h_items, h_w, exclude, allowed, k, blend, arrays, scratch,
         out_keys[r] = np.int64(heap[i, 2])
         out_part[r] = np.int64(heap[i, 3])
         out_because[r] = np.int64(heap[i, 4])
-    # leave the scratch as it was found
-    for j in range(nt):
-        c = touched[j]
-        flags = mark[c]
-        mark[c] = 0
-        if flags & has_item:
-            _clear(acc_item, c)
-        if flags & has_user:
-            acc_user[c, _HI] = 0.0
-            acc_user[c, _LO] = 0.0
-        if flags & has_content:
-            _clear(acc_content, c)
-    for p in range(len(h_items)):
-        mark[h_items[p]] = 0
-    for p in range(len(exclude)):
-        mark[exclude[p]] = 0
-    return size
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
