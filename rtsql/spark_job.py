@@ -40,7 +40,6 @@ OUTPUTS = ("interactions", "item_neighbors", "user_neighbors", "item_counts", "m
 def build(spark, events_uri: str, config: dict, out_uri: str, stage=lambda name: None) -> dict:
     """Run the job; returns the model scalars it also writes to ``out_uri/model``. ``stage``
     is called with each step's name as it starts (progress)."""
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     events = spark.read.parquet(events_uri).select(*EVENT_COLUMNS)
@@ -53,48 +52,80 @@ def build(spark, events_uri: str, config: dict, out_uri: str, stage=lambda name:
     if config.get("external"):
         events = events.unionByName(_external_events(spark, config, types, out_uri))
         config = {**config, **_key_ranges(spark, out_uri, config)}
-    types = types.drop("negative_values")
-    epoch = F.unix_micros("ts").cast("double") / F.lit(1e6)
-
     newest = events.agg(F.max(F.unix_micros("ts")).alias("t"), F.max("event_id").alias("w"),
                         F.count(F.lit(1)).alias("n")).first()
     # the decay landmark: the newest event (the local full refresh's rule)
     t0 = newest["t"] / 1e6 if newest["t"] is not None else float(config["now"])
     rate = float(config["decay_rate"])
 
-    # ---- the interaction matrix: one row per (user, item)
-    weighted = events.join(F.broadcast(types), "event_type").withColumn(
-        "w", F.col("type_weight")
-        * F.when(F.col("uses_value"), F.col("value")).otherwise(F.lit(1.0))
-        * F.exp(F.greatest(F.lit(rate) * (epoch - F.lit(t0)), F.lit(-200.0))))
-    interactions = weighted.groupBy("user_key", "item_key").agg(
-        F.sum("w").alias("weight"), F.count(F.lit(1)).cast("int").alias("events"),
-        F.max("ts").alias("last_ts"),
-        F.max_by("event_type", F.struct("ts", "event_id")).alias("last_event_type"),
-        F.max("w").alias("peak"))
     def describe(step: str | None) -> None:
         spark.sparkContext.setJobDescription(step)  # names the stages in Spark's event log
         if step:
             stage(step.removeprefix("rtsql: "))
 
     describe("rtsql: interactions")
-    interactions.write.mode("overwrite").parquet(f"{out_uri}/interactions")
-    interactions = spark.read.parquet(f"{out_uri}/interactions")
-
-    # ---- the capped history used for co-occurrence: each user's max_history latest items
+    _interactions(events, types.drop("negative_values"), rate, t0) \
+        .write.mode("overwrite").parquet(f"{out_uri}/interactions")
     describe("rtsql: history cap")
+    capped = _capped(spark.read.parquet(f"{out_uri}/interactions"), config).persist()
+    users_with_history = capped.select("user_key").distinct().count()
+    _neighbour_lists(spark, capped, config, out_uri, describe)
+    capped.unpersist()
+    describe("rtsql: trending counts")
+    window_us = round(float(config["trending_window_seconds"]) * 1e6)
+    _counts(events, newest["t"] or 0, window_us, bool(config.get("external")), out_uri)
+    describe(None)
+    model = {"t0": t0, "decay_rate": rate, "idf_n": float(users_with_history),
+             # the database's last event id: file events (-1) are not in its events table
+             "watermark": int(config["watermark"]) if config.get("watermark") is not None
+             else max(int(newest["w"] or 0), 0), "events": int(newest["n"]),
+             "external": bool(config.get("external"))}
+    if newest["t"] is not None:  # the trending windows, which the next refresh moves on from
+        model["trending"] = [newest["t"], window_us]
+    spark.createDataFrame([model]).coalesce(1).write.mode("overwrite").json(f"{out_uri}/model")
+    return model
+
+
+def _interactions(events, types, rate: float, t0: float):
+    """The interaction matrix: one row per (user, item), its weight the sum of its events'
+    weights (type weight x value x the forward decay against ``t0``)."""
+    from pyspark.sql import functions as F
+
+    epoch = F.unix_micros("ts").cast("double") / F.lit(1e6)
+    weighted = events.join(F.broadcast(types), "event_type").withColumn(
+        "w", F.col("type_weight")
+        * F.when(F.col("uses_value"), F.col("value")).otherwise(F.lit(1.0))
+        * F.exp(F.greatest(F.lit(rate) * (epoch - F.lit(t0)), F.lit(-200.0))))
+    return weighted.groupBy("user_key", "item_key").agg(
+        F.sum("w").alias("weight"), F.count(F.lit(1)).cast("int").alias("events"),
+        F.max("ts").alias("last_ts"),
+        F.max_by("event_type", F.struct("ts", "event_id")).alias("last_event_type"),
+        F.max("w").alias("peak"))
+
+
+def _capped(interactions, config: dict):
+    """The capped history co-occurrence reads: each user's max_history latest items, the
+    models' weight of a pair (the column the pair_weight setting names, rtsql/spark.py),
+    positive weights only."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
     cap = int(config["max_history"])
     latest = Window.partitionBy("user_key").orderBy(F.col("last_ts").desc(),
                                                      F.col("item_key").desc())
     capped = interactions
     if cap > 0:
         capped = capped.withColumn("rn", F.row_number().over(latest)).where(F.col("rn") <= cap)
-    # the models' weight of a pair: the column the pair_weight setting names (rtsql/spark.py)
     capped = capped.select("user_key", "item_key", F.col(config["model_weight"]).alias("weight"),
                            "last_ts")
-    capped = capped.where(F.col("weight") > 0)
-    capped = capped.persist()
-    users_with_history = capped.select("user_key").distinct().count()
+    return capped.where(F.col("weight") > 0)
+
+
+def _neighbour_lists(spark, capped, config: dict, out_uri: str, describe) -> None:
+    """The item-item lists, and the user-user ones (empty without user_cf), computed in the
+    executors by the shipped engine."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
 
     stored = int(config["list_length"])
     ship_engine(spark)
@@ -106,26 +137,29 @@ def build(spark, events_uri: str, config: dict, out_uri: str, stage=lambda name:
     _lists(capped, "item_key", "user_key", config, stored, int(config["n_items"]), blocks) \
         .write.mode("overwrite").parquet(f"{out_uri}/item_neighbors")
     describe("rtsql: user-user lists")
-    if config["user_cf"]:
-        # each item counts with its max_item_users most recent users (refresh.most_recent_per_item)
-        item_cap, by_item = int(config.get("max_item_users", 0)), capped
-        if item_cap > 0:
-            recent = Window.partitionBy("item_key").orderBy(F.col("last_ts").desc(),
-                                                             F.col("user_key").desc())
-            by_item = capped.withColumn("rn", F.row_number().over(recent)) \
-                .where(F.col("rn") <= item_cap)
-        _lists(by_item, "user_key", "item_key", config, stored, int(config["n_users"]), blocks) \
-            .write.mode("overwrite").parquet(f"{out_uri}/user_neighbors")
-    else:
+    if not config["user_cf"]:
         spark.createDataFrame([], "user_key int, neighbor_key int, score double, rank int, "
                                   "complete boolean") \
             .write.mode("overwrite").parquet(f"{out_uri}/user_neighbors")
-    capped.unpersist()
+        return
+    # each item counts with its max_item_users most recent users (refresh.most_recent_per_item)
+    item_cap, by_item = int(config.get("max_item_users", 0)), capped
+    if item_cap > 0:
+        recent = Window.partitionBy("item_key").orderBy(F.col("last_ts").desc(),
+                                                         F.col("user_key").desc())
+        by_item = capped.withColumn("rn", F.row_number().over(recent)) \
+            .where(F.col("rn") <= item_cap)
+    _lists(by_item, "user_key", "item_key", config, stored, int(config["n_users"]), blocks) \
+        .write.mode("overwrite").parquet(f"{out_uri}/user_neighbors")
 
-    # ---- trending counts per item against the newest event (the ranking is done on load)
-    describe("rtsql: trending counts")
-    window_us = round(float(config["trending_window_seconds"]) * 1e6)
-    now_us = F.lit(newest["t"] if newest["t"] is not None else 0)
+
+def _counts(events, newest_us: int, window_us: int, external: bool, out_uri: str) -> None:
+    """Trending counts per item against the newest event (the ranking is done on load); with
+    external events, what later local refreshes need to count them in trending and
+    popularity."""
+    from pyspark.sql import functions as F
+
+    now_us = F.lit(newest_us)
     ts_us = F.unix_micros("ts")
     events.groupBy("item_key").agg(
         F.count(F.when(ts_us > now_us - window_us, 1)).alias("recent"),
@@ -133,24 +167,12 @@ def build(spark, events_uri: str, config: dict, out_uri: str, stage=lambda name:
         .alias("previous"),
         F.count(F.lit(1)).alias("popularity")) \
         .write.mode("overwrite").parquet(f"{out_uri}/item_counts")
-
-    if config.get("external"):
-        # what later local refreshes need to count these events in trending and popularity
-        external = events.where(F.col("event_id") < 0)
-        external.groupBy("item_key").agg(F.count(F.lit(1)).alias("events")) \
+    if external:
+        external_events = events.where(F.col("event_id") < 0)
+        external_events.groupBy("item_key").agg(F.count(F.lit(1)).alias("events")) \
             .write.mode("overwrite").parquet(f"{out_uri}/external_counts")
-        external.where(ts_us > now_us - 2 * window_us).select("item_key", "ts") \
+        external_events.where(ts_us > now_us - 2 * window_us).select("item_key", "ts") \
             .write.mode("overwrite").parquet(f"{out_uri}/external_recent")
-    describe(None)
-    model = {"t0": t0, "decay_rate": rate, "idf_n": float(users_with_history),
-             # the database's last event id: file events (-1) are not in its events table
-             "watermark": int(config["watermark"]) if config.get("watermark") is not None
-             else max(int(newest["w"] or 0), 0), "events": int(newest["n"]),
-             "external": bool(config.get("external"))}
-    if newest["t"] is not None:  # the trending windows, which the next refresh moves on from
-        model["trending"] = [newest["t"], window_us]
-    spark.createDataFrame([model]).coalesce(1).write.mode("overwrite").json(f"{out_uri}/model")
-    return model
 
 
 def _external_events(spark, config: dict, types, out_uri: str):
