@@ -470,12 +470,12 @@ def _select(p_rows: PRows, diagonal: np.ndarray, rows: np.ndarray, keys: np.ndar
     if row_bounds is None:
         _candidate_pass(p_rows, at, scale, np.arange(n), cols, vals, largest, measure,
                         progress, 0, n)
+        threshold = _largest(np.abs(vals).ravel(), budget).min()
     else:  # the rows left out keep zeros: no candidate at or above the threshold
-        _bounded_passes(p_rows, at, scale, row_bounds(at, scale) * (1.0 + BOUND_SLACK), budget,
-                        cols, vals, largest, measure, progress)
+        threshold = _bounded_passes(p_rows, at, scale,
+                                    row_bounds(at, scale) * (1.0 + BOUND_SLACK), budget, cols,
+                                    vals, largest, measure, progress)
     zero = NUMERICAL_ZERO * float(largest.max())
-    magnitudes = np.abs(vals).ravel()
-    threshold = np.partition(magnitudes, len(magnitudes) - budget)[len(magnitudes) - budget]
     row, nb, score, rank = _kept(cols, vals, keys, max(threshold, np.nextafter(zero, np.inf)))
     return Neighbors(keys[row], nb, score, rank)
 
@@ -513,25 +513,33 @@ def _kept(cols, vals, keys, least):
 
 def _bounded_passes(p_rows: PRows, at: np.ndarray, scale: np.ndarray, bounds: np.ndarray,
                     budget: int, cols: np.ndarray, vals: np.ndarray, largest: np.ndarray,
-                    measure: Measure, progress: Progress | None) -> None:
+                    measure: Measure, progress: Progress | None) -> float:
     """_select's passes with row bounds: rows in order of their bounds, largest first, in
     passes that double; before each pass after the first (whose rows' candidates reach the
     budget), the budget-th largest candidate so far (at most the final threshold) ends the
-    order where the bounds fall below it."""
+    order where the bounds fall below it. Returns the threshold: the budget-th largest
+    candidate of the rows passed over (the others have none above it)."""
     n, cap = vals.shape
     order = np.argsort(-bounds, kind="stable")
     pos = _candidate_pass(p_rows, at, scale, order[:-(-budget // cap)], cols, vals, largest,
                           measure, progress, 0, n)
+    best = _largest(np.abs(vals[order[:pos]]).ravel(), budget)  # of the rows done so far
     while pos < n:
-        done = np.abs(vals[order[:pos]]).ravel()
-        floor = np.partition(done, len(done) - budget)[len(done) - budget]
-        stop = pos + int(np.count_nonzero(bounds[order[pos:]] >= floor))  # bounds descend
+        stop = pos + int(np.count_nonzero(bounds[order[pos:]] >= best.min()))  # bounds descend
         if stop == pos:
             break
-        pos = _candidate_pass(p_rows, at, scale, order[pos:min(stop, 2 * pos)], cols, vals,
+        end = _candidate_pass(p_rows, at, scale, order[pos:min(stop, 2 * pos)], cols, vals,
                               largest, measure, progress, pos, n)
+        best = _largest(np.concatenate([best, np.abs(vals[order[pos:end]]).ravel()]), budget)
+        pos = end
     if progress:
         progress(n, n)
+    return float(best.min())
+
+
+def _largest(values: np.ndarray, count: int) -> np.ndarray:
+    """The ``count`` largest of ``values`` (count <= len), in no order."""
+    return np.partition(values, len(values) - count)[len(values) - count:]
 
 
 def _candidate_pass(p_rows: PRows, at: np.ndarray, scale: np.ndarray, which: np.ndarray,
