@@ -48,6 +48,7 @@ def load_items(con, path: str | os.PathLike, *, fmt: str | None = None,
     if not path.is_file():
         raise InputPathError(f"{path} does not exist or is not a file")
     source_name = source or str(path)
+    mapping = mapping or ColumnMapping()
     fmt, _ = detect_format(path, fmt)
     reader, params = _reader(path, fmt)
     try:
@@ -57,7 +58,7 @@ def load_items(con, path: str | os.PathLike, *, fmt: str | None = None,
                            f"{str(exc).splitlines()[0]}") from None
     names = [r[0] for r in described]
     types = {r[0]: str(r[1]).upper() for r in described}
-    source = {c: (mapping or ColumnMapping()).columns.get(c, c) for c in CATALOG_COLUMNS}
+    source = {c: mapping.columns.get(c, c) for c in CATALOG_COLUMNS}
     if source["item_id"] not in names:
         raise BadEventFile(f"catalog {source_name} has no column {source['item_id']!r} (columns: "
                            f"{', '.join(names)}); map it with --map item_id=COLUMN")
