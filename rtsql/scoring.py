@@ -518,7 +518,12 @@ def _blended(heap, k, allowed, blend, arrays, scratch, nt, rounded, bests, walks
 @njit(nogil=True, cache=True, error_model="numpy")
 def _backfill(heap, size, k, allowed, blend, arrays, scratch, rounded, bests, walks):
     """The macro's backfill into ``heap``: the first k eligible items of the stored order
-    (none the blend scored), then new items by key. Returns the heap's size."""
+    (none the blend scored), then new items by key. Returns the heap's size.
+
+    A backfill row scores its trend alone, share x w_trend, at most w_trend (a share is at
+    most 1). Once the heap is full and its worst row scores more than that, no backfill row
+    can rank among the k, and the walk down the order (each step asking whether the blend
+    scored the item, an exact sum) stops there."""
     w_trend = blend[3]
     share, popularity, order, first_new, n_items = arrays[12:]
     mark = scratch[3]
@@ -526,7 +531,7 @@ def _backfill(heap, size, k, allowed, blend, arrays, scratch, rounded, bests, wa
     for source in range(2):
         count = len(order) if source == 0 else n_items - first_new
         for p in range(count):
-            if found == k:
+            if found == k or (size == k and w_trend < heap[0, 0]):
                 break
             c = order[p] if source == 0 else first_new + p
             if c < len(mark):
