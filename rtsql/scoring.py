@@ -463,56 +463,82 @@ def _scaled_of(c, flags, scratch, rounded, bests, blend, walks):
 def _blended(heap, k, allowed, blend, arrays, scratch, nt, rounded, bests, walks):
     """The macro's scaled + blend + pool + ranked over the candidates the walks touched: the
     k best eligible ones by (score desc, popularity desc, key asc), kept in ``heap``. A
-    candidate is first scored with hi + lo and reciprocals (cheap); only one that could
-    enter the heap is scored exactly, with the macro's operations (exact sums, sum / best *
-    weight). Returns the heap's size."""
-    w_item, w_user, w_content, w_trend = blend[0], blend[1], blend[2], blend[3]
+    candidate is first scored with hi + lo and reciprocals (cheap, _may_enter); only one that
+    could enter the heap is scored exactly, with the macro's operations (exact sums, sum /
+    best * weight). Returns the heap's size."""
+    w_trend = blend[3]
     share, popularity = arrays[12], arrays[13]
-    acc_item, acc_user, acc_content, mark, touched = scratch[:5]
-    has_item, has_user, has_content = (_HAS << PART_ITEM, _HAS << PART_USER,
-                                       _HAS << PART_CONTENT)
-    best_item, best_user, best_content = bests
-    rec_item = w_item / best_item if best_item > 0.0 else 0.0
-    rec_user = w_user / best_user if best_user > 0.0 else 0.0
-    rec_content = w_content / best_content if best_content > 0.0 else 0.0
+    mark, touched = scratch[3], scratch[4]
+    recs = _reciprocals(blend, bests)
     size = 0
     for j in range(nt):
         c = touched[j]
         flags = mark[c]
         if flags & _EXCLUDED or (len(allowed) and not allowed[c]):
             continue
-        if size == k:
-            si = (acc_item[c, _HI] + acc_item[c, _LO]) * rec_item if flags & has_item else 0.0
-            su = (acc_user[c, _HI] + acc_user[c, _LO]) * rec_user if flags & has_user else 0.0
-            sc = (acc_content[c, _HI] + acc_content[c, _LO]) * rec_content \
-                if flags & has_content else 0.0
-            base = si + su + sc
-            # the approximation is within a few ulps of the terms' magnitudes; a share is at
-            # most 1, so most candidates are dropped before their share is read
-            slack = 1e-12 * (1.0 + abs(si) + abs(su) + abs(sc) + w_trend)
-            if base + w_trend + slack < heap[0, 0]:
-                continue
-            trend = (share[c] if c < len(share) else 0.0) * w_trend
-            if base + trend + slack < heap[0, 0]:
-                continue
-        else:
-            trend = (share[c] if c < len(share) else 0.0) * w_trend
+        trend = _trend(c, share, w_trend, heap[0, 0] if size == k else -np.inf,
+                       _approximate(c, flags, scratch, recs))
+        if np.isnan(trend):
+            continue  # cannot enter the full heap
         si, su, sc = _scaled_of(c, flags, scratch, rounded, bests, blend, walks)
         if si == 0.0 and su == 0.0 and sc == 0.0:
             continue  # not in the blend (the macro's NULLs)
         final = (si + su + sc) + trend
         pop = popularity[c] if c < len(popularity) else 0
-        # the strategy that added the most, among those that scored c
-        if si != 0.0 and si >= (su if su != 0.0 else si) and si >= (sc if sc != 0.0 else si):
-            win, win_s, because = PART_ITEM, si, acc_item[c, _BECAUSE]
-        elif su != 0.0 and su >= (sc if sc != 0.0 else su):
-            win, win_s, because = PART_USER, su, -1.0
-        else:
-            win, win_s, because = PART_CONTENT, sc, acc_content[c, _BECAUSE]
-        if win_s < trend and trend > 0.0:
-            win, because = PART_TRENDING, -1.0
+        win, because = _winner(c, si, su, sc, trend, scratch)
         size = _offer(heap, size, k, final, pop, c, win, because)
     return size
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _reciprocals(blend, bests):
+    """Each strategy's weight / its best sum (0 where the best is not positive)."""
+    return (blend[0] / bests[0] if bests[0] > 0.0 else 0.0,
+            blend[1] / bests[1] if bests[1] > 0.0 else 0.0,
+            blend[2] / bests[2] if bests[2] > 0.0 else 0.0)
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _approximate(c, flags, scratch, recs):
+    """Candidate c's scaled parts from hi + lo and the reciprocals: (si, su, sc), within a
+    few ulps of the terms' magnitudes of the exact ones."""
+    acc_item, acc_user, acc_content = scratch[0], scratch[1], scratch[2]
+    si = (acc_item[c, _HI] + acc_item[c, _LO]) * recs[0] if flags & _HAS << PART_ITEM else 0.0
+    su = (acc_user[c, _HI] + acc_user[c, _LO]) * recs[1] if flags & _HAS << PART_USER else 0.0
+    sc = (acc_content[c, _HI] + acc_content[c, _LO]) * recs[2] \
+        if flags & _HAS << PART_CONTENT else 0.0
+    return si, su, sc
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _trend(c, share, w_trend, worst, approx):
+    """Candidate c's trend term, share x w_trend; NaN when c cannot beat ``worst`` (the full
+    heap's worst final score; -inf while the heap fills) by its approximate parts ``approx``.
+    A share is at most 1, so w_trend bounds the term and most candidates are dropped before
+    their share is read."""
+    si, su, sc = approx
+    base = si + su + sc
+    slack = 1e-12 * (1.0 + abs(si) + abs(su) + abs(sc) + w_trend)
+    if base + w_trend + slack < worst:
+        return np.nan
+    trend = (share[c] if c < len(share) else 0.0) * w_trend
+    return np.nan if base + trend + slack < worst else trend
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _winner(c, si, su, sc, trend, scratch):
+    """The row's part and reason: the strategy that added the most among those that scored
+    c (item-cf, then user-cf, then content on ties), trending when its term is larger; with
+    the history item behind it for item-cf and content (-1 otherwise)."""
+    if si != 0.0 and si >= (su if su != 0.0 else si) and si >= (sc if sc != 0.0 else si):
+        win, win_s, because = PART_ITEM, si, scratch[0][c, _BECAUSE]
+    elif su != 0.0 and su >= (sc if sc != 0.0 else su):
+        win, win_s, because = PART_USER, su, -1.0
+    else:
+        win, win_s, because = PART_CONTENT, sc, scratch[2][c, _BECAUSE]
+    if win_s < trend and trend > 0.0:
+        return PART_TRENDING, -1.0
+    return win, because
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -526,7 +552,6 @@ def _backfill(heap, size, k, allowed, blend, arrays, scratch, rounded, bests, wa
     scored the item, an exact sum) stops there."""
     w_trend = blend[3]
     share, popularity, order, first_new, n_items = arrays[12:]
-    mark = scratch[3]
     found = 0
     for source in range(2):
         count = len(order) if source == 0 else n_items - first_new
@@ -534,15 +559,7 @@ def _backfill(heap, size, k, allowed, blend, arrays, scratch, rounded, bests, wa
             if found == k or (size == k and w_trend < heap[0, 0]):
                 break
             c = order[p] if source == 0 else first_new + p
-            if c < len(mark):
-                flags = mark[c]
-                if flags & _EXCLUDED:
-                    continue
-                if flags & _CANDIDATE:
-                    si, su, sc = _scaled_of(c, flags, scratch, rounded, bests, blend, walks)
-                    if si != 0.0 or su != 0.0 or sc != 0.0:
-                        continue  # in the blend
-            if len(allowed) and (c >= len(allowed) or not allowed[c]):
+            if not _unblended(c, allowed, scratch, rounded, bests, blend, walks):
                 continue
             trend = (share[c] if c < len(share) else 0.0) * w_trend
             size = _offer(heap, size, k, 0.0 + trend,
@@ -550,6 +567,22 @@ def _backfill(heap, size, k, allowed, blend, arrays, scratch, rounded, bests, wa
                           PART_TRENDING if trend > 0.0 else PART_POPULAR, -1.0)
             found += 1
     return size
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _unblended(c, allowed, scratch, rounded, bests, blend, walks):
+    """Whether item c may take a backfill row: not excluded, not in the blend (scored by no
+    strategy, or only with the macro's NULLs), and in ``allowed`` (empty: every item)."""
+    mark = scratch[3]
+    if c < len(mark):
+        flags = mark[c]
+        if flags & _EXCLUDED:
+            return False
+        if flags & _CANDIDATE:
+            si, su, sc = _scaled_of(c, flags, scratch, rounded, bests, blend, walks)
+            if si != 0.0 or su != 0.0 or sc != 0.0:
+                return False
+    return not (len(allowed) and (c >= len(allowed) or not allowed[c]))
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
