@@ -239,13 +239,7 @@ def prequential(source, *, k: int = 10, limit: int | None = None, refresh_every:
 
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}")
-    events = arrow_table(
-        source, "select u.user_id, i.item_id, e.event_type, e.ts, e.value from events e "
-                "join users u using (user_key) join items i using (item_key) "
-                "order by e.ts, u.user_id, i.item_id")
-    cut = int(events.num_rows * TRAIN_FRACTION)
-    warm = events.slice(0, cut)
-    stream = events.slice(cut, limit if limit is not None else events.num_rows - cut)
+    warm, rows = _split_for_replay(source, limit)
     result = PrequentialResult(0, 0)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -261,8 +255,6 @@ def prequential(source, *, k: int = 10, limit: int | None = None, refresh_every:
         live.write_text("user_id,item_id,event_type,ts,value\n")
         follower = Tail(scratch, folder, TailOptions(refresh=False, publish=None))
         follower.scan()
-        rows = list(zip(*(stream[c].to_pylist() for c in ("user_id", "item_id", "event_type",
-                                                          "ts", "value"))))
         block = 1 if engine == "sql" else refresh_every
         state = ServingState.load(scratch) if engine == "memory" else None
         n = 0
@@ -271,30 +263,9 @@ def prequential(source, *, k: int = 10, limit: int | None = None, refresh_every:
             with open(live, "a") as f:
                 f.writelines(_csv_line(*row) for row in chunk)
             if engine == "sql":
-                start = time.perf_counter()
-                _score(result, history, chunk[0], k, lambda u: [r[0] for r in scratch.execute(
-                    "select item_id from recommend(?, ?, strategy := ?)",
-                    [u, k, strategy]).fetchall()])
-                follower.scan()
-                result.latencies.append(time.perf_counter() - start)
+                _replay_by_sql(result, history, chunk[0], follower, scratch, k, strategy)
             else:
-                follower.scan()
-                items, users, arrived = state.read_new(scratch)
-                if len(arrived) != len(chunk):
-                    raise RuntimeError(f"replay lost events: {len(chunk)} written, "
-                                       f"{len(arrived)} loaded")
-                item_of, user_of = dict(items), dict(users)
-                for row, event in zip(chunk, arrived):
-                    start = time.perf_counter()
-                    _score(result, history, row, k,
-                           lambda u, state=state: [r[1] for r in
-                                          state.recommend(u, k, strategy=strategy).rows])
-                    _, user_key, item_key = event[:3]
-                    state.add_ids([(item_key, item_of.pop(item_key))] if item_key in item_of
-                                  else [], [(user_key, user_of.pop(user_key))]
-                                  if user_key in user_of else [])
-                    state.add_event(event)
-                    result.latencies.append(time.perf_counter() - start)
+                _replay_in_memory(result, history, chunk, follower, scratch, state, k, strategy)
             n += len(chunk)
             if n % refresh_every == 0:
                 refresh.refresh(scratch)
@@ -302,6 +273,49 @@ def prequential(source, *, k: int = 10, limit: int | None = None, refresh_every:
                     state = ServingState.load(scratch)
         scratch.close()
     return result
+
+
+def _split_for_replay(source, limit: int | None) -> tuple:
+    """The events of ``source`` by time: the first TRAIN_FRACTION (an Arrow table) and the
+    rest, at most ``limit`` of them, as (user_id, item_id, event_type, ts, value) rows."""
+    events = arrow_table(
+        source, "select u.user_id, i.item_id, e.event_type, e.ts, e.value from events e "
+                "join users u using (user_key) join items i using (item_key) "
+                "order by e.ts, u.user_id, i.item_id")
+    cut = int(events.num_rows * TRAIN_FRACTION)
+    stream = events.slice(cut, limit if limit is not None else events.num_rows - cut)
+    return events.slice(0, cut), list(zip(*(stream[c].to_pylist() for c in (
+        "user_id", "item_id", "event_type", "ts", "value"))))
+
+
+def _replay_by_sql(result: PrequentialResult, history: dict, row, follower, scratch, k: int,
+                   strategy: str) -> None:
+    """One event through the recommend macro, then its file line loaded (the reference)."""
+    start = time.perf_counter()
+    _score(result, history, row, k, lambda u: [r[0] for r in scratch.execute(
+        "select item_id from recommend(?, ?, strategy := ?)", [u, k, strategy]).fetchall()])
+    follower.scan()
+    result.latencies.append(time.perf_counter() - start)
+
+
+def _replay_in_memory(result: PrequentialResult, history: dict, chunk: list, follower,
+                      scratch, state, k: int, strategy: str) -> None:
+    """A block of events loaded by one scan, then replayed into the scorer's overlay one
+    event at a time: each scored against exactly the events before it."""
+    follower.scan()
+    items, users, arrived = state.read_new(scratch)
+    if len(arrived) != len(chunk):
+        raise RuntimeError(f"replay lost events: {len(chunk)} written, {len(arrived)} loaded")
+    item_of, user_of = dict(items), dict(users)
+    for row, event in zip(chunk, arrived):
+        start = time.perf_counter()
+        _score(result, history, row, k,
+               lambda u: [r[1] for r in state.recommend(u, k, strategy=strategy).rows])
+        _, user_key, item_key = event[:3]
+        state.add_ids([(item_key, item_of.pop(item_key))] if item_key in item_of else [],
+                      [(user_key, user_of.pop(user_key))] if user_key in user_of else [])
+        state.add_event(event)
+        result.latencies.append(time.perf_counter() - start)
 
 
 def _score(result: PrequentialResult, history: dict, row, k: int, recommend) -> None:
