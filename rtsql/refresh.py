@@ -1090,49 +1090,72 @@ def refresh(con, *, full: bool = False, progress: Progress | None = None,
         if threads is not None:
             values["threads"] = threads
         state = _state(con)
-        # a full refresh that saw no events fixed no decay landmark worth keeping (t0 = 0
-        # would overflow every later event's forward-decayed weight): the next one is full too
-        never = state.get("watermark", "0") == "0" and state.get("external_events") != "true"
-        # a measure without an update (rp3beta, sparse_ease, ease without its stored
-        # inverse): new events mean a full refresh, and the result says so (a note)
-        in_effect = _similarity_in_effect(values, state)
-        rebuild = not _updatable(con, in_effect, state) and _has_new_events(con, state)
-        deferred = _deferred_rebuild(con, values, state, in_effect) if rebuild else None
-        rebuild = rebuild and deferred is None
-        needs_full = (full or never or rebuild
-                      or state.get("model_config") != _model_config(con, values)
-                      or _landmark_too_old(con, state))
-        if needs_full and state.get("external_events") == "true":
-            if not drop_external:
-                raise ExternalModel(
-                    "the model includes events from files outside the database (built by "
-                    "`rtsql refresh --full --engine spark --events ...`); a full refresh here "
-                    "would drop them" + ("" if full else " (a model setting or the decay "
-                                         "landmark needs one)") + ": run the Spark build "
-                    "again, or `rtsql refresh --full --drop-external` to rebuild from the "
-                    "database's own events")
+        plan = _plan(con, values, state, full)
+        external = plan.full and state.get("external_events") == "true"
+        if external and not drop_external:
+            raise ExternalModel(
+                "the model includes events from files outside the database (built by "
+                "`rtsql refresh --full --engine spark --events ...`); a full refresh here "
+                "would drop them" + ("" if full else " (a model setting or the decay "
+                                     "landmark needs one)") + ": run the Spark build "
+                "again, or `rtsql refresh --full --drop-external` to rebuild from the "
+                "database's own events")
         if values["materialize_recommendations"]:
             _warm_scorer()
         with transaction(con):
-            if needs_full and state.get("external_events") == "true":  # drop_external
+            if external:  # drop_external
                 con.execute("delete from external_item_counts")
                 con.execute("delete from external_recent_events")
                 con.execute("delete from model_state where name = 'external_events'")
-            result = _full(con, values, progress, isolate) if needs_full \
+            result = _full(con, values, progress, isolate) if plan.full \
                 else _incremental(con, values, state, progress=progress, isolate=isolate)
-            if rebuild and not full:
-                result.notes.append(EASE_NOT_STORED if in_effect == "ease" else (
-                    f"similarity {in_effect} has no incremental update: the new events made "
-                    "this a full refresh (cosine, tfidf and ease update incrementally; "
-                    "rebuild_fraction lets the others wait)"))
-            if deferred and result.mode == "incremental":
-                result.notes.append(deferred)
+            result.notes.extend(plan.notes(result, full))
             moved = allocation.allocate(con, values)  # the A/B bandit, when --auto is on
             if moved:
                 result.notes.append(moved)
             _materialize_if_on(con, values, result, progress)
     result.seconds = time.perf_counter() - start
     return result
+
+
+@dataclass
+class _Plan:
+    """Whether a refresh is full, and why its lists are rebuilt or left waiting."""
+
+    full: bool
+    rebuild: bool  # new events and a measure without an update: rebuilt in full
+    deferred: str | None  # the rebuild that rebuild_fraction lets wait, as a note
+    measure: str  # the item-item measure in effect
+
+    def notes(self, result: RefreshResult, asked_full: bool) -> list[str]:
+        notes = []
+        if self.rebuild and not asked_full:
+            notes.append(EASE_NOT_STORED if self.measure == "ease" else (
+                f"similarity {self.measure} has no incremental update: the new events made "
+                "this a full refresh (cosine, tfidf and ease update incrementally; "
+                "rebuild_fraction lets the others wait)"))
+        if self.deferred and result.mode == "incremental":
+            notes.append(self.deferred)
+        return notes
+
+
+def _plan(con, values: dict, state: dict, full: bool) -> _Plan:
+    """Full when asked, on the first refresh with events, when a measure without an update
+    has new events (unless rebuild_fraction defers it), when a model setting changed since
+    the last full refresh, or when the decay landmark is too old."""
+    # a full refresh that saw no events fixed no decay landmark worth keeping (t0 = 0
+    # would overflow every later event's forward-decayed weight): the next one is full too
+    never = state.get("watermark", "0") == "0" and state.get("external_events") != "true"
+    # a measure without an update (rp3beta, sparse_ease, ease without its stored
+    # inverse): new events mean a full refresh, and the result says so (a note)
+    in_effect = _similarity_in_effect(values, state)
+    rebuild = not _updatable(con, in_effect, state) and _has_new_events(con, state)
+    deferred = _deferred_rebuild(con, values, state, in_effect) if rebuild else None
+    rebuild = rebuild and deferred is None
+    needs_full = (full or never or rebuild
+                  or state.get("model_config") != _model_config(con, values)
+                  or _landmark_too_old(con, state))
+    return _Plan(needs_full, rebuild, deferred, in_effect)
 
 
 def _warm_scorer() -> None:
