@@ -187,18 +187,7 @@ def holdout(source, *, k: int = DEFAULT_K, strategies=(DEFAULT_STRATEGY,), overr
         model = sorted(set(extra) & set(settings.MODEL_SETTINGS))
         if model or any(name.startswith(EVENT_TYPE_PREFIX) for name in extra):
             raise ValueError(f"serving overrides cannot change the model: {model or extra}")
-    events = arrow_table(source, _EVENTS)
-    is_test = pa.compute.greater_equal(
-        events["pos"], pa.compute.ceil(pa.compute.multiply(events["n"].cast(pa.float64()), TRAIN_FRACTION)))
-    train, test = events.filter(pa.compute.invert(is_test)), events.filter(is_test)
-    train_items: dict[str, set] = {}
-    for user, item in zip(train["user_id"].to_pylist(), train["item_id"].to_pylist()):
-        train_items.setdefault(user, set()).add(item)
-    truth: dict[str, set] = {}
-    for user, item in zip(test["user_id"].to_pylist(), test["item_id"].to_pylist()):
-        if user in train_items and item not in train_items[user]:
-            truth.setdefault(user, set()).add(item)
-    candidates = sorted({i for items in train_items.values() for i in items})
+    train, truth, candidates = _holdout_split(source)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         scratch = _scratch(source, {k2: str(v) for k2, v in (overrides or {}).items()})
@@ -220,6 +209,23 @@ def holdout(source, *, k: int = DEFAULT_K, strategies=(DEFAULT_STRATEGY,), overr
         scratch.close()
     return results
 
+
+def _holdout_split(source) -> tuple[pa.Table, dict[str, set], list[str]]:
+    """Each user's first TRAIN_FRACTION of events by time (an Arrow table), the items of the
+    rest that are new to a user with training events (the truth, by user), and the items the
+    training events hold (the candidates)."""
+    events = arrow_table(source, _EVENTS)
+    is_test = pa.compute.greater_equal(events["pos"], pa.compute.ceil(
+        pa.compute.multiply(events["n"].cast(pa.float64()), TRAIN_FRACTION)))
+    train, test = events.filter(pa.compute.invert(is_test)), events.filter(is_test)
+    train_items: dict[str, set] = {}
+    for user, item in zip(train["user_id"].to_pylist(), train["item_id"].to_pylist()):
+        train_items.setdefault(user, set()).add(item)
+    truth: dict[str, set] = {}
+    for user, item in zip(test["user_id"].to_pylist(), test["item_id"].to_pylist()):
+        if user in train_items and item not in train_items[user]:
+            truth.setdefault(user, set()).add(item)
+    return train, truth, sorted({i for items in train_items.values() for i in items})
 
 
 def prequential(source, *, k: int = 10, limit: int | None = None, refresh_every: int = 100,
