@@ -55,6 +55,16 @@ def test_holdout_finds_the_withheld_items_and_leaves_live_tables_alone(groups):
     assert count(groups, "select count(*) from item_neighbors") == 0  # live: never refreshed
 
 
+def test_holdout_counts_only_items_new_to_the_user(groups, tmp_path):
+    """A test event on an item the user already has in training is not a hit to find: a
+    user whose only test event repeats an item has nothing to find and is not scored."""
+    (tmp_path / "repeat.csv").write_text(HEADER + (
+        f"au0,ai1,view,{(T0 + dt.timedelta(minutes=30)).isoformat()},\n"))
+    ingest.ingest(groups, [tmp_path / "repeat.csv"])
+    [item] = evaluate.holdout(groups, k=10, strategies=("item",))
+    assert item.metrics.users == 11  # au0's test event (its 7th of 7) repeats ai1
+
+
 def test_holdout_in_memory_equals_the_sql_macro_path():
     """The batched scorer (the default engine) recommends the macro's lists: equal metrics
     on the sample set, every strategy."""
