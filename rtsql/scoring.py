@@ -463,9 +463,9 @@ def _scaled_of(c, flags, scratch, rounded, bests, blend, walks):
 def _blended(heap, k, allowed, blend, arrays, scratch, nt, rounded, bests, walks):
     """The macro's scaled + blend + pool + ranked over the candidates the walks touched: the
     k best eligible ones by (score desc, popularity desc, key asc), kept in ``heap``. A
-    candidate is first scored with hi + lo and reciprocals (cheap, _may_enter); only one that
-    could enter the heap is scored exactly, with the macro's operations (exact sums, sum /
-    best * weight). Returns the heap's size."""
+    candidate is first scored with hi + lo and reciprocals (cheap: _approximate, _trend); only
+    one that could enter the heap is scored exactly, with the macro's operations (exact sums,
+    sum / best * weight). Returns the heap's size."""
     w_trend = blend[3]
     share, popularity = arrays[12], arrays[13]
     mark, touched = scratch[3], scratch[4]
