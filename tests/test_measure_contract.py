@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rtsql import measures
+from rtsql.measures import params
 from rtsql.vocabulary import MEASURE_NAMES
 
 seeds = st.integers(0, 2**31 - 1)
@@ -116,3 +117,34 @@ def test_build_parameters_default_to_the_settings():
     # ease_dropout's default is auto, chosen per refresh; the build's default is the rate auto
     # keeps while it has made no choice: plain EASE
     assert SETTINGS["ease_dropout"].default == "auto" and m.ease_dropout == 0.0
+
+
+# a second valid value for each measure's own field: a measure's lists must not move with a
+# field it does not declare
+OTHER_VALUES = {"shrinkage": 7.5, "min_support": 2, "idf_n": 3.0, "alpha": 0.5, "beta": 0.2,
+                "ease_lambda": 50.0, "ease_dropout": 0.3, "ease_max_items": 3,
+                "ease_solver": "items", "ease_neighbors": 3}
+
+
+def test_every_build_field_belongs_to_the_engine_or_a_measure():
+    from dataclasses import fields
+
+    owned = set(params.ENGINE_FIELDS).union(*(m.parameters for m in measures.MODELS.values()))
+    assert {f.name for f in fields(measures.Measure)} == owned
+    assert set(OTHER_VALUES) == owned - set(params.ENGINE_FIELDS)
+
+
+@pytest.mark.parametrize("name", MEASURE_NAMES)
+def test_a_measure_reads_only_its_own_parameters(name):
+    """Changing any field that is neither the engine's nor in the measure's ``parameters``
+    leaves its lists as they were, bit for bit (as implicit's models hold their own)."""
+    from dataclasses import replace
+
+    matrix = random_matrix(7)
+    measure, lists = build(name, matrix)
+    foreign = set(OTHER_VALUES) - set(measures.MODELS[name].parameters)
+    assert foreign  # every measure has fields it does not read
+    for field in sorted(foreign):
+        again = measures.full(matrix, replace(measure, **{field: OTHER_VALUES[field]}))
+        for part in ("row", "nb", "score", "rank"):
+            assert np.array_equal(getattr(lists, part), getattr(again, part)), (field, part)

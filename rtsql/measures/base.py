@@ -18,18 +18,21 @@ import scipy.sparse as sp
 
 from . import engine
 from .engine import IncrementalResult, Neighbors, StoredLists
-from .params import Measure, Notice, Progress, Weights
+from .params import SUPPORT_FIELDS, Measure, Notice, Progress, Weights
 
 __all__ = ["Measure", "Model", "Notice", "Progress", "Weights"]
 
 
 class Model:
-    """A similarity measure. Subclasses set ``name`` and ``incremental`` and implement
-    ``weights``, or ``full`` for a measure the sparse engine does not compute; their module
-    docstring and docs/design.md ("Measures and their cost") say what a build costs."""
+    """A similarity measure. Subclasses set ``name``, ``incremental`` and ``parameters`` (the
+    sparse engine's support fields by default) and implement ``weights``, or ``full`` for a
+    measure the sparse engine does not compute; their module docstring and docs/design.md
+    ("Measures and their cost") say what a build costs."""
 
     name: ClassVar[str]
     incremental: ClassVar[bool] = True
+    # the Measure fields of its own that the build reads, beyond params.ENGINE_FIELDS
+    parameters: ClassVar[tuple[str, ...]] = SUPPORT_FIELDS
 
     def weights(self, m: sp.csr_matrix, measure: Measure) -> Weights:
         raise NotImplementedError

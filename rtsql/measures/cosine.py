@@ -14,6 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .base import Measure, Model, Weights
+from .params import SUPPORT_FIELDS
 
 
 class Cosine(Model):
@@ -28,6 +29,7 @@ class Cosine(Model):
 
 class TfIdf(Model):
     name = "tfidf"
+    parameters = SUPPORT_FIELDS + ("idf_n",)
 
     def weights(self, m: sp.csr_matrix, measure: Measure) -> Weights:
         rooted = m.copy()

@@ -59,6 +59,7 @@ Buffer = Callable[[int], np.ndarray]  # capacity -> a zeroed capacity x capacity
 class Ease(Model):
     name = "ease"
     incremental = False  # not the engine's exact update: EaseFactor.update (refresh.py uses it)
+    parameters = ("ease_lambda", "ease_dropout", "ease_max_items", "ease_solver")
 
     def full(self, m: sp.csr_matrix, measure: Measure, progress: Progress | None = None,
              notice: Notice | None = None) -> Neighbors:

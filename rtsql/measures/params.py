@@ -19,8 +19,10 @@ Notice = Callable[[str], None]
 @dataclass(frozen=True)
 class Measure:
     """One build's parameters: the measure's name (``kind``, a key of rtsql.measures.MODELS),
-    the engine's (list length, memory and threads) and each measure's own. rtsql/refresh.py
-    fills them from the settings registry."""
+    the engine's (ENGINE_FIELDS: list length, memory and threads) and each measure's own,
+    which the measure names in its ``parameters`` (base.Model) and reads alone
+    (tests/test_measure_contract.py changes every other field and finds the same lists).
+    rtsql/refresh.py fills them from the settings registry."""
 
     k: int = 50  # neighbors
     shrinkage: float = 0.0
@@ -47,6 +49,13 @@ class Measure:
     def list_length(self) -> int:
         """The entries a row's list holds: max(buffer_length, k)."""
         return max(self.buffer_length, self.k)
+
+
+# what every build has, whatever the measure: which measure, how long its lists are, and how
+# the engine runs (memory and threads)
+ENGINE_FIELDS = ("kind", "k", "buffer_length", "block_cells", "threads")
+# the sparse engine's support factor, shared by the measures it computes (engine.RowSimilarity)
+SUPPORT_FIELDS = ("shrinkage", "min_support")
 
 
 @dataclass

@@ -13,11 +13,13 @@ import numpy as np
 import scipy.sparse as sp
 
 from .base import Measure, Model, Weights
+from .params import SUPPORT_FIELDS
 
 
 class RP3beta(Model):
     name = "rp3beta"
     incremental = False
+    parameters = SUPPORT_FIELDS + ("alpha", "beta")
 
     def weights(self, m: sp.csr_matrix, measure: Measure) -> Weights:
         """Left: P(row -> feature) = 1 / (features of the row), to the alpha; right:

@@ -46,6 +46,7 @@ PIECES_PER_THREAD = 8  # columns are solved in this many pieces per thread (load
 class SparseEase(Model):
     name = "sparse_ease"
     incremental = False
+    parameters = ("ease_lambda", "ease_dropout", "ease_neighbors")
 
     def full(self, m: sp.csr_matrix, measure: Measure, progress: Progress | None = None,
              notice: Notice | None = None) -> Neighbors:
