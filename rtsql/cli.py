@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from . import availability, catalog, db, output, settings
+from . import availability, catalog, db, engines, output, settings
 from . import ingest as ingest_mod
 from .errors import RtsqlError, UnknownUser
 from .vocabulary import (
@@ -550,7 +550,7 @@ def _external_events_options(f):
 
 @main.command()
 @click.option("--full", is_flag=True, help="Rebuild everything instead of the incremental update.")
-@click.option("--engine", type=click.Choice(["local", "spark"]), default="local",
+@click.option("--engine", type=click.Choice(list(engines.ENGINES)), default=engines.Local.name,
               show_default=True,
               help="Who builds a full refresh: this process, or an Apache Spark job "
                    "(pip install 'rtsql[spark]'; see docs/spark.md).")
@@ -580,23 +580,24 @@ def refresh(state: State, full, engine, master, spark_conf, work, event_uris, ma
     """
     from . import refresh as refresh_mod
 
-    if engine == "spark":
-        from . import spark
-
+    if engine == engines.Spark.name:
         if not full:
             raise click.UsageError("--engine spark builds full refreshes; add --full "
                                    "(incremental refreshes run locally)")
-        conf = dict(settings.assignments(spark_conf, "--spark-conf", "KEY=VALUE"))
-        result = spark.refresh(state.connect(), master=master, conf=conf, work=work,
-                               events=list(event_uris),
-                               mapping=ingest_mod.ColumnMapping.parse(maps, event_type),
-                               log=lambda line: click.echo(line, err=True))
+        builder = engines.Spark(
+            master=master, conf=dict(settings.assignments(spark_conf, "--spark-conf",
+                                                          "KEY=VALUE")),
+            work=work, events=list(event_uris),
+            mapping=ingest_mod.ColumnMapping.parse(maps, event_type))
     else:
         if master or spark_conf or work or event_uris or maps or event_type:
             raise click.UsageError("--master, --spark-conf, --work, --events, --map and "
                                    "--event-type go with --engine spark")
-        result = refresh_mod.refresh(state.connect(), full=full, progress=_refresh_progress(),
-                                     drop_external=drop_external)
+        builder = engines.Local(drop_external=drop_external)
+    result = builder.full(state.connect(), progress=_refresh_progress(),
+                          log=lambda line: click.echo(line, err=True)) if full \
+        else refresh_mod.refresh(state.connect(), progress=_refresh_progress(),
+                                 drop_external=drop_external)
     click.echo(result.summary())
 
 

@@ -25,9 +25,10 @@ import time
 from pathlib import Path
 
 from . import refresh as refresh_mod
-from . import settings, vocabulary
+from . import settings
 from .errors import InvalidSetting, RtsqlError
 from .sqlutil import scalar
+from .vocabulary import SPARK_MEASURES
 
 EXTRA = "pip install 'rtsql[spark]'"
 
@@ -56,7 +57,7 @@ def job_config(con, values: dict | None = None) -> dict:
     """What the job reads, from the database: the model settings, event-type weights, the key
     ranges and the last event_id to include (the watermark the loaded model will carry)."""
     values = values or settings.get_all(con)
-    if values["similarity"] not in ("cosine", vocabulary.AUTO):  # auto: cosine at Spark's scale
+    if values["similarity"] not in SPARK_MEASURES:  # auto: cosine at Spark's scale
         raise InvalidSetting(f"the Spark engine builds cosine lists; the setting similarity is "
                              f"{values['similarity']!r}, which only the local engine builds "
                              "(`rtsql refresh`), or choose `rtsql settings similarity cosine`")

@@ -38,6 +38,8 @@ ENGAGED = CLICK_TYPES + PURCHASE_TYPES
 # setting's default, a choice among them made at each full refresh.
 MEASURE_NAMES = ("cosine", "tfidf", "rp3beta", "ease", "sparse_ease")
 AUTO = "auto"
+# the similarity values the Spark engine builds (auto means cosine there; rtsql/engines.py)
+SPARK_MEASURES = (AUTO, "cosine")
 # How ease computes its closed form (rtsql.measures.ease.solver): the items' inverse, kept and
 # updated, or the users' side, recomputed at each refresh.
 EASE_SOLVERS = ("items", "users")

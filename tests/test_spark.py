@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 import rtsql
 from rtsql import catalog, ingest, recommend, refresh, settings
 from rtsql.cli import main
+from rtsql.errors import InvalidSetting
 
 from helpers import assert_same_lists, lists_from_rows
 
@@ -219,6 +220,27 @@ def test_engine_spark_wants_full_and_local_refuses_spark_options(tmp_path):
     assert result.exit_code == 2 and "add --full" in result.output
     result = run(tmp_path / "x.duckdb", "refresh", "--master", "local[2]")
     assert result.exit_code == 2 and "go with --engine spark" in result.output
+
+
+def test_both_engines_build_through_one_interface_and_say_what_they_build(tmp_path):
+    """`--engine` offers engines.ENGINES; each engine names the measures it builds, a full
+    build through the local one is a full refresh, and the Spark one refuses a measure it
+    does not build before any Spark starts."""
+    from rtsql import engines, spark
+    from rtsql.vocabulary import MEASURE_NAMES
+
+    option = next(p for p in main.commands["refresh"].params if p.name == "engine")
+    assert tuple(option.type.choices) == tuple(engines.ENGINES)
+    assert set(MEASURE_NAMES) <= set(engines.Local.measures)
+    con = rtsql.connect(tmp_path / "x.duckdb")
+    ingest.ingest(con, sorted((SAMPLE / "events").iterdir()))
+    refresh.refresh(con)
+    assert engines.Local().full(con).mode == "full"  # not the incremental the next would be
+    for measure in set(MEASURE_NAMES) - set(engines.Spark.measures):
+        settings.set_value(con, "similarity", measure)
+        with pytest.raises(InvalidSetting, match=f"similarity is '{measure}'"):
+            spark.job_config(con)
+    con.close()
 
 
 def test_load_model_refuses_a_folder_that_is_not_a_model(tmp_path):
